@@ -1,0 +1,31 @@
+# radiogate: the two commands of the README's quick start are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+CARGO ?= cargo
+
+.PHONY: demo test setup setup-python build lint test-rust test-python models clean-runs
+
+## Install what is missing, build, classify the bundled sample of real FIRST cutouts.
+demo: setup
+	$(CARGO) build --release --quiet
+	target/release/radiogate classify --config config/offline-sample.toml --out out/sample.jsonl --truth samples/first/labels.csv
+
+## Every test: lint, Rust unit and integration tests, Python tests (what CI runs).
+test: setup setup-python lint test-rust test-python
+
+setup:
+	scripts/setup.sh
+
+setup-python:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r python/requirements.txt
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --quiet -- -D warnings
+	cd python && ruff format --check . && ruff check .
+
+test-rust:
+	$(CARGO) test --quiet
+
+test-python:
+	cd python && $(PYTHON) -m pytest -q

@@ -1,0 +1,246 @@
+"""Pick the shipped model of a set of training runs by validation loss, export it, and
+write its model card (JSON and Markdown) with every number computed here.
+
+    python -m radiogate_model.card --subset mirabest_confident \
+        --runs runs/mirabest_confident-s1 runs/mirabest_confident-s2 runs/mirabest_confident-s3 \
+        --out ../models/agcnn-mirabest-confident
+
+Each run is exported and evaluated on the test batch (single pass and rotation TTA); the
+shipped run is the one with the lowest best validation loss: test numbers never choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import statistics
+from pathlib import Path
+
+import onnxruntime
+import torch
+
+from .data import default_data_dir
+from .evaluate import evaluate
+from .export import OPSET, export
+from .train import load_checkpoint
+
+# Bowles et al. 2021, range_norm + ft, 3 gates (their table of test results).
+PAPER = {
+    "mirabest_confident": {"accuracy": 0.917, "roc_auc": 0.964, "f1_fri": 0.914, "f1_frii": 0.919},
+    "mirabest": {"accuracy": 0.844, "roc_auc": 0.920, "f1_fri": 0.823, "f1_frii": 0.860},
+}
+SUBSET_TITLES = {"mirabest_confident": "MiraBest* (confident only)", "mirabest": "MiraBest (confident + uncertain)"}
+
+
+def _row(m: dict) -> dict:
+    return {
+        "accuracy": m["accuracy"],
+        "roc_auc": m["roc_auc"],
+        "f1_fri": m["FRI"]["f1"],
+        "f1_frii": m["FRII"]["f1"],
+        "ece": m["ece"],
+    }
+
+
+def _mean_std(rows: list[dict]) -> dict:
+    return {
+        k: {"mean": statistics.fmean(r[k] for r in rows), "std": statistics.pstdev(r[k] for r in rows)}
+        for k in rows[0]
+    }
+
+
+def build_card(subset: str, runs: list[Path], out_stem: Path, data_dir: Path, tta: int) -> dict:
+    per_seed = []
+    for run in runs:
+        training = json.loads((run / "training.json").read_text())
+        onnx_path = run / "model.onnx"
+        digest = export(load_checkpoint(run), onnx_path)
+        result = evaluate(onnx_path, subset, data_dir, tta)
+        per_seed.append({"run": run.name, "training": training, "sha256": digest, "evaluation": result})
+    shipped = min(per_seed, key=lambda r: r["training"]["best"]["val_loss"])
+    model_path = out_stem.with_suffix(".onnx")
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    model_path.write_bytes((Path(shipped["evaluation"]["model"])).read_bytes())
+    sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    assert sha == shipped["sha256"]
+    train_cfg = shipped["training"]["train"]
+    card = {
+        "name": out_stem.name,
+        "file": model_path.name,
+        "sha256": sha,
+        "task": "FRI (class 0) vs FRII (class 1) radio galaxy classification",
+        "paper": "Bowles, Scaife, Porter, Tang & Bastien 2021, MNRAS 501, 4579 (AG-CNN)",
+        "subset": subset,
+        "subset_title": SUBSET_TITLES[subset],
+        "architecture": shipped["training"]["model"] | {"mean_pool": False},
+        "parameters": shipped["training"]["parameters"],
+        "export": {
+            "opset": OPSET,
+            "input": "image float32 [N,1,150,150], uint8/255 normalised with mean 0.5, std 0.5",
+            "outputs": "probs [N,2] softmax (FRI, FRII); attention_1 [N,1,37,37], attention_2 [N,1,75,75], "
+            "attention_3 [N,1,150,150]",
+        },
+        "per_image_normalisation": (
+            "Every attention normalisation is computed per image. The authors' range_norm took its min and max "
+            "over the whole batch tensor, so their predictions depended on the batchmates; here an image's outputs "
+            "are the same alone and in any batch (tested to 1e-6)."
+        ),
+        "loss": (
+            "Cross-entropy on logits. The authors applied softmax before a cross-entropy loss that applies it "
+            "again; the exported graph applies softmax once, after the network."
+        ),
+        "pooling": (
+            "Spatial sum of each gated feature map, as in the paper. Training divides each sum by the map's "
+            "pixel count (a constant per gate) so that Adam's step size does not scale with map size; export folds "
+            "that constant into the head weights, so the shipped graph is exactly the sum-pooling network."
+        ),
+        "training": {
+            "selection": "lowest validation loss over epochs; shipped seed = lowest best validation loss",
+            "shipped_seed": train_cfg["seed"],
+            "shipped_epoch": shipped["training"]["best"]["epoch"],
+            "config": train_cfg,
+            "n_train": shipped["training"]["n_train"],
+            "n_val": shipped["training"]["n_val"],
+            "seeds": [r["training"]["train"]["seed"] for r in per_seed],
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "machine": f"{platform.machine()} CPU, {train_cfg['threads']} thread(s)",
+        },
+        "data": {
+            "dataset": "MiraBest (Porter & Scaife), CC BY 4.0; images from the FIRST survey "
+            "(Becker, White & Helfand 1995)",
+            "test": "official test_batch, never used for model selection",
+            "sha256": shipped["training"].get("data_sha256", {}),
+        },
+        "metrics": {
+            "shipped": {
+                "single_pass": shipped["evaluation"]["single_pass"],
+                "rotation_tta": shipped["evaluation"].get("rotation_tta"),
+            },
+            "seeds": [
+                {
+                    "seed": r["training"]["train"]["seed"],
+                    "best_val_loss": r["training"]["best"]["val_loss"],
+                    "single_pass": _row(r["evaluation"]["single_pass"]),
+                    "rotation_tta": _row(r["evaluation"]["rotation_tta"]) if "rotation_tta" in r["evaluation"] else None,
+                }
+                for r in per_seed
+            ],
+            "mean_over_seeds": {
+                "single_pass": _mean_std([_row(r["evaluation"]["single_pass"]) for r in per_seed]),
+                **(
+                    {"rotation_tta": _mean_std([_row(r["evaluation"]["rotation_tta"]) for r in per_seed])}
+                    if tta > 1
+                    else {}
+                ),
+            },
+            "paper": PAPER[subset],
+        },
+        "reproduce": {
+            "train": "scripts/train-models.sh",
+            "evaluate": f"cd python && python -m radiogate_model.evaluate --model ../models/{model_path.name} "
+            f"--subset {subset} --tta {tta}",
+        },
+    }
+    out_stem.with_suffix(".card.json").write_text(json.dumps(card, indent=2) + "\n")
+    out_stem.with_suffix(".card.md").write_text(render_markdown(card))
+    return card
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def render_markdown(card: dict) -> str:
+    m = card["metrics"]
+    single, tta = m["shipped"]["single_pass"], m["shipped"]["rotation_tta"]
+    mean = m["mean_over_seeds"]
+    paper = m["paper"]
+    n_seeds = len(m["seeds"])
+
+    def line(name: str, r: dict) -> str:
+        return f"| {name} | {_pct(r['accuracy'])} | {r['roc_auc']:.3f} | {r['f1_fri']:.3f} / {r['f1_frii']:.3f} |"
+
+    def mean_line(name: str, r: dict) -> str:
+        return (
+            f"| {name} | {_pct(r['accuracy']['mean'])} ± {_pct(r['accuracy']['std'])} | "
+            f"{r['roc_auc']['mean']:.3f} | {r['f1_fri']['mean']:.3f} / {r['f1_frii']['mean']:.3f} |"
+        )
+
+    lines = [
+        f"# Model card: {card['name']}",
+        "",
+        f"AG-CNN ({card['paper']}) trained on **{card['subset_title']}**: {card['task']}.",
+        "",
+        f"- File: `models/{card['file']}`, sha256 `{card['sha256']}`",
+        f"- Architecture: {card['architecture']['gates']} gates, {card['architecture']['normalisation']}, "
+        f"{card['architecture']['aggregation']} aggregation; {card['parameters']:,} trainable parameters",
+        f"- Export: ONNX opset {card['export']['opset']}; input {card['export']['input']}; "
+        f"outputs {card['export']['outputs']}",
+        f"- Trained on {card['training']['n_train']} images, validated on {card['training']['n_val']} "
+        f"(seeded 20% of the training batches); shipped seed {card['training']['shipped_seed']}, "
+        f"epoch {card['training']['shipped_epoch']}, chosen by {card['training']['selection']}",
+        f"- Data: {card['data']['dataset']}. Test set: {card['data']['test']}.",
+        "",
+        "## Test results",
+        "",
+        "| model | accuracy | ROC AUC | F1 FRI / FRII |",
+        "|---|---|---|---|",
+        line("Bowles et al. 2021 (paper)", paper),
+        line("shipped, single pass", _row(single)),
+        line(f"shipped, rotation TTA ({tta['rotations']} rotations)", _row(tta)) if tta else "",
+        mean_line(f"mean ± std over {n_seeds} seeds, single pass", mean["single_pass"]),
+        mean_line(f"mean ± std over {n_seeds} seeds, rotation TTA", mean["rotation_tta"])
+        if "rotation_tta" in mean
+        else "",
+        "",
+        f"Shipped model, single pass: precision FRI {single['FRI']['precision']:.3f}, "
+        f"FRII {single['FRII']['precision']:.3f}; recall FRI {single['FRI']['recall']:.3f}, "
+        f"FRII {single['FRII']['recall']:.3f}; expected calibration error {single['ece']:.3f}.",
+        "",
+        "| seed | best val loss | single-pass accuracy | AUC | TTA accuracy |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {s['seed']} | {s['best_val_loss']:.4f} | {_pct(s['single_pass']['accuracy'])} | "
+            f"{s['single_pass']['roc_auc']:.3f} | "
+            f"{_pct(s['rotation_tta']['accuracy']) if s['rotation_tta'] else '-'} |"
+            for s in m["seeds"]
+        ],
+        "",
+        "## Departures from the authors' code",
+        "",
+        f"- {card['per_image_normalisation']}",
+        f"- {card['loss']}",
+        f"- {card['pooling']}",
+        "",
+        "## Training configuration",
+        "",
+        "```json",
+        json.dumps(card["training"]["config"], indent=2),
+        "```",
+        "",
+        "## Reproduce",
+        "",
+        f"- Train all seeds and write this card: `{card['reproduce']['train']}`",
+        f"- Evaluate the shipped file: `{card['reproduce']['evaluate']}`",
+        "",
+    ]
+    return "\n".join(x for x in lines if x is not None) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--subset", required=True, choices=sorted(PAPER))
+    p.add_argument("--runs", type=Path, nargs="+", required=True)
+    p.add_argument("--out", type=Path, required=True, help="output stem, e.g. ../models/agcnn-mirabest")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--tta", type=int, default=36)
+    a = p.parse_args(argv)
+    card = build_card(a.subset, a.runs, a.out, a.data_dir or default_data_dir(), a.tta)
+    print(render_markdown(card))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what building and testing radiogate needs on a fresh Debian 12 machine, skipping
+# whatever is already there: system packages (CFITSIO, protoc), the ONNX Runtime shared
+# library (from the PyPI wheel, scripts/fetch-onnxruntime.sh) and, with --python, the Python
+# packages of python/requirements.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=(pkg-config libcfitsio-dev protobuf-compiler zlib1g-dev)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+scripts/fetch-onnxruntime.sh >/dev/null
+
+if [ "${1:-}" = "--python" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check -r python/requirements.txt
+fi

@@ -1,0 +1,452 @@
+//! The command line: what the user typed, as clap (derive) definitions, and how the
+//! `classify` flags merge over a configuration file into a [`Config`].
+//!
+//! This module owns argument parsing and flag-over-file precedence only. Running a command,
+//! logging setup and exit codes belong to `main.rs`; validation of values belongs to
+//! [`crate::config`], which every flag goes through so that a bad flag is refused with the
+//! same message, naming the flag, as a bad file entry.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Config, ConfigBuilder, ConfigError};
+
+/// `radiogate`: classify radio galaxies (FRI/FRII) from FITS cutouts with an
+/// attention-gated CNN.
+#[derive(Debug, Parser)]
+#[command(name = "radiogate", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted before or after any subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Log format on stderr; default: the configuration's `telemetry.json_logs`, else text.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `radiogate=debug,ort=warn` (tracing-subscriber syntax).
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+}
+
+impl GlobalArgs {
+    /// Applies the global flags that the configuration also has (`--log-format`).
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(format) = self.log_format {
+            config.telemetry.json_logs = format == LogFormat::Json;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Classify FITS files, folders of them, or a catalogue, and exit.
+    Classify(ClassifyArgs),
+    /// Run the pipeline named by a configuration file until its source ends or a signal.
+    Run(RunArgs),
+    /// Load and validate a configuration file (with environment overrides), print the
+    /// resolved configuration, and exit.
+    CheckConfig(CheckConfigArgs),
+}
+
+/// `radiogate classify`: the offline, one-shot form.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClassifyArgs {
+    /// Configuration file; flags given here win over it, and it over the defaults.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// ONNX model file (the model name in results becomes its file stem).
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// Output file; default standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Output format (protobuf needs --out: rejections go to <out>.rejections).
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// CSV catalogue of sources (columns source_id, ra, dec, ...) instead of FITS inputs.
+    #[arg(long, value_name = "FILE.csv", conflicts_with = "inputs")]
+    pub catalog: Option<PathBuf>,
+    /// Folder or file of FITS mosaics to cut from (repeatable); replaces the configured ones.
+    #[arg(long, value_name = "DIR")]
+    pub mosaics: Vec<PathBuf>,
+    /// Largest batch sent to the model.
+    #[arg(long, value_name = "N")]
+    pub max_batch: Option<i64>,
+    /// No progress bar and no end-of-run summary.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// A CSV of true classes (columns `source_id`, `class`: FRI or FRII) to print beside
+    /// the predictions at the end (needs --out with JSON Lines).
+    #[arg(long, value_name = "FILE.csv", requires = "out")]
+    pub truth: Option<PathBuf>,
+    /// FITS files, or folders searched recursively for *.fits, *.fit, *.fits.fz.
+    #[arg(value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+}
+
+/// Output formats as the command line spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// JSON Lines: one object per classification or rejection.
+    Jsonl,
+    /// Length-delimited protobuf `radiogate.v1.Classification` messages.
+    Protobuf,
+}
+
+impl FormatArg {
+    fn config_name(self) -> &'static str {
+        match self {
+            FormatArg::Jsonl => "jsonl",
+            FormatArg::Protobuf => "protobuf",
+        }
+    }
+}
+
+/// `radiogate run`: the long-running form, everything from the configuration.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Configuration file (environment overrides apply on top).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// `radiogate check-config`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckConfigArgs {
+    /// Configuration file to check.
+    #[arg(value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// The configuration of `classify`: the `--config` file (or defaults), the process's
+/// `RADIOGATE__...` environment overrides, then the flags.
+pub fn classify_config(args: &ClassifyArgs) -> Result<Config, ConfigError> {
+    classify_config_with_env(args, std::env::vars())
+}
+
+/// [`classify_config`] with the environment given (tests).
+///
+/// INPUTs make the source `files`, `--catalog` makes it `catalog` (either replaces the
+/// file's source); with neither, the file's source is used. A run with nothing to classify
+/// is refused.
+pub fn classify_config_with_env(
+    args: &ClassifyArgs,
+    env: impl Iterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let builder = match &args.config {
+        Some(path) => ConfigBuilder::from_file(path)?,
+        None => ConfigBuilder::new(),
+    };
+    let mut builder = builder.env(env)?;
+    if !args.inputs.is_empty() {
+        builder
+            .set("source.kind", "files", "INPUT")
+            .set("source.inputs", path_list(&args.inputs), "INPUT")
+            .unset("source.path");
+    }
+    if let Some(catalog) = &args.catalog {
+        builder
+            .set("source.kind", "catalog", "--catalog")
+            .set("source.path", path_text(catalog), "--catalog")
+            .unset("source.inputs");
+    }
+    if !args.mosaics.is_empty() {
+        builder.set("cutout.mosaics", path_list(&args.mosaics), "--mosaics");
+    }
+    if let Some(model) = &args.model {
+        builder
+            .set("inference.model", path_text(model), "--model")
+            .unset("inference.model_name");
+    }
+    if let Some(out) = &args.out {
+        builder.set("sink.path", path_text(out), "--out");
+    }
+    if let Some(format) = args.format {
+        builder.set("sink.format", format.config_name(), "--format");
+    }
+    if let Some(max_batch) = args.max_batch {
+        builder.set("batch.max_batch", max_batch, "--max-batch");
+    }
+    let config = builder.build()?;
+    if matches!(&config.source, config::SourceConfig::Files { inputs, .. } if inputs.is_empty()) {
+        return Err(ConfigError::Usage(
+            "nothing to classify: give FITS files or folders, --catalog FILE.csv, \
+             or a --config whose [source] names some"
+                .into(),
+        ));
+    }
+    Ok(config)
+}
+
+/// The configuration of `run` and `check-config`: the file plus the process's overrides.
+pub fn file_config(path: &Path) -> Result<Config, ConfigError> {
+    config::load(Some(path), std::env::vars())
+}
+
+/// Paths go into the TOML document as strings; a non-UTF-8 path is carried lossily
+/// (TOML has no other way to hold it).
+fn path_text(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn path_list(paths: &[PathBuf]) -> Vec<String> {
+    paths.iter().map(|p| path_text(p)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::config::{OutputFormat, SinkConfig, SourceConfig};
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn classify_args(args: &[&str]) -> ClassifyArgs {
+        let mut full = vec!["radiogate", "classify"];
+        full.extend_from_slice(args);
+        match parse(&full).command {
+            Command::Classify(a) => a,
+            other => panic!("expected classify, got {other:?}"),
+        }
+    }
+
+    fn no_env() -> std::iter::Empty<(String, String)> {
+        std::iter::empty()
+    }
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn classify_flags_parse() {
+        let cli = parse(&[
+            "radiogate",
+            "--log-format",
+            "json",
+            "classify",
+            "--model",
+            "m.onnx",
+            "--out",
+            "o.pb",
+            "--format",
+            "protobuf",
+            "--mosaics",
+            "/a",
+            "--mosaics",
+            "/b",
+            "--max-batch",
+            "8",
+            "--quiet",
+            "x.fits",
+            "dir",
+        ]);
+        assert_eq!(cli.global.log_format, Some(LogFormat::Json));
+        assert_eq!(cli.global.log_level, "info");
+        let Command::Classify(args) = cli.command else {
+            panic!("not classify")
+        };
+        assert_eq!(args.inputs, [PathBuf::from("x.fits"), PathBuf::from("dir")]);
+        assert_eq!(args.mosaics, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(args.format, Some(FormatArg::Protobuf));
+        assert_eq!(args.max_batch, Some(8));
+        assert!(args.quiet);
+    }
+
+    #[test]
+    fn other_subcommands_parse() {
+        let cli = parse(&[
+            "radiogate",
+            "run",
+            "--config",
+            "c.toml",
+            "--log-level",
+            "debug",
+        ]);
+        assert_eq!(cli.global.log_level, "debug");
+        assert!(
+            matches!(cli.command, Command::Run(RunArgs { config }) if config == Path::new("c.toml"))
+        );
+        let cli = parse(&["radiogate", "check-config", "c.toml"]);
+        assert!(
+            matches!(cli.command, Command::CheckConfig(CheckConfigArgs { config }) if config == Path::new("c.toml"))
+        );
+        assert!(
+            Cli::try_parse_from(["radiogate", "run"]).is_err(),
+            "run needs --config"
+        );
+        assert!(Cli::try_parse_from(["radiogate", "classify", "--format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn inputs_and_catalog_are_exclusive() {
+        let err = Cli::try_parse_from(["radiogate", "classify", "--catalog", "c.csv", "x.fits"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn flags_make_the_configuration() {
+        let args = classify_args(&[
+            "--model",
+            "models/stand-in.onnx",
+            "--out",
+            "out.pb",
+            "--format",
+            "protobuf",
+            "--max-batch",
+            "7",
+            "a.fits",
+        ]);
+        let config = classify_config_with_env(&args, no_env()).unwrap();
+        assert_eq!(
+            config.source,
+            SourceConfig::Files {
+                inputs: vec!["a.fits".into()],
+                survey: "FIRST".into()
+            }
+        );
+        assert_eq!(
+            config.inference.model,
+            PathBuf::from("models/stand-in.onnx")
+        );
+        assert_eq!(config.inference.model_name, "stand-in");
+        assert_eq!(
+            config.sink,
+            SinkConfig::File {
+                path: Some("out.pb".into()),
+                format: OutputFormat::Protobuf
+            }
+        );
+        assert_eq!(config.batch.max_batch, 7);
+    }
+
+    #[test]
+    fn flags_win_over_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[source]\nkind = \"catalog\"\npath = \"old.csv\"\nsurvey = \"VLASS\"\n\
+             [inference]\nmodel = \"old.onnx\"\nmodel_name = \"old\"\n\
+             [batch]\nmax_batch = 4\nmax_wait = \"7ms\"\n",
+        )
+        .unwrap();
+        let config_arg = path.to_str().unwrap();
+        let env = [("RADIOGATE__BATCH__MAX_BATCH".to_string(), "16".to_string())];
+
+        let args = classify_args(&["--config", config_arg, "--model", "new.onnx", "x.fits"]);
+        let config = classify_config_with_env(&args, env.clone().into_iter()).unwrap();
+        assert_eq!(
+            config.source,
+            SourceConfig::Files {
+                inputs: vec!["x.fits".into()],
+                survey: "VLASS".into()
+            }
+        );
+        assert_eq!(
+            config.inference.model_name, "new",
+            "a new model gets its own name"
+        );
+        assert_eq!(config.batch.max_batch, 16, "environment over file");
+        assert_eq!(
+            config.batch.max_wait,
+            Duration::from_millis(7),
+            "file over default"
+        );
+
+        let args = classify_args(&["--config", config_arg, "--max-batch", "2"]);
+        let config = classify_config_with_env(&args, env.into_iter()).unwrap();
+        assert_eq!(config.batch.max_batch, 2, "flag over environment");
+        assert_eq!(
+            config.source,
+            SourceConfig::Catalog {
+                path: "old.csv".into(),
+                survey: "VLASS".into()
+            },
+            "no INPUT: the file's source"
+        );
+    }
+
+    #[test]
+    fn catalog_and_mosaics_flags() {
+        let args = classify_args(&["--catalog", "c.csv", "--mosaics", "/m1", "--mosaics", "/m2"]);
+        let config = classify_config_with_env(&args, no_env()).unwrap();
+        assert_eq!(
+            config.source,
+            SourceConfig::Catalog {
+                path: "c.csv".into(),
+                survey: "FIRST".into()
+            }
+        );
+        assert_eq!(
+            config.cutout.mosaics,
+            [PathBuf::from("/m1"), PathBuf::from("/m2")]
+        );
+    }
+
+    #[test]
+    fn bad_flags_are_refused_naming_the_flag() {
+        let args = classify_args(&["--max-batch", "0", "a.fits"]);
+        let err = classify_config_with_env(&args, no_env()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "batch.max_batch: must be between 1 and 4096, got 0 (set by --max-batch)"
+        );
+        let args = classify_args(&["--format", "protobuf", "a.fits"]);
+        let err = classify_config_with_env(&args, no_env()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("sink.path: protobuf output needs a file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nothing_to_classify_is_refused() {
+        let err = classify_config_with_env(&classify_args(&[]), no_env()).unwrap_err();
+        assert!(matches!(err, ConfigError::Usage(_)), "{err:?}");
+    }
+
+    #[test]
+    fn log_format_flag_wins_over_the_configuration() {
+        let mut config = Config::default();
+        config.telemetry.json_logs = true;
+        let cli = parse(&[
+            "radiogate",
+            "check-config",
+            "c.toml",
+            "--log-format",
+            "text",
+        ]);
+        cli.global.apply(&mut config);
+        assert!(!config.telemetry.json_logs);
+        let cli = parse(&["radiogate", "check-config", "c.toml"]);
+        config.telemetry.json_logs = true;
+        cli.global.apply(&mut config);
+        assert!(
+            config.telemetry.json_logs,
+            "no flag: the configuration's choice"
+        );
+    }
+}

@@ -1,0 +1,1281 @@
+//! Configuration: what the user wrote (TOML plus `RADIOGATE__...` environment overrides),
+//! validated into the resolved [`Config`] that is the only configuration the rest of the
+//! code sees. Unknown keys and invalid values are refused at start, naming the field.
+//!
+//! The resolved types below are the contract with the stages; the raw (serde) layer and
+//! its validation live further down this file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole resolved configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `[source]`: where detections come from.
+    pub source: SourceConfig,
+    /// `[cutout]`: mosaics and cutting threads.
+    pub cutout: CutoutConfig,
+    /// `[batch]`: the dynamic batcher.
+    pub batch: BatchConfig,
+    /// `[inference]`: the model and ONNX Runtime.
+    pub inference: InferenceConfig,
+    /// `[summary]`: the attention summary in results.
+    pub summary: SummaryConfig,
+    /// `[sink]`: where results go.
+    pub sink: SinkConfig,
+    /// `[pipeline]`: queues and shutdown.
+    pub pipeline: PipelineConfig,
+    /// `[telemetry]`: metrics endpoint and log format.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Where detections come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceConfig {
+    /// FITS files and folders of them: source id = file stem, position = image centre.
+    /// `survey` names the survey in every detection (default "FIRST").
+    Files {
+        inputs: Vec<PathBuf>,
+        survey: String,
+    },
+    /// A CSV catalogue (columns source_id, ra, dec, optional survey, fits_path/tile),
+    /// positions resolved against the mosaics. `survey` is used for rows without one.
+    Catalog { path: PathBuf, survey: String },
+    /// A file of `SourceDetection` messages, length-delimited protobuf.
+    DetectionsFile { path: PathBuf },
+}
+
+/// Where the pixels come from when a detection carries none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CutoutConfig {
+    /// Folders (searched recursively) and files of FITS mosaics indexed at start.
+    pub mosaics: Vec<PathBuf>,
+    /// Threads cutting and preprocessing in parallel (inference does not use them).
+    pub workers: usize,
+}
+
+/// The dynamic batcher.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchConfig {
+    /// Largest batch sent to the model.
+    pub max_batch: usize,
+    /// Longest time the first item of a batch waits for more.
+    pub max_wait: Duration,
+}
+
+/// The ONNX Runtime execution provider (`inference.execution_provider`, `device_id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionProvider {
+    Cpu,
+    /// CUDA on GPU `device_id`.
+    Cuda {
+        device_id: i32,
+    },
+    /// TensorRT on GPU `device_id`.
+    TensorRt {
+        device_id: i32,
+    },
+}
+
+impl ExecutionProvider {
+    /// The provider's name as reported in results, logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ExecutionProvider::Cpu => "cpu",
+            ExecutionProvider::Cuda { .. } => "cuda",
+            ExecutionProvider::TensorRt { .. } => "tensorrt",
+        }
+    }
+}
+
+/// The model and how ONNX Runtime runs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferenceConfig {
+    /// The ONNX model file (export contract: input `image`, outputs `probs`, `attention_1..3`).
+    pub model: PathBuf,
+    /// The model's name in results; defaults to the file stem.
+    pub model_name: String,
+    /// The ONNX Runtime shared library (`libonnxruntime.so`); None: `ORT_DYLIB_PATH` or the
+    /// copy that `scripts/fetch-onnxruntime.sh` puts under `vendor/onnxruntime/`.
+    pub runtime_library: Option<PathBuf>,
+    pub execution_provider: ExecutionProvider,
+    /// Sessions, each on its own OS thread.
+    pub sessions: usize,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_threads: usize,
+}
+
+/// What the attention summary in each result holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryConfig {
+    /// Side of the combined attention map in results (cells over the 150x150 input).
+    pub grid: u32,
+    /// zstd level for the attention maps.
+    pub zstd_level: i32,
+    /// Include each gate's map at full resolution.
+    pub per_gate_maps: bool,
+}
+
+/// How a file sink encodes results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// One JSON object per line (classifications and rejections, told apart by `kind`).
+    Jsonl,
+    /// Length-delimited protobuf `Classification`s, rejections in a sibling file.
+    Protobuf,
+}
+
+/// Where results go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkConfig {
+    /// A file, or standard output when `path` is None.
+    File {
+        path: Option<PathBuf>,
+        format: OutputFormat,
+    },
+}
+
+/// Queues between stages and the shutdown deadline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    /// Capacity of every queue between stages (items).
+    pub queue_capacity: usize,
+    /// How long shutdown waits for in-flight work to be delivered.
+    pub drain_timeout: Duration,
+}
+
+/// Metrics endpoint and log format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// Address of the HTTP endpoint for /metrics, /healthz, /readyz; None: off.
+    pub listen: Option<SocketAddr>,
+    /// Log as JSON lines instead of text.
+    pub json_logs: bool,
+}
+
+impl Default for Config {
+    /// Every default, as an empty configuration file gives them (source: no input files).
+    fn default() -> Self {
+        ConfigBuilder::new()
+            .build()
+            .expect("the built-in defaults are valid: `defaults_are_valid` tests it")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read configuration file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration text is not TOML.
+    #[error("{origin} is not valid TOML: {source}")]
+    Syntax {
+        /// The file, or "configuration text" for a string.
+        origin: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A `RADIOGATE__...` variable whose name is not `RADIOGATE__SECTION__KEY`.
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    /// One or more fields have unknown names or invalid values.
+    #[error("{}", join_field_errors(.0))]
+    Invalid(Vec<FieldError>),
+    /// The command line asks for something the configuration cannot express.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl ConfigError {
+    /// The field errors, when this is an [`ConfigError::Invalid`].
+    pub fn field_errors(&self) -> &[FieldError] {
+        match self {
+            ConfigError::Invalid(errors) => errors,
+            _ => &[],
+        }
+    }
+}
+
+/// One refused field: `section.key`, what is wrong, and which override set it, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path, e.g. `batch.max_batch`.
+    pub field: String,
+    pub message: String,
+    /// The environment variable or command-line flag that set the value; None: the file
+    /// or the default.
+    pub set_by: Option<String>,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)?;
+        if let Some(origin) = &self.set_by {
+            write!(f, " (set by {origin})")?;
+        }
+        Ok(())
+    }
+}
+
+fn join_field_errors(errors: &[FieldError]) -> String {
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    lines.join("; ")
+}
+
+// ---------------------------------------------------------------------------------------
+// Layering: file, then environment, then command line
+// ---------------------------------------------------------------------------------------
+
+/// Prefix of environment overrides: `RADIOGATE__SECTION__KEY=value`.
+pub const ENV_PREFIX: &str = "RADIOGATE__";
+
+/// Loads a configuration file (None: defaults only), applies the `RADIOGATE__SECTION__KEY`
+/// variables found in `env` on top, and validates the result.
+///
+/// An override's value is read as a TOML value when it is one (`64`, `true`, `["a", "b"]`,
+/// `"quoted"`) and as a plain string otherwise (`20ms`, `models/x.onnx`); a value that parses
+/// as a number or boolean where the field wants a string is taken as the string it was.
+pub fn load(
+    path: Option<&Path>,
+    env: impl Iterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let builder = match path {
+        Some(path) => ConfigBuilder::from_file(path)?,
+        None => ConfigBuilder::new(),
+    };
+    builder.env(env)?.build()
+}
+
+/// A configuration being assembled from layers, later ones winning: built-in defaults, a
+/// file, environment overrides, command-line overrides. [`ConfigBuilder::build`] validates.
+///
+/// Overrides act on the TOML document before it is deserialised, so a value from any layer
+/// goes through the same checks and its errors name the field and the layer that set it.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigBuilder {
+    /// The merged document so far.
+    table: toml::Table,
+    /// `section.key` -> the variable or flag that last set it (for error messages).
+    set_by: BTreeMap<String, String>,
+    /// `section.key` -> the raw text of an environment override that was read as a
+    /// non-string TOML value, kept to retry as a string if the field wants one.
+    env_text: BTreeMap<String, String>,
+}
+
+impl ConfigBuilder {
+    /// Defaults only.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts from a TOML file. Relative paths inside it are kept as written (relative to
+    /// the working directory when used).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Starts from TOML text (tests, embedded configurations).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, "configuration text")
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let table = toml::from_str::<toml::Table>(text).map_err(|source| ConfigError::Syntax {
+            origin: origin.to_string(),
+            source,
+        })?;
+        Ok(Self {
+            table,
+            ..Self::default()
+        })
+    }
+
+    /// Applies every `RADIOGATE__SECTION__KEY` variable of `env`; other variables are ignored.
+    pub fn env(mut self, env: impl Iterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut vars: Vec<(String, String)> = env
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .collect();
+        // Deterministic order whatever the environment's.
+        vars.sort();
+        for (var, text) in vars {
+            let rest = &var[ENV_PREFIX.len()..];
+            let parts: Vec<&str> = rest.split("__").collect();
+            let [section, key] = parts.as_slice() else {
+                return Err(ConfigError::Env {
+                    var,
+                    message: "expected RADIOGATE__SECTION__KEY (two names after the prefix, \
+                              separated by a double underscore)"
+                        .into(),
+                });
+            };
+            if section.is_empty() || key.is_empty() {
+                return Err(ConfigError::Env {
+                    var,
+                    message: "empty section or key name".into(),
+                });
+            }
+            let field = format!("{}.{}", section.to_lowercase(), key.to_lowercase());
+            let value = env_value(&text);
+            if !value.is_str() {
+                self.env_text.insert(field.clone(), text.clone());
+            } else {
+                self.env_text.remove(&field);
+            }
+            self.set(&field, value, &var);
+        }
+        Ok(self)
+    }
+
+    /// Sets `field` (`section.key`) to `value`; `origin` names the flag or variable in errors.
+    pub fn set(&mut self, field: &str, value: impl Into<toml::Value>, origin: &str) -> &mut Self {
+        let (section, key) = field.split_once('.').unwrap_or((field, ""));
+        let entry = self
+            .table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        if let toml::Value::Table(section_table) = entry {
+            section_table.insert(key.to_string(), value.into());
+        }
+        self.set_by.insert(field.to_string(), origin.to_string());
+        self
+    }
+
+    /// Removes `field` (`section.key`) so that its default applies (e.g. a file's
+    /// `source.path` when the command line switches the source to files).
+    pub fn unset(&mut self, field: &str) -> &mut Self {
+        if let Some((section, key)) = field.split_once('.')
+            && let Some(toml::Value::Table(section_table)) = self.table.get_mut(section)
+        {
+            section_table.remove(key);
+        }
+        self.set_by.remove(field);
+        self.env_text.remove(field);
+        self
+    }
+
+    /// Deserialises and validates the merged document.
+    pub fn build(mut self) -> Result<Config, ConfigError> {
+        // Each retry turns one environment value back into a string: bounded by their number.
+        loop {
+            let value = toml::Value::Table(self.table.clone());
+            match serde_path_to_error::deserialize::<_, RawConfig>(value) {
+                Ok(raw) => return raw.resolve().map_err(|errors| self.invalid(errors)),
+                Err(err) => {
+                    let field = err.path().to_string();
+                    if let Some(text) = self.env_text.remove(&field) {
+                        let origin = self.set_by.get(&field).cloned().unwrap_or_default();
+                        self.set(&field, toml::Value::String(text), &origin);
+                        continue;
+                    }
+                    let error = serde_field_error(&field, &err.into_inner().to_string());
+                    return Err(self.invalid(vec![error]));
+                }
+            }
+        }
+    }
+
+    fn invalid(&self, mut errors: Vec<FieldError>) -> ConfigError {
+        for error in &mut errors {
+            error.set_by = self.origin_of(&error.field);
+        }
+        ConfigError::Invalid(errors)
+    }
+
+    /// The override that set `field`, or for a whole unknown section the one that created it.
+    fn origin_of(&self, field: &str) -> Option<String> {
+        if let Some(origin) = self.set_by.get(field) {
+            return Some(origin.clone());
+        }
+        let prefix = format!("{field}.");
+        self.set_by
+            .iter()
+            .find(|(key, _)| key.starts_with(&prefix))
+            .map(|(_, origin)| origin.clone())
+    }
+}
+
+/// An environment value as TOML when it is a single TOML value, else as a string.
+fn env_value(text: &str) -> toml::Value {
+    let document = format!("v = {text}");
+    match toml::from_str::<toml::Table>(&document) {
+        Ok(mut table) if table.len() == 1 => table
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(text.to_string())),
+        _ => toml::Value::String(text.to_string()),
+    }
+}
+
+/// Turns serde's error at `path` into a field error. serde_path_to_error's path already ends
+/// with an unknown key's name; toml's own "in `section`" context lines are dropped since the
+/// path says it.
+fn serde_field_error(path: &str, message: &str) -> FieldError {
+    let field = if path == "." {
+        "(top level)".to_string()
+    } else {
+        path.to_string()
+    };
+    let first_line = message.lines().next().unwrap_or_default();
+    let message = match first_line.strip_prefix("unknown field `") {
+        Some(rest) => {
+            let expected = rest.split_once('`').map(|(_, e)| e).unwrap_or_default();
+            format!("unknown key ({})", expected.trim_start_matches(", "))
+        }
+        None => readable_types(first_line),
+    };
+    FieldError {
+        field,
+        message,
+        set_by: None,
+    }
+}
+
+/// serde names Rust types ("expected i64", "expected struct RawBatch"); say TOML's.
+fn readable_types(message: &str) -> String {
+    let message = message.replace("expected i64", "expected an integer");
+    match message.find("expected struct Raw") {
+        Some(at) => format!("{}expected a table", &message[..at]),
+        None => message,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The raw layer: what the TOML may say, with every default
+// ---------------------------------------------------------------------------------------
+
+/// The model used when the configuration names none.
+pub const DEFAULT_MODEL: &str = "models/agcnn-mirabest-confident.onnx";
+/// The survey named in detections from files and catalogue rows that give none.
+pub const DEFAULT_SURVEY: &str = "FIRST";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    source: RawSource,
+    cutout: RawCutout,
+    batch: RawBatch,
+    inference: RawInference,
+    summary: RawSummary,
+    sink: RawSink,
+    pipeline: RawPipeline,
+    telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawSourceKind {
+    #[default]
+    Files,
+    Catalog,
+    Detections,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSource {
+    kind: RawSourceKind,
+    inputs: Vec<PathBuf>,
+    path: Option<PathBuf>,
+    survey: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCutout {
+    mosaics: Vec<PathBuf>,
+    workers: i64,
+}
+
+impl Default for RawCutout {
+    fn default() -> Self {
+        Self {
+            mosaics: Vec::new(),
+            workers: 2,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBatch {
+    max_batch: i64,
+    max_wait: String,
+}
+
+impl Default for RawBatch {
+    fn default() -> Self {
+        Self {
+            max_batch: 32,
+            max_wait: "20ms".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawProvider {
+    #[default]
+    Cpu,
+    Cuda,
+    TensorRt,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawInference {
+    model: PathBuf,
+    model_name: Option<String>,
+    runtime_library: Option<PathBuf>,
+    execution_provider: RawProvider,
+    device_id: Option<i64>,
+    sessions: i64,
+    intra_threads: i64,
+}
+
+impl Default for RawInference {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::from(DEFAULT_MODEL),
+            model_name: None,
+            runtime_library: None,
+            execution_provider: RawProvider::Cpu,
+            device_id: None,
+            sessions: 1,
+            intra_threads: 2,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSummary {
+    grid: i64,
+    zstd_level: i64,
+    per_gate_maps: bool,
+}
+
+impl Default for RawSummary {
+    fn default() -> Self {
+        Self {
+            grid: 50,
+            zstd_level: 3,
+            per_gate_maps: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawSinkKind {
+    #[default]
+    File,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawFormat {
+    #[default]
+    Jsonl,
+    Protobuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSink {
+    kind: RawSinkKind,
+    path: Option<PathBuf>,
+    format: RawFormat,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPipeline {
+    queue_capacity: i64,
+    drain_timeout: String,
+}
+
+impl Default for RawPipeline {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 256,
+            drain_timeout: "30s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTelemetry {
+    listen: Option<String>,
+    json_logs: bool,
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation: raw -> resolved
+// ---------------------------------------------------------------------------------------
+
+/// Collects every field error instead of stopping at the first.
+#[derive(Default)]
+struct Checker {
+    errors: Vec<FieldError>,
+}
+
+impl Checker {
+    fn fail(&mut self, field: &str, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.to_string(),
+            message: message.into(),
+            set_by: None,
+        });
+    }
+
+    /// `value` within `lo..=hi`, as usize; on failure records the error and returns `lo`.
+    fn range(&mut self, field: &str, value: i64, lo: i64, hi: i64) -> usize {
+        if (lo..=hi).contains(&value) {
+            usize::try_from(value).unwrap_or_default()
+        } else {
+            self.fail(field, format!("must be between {lo} and {hi}, got {value}"));
+            usize::try_from(lo).unwrap_or_default()
+        }
+    }
+
+    /// A humantime duration (`20ms`, `1m 30s`) no longer than `max`.
+    fn duration(&mut self, field: &str, text: &str, max: Duration) -> Duration {
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if d <= max => d,
+            Ok(_) => {
+                self.fail(
+                    field,
+                    format!(
+                        "must be at most {}, got {text:?}",
+                        humantime::format_duration(max)
+                    ),
+                );
+                Duration::ZERO
+            }
+            Err(e) => {
+                self.fail(
+                    field,
+                    format!("not a duration like \"20ms\" or \"30s\" ({e}), got {text:?}"),
+                );
+                Duration::ZERO
+            }
+        }
+    }
+}
+
+impl RawConfig {
+    fn resolve(self) -> Result<Config, Vec<FieldError>> {
+        let mut check = Checker::default();
+        let config = Config {
+            source: self.source.resolve(&mut check),
+            cutout: CutoutConfig {
+                mosaics: self.cutout.mosaics,
+                workers: check.range("cutout.workers", self.cutout.workers, 1, 256),
+            },
+            batch: BatchConfig {
+                max_batch: check.range("batch.max_batch", self.batch.max_batch, 1, 4096),
+                max_wait: check.duration(
+                    "batch.max_wait",
+                    &self.batch.max_wait,
+                    Duration::from_secs(60),
+                ),
+            },
+            inference: self.inference.resolve(&mut check),
+            summary: self.summary.resolve(&mut check),
+            sink: self.sink.resolve(&mut check),
+            pipeline: PipelineConfig {
+                queue_capacity: check.range(
+                    "pipeline.queue_capacity",
+                    self.pipeline.queue_capacity,
+                    1,
+                    1 << 20,
+                ),
+                drain_timeout: check.duration(
+                    "pipeline.drain_timeout",
+                    &self.pipeline.drain_timeout,
+                    Duration::from_secs(3600),
+                ),
+            },
+            telemetry: self.telemetry.resolve(&mut check),
+        };
+        if check.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(check.errors)
+        }
+    }
+}
+
+impl RawSource {
+    fn resolve(self, check: &mut Checker) -> SourceConfig {
+        let kind = match self.kind {
+            RawSourceKind::Files => "files",
+            RawSourceKind::Catalog => "catalog",
+            RawSourceKind::Detections => "detections",
+        };
+        let survey_given = self.survey.is_some();
+        let survey = match self.survey {
+            Some(s) if s.trim().is_empty() => {
+                check.fail("source.survey", "must not be empty");
+                String::new()
+            }
+            Some(s) => s,
+            None => DEFAULT_SURVEY.to_string(),
+        };
+        if self.kind == RawSourceKind::Files {
+            if self.path.is_some() {
+                check.fail(
+                    "source.path",
+                    "not used when source.kind = \"files\" (list files and folders in source.inputs)",
+                );
+            }
+            return SourceConfig::Files {
+                inputs: self.inputs,
+                survey,
+            };
+        }
+        if !self.inputs.is_empty() {
+            check.fail(
+                "source.inputs",
+                format!("only used when source.kind = \"files\", not \"{kind}\" (use source.path)"),
+            );
+        }
+        let path = match self.path {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => {
+                check.fail(
+                    "source.path",
+                    format!("required when source.kind = \"{kind}\""),
+                );
+                PathBuf::new()
+            }
+        };
+        match self.kind {
+            RawSourceKind::Catalog => SourceConfig::Catalog { path, survey },
+            _ => {
+                if survey_given {
+                    check.fail(
+                        "source.survey",
+                        "not used when source.kind = \"detections\" (each message names its survey)",
+                    );
+                }
+                SourceConfig::DetectionsFile { path }
+            }
+        }
+    }
+}
+
+impl RawInference {
+    fn resolve(self, check: &mut Checker) -> InferenceConfig {
+        if self.model.as_os_str().is_empty() {
+            check.fail("inference.model", "must not be empty");
+        }
+        let model_name = match self.model_name {
+            Some(name) if name.trim().is_empty() => {
+                check.fail(
+                    "inference.model_name",
+                    "must not be empty (omit it to use the file stem)",
+                );
+                name
+            }
+            Some(name) => name,
+            None => self
+                .model
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        let runtime_library = self.runtime_library.filter(|p| !p.as_os_str().is_empty());
+        let device_id = match self.device_id {
+            Some(id) if !(0..=i64::from(i32::MAX)).contains(&id) => {
+                check.fail(
+                    "inference.device_id",
+                    format!("must be 0 or more, got {id}"),
+                );
+                0
+            }
+            Some(id) => i32::try_from(id).unwrap_or_default(),
+            None => 0,
+        };
+        let execution_provider = match self.execution_provider {
+            RawProvider::Cpu => {
+                if self.device_id.is_some() {
+                    check.fail(
+                        "inference.device_id",
+                        "only used with execution_provider \"cuda\" or \"tensorrt\"",
+                    );
+                }
+                ExecutionProvider::Cpu
+            }
+            RawProvider::Cuda => ExecutionProvider::Cuda { device_id },
+            RawProvider::TensorRt => ExecutionProvider::TensorRt { device_id },
+        };
+        InferenceConfig {
+            model: self.model,
+            model_name,
+            runtime_library,
+            execution_provider,
+            sessions: check.range("inference.sessions", self.sessions, 1, 64),
+            intra_threads: check.range("inference.intra_threads", self.intra_threads, 1, 1024),
+        }
+    }
+}
+
+impl RawSummary {
+    fn resolve(self, check: &mut Checker) -> SummaryConfig {
+        let grid = check.range(
+            "summary.grid",
+            self.grid,
+            1,
+            crate::domain::MODEL_SIZE as i64,
+        );
+        let levels = zstd::compression_level_range();
+        let (lo, hi) = (i64::from(*levels.start()), i64::from(*levels.end()));
+        let zstd_level = if (lo..=hi).contains(&self.zstd_level) {
+            i32::try_from(self.zstd_level).unwrap_or_default()
+        } else {
+            check.fail(
+                "summary.zstd_level",
+                format!("must be between {lo} and {hi}, got {}", self.zstd_level),
+            );
+            0
+        };
+        SummaryConfig {
+            grid: u32::try_from(grid).unwrap_or_default(),
+            zstd_level,
+            per_gate_maps: self.per_gate_maps,
+        }
+    }
+}
+
+impl RawSink {
+    fn resolve(self, check: &mut Checker) -> SinkConfig {
+        let RawSinkKind::File = self.kind;
+        let path = match self.path {
+            Some(p) if p.as_os_str() == "-" => None,
+            Some(p) if p.as_os_str().is_empty() => {
+                check.fail(
+                    "sink.path",
+                    "must not be empty (omit it or use \"-\" for standard output)",
+                );
+                None
+            }
+            other => other,
+        };
+        let format = match self.format {
+            RawFormat::Jsonl => OutputFormat::Jsonl,
+            RawFormat::Protobuf => OutputFormat::Protobuf,
+        };
+        if format == OutputFormat::Protobuf && path.is_none() {
+            check.fail(
+                "sink.path",
+                "protobuf output needs a file (rejections go to <path>.rejections), not standard output",
+            );
+        }
+        SinkConfig::File { path, format }
+    }
+}
+
+impl RawTelemetry {
+    fn resolve(self, check: &mut Checker) -> TelemetryConfig {
+        let listen = match self.listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => match text.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    check.fail(
+                        "telemetry.listen",
+                        format!("not an address like \"127.0.0.1:9100\", got {text:?}"),
+                    );
+                    None
+                }
+            },
+        };
+        TelemetryConfig {
+            listen,
+            json_logs: self.json_logs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> std::iter::Empty<(String, String)> {
+        std::iter::empty()
+    }
+
+    fn env(vars: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        ConfigBuilder::from_toml(text)?.build()
+    }
+
+    fn config_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+    }
+
+    /// The single field error of `result`, as text.
+    fn field_error(result: Result<Config, ConfigError>) -> String {
+        let err = result.expect_err("configuration should be refused");
+        assert_eq!(err.field_errors().len(), 1, "{err}");
+        err.to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = from_toml("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(
+            config.source,
+            SourceConfig::Files {
+                inputs: vec![],
+                survey: "FIRST".into()
+            }
+        );
+        assert_eq!(config.batch.max_batch, 32);
+        assert_eq!(config.batch.max_wait, Duration::from_millis(20));
+        assert_eq!(config.inference.model, PathBuf::from(DEFAULT_MODEL));
+        assert_eq!(config.inference.model_name, "agcnn-mirabest-confident");
+        assert_eq!(config.inference.execution_provider, ExecutionProvider::Cpu);
+        assert_eq!(config.inference.runtime_library, None);
+        assert_eq!(config.inference.sessions, 1);
+        assert_eq!(config.inference.intra_threads, 2);
+        assert_eq!(
+            config.summary,
+            SummaryConfig {
+                grid: 50,
+                zstd_level: 3,
+                per_gate_maps: false
+            }
+        );
+        assert_eq!(config.cutout.workers, 2);
+        assert!(config.cutout.mosaics.is_empty());
+        assert_eq!(
+            config.sink,
+            SinkConfig::File {
+                path: None,
+                format: OutputFormat::Jsonl
+            }
+        );
+        assert_eq!(config.pipeline.queue_capacity, 256);
+        assert_eq!(config.pipeline.drain_timeout, Duration::from_secs(30));
+        assert_eq!(
+            config.telemetry,
+            TelemetryConfig {
+                listen: None,
+                json_logs: false
+            }
+        );
+    }
+
+    #[test]
+    fn every_example_config_loads() {
+        let mut seen = 0;
+        for entry in std::fs::read_dir(config_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                load(Some(&path), no_env()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(
+            seen >= 2,
+            "expected the example configs in config/, found {seen}"
+        );
+    }
+
+    #[test]
+    fn documented_example_states_the_defaults() {
+        let documented = load(Some(&config_dir().join("radiogate.toml")), no_env()).unwrap();
+        assert_eq!(documented, Config::default());
+    }
+
+    #[test]
+    fn offline_sample_classifies_the_bundled_sample() {
+        let config = load(Some(&config_dir().join("offline-sample.toml")), no_env()).unwrap();
+        assert_eq!(
+            config.source,
+            SourceConfig::Files {
+                inputs: vec!["samples/first".into()],
+                survey: "FIRST".into()
+            }
+        );
+        assert_eq!(config.inference.model, PathBuf::from(DEFAULT_MODEL));
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let msg = field_error(from_toml("[batch]\nmax_batchh = 3\n"));
+        assert!(msg.starts_with("batch.max_batchh: unknown key"), "{msg}");
+        assert!(msg.contains("max_batch"), "lists the known keys: {msg}");
+
+        let msg = field_error(from_toml("[batchh]\nmax_batch = 3\n"));
+        assert!(msg.starts_with("batchh: unknown key"), "{msg}");
+
+        let msg = field_error(from_toml("batch = 3\n"));
+        assert_eq!(msg, "batch: invalid type: integer `3`, expected a table");
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_field() {
+        let msg = field_error(from_toml("[batch]\nmax_batch = 0\n"));
+        assert_eq!(msg, "batch.max_batch: must be between 1 and 4096, got 0");
+
+        let msg = field_error(from_toml("[batch]\nmax_batch = \"lots\"\n"));
+        assert_eq!(
+            msg,
+            "batch.max_batch: invalid type: string \"lots\", expected an integer"
+        );
+
+        let msg = field_error(from_toml("[batch]\nmax_wait = \"20 parsecs\"\n"));
+        assert!(msg.starts_with("batch.max_wait: not a duration"), "{msg}");
+
+        let msg = field_error(from_toml("[inference]\nintra_threads = 0\n"));
+        assert!(
+            msg.starts_with("inference.intra_threads: must be between 1"),
+            "{msg}"
+        );
+
+        let msg = field_error(from_toml("[inference]\nexecution_provider = \"tpu\"\n"));
+        assert!(
+            msg.starts_with("inference.execution_provider: unknown variant `tpu`"),
+            "{msg}"
+        );
+
+        let msg = field_error(from_toml("[inference]\ndevice_id = 1\n"));
+        assert!(
+            msg.starts_with("inference.device_id: only used with"),
+            "{msg}"
+        );
+
+        let msg = field_error(from_toml("[telemetry]\nlisten = \"localhost\"\n"));
+        assert!(msg.starts_with("telemetry.listen:"), "{msg}");
+
+        let msg = field_error(from_toml("[summary]\ngrid = 151\n"));
+        assert!(
+            msg.starts_with("summary.grid: must be between 1 and 150"),
+            "{msg}"
+        );
+
+        let msg = field_error(from_toml("[sink]\nformat = \"protobuf\"\n"));
+        assert!(
+            msg.starts_with("sink.path: protobuf output needs a file"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn every_invalid_field_is_reported_at_once() {
+        let err = from_toml("[batch]\nmax_batch = 0\n[cutout]\nworkers = 0\n").unwrap_err();
+        let fields: Vec<&str> = err
+            .field_errors()
+            .iter()
+            .map(|e| e.field.as_str())
+            .collect();
+        assert_eq!(fields, ["cutout.workers", "batch.max_batch"]);
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broken.toml");
+        std::fs::write(&path, "[batch\nmax_batch = 1\n").unwrap();
+        let err = load(Some(&path), no_env()).unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err:?}");
+        assert!(err.to_string().contains("broken.toml"), "{err}");
+
+        let err = load(Some(&dir.path().join("absent.toml")), no_env()).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn modes_require_their_values() {
+        let msg = field_error(from_toml("[source]\nkind = \"catalog\"\n"));
+        assert_eq!(msg, "source.path: required when source.kind = \"catalog\"");
+
+        let msg = field_error(from_toml("[source]\npath = \"x.csv\"\n"));
+        assert!(
+            msg.starts_with("source.path: not used when source.kind = \"files\""),
+            "{msg}"
+        );
+
+        let config =
+            from_toml("[source]\nkind = \"catalog\"\npath = \"c.csv\"\nsurvey = \"VLASS\"\n")
+                .unwrap();
+        assert_eq!(
+            config.source,
+            SourceConfig::Catalog {
+                path: "c.csv".into(),
+                survey: "VLASS".into()
+            }
+        );
+        let msg = field_error(from_toml(
+            "[source]\nkind = \"detections\"\npath = \"d.pb\"\nsurvey = \"X\"\n",
+        ));
+        assert!(msg.starts_with("source.survey: not used"), "{msg}");
+        let config = from_toml("[source]\nkind = \"detections\"\npath = \"d.pb\"\n").unwrap();
+        assert_eq!(
+            config.source,
+            SourceConfig::DetectionsFile {
+                path: "d.pb".into()
+            }
+        );
+    }
+
+    #[test]
+    fn gpu_providers_carry_their_device() {
+        let config =
+            from_toml("[inference]\nexecution_provider = \"tensorrt\"\ndevice_id = 1\n").unwrap();
+        assert_eq!(
+            config.inference.execution_provider,
+            ExecutionProvider::TensorRt { device_id: 1 }
+        );
+        let config = from_toml("[inference]\nexecution_provider = \"cuda\"\n").unwrap();
+        assert_eq!(
+            config.inference.execution_provider,
+            ExecutionProvider::Cuda { device_id: 0 }
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[batch]\nmax_batch = 8\nmax_wait = \"5ms\"\n").unwrap();
+        let config = load(
+            Some(&path),
+            env(&[
+                ("RADIOGATE__BATCH__MAX_BATCH", "64"),
+                ("RADIOGATE__INFERENCE__MODEL", "models/stand-in.onnx"),
+                ("RADIOGATE__CUTOUT__MOSAICS", r#"["/a", "/b"]"#),
+                ("RADIOGATE__TELEMETRY__LISTEN", "127.0.0.1:9100"),
+                ("RADIOGATE__TELEMETRY__JSON_LOGS", "true"),
+                ("RADIOGATE_UNRELATED", "ignored"),
+                ("PATH", "/usr/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.batch.max_batch, 64);
+        assert_eq!(
+            config.batch.max_wait,
+            Duration::from_millis(5),
+            "file value kept"
+        );
+        assert_eq!(
+            config.inference.model,
+            PathBuf::from("models/stand-in.onnx")
+        );
+        assert_eq!(config.inference.model_name, "stand-in");
+        assert_eq!(
+            config.cutout.mosaics,
+            [PathBuf::from("/a"), PathBuf::from("/b")]
+        );
+        assert_eq!(
+            config.telemetry.listen,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        assert!(config.telemetry.json_logs);
+    }
+
+    #[test]
+    fn environment_string_fields_take_numbers_as_text() {
+        let config = load(None, env(&[("RADIOGATE__INFERENCE__MODEL_NAME", "2024")])).unwrap();
+        assert_eq!(config.inference.model_name, "2024");
+        let config = load(None, env(&[("RADIOGATE__SOURCE__SURVEY", "true")])).unwrap();
+        assert_eq!(
+            config.source,
+            SourceConfig::Files {
+                inputs: vec![],
+                survey: "true".into()
+            }
+        );
+    }
+
+    #[test]
+    fn environment_errors_name_the_variable() {
+        let err = load(None, env(&[("RADIOGATE__BATCH__MAX_BATCH", "0")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "batch.max_batch: must be between 1 and 4096, got 0 (set by RADIOGATE__BATCH__MAX_BATCH)"
+        );
+        let err = load(None, env(&[("RADIOGATE__BATCH__MAX_BATCHH", "3")])).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("batch.max_batchh: unknown key"), "{msg}");
+        assert!(
+            msg.ends_with("(set by RADIOGATE__BATCH__MAX_BATCHH)"),
+            "{msg}"
+        );
+        let err = load(None, env(&[("RADIOGATE__NOPE__KEY", "3")])).unwrap_err();
+        assert!(
+            err.to_string().ends_with("(set by RADIOGATE__NOPE__KEY)"),
+            "{err}"
+        );
+        let err = load(None, env(&[("RADIOGATE__BATCH", "3")])).unwrap_err();
+        assert!(matches!(err, ConfigError::Env { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn overrides_can_switch_modes() {
+        let mut builder =
+            ConfigBuilder::from_toml("[source]\nkind = \"catalog\"\npath = \"c.csv\"\n").unwrap();
+        builder
+            .set("source.kind", "files", "INPUT")
+            .set("source.inputs", vec!["a.fits".to_string()], "INPUT")
+            .unset("source.path");
+        let config = builder.build().unwrap();
+        assert_eq!(
+            config.source,
+            SourceConfig::Files {
+                inputs: vec!["a.fits".into()],
+                survey: "FIRST".into()
+            }
+        );
+    }
+
+    #[test]
+    fn stdout_can_be_named_explicitly() {
+        let config = from_toml("[sink]\npath = \"-\"\n").unwrap();
+        assert_eq!(
+            config.sink,
+            SinkConfig::File {
+                path: None,
+                format: OutputFormat::Jsonl
+            }
+        );
+        let config = from_toml("[sink]\npath = \"out.pb\"\nformat = \"protobuf\"\n").unwrap();
+        assert_eq!(
+            config.sink,
+            SinkConfig::File {
+                path: Some("out.pb".into()),
+                format: OutputFormat::Protobuf
+            }
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! The mosaic index: every configured FITS image, memory-mapped once at start, with its
+//! WCS and a sky footprint, so that a detection without pixels can be matched to the image
+//! that covers it best (the one where the source lies farthest from the edge).
+//!
+//! It owns finding and opening the files and choosing among them; cutting is `mod.rs`'s.
+//! Lookups are a linear scan with a cheap angular pre-filter per image: fine for thousands
+//! of tiles (a FIRST-sized survey); a spatial index would be the next step beyond that.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use super::{CutoutSetupError, Image, error_chain};
+
+/// One indexed image.
+#[derive(Debug)]
+pub struct Entry {
+    /// File name (`T12345.fits`) and stem (`T12345`, also for `.fits.fz`), for tile hints.
+    pub name: String,
+    pub stem: String,
+    pub image: Image<Mmap>,
+    footprint: Footprint,
+}
+
+/// A spherical cap that contains the whole image: a pre-filter before projecting.
+#[derive(Debug, Clone, Copy)]
+struct Footprint {
+    centre: [f64; 3],
+    /// cos of the cap radius; -1 when the image is too large for a cap to help.
+    cos_radius: f64,
+}
+
+impl Footprint {
+    fn of(image: &Image<Mmap>) -> Footprint {
+        let everywhere = Footprint { centre: [0.0, 0.0, 1.0], cos_radius: -1.0 };
+        let (w, h) = (image.nx as f64 - 0.5, image.ny as f64 - 0.5);
+        let Some(c) = image.wcs.pixel_to_world((w - 0.5) / 2.0, (h - 0.5) / 2.0) else {
+            return everywhere;
+        };
+        let centre = unit(c);
+        let mut cos_radius: f64 = 1.0;
+        for (x, y) in [(-0.5, -0.5), (w, -0.5), (-0.5, h), (w, h), (w / 2.0, -0.5), (w / 2.0, h), (-0.5, h / 2.0), (w, h / 2.0)] {
+            match image.wcs.pixel_to_world(x, y) {
+                Some(p) => cos_radius = cos_radius.min(dot(centre, unit(p))),
+                None => return everywhere,
+            }
+        }
+        // Widen by a little over a degree's worth of cosine slack for curved edges.
+        let radius = cos_radius.clamp(-1.0, 1.0).acos() * 1.05 + 1e-4;
+        if radius >= std::f64::consts::PI / 2.0 {
+            return everywhere;
+        }
+        Footprint { centre, cos_radius: radius.cos() }
+    }
+
+    fn may_contain(&self, p: [f64; 3]) -> bool {
+        dot(self.centre, p) >= self.cos_radius
+    }
+}
+
+fn unit((ra, dec): (f64, f64)) -> [f64; 3] {
+    let (sr, cr) = ra.to_radians().sin_cos();
+    let (sd, cd) = dec.to_radians().sin_cos();
+    [cd * cr, cd * sr, sd]
+}
+
+fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+/// The indexed images, in path order.
+#[derive(Debug, Default)]
+pub struct MosaicIndex {
+    entries: Vec<Entry>,
+}
+
+impl MosaicIndex {
+    pub fn build(paths: &[PathBuf]) -> Result<MosaicIndex, CutoutSetupError> {
+        let mut entries = Vec::new();
+        for root in paths {
+            let meta = fs::metadata(root).map_err(|source| CutoutSetupError::Io { path: root.clone(), source })?;
+            if meta.is_dir() {
+                let mut files = Vec::new();
+                collect(root, &mut files)?;
+                files.sort();
+                let before = entries.len();
+                for file in files {
+                    match Image::open_path(&file) {
+                        Ok(image) => entries.push(entry(&file, image)),
+                        Err(e) => tracing::warn!(
+                            file = %file.display(),
+                            error = %error_chain(&e),
+                            "skipping a mosaic file that is not a usable image"
+                        ),
+                    }
+                }
+                if entries.len() == before {
+                    return Err(CutoutSetupError::EmptyFolder(root.clone()));
+                }
+            } else {
+                let image =
+                    Image::open_path(root).map_err(|source| CutoutSetupError::BadMosaic { path: root.clone(), source })?;
+                entries.push(entry(root, image));
+            }
+        }
+        tracing::info!(images = entries.len(), "mosaic index built");
+        Ok(MosaicIndex { entries })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The image that covers (RA, Dec) with the source farthest from its edge, and the
+    /// source's pixel on it.
+    pub fn locate(&self, pos: (f64, f64)) -> Option<(&Entry, (f64, f64))> {
+        let p = unit(pos);
+        let mut best: Option<(&Entry, (f64, f64), f64)> = None;
+        for e in self.entries.iter().filter(|e| e.footprint.may_contain(p)) {
+            if let Some(pixel) = e.image.pixel_on_image(pos) {
+                let d = e.image.edge_distance(pixel);
+                if best.is_none_or(|(_, _, bd)| d > bd) {
+                    best = Some((e, pixel, d));
+                }
+            }
+        }
+        best.map(|(e, pixel, _)| (e, pixel))
+    }
+
+    /// The image named by a tile hint: its file name or stem.
+    pub fn by_tile(&self, tile: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.name == tile || e.stem == tile)
+    }
+}
+
+fn entry(path: &Path, image: Image<Mmap>) -> Entry {
+    let name = path.file_name().and_then(OsStr::to_str).unwrap_or_default().to_string();
+    let lower = name.to_ascii_lowercase();
+    let cut = [".fits.fz", ".fits", ".fit"].iter().find(|ext| lower.ends_with(*ext)).map_or(0, |ext| ext.len());
+    let stem = name[..name.len() - cut].to_string();
+    let footprint = Footprint::of(&image);
+    Entry { name, stem, image, footprint }
+}
+
+fn is_fits_name(path: &Path) -> bool {
+    let name = path.file_name().and_then(OsStr::to_str).unwrap_or_default().to_ascii_lowercase();
+    [".fits", ".fit", ".fits.fz"].iter().any(|ext| name.ends_with(ext))
+}
+
+/// Files with a FITS name under `dir`, recursively; symbolic links to folders are not
+/// followed (no cycles), links to files are.
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CutoutSetupError> {
+    let io = |source| CutoutSetupError::Io { path: dir.to_path_buf(), source };
+    for item in fs::read_dir(dir).map_err(io)? {
+        let item = item.map_err(io)?;
+        let path = item.path();
+        let kind = item.file_type().map_err(io)?;
+        if kind.is_dir() {
+            collect(&path, out)?;
+        } else if is_fits_name(&path) && (kind.is_file() || path.is_file()) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! The cutout stage: from a `SourceDetection` to the `CUTOUT_SIZE` x `CUTOUT_SIZE` pixels
+//! around it, placed as SkyView placed the sources of the MiraBest cutouts (the source at
+//! 0-based pixel (149.5, 149.5) of the window, no resampling), so that preprocessing sees
+//! the same pixels the training images were made from.
+//!
+//! It owns: the mosaic index built at start ([`Cutter::new`]), choosing the image for a
+//! detection (index lookup, tile hint, inline bytes or a path), the sky-to-pixel step, the
+//! window with NaN padding and its provenance, and turning every bad input into an
+//! [`ItemError`] with its `RejectReason` (never a panic). It does not preprocess, batch or
+//! know any other stage.
+//!
+//! Plain images are memory-mapped and read straight from the byte slice (`fits.rs`), the
+//! same path that serves inline bytes; tile-compressed images go through CFITSIO
+//! (`compressed.rs`); the WCS is checked and evaluated in `wcs.rs`; the index in `index.rs`.
+
+mod compressed;
+mod fits;
+mod index;
+mod wcs;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use ndarray::Array2;
+
+use crate::config::CutoutConfig;
+use crate::domain::{CUTOUT_SIZE, Cutout, ItemError, SkyProjection};
+use crate::proto::{self, RejectReason, source_detection::Pixels};
+
+use self::fits::{FitsError, Storage};
+use self::index::MosaicIndex;
+use self::wcs::{CelestialWcs, WcsError};
+
+/// Pixel of the window (0-based, both axes) where the source sits: its centre.
+const SOURCE_PIXEL: f64 = (CUTOUT_SIZE as f64 - 1.0) / 2.0;
+/// Rounding tolerance (pixels): a window start that comes out within this of a half
+/// integer is rounded up, so that a .5 computed as .4999999 rounds the same way.
+const HALF_TOLERANCE: f64 = 1e-6;
+
+/// Why the cutter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CutoutSetupError {
+    #[error("mosaic path {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mosaic file {path} is not a usable image")]
+    BadMosaic {
+        path: PathBuf,
+        #[source]
+        source: OpenError,
+    },
+    #[error("no usable FITS image (*.fits, *.fit, *.fits.fz) under {0}")]
+    EmptyFolder(PathBuf),
+}
+
+/// Why an image could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot read the file")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Fits(#[from] FitsError),
+    #[error(transparent)]
+    Wcs(#[from] WcsError),
+}
+
+impl OpenError {
+    fn into_item(self, what: &str) -> ItemError {
+        let reason = match self {
+            OpenError::Wcs(_) => RejectReason::BadWcs,
+            OpenError::Io(_) | OpenError::Fits(_) => RejectReason::BadFits,
+        };
+        ItemError::new(reason, format!("{what}: {}", error_chain(&self)))
+    }
+}
+
+/// An error and its causes, one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Cuts windows around detections. Shared by the worker threads (`Send + Sync`): the index
+/// and its memory maps are read-only after [`Cutter::new`].
+#[derive(Debug)]
+pub struct Cutter {
+    index: MosaicIndex,
+}
+
+impl Cutter {
+    /// Builds the mosaic index over `cfg.mosaics`: folders are searched recursively for
+    /// `*.fits`, `*.fit` and `*.fits.fz`; a file found in a folder that is not a usable image
+    /// is skipped with a warning, while a file named directly must be usable.
+    pub fn new(cfg: &CutoutConfig) -> Result<Cutter, CutoutSetupError> {
+        Ok(Cutter { index: MosaicIndex::build(&cfg.mosaics)? })
+    }
+
+    /// Number of images in the mosaic index.
+    pub fn mosaic_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// The window around one detection, or why there is none.
+    pub fn cut(&self, det: &proto::SourceDetection) -> Result<Cutout, ItemError> {
+        match &det.pixels {
+            None | Some(Pixels::Mosaic(_)) if det.centre_of_cutout => Err(ItemError::new(
+                RejectReason::InvalidDetection,
+                "centre_of_cutout needs the pixels in fits_cutout or fits_path",
+            )),
+            None => {
+                let pos = checked_position(det)?;
+                let (entry, pixel) = self.index.locate(pos).ok_or_else(|| {
+                    ItemError::new(
+                        RejectReason::NotCovered,
+                        format!(
+                            "no mosaic covers RA {:.6}, Dec {:.6} ({} images indexed)",
+                            pos.0,
+                            pos.1,
+                            self.index.len()
+                        ),
+                    )
+                })?;
+                entry.image.cut_at(pixel, pos)
+            }
+            Some(Pixels::Mosaic(hint)) => {
+                let pos = checked_position(det)?;
+                let entry = self.index.by_tile(&hint.tile).ok_or_else(|| {
+                    ItemError::new(RejectReason::NotCovered, format!("unknown mosaic tile '{}'", hint.tile))
+                })?;
+                let pixel = entry.image.pixel_on_image(pos).ok_or_else(|| {
+                    ItemError::new(
+                        RejectReason::NotCovered,
+                        format!("tile '{}' does not cover RA {:.6}, Dec {:.6}", hint.tile, pos.0, pos.1),
+                    )
+                })?;
+                entry.image.cut_at(pixel, pos)
+            }
+            Some(Pixels::FitsCutout(bytes)) => {
+                let image = Image::open(bytes.as_slice(), None).map_err(|e| e.into_item("inline FITS"))?;
+                image.cut_for(det)
+            }
+            Some(Pixels::FitsPath(path)) => {
+                let image = Image::open_path(Path::new(path)).map_err(|e| e.into_item(path))?;
+                image.cut_for(det)
+            }
+        }
+    }
+}
+
+/// The detection's (RA, Dec), checked.
+fn checked_position(det: &proto::SourceDetection) -> Result<(f64, f64), ItemError> {
+    let (ra, dec) = (det.ra_deg, det.dec_deg);
+    if !(ra.is_finite() && dec.is_finite() && (0.0..360.0).contains(&ra) && (-90.0..=90.0).contains(&dec)) {
+        return Err(ItemError::new(
+            RejectReason::InvalidDetection,
+            format!("position out of range: RA {ra} (need [0, 360)), Dec {dec} (need [-90, 90])"),
+        ));
+    }
+    Ok((ra, dec))
+}
+
+/// An opened image: its geometry, how its pixels are stored, its WCS, and the bytes
+/// (`D`: a memory map or a borrowed slice).
+#[derive(Debug)]
+struct Image<D> {
+    data: D,
+    /// The file, or None for inline bytes.
+    path: Option<PathBuf>,
+    nx: usize,
+    ny: usize,
+    storage: Storage,
+    wcs: Arc<CelestialWcs>,
+}
+
+impl Image<Mmap> {
+    fn open_path(path: &Path) -> Result<Self, OpenError> {
+        let file = File::open(path)?;
+        if file.metadata()?.len() == 0 {
+            return Err(FitsError::NotFits("empty file".into()).into());
+        }
+        // SAFETY: the map is read-only. Mosaics and cutouts are inputs nobody rewrites while
+        // the worker runs; a file truncated under the map would fault, which is why files
+        // are never mapped for writing or modified by this program.
+        let map = unsafe { Mmap::map(&file)? };
+        Image::open(map, Some(path.to_path_buf()))
+    }
+}
+
+impl<D: AsRef<[u8]>> Image<D> {
+    fn open(data: D, path: Option<PathBuf>) -> Result<Self, OpenError> {
+        let hdu = fits::find_image(data.as_ref())?;
+        if matches!(hdu.storage, Storage::TileCompressed { .. }) && path.is_none() {
+            return Err(FitsError::Unsupported("tile-compressed inline cutouts; send the image uncompressed".into()).into());
+        }
+        let wcs = CelestialWcs::from_header(&hdu.header, hdu.nx, hdu.ny)?;
+        Ok(Image { data, path, nx: hdu.nx, ny: hdu.ny, storage: hdu.storage, wcs: Arc::new(wcs) })
+    }
+
+    /// The 0-based pixel of (RA, Dec) if it lies on the image.
+    fn pixel_on_image(&self, (ra, dec): (f64, f64)) -> Option<(f64, f64)> {
+        let (x, y) = self.wcs.world_to_pixel(ra, dec)?;
+        let inside = |v: f64, n: usize| v >= -0.5 && v < n as f64 - 0.5;
+        (inside(x, self.nx) && inside(y, self.ny)).then_some((x, y))
+    }
+
+    /// Distance (pixels) from a pixel on the image to its nearest edge.
+    fn edge_distance(&self, (x, y): (f64, f64)) -> f64 {
+        let (w, h) = (self.nx as f64 - 0.5, self.ny as f64 - 0.5);
+        (x + 0.5).min(w - x).min(y + 0.5).min(h - y)
+    }
+
+    /// Cut for a detection that brought its own image (inline or a path).
+    fn cut_for(&self, det: &proto::SourceDetection) -> Result<Cutout, ItemError> {
+        if det.centre_of_cutout {
+            let pixel = ((self.nx as f64 - 1.0) / 2.0, (self.ny as f64 - 1.0) / 2.0);
+            let pos = self.wcs.pixel_to_world(pixel.0, pixel.1).ok_or_else(|| {
+                ItemError::new(RejectReason::BadWcs, "the image centre is not on the sky through its WCS")
+            })?;
+            return self.cut_at(pixel, pos);
+        }
+        let pos = checked_position(det)?;
+        let pixel = self.pixel_on_image(pos).ok_or_else(|| {
+            ItemError::new(
+                RejectReason::NotCovered,
+                format!("RA {:.6}, Dec {:.6} is outside the {}x{} image", pos.0, pos.1, self.nx, self.ny),
+            )
+        })?;
+        self.cut_at(pixel, pos)
+    }
+
+    /// The window that puts `pixel` at the window's centre pixel (149.5, 149.5).
+    fn cut_at(&self, pixel: (f64, f64), position: (f64, f64)) -> Result<Cutout, ItemError> {
+        let x0 = window_start(pixel.0);
+        let y0 = window_start(pixel.1);
+        let mut pixels = Array2::from_elem((CUTOUT_SIZE, CUTOUT_SIZE), f32::NAN);
+        let finite = match &self.storage {
+            Storage::Plain(layout) => fits::read_window(self.data.as_ref(), layout, self.nx, self.ny, x0, y0, &mut pixels),
+            Storage::TileCompressed { hdu, naxis } => {
+                // Image::open refuses compressed images without a path.
+                let path = self.path.as_deref().unwrap_or(Path::new(""));
+                compressed::read_window(path, *hdu, *naxis, (self.nx, self.ny), x0, y0, &mut pixels).map_err(|e| {
+                    ItemError::new(RejectReason::BadFits, format!("{}: CFITSIO: {}", path.display(), error_chain(&e)))
+                })?
+            }
+        };
+        let file = self.path.as_ref().map_or_else(|| "inline".to_string(), |p| p.display().to_string());
+        if finite == 0 {
+            return Err(ItemError::new(
+                RejectReason::EmptyCutout,
+                format!("no finite pixel in the {CUTOUT_SIZE}x{CUTOUT_SIZE} window at ({x0}, {y0}) of {file}"),
+            ));
+        }
+        let provenance = proto::CutoutProvenance {
+            file,
+            x0,
+            y0,
+            width: CUTOUT_SIZE as u32,
+            height: CUTOUT_SIZE as u32,
+            coverage: (finite as f64 / (CUTOUT_SIZE * CUTOUT_SIZE) as f64) as f32,
+            rms: 0.0,
+            clip_threshold: 0.0,
+            projection: self.wcs.projection().to_string(),
+        };
+        let sky = Arc::new(WindowSky { wcs: Arc::clone(&self.wcs), x0, y0 });
+        Ok(Cutout { pixels, provenance, sky, position })
+    }
+}
+
+/// First image pixel of the window that puts `pixel` at `SOURCE_PIXEL`: the nearest integer
+/// to `pixel - 149.5`, halves (within `HALF_TOLERANCE`) rounded up.
+fn window_start(pixel: f64) -> i64 {
+    (pixel - SOURCE_PIXEL + 0.5 + HALF_TOLERANCE).floor() as i64
+}
+
+/// Maps window pixels back to the sky through the image's WCS.
+#[derive(Debug)]
+struct WindowSky {
+    wcs: Arc<CelestialWcs>,
+    /// Image pixel of the window's (0, 0).
+    x0: i64,
+    y0: i64,
+}
+
+impl SkyProjection for WindowSky {
+    fn pixel_to_sky(&self, x: f64, y: f64) -> Option<(f64, f64)> {
+        self.wcs.pixel_to_world(self.x0 as f64 + x, self.y0 as f64 + y)
+    }
+}
+
+#[cfg(test)]
+mod tests;

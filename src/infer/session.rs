@@ -1,0 +1,237 @@
+//! One ONNX Runtime session and the OS thread it lives on: building the session with the
+//! configured execution provider and threading, checking the model against the export
+//! contract, and answering batches from the shared job queue until it closes.
+//!
+//! The async side never runs here; it only queues [`Job`]s and awaits their replies.
+
+use std::sync::{Arc, Mutex};
+
+use ndarray::{Array4, ArrayViewD, Axis, s};
+use ort::ep::{self, ExecutionProviderDispatch};
+use ort::session::builder::SessionBuilder;
+use ort::session::{Session, SessionOutputs};
+use ort::value::{Outlet, TensorElementType, TensorRef, ValueType};
+use tokio::sync::{mpsc, oneshot};
+
+use super::contract::{self, ATTENTION_PREFIX, Contract, Declared, PROBS};
+use super::runtime::Runtime;
+use super::{InferError, StartError};
+use crate::config::{ExecutionProvider, InferenceConfig};
+use crate::domain::{AttentionMap, MODEL_SIZE, ModelOutput};
+
+/// Values in one model input image.
+pub(super) const IMAGE_LEN: usize = MODEL_SIZE * MODEL_SIZE;
+
+/// One batch to run and where its answer goes.
+pub(super) struct Job {
+    /// Each `IMAGE_LEN` long (checked before queueing).
+    pub images: Vec<Vec<f32>>,
+    /// Answers the caller awaiting [`super::Inference::infer`].
+    pub reply: oneshot::Sender<Result<Vec<ModelOutput>, InferError>>,
+}
+
+/// The job queue's consuming end, shared by every session thread: an idle thread holds
+/// the lock while it waits, the others queue for the lock, so each job goes to one thread.
+pub(super) type SharedJobs = Arc<Mutex<mpsc::Receiver<Job>>>;
+
+/// A session that passed the contract check, with the input buffer it reuses.
+pub(super) struct Worker {
+    session: Session,
+    contract: Contract,
+    /// `[capacity, 1, 150, 150]`, grown to the largest batch seen; a batch of n uses the
+    /// first n images, a contiguous prefix.
+    input: Array4<f32>,
+}
+
+impl Worker {
+    /// Builds a session for the model bytes and checks the export contract.
+    pub fn load(
+        runtime: &Runtime,
+        cfg: &InferenceConfig,
+        model: &[u8],
+    ) -> Result<Self, StartError> {
+        let provider = cfg.execution_provider.name();
+        let options = |e: ort::Error<SessionBuilder>| StartError::SessionOptions(e.into());
+        let builder = Session::builder(&runtime.environment)
+            .map_err(StartError::SessionOptions)?
+            .with_intra_threads(cfg.intra_threads)
+            .map_err(options)?
+            // Spinning threads burn the cores that cutting and preprocessing need (RECIPES:
+            // batch-1 throughput 396 -> 762 img/s on 2 shared cores with spinning off).
+            .with_intra_op_spinning(false)
+            .map_err(options)?
+            .with_inter_op_spinning(false)
+            .map_err(options)?;
+        let mut builder = builder
+            .with_execution_providers(providers(cfg.execution_provider))
+            .map_err(|e| StartError::Provider {
+                provider,
+                source: e.into(),
+            })?;
+        let session =
+            builder
+                .commit_from_memory(model)
+                .map_err(|source| StartError::LoadModel {
+                    path: cfg.model.clone(),
+                    provider,
+                    source,
+                })?;
+
+        let inputs: Vec<Declared> = session.inputs().iter().map(declared).collect();
+        let outputs: Vec<Declared> = session.outputs().iter().map(declared).collect();
+        let contract =
+            contract::check(&inputs, &outputs).map_err(|violations| StartError::Contract {
+                path: cfg.model.clone(),
+                violations,
+            })?;
+        Ok(Self {
+            session,
+            contract,
+            input: Array4::zeros((0, 1, MODEL_SIZE, MODEL_SIZE)),
+        })
+    }
+
+    pub fn contract(&self) -> Contract {
+        self.contract
+    }
+
+    /// Answers jobs until the queue closes (every [`super::Inference`] handle dropped).
+    pub fn serve(mut self, jobs: SharedJobs) {
+        loop {
+            // A poisoned lock means another session thread panicked while waiting: the
+            // receiver itself is intact, so keep serving.
+            let job = jobs
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .blocking_recv();
+            let Some(job) = job else { return };
+            if job.reply.is_closed() {
+                continue; // the caller stopped waiting: skip the work
+            }
+            let result = self.run(&job.images);
+            // An error here only means the caller stopped waiting meanwhile.
+            let _ = job.reply.send(result);
+        }
+    }
+
+    /// Runs one batch; images must each be `IMAGE_LEN` long.
+    fn run(&mut self, images: &[Vec<f32>]) -> Result<Vec<ModelOutput>, InferError> {
+        let n = images.len();
+        if self.input.len_of(Axis(0)) < n {
+            self.input = Array4::zeros((n, 1, MODEL_SIZE, MODEL_SIZE));
+        }
+        let flat = self
+            .input
+            .as_slice_mut()
+            .expect("an owned Array4 built by zeros() is contiguous");
+        for (slot, image) in flat.chunks_exact_mut(IMAGE_LEN).zip(images) {
+            slot.copy_from_slice(image);
+        }
+        let batch = self.input.slice(s![..n, .., .., ..]);
+        let tensor = TensorRef::from_array_view(batch).map_err(InferError::Run)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![contract::INPUT => tensor])
+            .map_err(InferError::Run)?;
+        split(&outputs, n, self.contract.gates)
+    }
+}
+
+/// The execution providers to register, each failing loudly: a provider that was asked
+/// for and cannot start is a startup error, never a silent fallback to the CPU.
+fn providers(provider: ExecutionProvider) -> Vec<ExecutionProviderDispatch> {
+    match provider {
+        ExecutionProvider::Cpu => Vec::new(),
+        ExecutionProvider::Cuda { device_id } => {
+            vec![
+                ep::CUDA::default()
+                    .with_device_id(device_id)
+                    .build()
+                    .error_on_failure(),
+            ]
+        }
+        // TensorRT leaves the nodes it cannot take to CUDA, as ONNX Runtime recommends.
+        ExecutionProvider::TensorRt { device_id } => vec![
+            ep::TensorRT::default()
+                .with_device_id(device_id)
+                .build()
+                .error_on_failure(),
+            ep::CUDA::default()
+                .with_device_id(device_id)
+                .build()
+                .error_on_failure(),
+        ],
+    }
+}
+
+fn declared(outlet: &Outlet) -> Declared {
+    let (not_float, dims) = match outlet.dtype() {
+        ValueType::Tensor {
+            ty: TensorElementType::Float32,
+            shape,
+            ..
+        } => (None, shape.to_vec()),
+        ValueType::Tensor { ty, shape, .. } => (Some(format!("a {ty} tensor")), shape.to_vec()),
+        other => (Some(format!("a {other}")), Vec::new()),
+    };
+    Declared {
+        name: outlet.name().to_string(),
+        not_float,
+        dims,
+    }
+}
+
+/// Splits a batch's outputs into one [`ModelOutput`] per image, checking the shapes the
+/// contract could only declare (batch size, square maps).
+fn split(
+    outputs: &SessionOutputs<'_>,
+    n: usize,
+    gates: usize,
+) -> Result<Vec<ModelOutput>, InferError> {
+    let probs = extract(outputs, PROBS)?;
+    if probs.shape() != [n, 2] {
+        return Err(bad_shape(PROBS, probs.shape(), &format!("[{n}, 2]")));
+    }
+    let mut maps = Vec::with_capacity(gates);
+    for gate in 1..=gates {
+        let name = format!("{ATTENTION_PREFIX}{gate}");
+        let map = extract(outputs, &name)?;
+        match *map.shape() {
+            [m, 1, h, w] if m == n && h == w && h > 0 => maps.push(map),
+            _ => return Err(bad_shape(&name, map.shape(), &format!("[{n}, 1, H, H]"))),
+        }
+    }
+    Ok((0..n)
+        .map(|i| ModelOutput {
+            probs: [probs[[i, 0]], probs[[i, 1]]],
+            attention: maps
+                .iter()
+                .map(|map| {
+                    let image = map.index_axis(Axis(0), i);
+                    AttentionMap {
+                        side: map.shape()[2],
+                        values: image.iter().copied().collect(),
+                    }
+                })
+                .collect(),
+        })
+        .collect())
+}
+
+fn extract<'a>(
+    outputs: &'a SessionOutputs<'_>,
+    name: &str,
+) -> Result<ArrayViewD<'a, f32>, InferError> {
+    let value = outputs.get(name).ok_or_else(|| InferError::Output {
+        name: name.to_string(),
+        problem: "missing from the model's results".to_string(),
+    })?;
+    value.try_extract_array::<f32>().map_err(InferError::Run)
+}
+
+fn bad_shape(name: &str, shape: &[usize], expected: &str) -> InferError {
+    InferError::Output {
+        name: name.to_string(),
+        problem: format!("shape {shape:?}, expected {expected}"),
+    }
+}

@@ -1,0 +1,273 @@
+//! Inference against the real ONNX Runtime library (`scripts/fetch-onnxruntime.sh`) and the
+//! real model ([`TEST_MODEL`]).
+
+use serde::Deserialize;
+
+use super::testing::{TEST_MODEL, mirabest_sample, repo_path, test_config};
+use super::*;
+use crate::config::ExecutionProvider;
+
+/// What Python onnxruntime said about the sample (`scripts/infer-golden.py`).
+#[derive(Deserialize)]
+struct Golden {
+    model_sha256: String,
+    images: Vec<GoldenImage>,
+}
+
+#[derive(Deserialize)]
+struct GoldenImage {
+    probs: [f32; 2],
+    attention: Vec<GoldenMap>,
+}
+
+#[derive(Deserialize)]
+struct GoldenMap {
+    side: usize,
+    sum: f64,
+    argmax: usize,
+    samples: Vec<f32>,
+}
+
+fn golden() -> Golden {
+    let text = std::fs::read(repo_path("tests/data/infer-golden.json"))
+        .expect("tests/data/infer-golden.json");
+    serde_json::from_slice(&text).expect("golden file is JSON")
+}
+
+fn start(sessions: usize) -> (Inference, proto::ModelInfo) {
+    Inference::start(&test_config(sessions)).expect("the test model starts")
+}
+
+fn max_abs_diff(a: &ModelOutput, b: &ModelOutput) -> f32 {
+    assert_eq!(a.attention.len(), b.attention.len());
+    let probs = a.probs.iter().zip(&b.probs).map(|(x, y)| (x - y).abs());
+    let maps = a.attention.iter().zip(&b.attention).flat_map(|(x, y)| {
+        assert_eq!(x.side, y.side);
+        x.values.iter().zip(&y.values).map(|(u, v)| (u - v).abs())
+    });
+    probs.chain(maps).fold(0.0, f32::max)
+}
+
+#[tokio::test]
+async fn reports_the_model_it_loaded() {
+    let (inference, info) = start(1);
+    assert_eq!(info.name, "stand-in");
+    assert_eq!(info.execution_provider, "cpu");
+    // Hashed by Python's hashlib when the golden file was written.
+    let golden = golden();
+    assert_eq!(
+        info.sha256, golden.model_sha256,
+        "{TEST_MODEL} changed: rerun scripts/infer-golden.py"
+    );
+    assert_eq!(inference.gates(), 3);
+}
+
+#[tokio::test]
+async fn matches_python_onnxruntime_on_real_images() {
+    let golden = golden();
+    let sample = mirabest_sample();
+    assert_eq!(sample.len(), golden.images.len());
+    let (inference, _) = start(1);
+    let outputs = inference
+        .infer(sample.iter().map(|s| s.input()).collect())
+        .await
+        .expect("batch runs");
+
+    let mut worst = 0.0f32;
+    for (i, (out, want)) in outputs.iter().zip(&golden.images).enumerate() {
+        for (p, q) in out.probs.iter().zip(&want.probs) {
+            worst = worst.max((p - q).abs());
+        }
+        assert_eq!(out.attention.len(), want.attention.len());
+        for (gate, (map, want)) in out.attention.iter().zip(&want.attention).enumerate() {
+            assert_eq!(map.side, want.side, "image {i} gate {gate}");
+            let n = map.values.len();
+            let sum: f64 = map.values.iter().map(|&v| f64::from(v)).sum();
+            assert!(
+                (sum - want.sum).abs() <= 1e-6 * want.sum.abs(),
+                "image {i} gate {gate}: sum {sum} vs {}",
+                want.sum
+            );
+            let argmax = (0..n).fold(0, |best, j| {
+                if map.values[j] > map.values[best] {
+                    j
+                } else {
+                    best
+                }
+            });
+            assert_eq!(argmax, want.argmax, "image {i} gate {gate}");
+            let k = want.samples.len();
+            for (s, &v) in want.samples.iter().enumerate() {
+                worst = worst.max((map.values[s * (n - 1) / (k - 1)] - v).abs());
+            }
+        }
+    }
+    assert!(
+        worst <= 1e-6,
+        "largest difference from Python onnxruntime: {worst}"
+    );
+}
+
+#[tokio::test]
+async fn an_image_gives_the_same_outputs_alone_and_in_a_batch_of_32() {
+    let sample = mirabest_sample();
+    let (inference, _) = start(1);
+    let alone = inference
+        .infer(vec![sample[3].input()])
+        .await
+        .expect("batch of one");
+
+    // Place image 3 at position 17 of 32, among the other images (flipped, so that the
+    // batch holds 32 different inputs).
+    let mut batch: Vec<Vec<f32>> = sample.iter().map(|s| s.input()).collect();
+    batch.extend(
+        sample
+            .iter()
+            .map(|s| s.input().into_iter().rev().collect::<Vec<f32>>()),
+    );
+    batch.swap(3, 17);
+    let batched = inference.infer(batch).await.expect("batch of 32");
+    assert_eq!(batched.len(), 32);
+    let diff = max_abs_diff(&alone[0], &batched[17]);
+    assert!(
+        diff <= 1e-6,
+        "batch composition changed an output by {diff}"
+    );
+    // And outputs are not all alike: position 17 really is image 3.
+    assert!(max_abs_diff(&alone[0], &batched[3]) > 1e-3);
+}
+
+#[tokio::test]
+async fn concurrent_batches_on_two_sessions_keep_their_order() {
+    let sample = mirabest_sample();
+    let (inference, _) = start(2);
+    let reference = inference
+        .infer(sample.iter().map(|s| s.input()).collect())
+        .await
+        .expect("reference batch");
+
+    let tasks: Vec<_> = (0..6)
+        .map(|t| {
+            let inference = inference.clone();
+            let images: Vec<Vec<f32>> = (0..5)
+                .map(|k| sample[(t + k) % sample.len()].input())
+                .collect();
+            tokio::spawn(async move { inference.infer(images).await })
+        })
+        .collect();
+    for (t, task) in tasks.into_iter().enumerate() {
+        let outputs = task.await.expect("task ran").expect("batch runs");
+        for (k, out) in outputs.iter().enumerate() {
+            assert!(
+                max_abs_diff(out, &reference[(t + k) % sample.len()]) <= 1e-6,
+                "task {t} image {k}"
+            );
+        }
+    }
+    assert_eq!(
+        tokio::task::spawn_blocking(move || inference.join())
+            .await
+            .expect("join"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn join_returns_once_every_handle_is_gone() {
+    let (inference, _) = start(2);
+    let other = inference.clone();
+    let joined = std::thread::spawn(move || inference.join());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(!joined.is_finished(), "a clone is still alive");
+    assert_eq!(other.infer(Vec::new()).await.expect("empty batch").len(), 0);
+    drop(other);
+    assert_eq!(joined.join().expect("join thread"), 0);
+}
+
+#[tokio::test]
+async fn wrong_input_sizes_are_refused_before_the_model_runs() {
+    let (inference, _) = start(1);
+    let images = vec![vec![0.0; IMAGE_LEN], vec![0.0; 100]];
+    match inference.infer(images).await {
+        Err(InferError::BadInput { index: 1, len: 100 }) => {}
+        other => panic!("expected BadInput for image 1, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_model_that_breaks_the_contract_is_refused_at_start() {
+    let cfg = InferenceConfig {
+        model: repo_path("tests/data/wrong-contract.onnx"),
+        ..test_config(1)
+    };
+    let err = Inference::start(&cfg).expect_err("wrong model");
+    assert!(matches!(err, StartError::Contract { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("wrong-contract.onnx breaks the export contract"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("expected exactly one input `image`, found [`x`]"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("unexpected output `logits`") && msg.contains("no `probs` output"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_missing_model_is_refused_at_start() {
+    let cfg = InferenceConfig {
+        model: repo_path("models/no-such-model.onnx"),
+        ..test_config(1)
+    };
+    let err = Inference::start(&cfg).expect_err("missing model");
+    assert!(matches!(err, StartError::ReadModel { .. }), "{err}");
+    assert!(err.to_string().contains("no-such-model.onnx"));
+}
+
+#[test]
+fn zero_sessions_is_refused() {
+    let err = Inference::start(&test_config(0)).expect_err("no sessions");
+    assert!(matches!(err, StartError::NoSessions), "{err}");
+}
+
+/// The CPU-only runtime has neither provider: asking for one must stop the worker.
+#[test]
+fn an_unavailable_gpu_provider_is_an_error_not_a_cpu_fallback() {
+    for provider in [
+        ExecutionProvider::Cuda { device_id: 0 },
+        ExecutionProvider::TensorRt { device_id: 0 },
+    ] {
+        let cfg = InferenceConfig {
+            execution_provider: provider,
+            ..test_config(1)
+        };
+        let err = Inference::start(&cfg).expect_err("no GPU provider in the CPU runtime");
+        let msg = format!(
+            "{err}: {}",
+            std::error::Error::source(&err)
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        );
+        assert!(
+            matches!(err, StartError::Provider { .. }),
+            "{provider:?}: {msg}"
+        );
+        assert!(msg.contains(provider.name()), "{msg}");
+    }
+}
+
+#[test]
+fn a_second_runtime_library_in_the_same_process_is_refused() {
+    runtime::runtime(None).expect("the vendored runtime loads");
+    let other = repo_path("vendor/onnxruntime/libonnxruntime_providers_shared.so");
+    let cfg = InferenceConfig {
+        runtime_library: Some(other),
+        ..test_config(1)
+    };
+    let err = Inference::start(&cfg).expect_err("another library");
+    assert!(matches!(err, StartError::RuntimeMismatch { .. }), "{err}");
+}

@@ -1,0 +1,138 @@
+//! The `radiogate` command: parse the command line, load the configuration, start logging,
+//! run the pipeline, and map the outcome to an exit code (0 done, 1 failed while running,
+//! 2 refused at start: bad configuration, usage or missing input).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use radiogate::cli::{Cli, Command};
+use radiogate::config::Config;
+use radiogate::pipeline::{self, PipelineError, RunOptions, RunSummary};
+use radiogate::{cli, config, report};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let truth = match &cli.command {
+        Command::Classify(args) => args.truth.clone().zip(args.out.clone()),
+        _ => None,
+    };
+    let (config, progress) = match load(&cli) {
+        Ok(Some(loaded)) => loaded,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("radiogate: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&cli, &config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("radiogate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = RunOptions { progress };
+    match runtime.block_on(pipeline::run(config, options, shutdown_signal())) {
+        Ok(summary) => {
+            print_summary(&summary);
+            if let Some((truth, results)) = truth {
+                match report::truth_table(&results, &truth) {
+                    Ok(table) => print!("{table}"),
+                    Err(e) => {
+                        eprintln!("radiogate: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "run failed");
+            eprintln!("radiogate: {e}");
+            match e {
+                PipelineError::Source(_) | PipelineError::Mosaics(_) | PipelineError::Model(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+/// The resolved configuration of the command, and whether to show progress; None when the
+/// command is done once the configuration is checked.
+fn load(cli: &Cli) -> anyhow::Result<Option<(Config, bool)>> {
+    let (mut config, quiet) = match &cli.command {
+        Command::Classify(args) => (cli::classify_config(args)?, args.quiet),
+        Command::Run(args) => (cli::file_config(&args.config)?, true),
+        Command::CheckConfig(args) => {
+            config::load(Some(&args.config), std::env::vars())
+                .with_context(|| format!("{} is not a valid configuration", args.config.display()))?;
+            println!("{}: ok", args.config.display());
+            return Ok(None);
+        }
+    };
+    cli.global.apply(&mut config);
+    Ok(Some((config, !quiet && std::io::stderr().is_terminal())))
+}
+
+fn init_logging(cli: &Cli, config: &Config) {
+    let filter = EnvFilter::try_from_env("RADIOGATE_LOG").unwrap_or_else(|_| EnvFilter::new(&cli.global.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.telemetry.json_logs {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_signal() {
+    first_signal().await;
+    tokio::spawn(async {
+        first_signal().await;
+        eprintln!("radiogate: second signal, exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn first_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn print_summary(summary: &RunSummary) {
+    let labels: Vec<String> = summary.by_label.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let reasons: Vec<String> = summary.by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    eprintln!(
+        "radiogate: {} classified ({}), {} rejected{} in {:.2} s, {:.1} sources/s; model {} ({}){}",
+        summary.classified,
+        if labels.is_empty() { "none".to_string() } else { labels.join(", ") },
+        summary.rejected,
+        if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) },
+        summary.elapsed.as_secs_f64(),
+        summary.throughput(),
+        summary.model.name,
+        summary.model.execution_provider,
+        if summary.interrupted { "; interrupted, in-flight work drained" } else { "" },
+    );
+}

@@ -1,0 +1,485 @@
+//! The pipeline: the only module that knows every stage. It wires them with bounded
+//! queues, owns their threads and tasks, and decides the order in which they drain.
+//!
+//! ```text
+//! source ─> cutout + preprocess ─> batch ─> infer ─> summarise + sink
+//! (thread)   (worker threads)      (task)   (task;    (thread: results in input order)
+//!                                           sessions on their own threads)
+//! ```
+//!
+//! Every queue is bounded by `pipeline.queue_capacity`, so a slow stage holds the ones
+//! before it back instead of growing memory. Items carry a sequence number; the sink writes
+//! them in input order, which keeps the output of a run independent of how items were
+//! grouped into batches or which worker cut them. Rejections take the same path as
+//! results, so nothing leaves out of order and nothing is lost.
+//!
+//! Shutdown is a sequence: the `shutdown` future stops intake at the source; the items
+//! already taken flow on (the batcher flushes its partial batch when its input closes);
+//! the sink finishes (flush, fsync) when the last item is written. If that takes longer
+//! than `pipeline.drain_timeout`, [`run`] returns [`PipelineError::DrainTimeout`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::mpsc;
+
+use crate::batch;
+use crate::config::Config;
+use crate::cutout::{Cutter, CutoutSetupError};
+use crate::domain::{Cutout, Detection, ItemError, ModelOutput, Prepared, Rejected, SkyProjection};
+use crate::infer::{InferError, Inference, StartError};
+use crate::preprocess;
+use crate::proto::{self, RejectReason};
+use crate::sink::{FileSink, SinkError};
+use crate::source::{self, SourceError};
+use crate::summary;
+
+/// Why a run could not start or did not finish cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("source: {0}")]
+    Source(#[from] SourceError),
+    #[error("mosaics: {0}")]
+    Mosaics(#[from] CutoutSetupError),
+    #[error("model: {0}")]
+    Model(#[from] StartError),
+    #[error("output: {0}")]
+    Sink(#[from] SinkError),
+    #[error("a pipeline thread failed: {0}")]
+    Thread(String),
+    #[error("in-flight work was not delivered within the drain timeout ({0:?})")]
+    DrainTimeout(Duration),
+}
+
+/// What a finished run did: the end-of-run summary.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunSummary {
+    pub classified: u64,
+    /// Classifications by label ("FRI", "FRII").
+    pub by_label: BTreeMap<String, u64>,
+    pub rejected: u64,
+    /// Rejections by reason (`domain::reason_name`).
+    pub by_reason: BTreeMap<String, u64>,
+    pub elapsed: Duration,
+    pub model: proto::ModelInfo,
+    /// True when the run ended because `shutdown` fired rather than the input running out.
+    pub interrupted: bool,
+}
+
+impl RunSummary {
+    /// Detections handled per second over the whole run.
+    pub fn throughput(&self) -> f64 {
+        (self.classified + self.rejected) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Options of a run that are about the terminal, not the pipeline.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Show a progress bar on standard error (only drawn when it is a terminal).
+    pub progress: bool,
+}
+
+/// A detection on its way through the pipeline, numbered in input order.
+struct Numbered<T> {
+    seq: u64,
+    item: T,
+}
+
+/// A detection whose cutout is ready for the model.
+struct Ready {
+    detection: Detection,
+    cutout: CutoutInfo,
+    prepared: Prepared,
+    cutout_us: u32,
+    preprocess_us: u32,
+    ready_at: Instant,
+}
+
+/// What is kept of a cutout once its pixels are prepared.
+struct CutoutInfo {
+    provenance: proto::CutoutProvenance,
+    sky: Arc<dyn SkyProjection>,
+    position: (f64, f64),
+}
+
+/// A finished item on its way to the sink.
+enum Outcome {
+    Rejected(Rejected),
+    Inferred { ready: Box<Ready>, output: ModelOutput, queue_us: u32, inference_us: u32 },
+}
+
+/// Runs the configured source to its end (or until `shutdown` fires) and writes every
+/// result and rejection to the configured sink.
+pub async fn run(
+    config: Config,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<RunSummary, PipelineError> {
+    let started = Instant::now();
+    let detections = source::open(&config.source)?;
+    let sink = FileSink::create(&config.sink)?;
+    let setup_config = config.clone();
+    let (cutter, (inference, model)) = tokio::task::spawn_blocking(move || {
+        let cutter = Cutter::new(&setup_config.cutout)?;
+        let inference = Inference::start(&setup_config.inference)?;
+        Ok::<_, PipelineError>((Arc::new(cutter), inference))
+    })
+    .await
+    .map_err(|e| PipelineError::Thread(e.to_string()))??;
+    tracing::info!(
+        model = %model.name,
+        sha256 = %model.sha256,
+        execution_provider = %model.execution_provider,
+        mosaics = cutter.mosaic_count(),
+        "pipeline started"
+    );
+
+    let capacity = config.pipeline.queue_capacity.max(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Source -> cutout workers: several workers take from one queue.
+    let (detections_tx, detections_rx) = crossbeam_channel::bounded::<Numbered<Result<Detection, Rejected>>>(capacity);
+    // Cutout workers -> batcher.
+    let (ready_tx, ready_rx) = mpsc::channel::<Numbered<Ready>>(capacity);
+    // Batcher -> inference.
+    let (batches_tx, mut batches_rx) = mpsc::channel::<Vec<Numbered<Ready>>>(config.inference.sessions.max(1));
+    // Workers (rejections) and inference (results) -> sink.
+    let (outcomes_tx, outcomes_rx) = mpsc::channel::<Numbered<Outcome>>(capacity);
+
+    let source_thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("radiogate-source".into())
+            .spawn(move || {
+                for (seq, item) in (0u64..).zip(detections) {
+                    if stop.load(Ordering::Relaxed) || detections_tx.send(Numbered { seq, item }).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| PipelineError::Thread(e.to_string()))?
+    };
+
+    let mut workers = Vec::with_capacity(config.cutout.workers.max(1));
+    for index in 0..config.cutout.workers.max(1) {
+        let (detections_rx, ready_tx, outcomes_tx, cutter) =
+            (detections_rx.clone(), ready_tx.clone(), outcomes_tx.clone(), cutter.clone());
+        let worker = std::thread::Builder::new()
+            .name(format!("radiogate-cutout-{index}"))
+            .spawn(move || {
+                for Numbered { seq, item } in detections_rx {
+                    let sent = match item.and_then(|detection| cut_and_prepare(&cutter, detection)) {
+                        Ok(ready) => ready_tx.blocking_send(Numbered { seq, item: ready }).is_ok(),
+                        Err(rejected) => outcomes_tx.blocking_send(Numbered { seq, item: Outcome::Rejected(rejected) }).is_ok(),
+                    };
+                    if !sent {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| PipelineError::Thread(e.to_string()))?;
+        workers.push(worker);
+    }
+    drop((detections_rx, ready_tx));
+
+    let batcher = tokio::spawn(batch::run(ready_rx, batches_tx, config.batch.clone()));
+
+    let infer_task = {
+        let outcomes_tx = outcomes_tx.clone();
+        let inference = inference.clone();
+        tokio::spawn(async move {
+            while let Some(batch) = batches_rx.recv().await {
+                infer_batch(&inference, batch, &outcomes_tx).await;
+            }
+        })
+    };
+    drop(outcomes_tx);
+
+    let sink_thread = {
+        let (config, model) = (config.clone(), model.clone());
+        std::thread::Builder::new()
+            .name("radiogate-sink".into())
+            .spawn(move || write_outcomes(outcomes_rx, sink, &config, &model, options))
+            .map_err(|e| PipelineError::Thread(e.to_string()))?
+    };
+
+    // Wait for the sink to finish, or for the shutdown signal.
+    let sink_done = tokio::task::spawn_blocking(move || sink_thread.join());
+    tokio::pin!(sink_done);
+    let mut interrupted = false;
+    let joined = tokio::select! {
+        joined = &mut sink_done => joined,
+        () = shutdown => {
+            interrupted = true;
+            tracing::info!("shutdown requested: intake stopped, draining in-flight work");
+            stop.store(true, Ordering::Relaxed);
+            match tokio::time::timeout(config.pipeline.drain_timeout, &mut sink_done).await {
+                Ok(joined) => joined,
+                Err(_) => return Err(PipelineError::DrainTimeout(config.pipeline.drain_timeout)),
+            }
+        }
+    };
+    let (mut summary, sink_result) = joined
+        .map_err(|e| PipelineError::Thread(e.to_string()))?
+        .map_err(|_| PipelineError::Thread("the sink thread panicked".into()))?;
+
+    // Everything is written; wind the rest down.
+    let _ = batcher.await;
+    let _ = infer_task.await;
+    for worker in workers {
+        worker.join().map_err(|_| PipelineError::Thread("a cutout worker panicked".into()))?;
+    }
+    source_thread.join().map_err(|_| PipelineError::Thread("the source thread panicked".into()))?;
+    tokio::task::spawn_blocking(move || inference.join())
+        .await
+        .map_err(|e| PipelineError::Thread(e.to_string()))?;
+    sink_result?;
+
+    summary.elapsed = started.elapsed();
+    summary.model = model;
+    summary.interrupted = interrupted;
+    Ok(summary)
+}
+
+/// The cutout and preprocessing stages for one detection (on a worker thread). A panic in
+/// them (a defect, e.g. in a projection library on an odd header) rejects this detection
+/// instead of taking the worker, and every detection queued behind it, down.
+fn cut_and_prepare(cutter: &Cutter, detection: Detection) -> Result<Ready, Rejected> {
+    let origin = detection.origin.clone();
+    let source_id = detection.message.source_id.clone();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cut_and_prepare_inner(cutter, detection))).unwrap_or_else(
+        |panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(source_id = %source_id, panic = %what, "cutout stage panicked; detection rejected");
+            Err(Rejected {
+                reason: RejectReason::InternalError,
+                detail: format!("the cutout stage failed on this input: {what}"),
+                source_id: Some(source_id).filter(|id| !id.is_empty()),
+                original: None,
+                origin,
+            })
+        },
+    )
+}
+
+fn cut_and_prepare_inner(cutter: &Cutter, detection: Detection) -> Result<Ready, Rejected> {
+    let t0 = Instant::now();
+    let cutout = match cutter.cut(&detection.message) {
+        Ok(cutout) => cutout,
+        Err(e) => return Err(reject(&detection, e)),
+    };
+    let t1 = Instant::now();
+    let Cutout { pixels, provenance, sky, position } = cutout;
+    let prepared = match preprocess::prepare(&pixels) {
+        Ok(prepared) => prepared,
+        Err(e) => return Err(reject(&detection, e)),
+    };
+    let t2 = Instant::now();
+    Ok(Ready {
+        detection,
+        cutout: CutoutInfo { provenance, sky, position },
+        prepared,
+        cutout_us: micros(t1 - t0),
+        preprocess_us: micros(t2 - t1),
+        ready_at: t2,
+    })
+}
+
+/// Runs one batch through the model and passes each item on. A failed batch rejects its
+/// items (with the reason) rather than losing them.
+async fn infer_batch(inference: &Inference, batch: Vec<Numbered<Ready>>, outcomes_tx: &mpsc::Sender<Numbered<Outcome>>) {
+    let started = Instant::now();
+    let images = batch.iter().map(|n| n.item.prepared.input.clone()).collect();
+    let result = inference.infer(images).await;
+    let inference_us = micros(started.elapsed());
+    match result {
+        Ok(outputs) => {
+            for (Numbered { seq, item }, output) in batch.into_iter().zip(outputs) {
+                let queue_us = micros(started.saturating_duration_since(item.ready_at));
+                let outcome = Outcome::Inferred { ready: Box::new(item), output, queue_us, inference_us };
+                if outcomes_tx.send(Numbered { seq, item: outcome }).await.is_err() {
+                    return;
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, items = batch.len(), "inference failed; rejecting the batch");
+            for Numbered { seq, item } in batch {
+                let rejected = reject(&item.detection, inference_error(&e));
+                if outcomes_tx.send(Numbered { seq, item: Outcome::Rejected(rejected) }).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn inference_error(e: &InferError) -> ItemError {
+    ItemError::new(RejectReason::InferenceFailed, e.to_string())
+}
+
+/// The sink thread: builds results, restores input order, writes, counts, shows progress.
+fn write_outcomes(
+    mut outcomes_rx: mpsc::Receiver<Numbered<Outcome>>,
+    mut sink: FileSink,
+    config: &Config,
+    model: &proto::ModelInfo,
+    options: RunOptions,
+) -> (RunSummary, Result<(), SinkError>) {
+    let mut summary = RunSummary::default();
+    let progress = progress_bar(options.progress);
+    // Items that arrived before an earlier one; bounded by the items in flight, which the
+    // bounded queues upstream bound.
+    let mut waiting: HashMap<u64, Numbered<Outcome>> = HashMap::new();
+    let mut next = 0u64;
+    let result = (|| {
+        while let Some(outcome) = outcomes_rx.blocking_recv() {
+            waiting.insert(outcome.seq, outcome);
+            while let Some(Numbered { item, .. }) = waiting.remove(&next) {
+                next += 1;
+                write_outcome(item, &mut sink, &mut summary, config, model)?;
+                progress.inc(1);
+            }
+        }
+        // Every sequence number arrives unless a stage died; never drop what did arrive.
+        if !waiting.is_empty() {
+            tracing::error!(missing_from = next, held = waiting.len(), "results missing from the sequence");
+            let mut rest: Vec<_> = waiting.drain().collect();
+            rest.sort_by_key(|(seq, _)| *seq);
+            for (_, Numbered { item, .. }) in rest {
+                write_outcome(item, &mut sink, &mut summary, config, model)?;
+            }
+        }
+        progress.finish_and_clear();
+        sink.finish().map(|_| ())
+    })();
+    (summary, result)
+}
+
+fn write_outcome(
+    outcome: Outcome,
+    sink: &mut FileSink,
+    summary: &mut RunSummary,
+    config: &Config,
+    model: &proto::ModelInfo,
+) -> Result<(), SinkError> {
+    let result = match outcome {
+        Outcome::Rejected(rejected) => Err(rejected),
+        Outcome::Inferred { ready, output, queue_us, inference_us } => {
+            classification(&ready, &output, config, model, queue_us, inference_us).map_err(|e| reject(&ready.detection, e))
+        }
+    };
+    match result {
+        Ok(c) => {
+            *summary.by_label.entry(label_name(c.label()).to_string()).or_default() += 1;
+            summary.classified += 1;
+            sink.write_classification(&c)
+        }
+        Err(rejected) => {
+            *summary.by_reason.entry(rejected.reason_name().to_string()).or_default() += 1;
+            summary.rejected += 1;
+            sink.write_rejection(&rejection(&rejected))
+        }
+    }
+}
+
+fn progress_bar(enabled: bool) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {pos} sources  {per_sec}  {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// The published result of one classified detection.
+fn classification(
+    ready: &Ready,
+    output: &ModelOutput,
+    config: &Config,
+    model: &proto::ModelInfo,
+    queue_us: u32,
+    inference_us: u32,
+) -> Result<proto::Classification, ItemError> {
+    let (label, confidence, entropy_bits) = summary::verdict(output.probs);
+    if label == proto::Label::Unspecified {
+        return Err(ItemError::new(RejectReason::InferenceFailed, "the model returned non-finite probabilities"));
+    }
+    let attention = summary::attention_summary(&ready.prepared, output, ready.cutout.sky.as_ref(), &config.summary)
+        .map_err(|e| ItemError::new(RejectReason::InferenceFailed, format!("attention summary: {e}")))?;
+    let message = &ready.detection.message;
+    let mut cutout = ready.cutout.provenance.clone();
+    cutout.rms = ready.prepared.rms;
+    cutout.clip_threshold = ready.prepared.threshold;
+    Ok(proto::Classification {
+        source_id: message.source_id.clone(),
+        survey: message.survey.clone(),
+        ra_deg: ready.cutout.position.0,
+        dec_deg: ready.cutout.position.1,
+        detected_at: message.detected_at,
+        label: label as i32,
+        prob_fri: output.probs[0],
+        prob_frii: output.probs[1],
+        confidence,
+        entropy_bits,
+        model: Some(model.clone()),
+        attention: Some(attention),
+        cutout: Some(cutout),
+        timings: Some(proto::StageTimings {
+            cutout_us: ready.cutout_us,
+            preprocess_us: ready.preprocess_us,
+            queue_us,
+            inference_us,
+            total_us: micros(ready.detection.received.elapsed()),
+        }),
+        classified_at: Some(SystemTime::now().into()),
+        stream: ready.detection.origin.stream_position(),
+    })
+}
+
+fn reject(detection: &Detection, error: ItemError) -> Rejected {
+    Rejected {
+        reason: error.reason,
+        detail: error.detail,
+        source_id: Some(detection.message.source_id.clone()).filter(|id| !id.is_empty()),
+        original: None,
+        origin: detection.origin.clone(),
+    }
+}
+
+/// The published record of one rejected detection.
+pub fn rejection(rejected: &Rejected) -> proto::Rejection {
+    proto::Rejection {
+        reason: rejected.reason as i32,
+        detail: rejected.detail.clone(),
+        source_id: rejected.source_id.clone().unwrap_or_default(),
+        original: rejected.original.clone().map(|b| b.to_vec()).unwrap_or_default(),
+        stream: rejected.origin.stream_position(),
+        input: rejected.origin.input(),
+        rejected_at: Some(SystemTime::now().into()),
+    }
+}
+
+fn label_name(label: proto::Label) -> &'static str {
+    match label {
+        proto::Label::Fri => "FRI",
+        proto::Label::Frii => "FRII",
+        proto::Label::Unspecified => "unspecified",
+    }
+}
+
+fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,765 @@
+//! What a result says about one image: the verdict (label, confidence, entropy) from the
+//! model's probabilities, and the attention summary from its gates' maps: one combined,
+//! quantised, compressed map over the model input, its strongest peaks with their sky
+//! positions, and how much of the attention falls on emission.
+//!
+//! It does not run the model, cut or preprocess images, or assemble the whole
+//! `Classification` (the pipeline does, from this and the other stages' results).
+//!
+//! The combined map, step by step (as `proto::AttentionSummary` documents it):
+//! 1. each gate's map is upsampled bilinearly to the 150x150 input as the model does
+//!    (`align_corners=false`), negative or non-finite values counting as no attention,
+//!    and normalised to unit sum (a map with no attention at all counts as uniform);
+//! 2. the gates' maps are averaged: the combined map, which sums to 1 over the input;
+//! 3. the combined map is summed into `grid` x `grid` cells (area-weighted when the
+//!    grid does not divide 150), so each cell holds its share of the attention;
+//! 4. the cells are quantised to u8 with `scale = max / 255` and compressed with zstd.
+//!
+//! Rows run as in the model input: row 0 is the lowest pixel y, as in FITS.
+
+use std::io;
+
+use crate::config::SummaryConfig;
+use crate::domain::{AttentionMap, CUTOUT_SIZE, MODEL_SIZE, ModelOutput, Prepared, SkyProjection};
+use crate::proto;
+
+/// Offset of the model input within the cutout window: the 150x150 crop starts at pixel
+/// (75, 75) of the 300x300 cutout.
+pub const CROP_OFFSET: f64 = ((CUTOUT_SIZE - MODEL_SIZE) / 2) as f64;
+/// How many attention peaks a summary reports, strongest first.
+pub const PEAKS: usize = 3;
+
+const PIXELS: usize = MODEL_SIZE * MODEL_SIZE;
+
+/// Why an attention summary could not be built: the inputs break the shapes the other
+/// stages promise, or the configuration is out of range.
+#[derive(Debug, thiserror::Error)]
+pub enum SummaryError {
+    #[error("summary.grid must be 1 to {MODEL_SIZE}, got {0}")]
+    Grid(u32),
+    #[error("the model output has no attention maps")]
+    NoMaps,
+    #[error("attention map {gate} has {len} values for side {side}")]
+    MapShape {
+        gate: usize,
+        side: usize,
+        len: usize,
+    },
+    #[error("emission mask has {0} pixels, expected {PIXELS}")]
+    Emission(usize),
+    #[error("zstd compression failed")]
+    Compress(#[source] io::Error),
+}
+
+/// Why a stored map could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("map is not valid zstd, or larger than its declared size")]
+    Decompress(#[source] io::Error),
+    #[error("map has {got} cells, expected {want}")]
+    Size { got: usize, want: usize },
+}
+
+/// The label, the confidence (probability of that label) and the Shannon entropy of the
+/// two probabilities in bits (0: certain, 1: undecided). A tie goes to FRI; probabilities
+/// that are not finite give `LABEL_UNSPECIFIED` with NaN confidence and entropy.
+pub fn verdict(probs: [f32; 2]) -> (proto::Label, f32, f32) {
+    let [fri, frii] = probs;
+    if !fri.is_finite() || !frii.is_finite() {
+        return (proto::Label::Unspecified, f32::NAN, f32::NAN);
+    }
+    let (label, confidence) = if frii > fri {
+        (proto::Label::Frii, frii)
+    } else {
+        (proto::Label::Fri, fri)
+    };
+    let entropy: f64 = probs
+        .iter()
+        .map(|&p| f64::from(p))
+        .filter(|&p| p > 0.0)
+        .map(|p| -p * p.log2())
+        .sum();
+    (label, confidence, entropy as f32)
+}
+
+/// Builds the attention summary of one image (see the module docs for the combined map).
+/// Peaks are the cells that are local maxima (8 neighbours) of the combined map, strongest
+/// first; their position is the cell's centre in model-input pixels, and their sky position
+/// that pixel's through `sky` (NaN where it is off the projection).
+pub fn attention_summary(
+    prepared: &Prepared,
+    output: &ModelOutput,
+    sky: &dyn SkyProjection,
+    cfg: &SummaryConfig,
+) -> Result<proto::AttentionSummary, SummaryError> {
+    let grid = usize::try_from(cfg.grid)
+        .ok()
+        .filter(|g| (1..=MODEL_SIZE).contains(g))
+        .ok_or(SummaryError::Grid(cfg.grid))?;
+    if prepared.emission.len() != PIXELS {
+        return Err(SummaryError::Emission(prepared.emission.len()));
+    }
+    if output.attention.is_empty() {
+        return Err(SummaryError::NoMaps);
+    }
+    for (gate, map) in output.attention.iter().enumerate() {
+        if map.side == 0 || map.values.len() != map.side * map.side {
+            return Err(SummaryError::MapShape {
+                gate: gate + 1,
+                side: map.side,
+                len: map.values.len(),
+            });
+        }
+    }
+
+    let combined = combine(&output.attention);
+    let cells = area_sum(&combined, MODEL_SIZE, grid);
+    let (map_zstd, scale) = encode(&cells, cfg.zstd_level)?;
+
+    let on_emission: f64 = combined
+        .iter()
+        .zip(&prepared.emission)
+        .filter(|(_, e)| **e)
+        .map(|(v, _)| v)
+        .sum();
+
+    let pixels_per_cell = MODEL_SIZE as f64 / grid as f64;
+    let peaks = local_maxima(&cells, grid)
+        .into_iter()
+        .take(PEAKS)
+        .map(|cell| {
+            let x = ((cell % grid) as f64 + 0.5) * pixels_per_cell - 0.5;
+            let y = ((cell / grid) as f64 + 0.5) * pixels_per_cell - 0.5;
+            let (ra_deg, dec_deg) = sky
+                .pixel_to_sky(x + CROP_OFFSET, y + CROP_OFFSET)
+                .unwrap_or((f64::NAN, f64::NAN));
+            proto::AttentionPeak {
+                x: x as f32,
+                y: y as f32,
+                ra_deg,
+                dec_deg,
+                weight: cells[cell] as f32,
+            }
+        })
+        .collect();
+
+    let gates = if cfg.per_gate_maps {
+        output
+            .attention
+            .iter()
+            .enumerate()
+            .map(|(k, map)| {
+                let (map_zstd, scale) = encode(
+                    &unit_sum(map.values.iter().map(|&v| f64::from(v)).collect()),
+                    cfg.zstd_level,
+                )?;
+                let side = map.side as u32;
+                Ok(proto::GateMap {
+                    gate: k as u32 + 1,
+                    width: side,
+                    height: side,
+                    map_zstd,
+                    scale,
+                })
+            })
+            .collect::<Result<_, SummaryError>>()?
+    } else {
+        Vec::new()
+    };
+
+    Ok(proto::AttentionSummary {
+        grid: cfg.grid,
+        map_zstd,
+        scale,
+        peaks,
+        on_emission_fraction: on_emission as f32,
+        gates,
+    })
+}
+
+/// The combined map of a summary, `grid * grid` cells row-major, each its share of the
+/// attention (within `scale / 2` of the value before quantisation).
+pub fn decode_map(summary: &proto::AttentionSummary) -> Result<Vec<f32>, DecodeError> {
+    let grid = summary.grid as usize;
+    decode(&summary.map_zstd, grid * grid, summary.scale)
+}
+
+/// A per-gate map of a summary, `width * height` values row-major, summing to about 1.
+pub fn decode_gate_map(gate: &proto::GateMap) -> Result<Vec<f32>, DecodeError> {
+    decode(
+        &gate.map_zstd,
+        gate.width as usize * gate.height as usize,
+        gate.scale,
+    )
+}
+
+fn decode(map_zstd: &[u8], cells: usize, scale: f32) -> Result<Vec<f32>, DecodeError> {
+    // The capacity bounds what a hostile or corrupt map can make us allocate.
+    let bytes = zstd::bulk::decompress(map_zstd, cells).map_err(DecodeError::Decompress)?;
+    if bytes.len() != cells {
+        return Err(DecodeError::Size {
+            got: bytes.len(),
+            want: cells,
+        });
+    }
+    Ok(bytes.into_iter().map(|q| f32::from(q) * scale).collect())
+}
+
+/// Mean of the gates' maps, each upsampled to the model input and normalised to unit sum.
+fn combine(maps: &[AttentionMap]) -> Vec<f64> {
+    let mut combined = vec![0.0; PIXELS];
+    for map in maps {
+        let upsampled = unit_sum(bilinear(&map.values, map.side, MODEL_SIZE));
+        for (c, v) in combined.iter_mut().zip(upsampled) {
+            *c += v / maps.len() as f64;
+        }
+    }
+    combined
+}
+
+/// Scales a map to unit sum, negative and non-finite values counting as zero; a map with
+/// nothing left becomes uniform.
+fn unit_sum(mut map: Vec<f64>) -> Vec<f64> {
+    for v in &mut map {
+        if !v.is_finite() || *v < 0.0 {
+            *v = 0.0;
+        }
+    }
+    let sum: f64 = map.iter().sum();
+    let n = map.len() as f64;
+    for v in &mut map {
+        *v = if sum > 0.0 { *v / sum } else { 1.0 / n };
+    }
+    map
+}
+
+/// Bilinear resize of a square map from `side` to `out` as PyTorch's
+/// `F.interpolate(mode="bilinear", align_corners=False)` does it.
+fn bilinear(values: &[f32], side: usize, out: usize) -> Vec<f64> {
+    let taps = bilinear_taps(side, out);
+    let mut resized = Vec::with_capacity(out * out);
+    for &(y0, y1, wy) in &taps {
+        let (row0, row1) = (&values[y0 * side..][..side], &values[y1 * side..][..side]);
+        for &(x0, x1, wx) in &taps {
+            let top = f64::from(row0[x0]) * (1.0 - wx) + f64::from(row0[x1]) * wx;
+            let bottom = f64::from(row1[x0]) * (1.0 - wx) + f64::from(row1[x1]) * wx;
+            resized.push(top * (1.0 - wy) + bottom * wy);
+        }
+    }
+    resized
+}
+
+/// For each output index: the two source indices and the weight of the second.
+fn bilinear_taps(side: usize, out: usize) -> Vec<(usize, usize, f64)> {
+    let scale = side as f64 / out as f64;
+    (0..out)
+        .map(|i| {
+            let src = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(side - 1);
+            let i1 = (i0 + 1).min(side - 1);
+            (i0, i1, src - i0 as f64)
+        })
+        .collect()
+}
+
+/// Sums a square `side` x `side` map into `grid` x `grid` cells, splitting pixels that
+/// straddle a cell border by area, so the cells sum to what the map sums to.
+fn area_sum(map: &[f64], side: usize, grid: usize) -> Vec<f64> {
+    // weights[cell] = (pixel, fraction of that pixel's width inside the cell)
+    let cell_width = side as f64 / grid as f64;
+    let weights: Vec<Vec<(usize, f64)>> = (0..grid)
+        .map(|cell| {
+            let (lo, hi) = (cell as f64 * cell_width, (cell + 1) as f64 * cell_width);
+            (lo.floor() as usize..(hi.ceil() as usize).min(side))
+                .map(|p| (p, (hi.min(p as f64 + 1.0) - lo.max(p as f64)).max(0.0)))
+                .filter(|&(_, w)| w > 0.0)
+                .collect()
+        })
+        .collect();
+    let mut cells = vec![0.0; grid * grid];
+    for (cy, wy) in weights.iter().enumerate() {
+        for (cx, wx) in weights.iter().enumerate() {
+            let mut sum = 0.0;
+            for &(y, fy) in wy {
+                let row = &map[y * side..][..side];
+                sum += fy * wx.iter().map(|&(x, fx)| fx * row[x]).sum::<f64>();
+            }
+            cells[cy * grid + cx] = sum;
+        }
+    }
+    cells
+}
+
+/// Quantises non-negative values to u8 with `scale = max / 255` and compresses them.
+fn encode(values: &[f64], level: i32) -> Result<(Vec<u8>, f32), SummaryError> {
+    let max = values.iter().copied().fold(0.0, f64::max);
+    let scale = (max / 255.0) as f32;
+    let quantised: Vec<u8> = if scale > 0.0 {
+        values
+            .iter()
+            .map(|&v| (v / f64::from(scale)).round().clamp(0.0, 255.0) as u8)
+            .collect()
+    } else {
+        vec![0; values.len()]
+    };
+    let compressed = zstd::bulk::compress(&quantised, level).map_err(SummaryError::Compress)?;
+    Ok((compressed, scale))
+}
+
+/// Indices of the cells above zero that are local maxima among their 8 neighbours,
+/// strongest first. On a plateau, a cell beats equal neighbours that come later in row
+/// order, so a flat top yields one peak.
+fn local_maxima(cells: &[f64], grid: usize) -> Vec<usize> {
+    let beats = |a: usize, b: usize| cells[a] > cells[b] || (cells[a] == cells[b] && a < b);
+    let mut peaks: Vec<usize> = (0..cells.len())
+        .filter(|&i| cells[i] > 0.0)
+        .filter(|&i| {
+            let (y, x) = (i / grid, i % grid);
+            (y.saturating_sub(1)..=(y + 1).min(grid - 1))
+                .flat_map(|ny| {
+                    (x.saturating_sub(1)..=(x + 1).min(grid - 1)).map(move |nx| ny * grid + nx)
+                })
+                .filter(|&n| n != i)
+                .all(|n| beats(i, n))
+        })
+        .collect();
+    peaks.sort_by(|&a, &b| cells[b].total_cmp(&cells[a]).then(a.cmp(&b)));
+    peaks
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use prost::Message;
+
+    use super::*;
+
+    /// A flat-sky projection for tests (1.8 arcsec pixels, cutout centre at (10, 20)
+    /// degrees) that records the pixels it is asked about.
+    #[derive(Debug, Default)]
+    struct TestSky {
+        asked: Mutex<Vec<(f64, f64)>>,
+    }
+
+    impl SkyProjection for TestSky {
+        fn pixel_to_sky(&self, x: f64, y: f64) -> Option<(f64, f64)> {
+            self.asked.lock().expect("test lock").push((x, y));
+            let centre = (CUTOUT_SIZE as f64 - 1.0) / 2.0;
+            Some((10.0 - (x - centre) * 0.0005, 20.0 + (y - centre) * 0.0005))
+        }
+    }
+
+    fn config(grid: u32) -> SummaryConfig {
+        SummaryConfig {
+            grid,
+            zstd_level: 3,
+            per_gate_maps: false,
+        }
+    }
+
+    fn prepared(emission: impl Fn(usize, usize) -> bool) -> Prepared {
+        Prepared {
+            input: vec![0.0; PIXELS],
+            image_u8: vec![0; PIXELS],
+            emission: (0..PIXELS)
+                .map(|i| emission(i % MODEL_SIZE, i / MODEL_SIZE))
+                .collect(),
+            rms: 1.0,
+            threshold: 3.0,
+        }
+    }
+
+    fn map(side: usize, f: impl Fn(usize, usize) -> f32) -> AttentionMap {
+        AttentionMap {
+            side,
+            values: (0..side * side).map(|i| f(i % side, i / side)).collect(),
+        }
+    }
+
+    fn output(maps: Vec<AttentionMap>) -> ModelOutput {
+        ModelOutput {
+            probs: [0.3, 0.7],
+            attention: maps,
+        }
+    }
+
+    /// A smooth bump of height `h` centred on pixel (cx, cy).
+    fn bump(x: usize, y: usize, cx: f32, cy: f32, h: f32) -> f32 {
+        let d2 = (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2);
+        h * (-d2 / 50.0).exp()
+    }
+
+    #[test]
+    fn verdict_picks_the_likelier_label_with_its_entropy() {
+        let (label, confidence, entropy) = verdict([0.2, 0.8]);
+        assert_eq!(label, proto::Label::Frii);
+        assert_eq!(confidence, 0.8);
+        let want = -(0.2f64 * 0.2f64.log2() + 0.8 * 0.8f64.log2());
+        assert!(
+            (f64::from(entropy) - want).abs() < 1e-6,
+            "{entropy} vs {want}"
+        );
+
+        assert_eq!(verdict([0.9, 0.1]).0, proto::Label::Fri);
+        assert_eq!(verdict([1.0, 0.0]), (proto::Label::Fri, 1.0, 0.0));
+        assert_eq!(verdict([0.0, 1.0]), (proto::Label::Frii, 1.0, 0.0));
+        assert_eq!(verdict([0.5, 0.5]), (proto::Label::Fri, 0.5, 1.0));
+        let (label, confidence, entropy) = verdict([f32::NAN, 0.5]);
+        assert_eq!(label, proto::Label::Unspecified);
+        assert!(confidence.is_nan() && entropy.is_nan());
+    }
+
+    #[test]
+    fn bilinear_matches_pytorch_align_corners_false() {
+        // F.interpolate(torch.tensor([[[[1., 5.], [3., 7.]]]]), size=4, mode="bilinear",
+        // align_corners=False)[0, 0, 0] == [1, 2, 4, 5]
+        let up = bilinear(&[1.0, 5.0, 3.0, 7.0], 2, 4);
+        assert_eq!(&up[..4], &[1.0, 2.0, 4.0, 5.0]);
+        assert_eq!(&up[12..], &[3.0, 4.0, 6.0, 7.0]);
+        // A map already at the output size is left as it is.
+        let values: Vec<f32> = (0..9).map(|v| v as f32).collect();
+        assert_eq!(
+            bilinear(&values, 3, 3),
+            values.iter().map(|&v| f64::from(v)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn area_sum_keeps_the_total_for_grids_that_do_not_divide_150() {
+        let map: Vec<f64> = (0..PIXELS).map(|i| (i % 7) as f64).collect();
+        let total: f64 = map.iter().sum();
+        for grid in [1, 7, 32, 50, 149, 150] {
+            let cells = area_sum(&map, MODEL_SIZE, grid);
+            let sum: f64 = cells.iter().sum();
+            assert!(
+                (sum - total).abs() < 1e-9 * total,
+                "grid {grid}: {sum} vs {total}"
+            );
+        }
+        // Uniform pixels give equal cells when the grid divides the side.
+        let cells = area_sum(&vec![1.0; PIXELS], MODEL_SIZE, 50);
+        assert!(cells.iter().all(|&c| (c - 9.0).abs() < 1e-12));
+    }
+
+    #[test]
+    fn quantised_map_decodes_within_half_a_step() {
+        let gates = vec![
+            map(37, |x, y| ((x * 7 + y * 3) % 11) as f32 / 10.0),
+            map(75, |x, y| bump(x, y, 20.0, 50.0, 1.0)),
+            map(150, |x, y| if (x + y) % 5 == 0 { 0.9 } else { 0.1 }),
+        ];
+        let out = output(gates);
+        let summary = attention_summary(
+            &prepared(|_, _| false),
+            &out,
+            &TestSky::default(),
+            &config(50),
+        )
+        .expect("summary");
+        let exact = area_sum(&combine(&out.attention), MODEL_SIZE, 50);
+        let decoded = decode_map(&summary).expect("decodes");
+        assert_eq!(decoded.len(), 2500);
+        let half_step = f64::from(summary.scale) / 2.0;
+        for (d, e) in decoded.iter().zip(&exact) {
+            assert!(
+                (f64::from(*d) - e).abs() <= half_step * (1.0 + 1e-5),
+                "{d} vs {e}"
+            );
+        }
+        let total: f64 = exact.iter().sum();
+        assert!((total - 1.0).abs() < 1e-9, "combined map sums to {total}");
+        let max = exact.iter().copied().fold(0.0, f64::max);
+        assert!((f64::from(summary.scale) * 255.0 - max).abs() < 1e-6 * max);
+    }
+
+    #[test]
+    fn peaks_are_the_strongest_local_maxima_with_sky_positions() {
+        // Three bumps of falling height on a 150x150 gate, a fourth weaker one.
+        let gate = map(150, |x, y| {
+            bump(x, y, 100.0, 40.0, 1.0)
+                + bump(x, y, 31.0, 121.0, 0.8)
+                + bump(x, y, 70.0, 76.0, 0.6)
+                + bump(x, y, 130.0, 130.0, 0.3)
+        });
+        let sky = TestSky::default();
+        let summary = attention_summary(
+            &prepared(|_, _| false),
+            &output(vec![gate]),
+            &sky,
+            &config(50),
+        )
+        .expect("summary");
+        let at: Vec<(f32, f32)> = summary.peaks.iter().map(|p| (p.x, p.y)).collect();
+        // Cell centres of the cells holding (100, 40), (31, 121) and (70, 76).
+        assert_eq!(at, vec![(100.0, 40.0), (31.0, 121.0), (70.0, 76.0)]);
+        assert!(summary.peaks.windows(2).all(|w| w[0].weight > w[1].weight));
+        // Sky positions are those of the cutout pixel 75 px further on each axis.
+        let asked = sky.asked.lock().expect("test lock").clone();
+        assert_eq!(asked, vec![(175.0, 115.0), (106.0, 196.0), (145.0, 151.0)]);
+        let (ra, dec) = sky.pixel_to_sky(175.0, 115.0).expect("on sky");
+        assert_eq!(
+            (summary.peaks[0].ra_deg, summary.peaks[0].dec_deg),
+            (ra, dec)
+        );
+    }
+
+    #[test]
+    fn peaks_of_a_flat_map_and_off_sky_positions() {
+        #[derive(Debug)]
+        struct NoSky;
+        impl SkyProjection for NoSky {
+            fn pixel_to_sky(&self, _: f64, _: f64) -> Option<(f64, f64)> {
+                None
+            }
+        }
+        // A uniform map (here: all zeros, which counts as uniform) has one peak, the first
+        // cell, and off the projection its sky position is NaN.
+        let summary = attention_summary(
+            &prepared(|_, _| false),
+            &output(vec![map(37, |_, _| 0.0)]),
+            &NoSky,
+            &config(50),
+        )
+        .expect("summary");
+        assert_eq!(summary.peaks.len(), 1);
+        assert_eq!((summary.peaks[0].x, summary.peaks[0].y), (1.0, 1.0));
+        assert!(summary.peaks[0].ra_deg.is_nan() && summary.peaks[0].dec_deg.is_nan());
+        assert!((summary.peaks[0].weight - 1.0 / 2500.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn on_emission_fraction_counts_attention_on_emission_pixels() {
+        // Attention only on the left half; emission on the left quarter (x < 37) and on
+        // the whole top row band y >= 140 (half of which is in the attended half).
+        let gate = map(150, |x, _| if x < 75 { 1.0 } else { 0.0 });
+        let emission = prepared(|x, y| x < 37 || y >= 140);
+        let summary = attention_summary(
+            &emission,
+            &output(vec![gate]),
+            &TestSky::default(),
+            &config(50),
+        )
+        .expect("summary");
+        let want = (37.0 * 140.0 + 75.0 * 10.0) / (75.0 * 150.0);
+        assert!(
+            (f64::from(summary.on_emission_fraction) - want).abs() < 1e-6,
+            "{}",
+            summary.on_emission_fraction
+        );
+
+        // Uniform attention: the fraction is the share of emission pixels.
+        let gate = map(75, |_, _| 0.5);
+        let summary = attention_summary(
+            &emission,
+            &output(vec![gate]),
+            &TestSky::default(),
+            &config(50),
+        )
+        .expect("summary");
+        let want = (37.0 * 140.0 + 150.0 * 10.0) / PIXELS as f64;
+        assert!((f64::from(summary.on_emission_fraction) - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn gates_are_averaged_after_each_is_normalised() {
+        // Gate 1 puts all its attention on the left half, gate 2 on the right half, with
+        // very different magnitudes: each half still gets half of the combined attention.
+        let left = map(150, |x, _| if x < 75 { 100.0 } else { 0.0 });
+        let right = map(75, |x, _| if x >= 38 { 0.01 } else { 0.0 });
+        let summary = attention_summary(
+            &prepared(|x, _| x < 75),
+            &output(vec![left, right]),
+            &TestSky::default(),
+            &config(50),
+        )
+        .expect("summary");
+        assert!(
+            (summary.on_emission_fraction - 0.5).abs() < 0.01,
+            "{}",
+            summary.on_emission_fraction
+        );
+    }
+
+    #[test]
+    fn per_gate_maps_only_when_configured() {
+        let out = output(vec![map(37, |x, _| x as f32), map(75, |_, y| y as f32)]);
+        let p = prepared(|_, _| false);
+        let without =
+            attention_summary(&p, &out, &TestSky::default(), &config(50)).expect("summary");
+        assert!(without.gates.is_empty());
+        let cfg = SummaryConfig {
+            per_gate_maps: true,
+            ..config(50)
+        };
+        let with = attention_summary(&p, &out, &TestSky::default(), &cfg).expect("summary");
+        assert_eq!(with.gates.len(), 2);
+        let g2 = &with.gates[1];
+        assert_eq!((g2.gate, g2.width, g2.height), (2, 75, 75));
+        let decoded = decode_gate_map(g2).expect("gate map decodes");
+        assert_eq!(decoded.len(), 75 * 75);
+        // Row y holds y / sum(all rows): the top row is the largest.
+        let total: f64 = (0..75).map(|y| 75.0 * y as f64).sum();
+        let top = 74.0 / total;
+        assert!((f64::from(decoded[74 * 75]) - top).abs() <= f64::from(g2.scale) / 2.0 + 1e-9);
+    }
+
+    #[test]
+    fn bad_shapes_and_grids_are_errors_not_panics() {
+        let p = prepared(|_, _| false);
+        let sky = TestSky::default();
+        let good = output(vec![map(37, |_, _| 1.0)]);
+        assert!(matches!(
+            attention_summary(&p, &good, &sky, &config(0)),
+            Err(SummaryError::Grid(0))
+        ));
+        assert!(matches!(
+            attention_summary(&p, &good, &sky, &config(151)),
+            Err(SummaryError::Grid(151))
+        ));
+        let short = output(vec![AttentionMap {
+            side: 37,
+            values: vec![1.0; 10],
+        }]);
+        assert!(matches!(
+            attention_summary(&p, &short, &sky, &config(50)),
+            Err(SummaryError::MapShape { gate: 1, .. })
+        ));
+        assert!(matches!(
+            attention_summary(&p, &output(vec![]), &sky, &config(50)),
+            Err(SummaryError::NoMaps)
+        ));
+        let small = Prepared {
+            emission: vec![true; 10],
+            ..p
+        };
+        assert!(matches!(
+            attention_summary(&small, &good, &sky, &config(50)),
+            Err(SummaryError::Emission(10))
+        ));
+    }
+
+    #[test]
+    fn corrupt_or_oversized_maps_do_not_decode() {
+        let summary = attention_summary(
+            &prepared(|_, _| false),
+            &output(vec![map(37, |x, _| x as f32)]),
+            &TestSky::default(),
+            &config(50),
+        )
+        .expect("summary");
+        let truncated = proto::AttentionSummary {
+            map_zstd: summary.map_zstd[..summary.map_zstd.len() / 2].to_vec(),
+            ..summary.clone()
+        };
+        assert!(matches!(
+            decode_map(&truncated),
+            Err(DecodeError::Decompress(_))
+        ));
+        let smaller_grid = proto::AttentionSummary {
+            grid: 49,
+            ..summary.clone()
+        };
+        assert!(
+            decode_map(&smaller_grid).is_err(),
+            "2500 cells do not fit a 49x49 map"
+        );
+        let larger_grid = proto::AttentionSummary {
+            grid: 51,
+            ..summary
+        };
+        assert!(matches!(
+            decode_map(&larger_grid),
+            Err(DecodeError::Size {
+                got: 2500,
+                want: 2601
+            })
+        ));
+    }
+
+    /// The size budget: with the default configuration, the median encoded
+    /// `Classification` of real images through the real model is at most 1.5 KB.
+    #[tokio::test]
+    async fn median_classification_fits_the_size_budget() {
+        use crate::infer::Inference;
+        use crate::infer::testing::{mirabest_sample, test_config};
+
+        let sample = mirabest_sample();
+        let (inference, model) = Inference::start(&test_config(1)).expect("model starts");
+        let outputs = inference
+            .infer(sample.iter().map(|s| s.input()).collect())
+            .await
+            .expect("batch runs");
+        let sky = TestSky::default();
+        let mut sizes: Vec<usize> = sample
+            .iter()
+            .zip(&outputs)
+            .map(|(image, out)| {
+                let p = Prepared {
+                    input: image.input(),
+                    emission: image.image_u8.iter().map(|&v| v > 0).collect(),
+                    image_u8: image.image_u8.clone(),
+                    rms: 1.2e-4,
+                    threshold: 3.6e-4,
+                };
+                let attention = attention_summary(&p, out, &sky, &config(50)).expect("summary");
+                realistic_classification(&image.name, model.clone(), out.probs, attention)
+                    .encoded_len()
+            })
+            .collect();
+        sizes.sort_unstable();
+        let median = sizes[sizes.len() / 2];
+        assert!(
+            median <= 1536,
+            "median encoded Classification is {median} bytes: {sizes:?}"
+        );
+    }
+
+    /// A `Classification` with every field filled as the worker fills it.
+    pub(crate) fn realistic_classification(
+        name: &str,
+        model: proto::ModelInfo,
+        probs: [f32; 2],
+        attention: proto::AttentionSummary,
+    ) -> proto::Classification {
+        let (label, confidence, entropy_bits) = verdict(probs);
+        let now = prost_types::Timestamp {
+            seconds: 1_764_000_000,
+            nanos: 123_456_789,
+        };
+        proto::Classification {
+            source_id: name.to_string(),
+            survey: "FIRST".to_string(),
+            ra_deg: 188.320_123_456,
+            dec_deg: 19.481_234_567,
+            detected_at: Some(now),
+            label: label as i32,
+            prob_fri: probs[0],
+            prob_frii: probs[1],
+            confidence,
+            entropy_bits,
+            model: Some(model),
+            attention: Some(attention),
+            cutout: Some(proto::CutoutProvenance {
+                file: format!("/data/first/mirabest-test/{name}.fits"),
+                x0: 0,
+                y0: 0,
+                width: 300,
+                height: 300,
+                coverage: 1.0,
+                rms: 1.2e-4,
+                clip_threshold: 3.6e-4,
+                projection: "TAN".to_string(),
+            }),
+            timings: Some(proto::StageTimings {
+                cutout_us: 25,
+                preprocess_us: 900,
+                queue_us: 18_000,
+                inference_us: 40_000,
+                total_us: 60_000,
+            }),
+            classified_at: Some(now),
+            stream: None,
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+
+use radiogate::config::{Config, OutputFormat, SinkConfig, SourceConfig};
+use radiogate::pipeline::{self, RunOptions, RunSummary};
+use radiogate::sink::record::Record;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+
+/// The model the tests classify with: the shipped default when it is there, else the
+/// random-weight stand-in that keeps the export contract.
+pub fn model() -> PathBuf {
+    let shipped = repo().join("models/agcnn-mirabest-confident.onnx");
+    if shipped.exists() { shipped } else { repo().join("models/stand-in.onnx") }
+}
+
+pub fn sample_dir() -> PathBuf {
+    repo().join("samples/first")
+}
+
+/// A configuration that classifies `inputs` into `out` (JSON Lines) with the test model.
+pub fn files_config(inputs: Vec<PathBuf>, out: &Path) -> Config {
+    let mut config = Config::default();
+    config.source = SourceConfig::Files { inputs, survey: "FIRST".into() };
+    config.inference.model = model();
+    config.inference.model_name = "test-model".into();
+    config.sink = SinkConfig::File { path: Some(out.to_path_buf()), format: OutputFormat::Jsonl };
+    config
+}
+
+/// Runs the pipeline to the end of its input.
+pub fn run(config: Config) -> RunSummary {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    runtime
+        .block_on(pipeline::run(config, RunOptions::default(), std::future::pending()))
+        .expect("the run succeeds")
+}
+
+pub fn read(out: &Path) -> Vec<Record> {
+    radiogate::sink::read_jsonl(out).expect("the output reads back")
+}
+
+/// A minimal FITS file: a primary header with `cards` (keyword, value as written) and
+/// big-endian float32 pixels, each part padded to 2880-byte blocks.
+pub fn fits_f32(cards: &[(&str, &str)], pixels: &[f32]) -> Vec<u8> {
+    let mut header = String::new();
+    for (key, value) in cards {
+        header.push_str(&format!("{key:<8}= {value:>20}{:50}", ""));
+    }
+    header.push_str(&format!("{:<80}", "END"));
+    let mut bytes = header.into_bytes();
+    bytes.resize(bytes.len().div_ceil(2880) * 2880, b' ');
+    for p in pixels {
+        bytes.extend_from_slice(&p.to_be_bytes());
+    }
+    bytes.resize(bytes.len().div_ceil(2880) * 2880, 0);
+    bytes
+}
+
+/// Header cards of a `n` x `n` float32 image with a FIRST-like TAN WCS centred on (ra, dec).
+pub fn tan_cards(n: usize, ra: f64, dec: f64) -> Vec<(&'static str, String)> {
+    let crpix = format!("{:.1}", n as f64 / 2.0 + 0.5);
+    vec![
+        ("SIMPLE", "T".into()),
+        ("BITPIX", "-32".into()),
+        ("NAXIS", "2".into()),
+        ("NAXIS1", n.to_string()),
+        ("NAXIS2", n.to_string()),
+        ("CTYPE1", "'RA---TAN'".into()),
+        ("CTYPE2", "'DEC--TAN'".into()),
+        ("CRVAL1", format!("{ra:.6}")),
+        ("CRVAL2", format!("{dec:.6}")),
+        ("CRPIX1", crpix.clone()),
+        ("CRPIX2", crpix),
+        ("CDELT1", "-0.0005".into()),
+        ("CDELT2", "0.0005".into()),
+    ]
+}
+
+pub fn cards_ref<'a>(cards: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    cards.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
