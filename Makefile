@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 CARGO ?= cargo
 
-.PHONY: demo test setup setup-python build lint test-rust test-python models clean-runs
+.PHONY: demo test setup setup-python build lint test-rust test-python models clean-runs broker-start broker-stop
 
 ## Install what is missing, build, classify the bundled sample of real FIRST cutouts.
 demo: setup
@@ -17,15 +17,24 @@ setup:
 	scripts/setup.sh
 
 setup-python:
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r python/requirements.txt
+	PIP_BREAK_SYSTEM_PACKAGES=1 $(PYTHON) -m pip install --quiet --disable-pip-version-check -r python/requirements.txt
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --quiet -- -D warnings
 	cd python && ruff format --check . && ruff check .
 
+## The Kafka tests need a broker: start one (scripts/kafka/broker.sh), stop it even on failure.
 test-rust:
-	$(CARGO) test --quiet
+	scripts/kafka/broker.sh start
+	status=0; $(CARGO) test --quiet || status=$$?; scripts/kafka/broker.sh stop; exit $$status
+
+## A single-node Apache Kafka broker on 127.0.0.1:$${KAFKA_PORT:-9092}, for local runs.
+broker-start:
+	scripts/kafka/broker.sh start
+
+broker-stop:
+	scripts/kafka/broker.sh stop
 
 test-python:
 	cd python && $(PYTHON) -m pytest -q

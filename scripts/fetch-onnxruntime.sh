@@ -40,9 +40,8 @@ if [[ -e "$target" && -e "$dest/libonnxruntime.so.$ORT_VERSION" ]]; then
   exit 0
 fi
 
-command -v unzip >/dev/null || { echo "fetch-onnxruntime: needs unzip" >&2; exit 1; }
-pip="$(command -v pip3 || command -v pip || true)"
-[[ -n "$pip" ]] || { echo "fetch-onnxruntime: needs pip (python3-pip)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "fetch-onnxruntime: needs python3 (with pip)" >&2; exit 1; }
+python3 -m pip --version >/dev/null 2>&1 || { echo "fetch-onnxruntime: needs pip (Debian: python3-pip)" >&2; exit 1; }
 
 tmp="$(mktemp -d)"
 stage=""
@@ -50,16 +49,25 @@ trap 'rm -rf "$tmp" ${stage:+"$stage"}' EXIT
 
 # Any Python and platform can fetch the manylinux wheel: the shared library inside does not
 # depend on the CPython ABI.
-"$pip" download --quiet --no-deps --only-binary=:all: \
+python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
   --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp \
   "$wheel==$ORT_VERSION" -d "$tmp"
 
 whl=("$tmp"/*.whl)
 [[ -f "${whl[0]}" ]] || { echo "fetch-onnxruntime: pip fetched no wheel for $wheel==$ORT_VERSION" >&2; exit 1; }
 
-members=()
-for lib in "${libs[@]}"; do members+=("onnxruntime/capi/$lib"); done
-unzip -q -o -j "${whl[0]}" "${members[@]}" -d "$tmp/lib"
+mkdir "$tmp/lib"
+python3 - "${whl[0]}" "$tmp/lib" "${libs[@]}" <<'PY'
+import shutil, sys, zipfile
+from pathlib import Path
+
+wheel, out, *libs = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z:
+    for lib in libs:
+        with z.open(f"onnxruntime/capi/{lib}") as src, open(Path(out) / lib, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        (Path(out) / lib).chmod(0o755)
+PY
 
 # Install into a sibling folder and rename it into place, so that an interrupted run never
 # leaves a half-filled folder that the check above would take for a finished one.

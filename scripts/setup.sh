@@ -6,11 +6,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(pkg-config libcfitsio-dev protobuf-compiler zlib1g-dev)
+# gcc, make: rdkafka builds its bundled librdkafka. maven, openjdk-17-jdk-headless: the test
+# broker (scripts/kafka/broker.sh; its readiness probe is a Java source file, hence the JDK).
+apt_packages=(pkg-config libcfitsio-dev protobuf-compiler zlib1g-dev gcc make maven openjdk-17-jdk-headless)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# pip fetches the ONNX Runtime wheel; Debian's python3 comes without it.
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
   sudo_cmd=()

@@ -60,6 +60,34 @@ pub enum Command {
     /// Load and validate a configuration file (with environment overrides), print the
     /// resolved configuration, and exit.
     CheckConfig(CheckConfigArgs),
+    /// Send SourceDetection messages (key: source id) from FITS files or a catalogue to a
+    /// Kafka topic: how to feed a test stream.
+    Publish(PublishArgs),
+}
+
+/// `radiogate publish`.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// Kafka bootstrap servers, `host:port[,host:port...]`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub brokers: String,
+    /// Topic to send the detections to.
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: String,
+    /// Send each FITS file's bytes in the message (`fits_cutout`) instead of its path.
+    #[arg(long, conflicts_with = "catalog")]
+    pub inline: bool,
+    /// CSV catalogue of positions (columns source_id, ra, dec, ...) instead of FITS inputs.
+    #[arg(
+        long,
+        value_name = "FILE.csv",
+        conflicts_with = "inputs",
+        required_unless_present = "inputs"
+    )]
+    pub catalog: Option<PathBuf>,
+    /// FITS files, or folders searched recursively for them.
+    #[arg(value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
 }
 
 /// `radiogate classify`: the offline, one-shot form.

@@ -47,6 +47,49 @@ pub enum SourceConfig {
     Catalog { path: PathBuf, survey: String },
     /// A file of `SourceDetection` messages, length-delimited protobuf.
     DetectionsFile { path: PathBuf },
+    /// `SourceDetection` messages from a Kafka topic, in a consumer group.
+    Kafka(KafkaSourceConfig),
+}
+
+/// A Kafka consumer in a group (`[source]` with `kind = "kafka"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaSourceConfig {
+    /// `bootstrap.servers`: `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The consumer group shared by every copy of the worker.
+    pub group_id: String,
+    /// The topic of `SourceDetection` messages.
+    pub topic: String,
+    /// Extra librdkafka consumer properties (TLS, SASL, timeouts), applied last except for
+    /// the ones the acknowledgement path depends on (see `source::kafka`).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// When an input record counts as handled (`sink.delivery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliveryMode {
+    /// Offsets are committed after their results are delivered: nothing is lost; a crash
+    /// can repeat results of items delivered since the last commit.
+    #[default]
+    AtLeastOnce,
+    /// Results and consumed offsets in one producer transaction (not implemented yet:
+    /// refused by validation).
+    ExactlyOnce,
+}
+
+/// An idempotent Kafka producer (`[sink]` with `kind = "kafka"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaSinkConfig {
+    /// `bootstrap.servers`: `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Topic of `Classification` messages (key: source id).
+    pub results_topic: String,
+    /// Topic of `Rejection` messages (key: source id when known).
+    pub dead_letter_topic: String,
+    pub delivery: DeliveryMode,
+    /// Extra librdkafka producer properties (TLS, SASL, linger), applied last except for
+    /// idempotence and acks.
+    pub properties: BTreeMap<String, String>,
 }
 
 /// Where the pixels come from when a detection carries none.
@@ -137,6 +180,8 @@ pub enum SinkConfig {
         path: Option<PathBuf>,
         format: OutputFormat,
     },
+    /// Kafka topics: results and dead letters.
+    Kafka(KafkaSinkConfig),
 }
 
 /// Queues between stages and the shutdown deadline.
@@ -487,6 +532,7 @@ enum RawSourceKind {
     Files,
     Catalog,
     Detections,
+    Kafka,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -496,6 +542,10 @@ struct RawSource {
     inputs: Vec<PathBuf>,
     path: Option<PathBuf>,
     survey: Option<String>,
+    brokers: Option<String>,
+    group_id: Option<String>,
+    topic: Option<String>,
+    properties: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -588,6 +638,15 @@ impl Default for RawSummary {
 enum RawSinkKind {
     #[default]
     File,
+    Kafka,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawDelivery {
+    #[default]
+    AtLeastOnce,
+    ExactlyOnce,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -603,7 +662,12 @@ enum RawFormat {
 struct RawSink {
     kind: RawSinkKind,
     path: Option<PathBuf>,
-    format: RawFormat,
+    format: Option<RawFormat>,
+    brokers: Option<String>,
+    results_topic: Option<String>,
+    dead_letter_topic: Option<String>,
+    delivery: Option<RawDelivery>,
+    properties: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -718,6 +782,14 @@ impl RawConfig {
             },
             telemetry: self.telemetry.resolve(&mut check),
         };
+        if matches!(config.source, SourceConfig::Kafka(_))
+            && !matches!(config.sink, SinkConfig::Kafka(_))
+        {
+            check.fail(
+                "sink.kind",
+                "must be \"kafka\" when source.kind = \"kafka\" (offsets are acknowledged by delivery reports)",
+            );
+        }
         if check.errors.is_empty() {
             Ok(config)
         } else {
@@ -732,7 +804,24 @@ impl RawSource {
             RawSourceKind::Files => "files",
             RawSourceKind::Catalog => "catalog",
             RawSourceKind::Detections => "detections",
+            RawSourceKind::Kafka => "kafka",
         };
+        if self.kind == RawSourceKind::Kafka {
+            return self.resolve_kafka(check);
+        }
+        for (field, given) in [
+            ("source.brokers", self.brokers.is_some()),
+            ("source.group_id", self.group_id.is_some()),
+            ("source.topic", self.topic.is_some()),
+            ("source.properties", !self.properties.is_empty()),
+        ] {
+            if given {
+                check.fail(
+                    field,
+                    format!("only used when source.kind = \"kafka\", not \"{kind}\""),
+                );
+            }
+        }
         let survey_given = self.survey.is_some();
         let survey = match self.survey {
             Some(s) if s.trim().is_empty() => {
@@ -783,6 +872,49 @@ impl RawSource {
             }
         }
     }
+}
+
+impl RawSource {
+    fn resolve_kafka(self, check: &mut Checker) -> SourceConfig {
+        for (field, given) in [
+            ("source.inputs", !self.inputs.is_empty()),
+            ("source.path", self.path.is_some()),
+            ("source.survey", self.survey.is_some()),
+        ] {
+            if given {
+                check.fail(field, "not used when source.kind = \"kafka\"");
+            }
+        }
+        SourceConfig::Kafka(KafkaSourceConfig {
+            brokers: required(check, "source.brokers", self.brokers, "kafka"),
+            group_id: required(check, "source.group_id", self.group_id, "kafka"),
+            topic: required(check, "source.topic", self.topic, "kafka"),
+            properties: self.properties,
+        })
+    }
+}
+
+/// A non-blank string required in a mode (`kind`); on failure records the error.
+fn required(check: &mut Checker, field: &str, value: Option<String>, kind: &str) -> String {
+    match value {
+        Some(v) if !v.trim().is_empty() => v,
+        Some(_) => {
+            check.fail(field, "must not be empty");
+            String::new()
+        }
+        None => {
+            check.fail(
+                field,
+                format!("required when {} = \"{kind}\"", kind_field(field)),
+            );
+            String::new()
+        }
+    }
+}
+
+/// `source.kind` for a `source.*` field, `sink.kind` for a `sink.*` one.
+fn kind_field(field: &str) -> String {
+    format!("{}.kind", field.split('.').next().unwrap_or_default())
 }
 
 impl RawInference {
@@ -870,7 +1002,20 @@ impl RawSummary {
 
 impl RawSink {
     fn resolve(self, check: &mut Checker) -> SinkConfig {
-        let RawSinkKind::File = self.kind;
+        if let RawSinkKind::Kafka = self.kind {
+            return self.resolve_kafka(check);
+        }
+        for (field, given) in [
+            ("sink.brokers", self.brokers.is_some()),
+            ("sink.results_topic", self.results_topic.is_some()),
+            ("sink.dead_letter_topic", self.dead_letter_topic.is_some()),
+            ("sink.delivery", self.delivery.is_some()),
+            ("sink.properties", !self.properties.is_empty()),
+        ] {
+            if given {
+                check.fail(field, "only used when sink.kind = \"kafka\", not \"file\"");
+            }
+        }
         let path = match self.path {
             Some(p) if p.as_os_str() == "-" => None,
             Some(p) if p.as_os_str().is_empty() => {
@@ -882,7 +1027,7 @@ impl RawSink {
             }
             other => other,
         };
-        let format = match self.format {
+        let format = match self.format.unwrap_or_default() {
             RawFormat::Jsonl => OutputFormat::Jsonl,
             RawFormat::Protobuf => OutputFormat::Protobuf,
         };
@@ -893,6 +1038,50 @@ impl RawSink {
             );
         }
         SinkConfig::File { path, format }
+    }
+
+    fn resolve_kafka(self, check: &mut Checker) -> SinkConfig {
+        for (field, given) in [
+            ("sink.path", self.path.is_some()),
+            ("sink.format", self.format.is_some()),
+        ] {
+            if given {
+                check.fail(
+                    field,
+                    "not used when sink.kind = \"kafka\" (messages are protobuf)",
+                );
+            }
+        }
+        let delivery = match self.delivery.unwrap_or_default() {
+            RawDelivery::AtLeastOnce => DeliveryMode::AtLeastOnce,
+            RawDelivery::ExactlyOnce => {
+                check.fail(
+                    "sink.delivery",
+                    "\"exactly_once\" (transactions) is not implemented yet; use \"at_least_once\"",
+                );
+                DeliveryMode::ExactlyOnce
+            }
+        };
+        let results_topic = required(check, "sink.results_topic", self.results_topic, "kafka");
+        let dead_letter_topic = required(
+            check,
+            "sink.dead_letter_topic",
+            self.dead_letter_topic,
+            "kafka",
+        );
+        if !results_topic.is_empty() && results_topic == dead_letter_topic {
+            check.fail(
+                "sink.dead_letter_topic",
+                "must differ from sink.results_topic",
+            );
+        }
+        SinkConfig::Kafka(KafkaSinkConfig {
+            brokers: required(check, "sink.brokers", self.brokers, "kafka"),
+            results_topic,
+            dead_letter_topic,
+            delivery,
+            properties: self.properties,
+        })
     }
 }
 
@@ -1257,6 +1446,101 @@ mod tests {
                 survey: "FIRST".into()
             }
         );
+    }
+
+    #[test]
+    fn kafka_source_and_sink_resolve() {
+        let config = from_toml(
+            "[source]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\ngroup_id = \"g\"\ntopic = \"in\"\n\
+             properties = { \"session.timeout.ms\" = \"6000\" }\n\
+             [sink]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\nresults_topic = \"out\"\n\
+             dead_letter_topic = \"dead\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.source,
+            SourceConfig::Kafka(KafkaSourceConfig {
+                brokers: "127.0.0.1:9092".into(),
+                group_id: "g".into(),
+                topic: "in".into(),
+                properties: BTreeMap::from([("session.timeout.ms".into(), "6000".into())]),
+            })
+        );
+        assert_eq!(
+            config.sink,
+            SinkConfig::Kafka(KafkaSinkConfig {
+                brokers: "127.0.0.1:9092".into(),
+                results_topic: "out".into(),
+                dead_letter_topic: "dead".into(),
+                delivery: DeliveryMode::AtLeastOnce,
+                properties: BTreeMap::new(),
+            })
+        );
+    }
+
+    #[test]
+    fn kafka_settings_are_checked_by_name() {
+        let sink = "[sink]\nkind = \"kafka\"\nbrokers = \"b\"\nresults_topic = \"out\"\ndead_letter_topic = \"dead\"\n";
+        let msg = field_error(from_toml(&format!(
+            "[source]\nkind = \"kafka\"\nbrokers = \"b\"\ntopic = \"in\"\n{sink}"
+        )));
+        assert_eq!(
+            msg,
+            "source.group_id: required when source.kind = \"kafka\""
+        );
+        let msg = field_error(from_toml(&format!(
+            "[source]\nkind = \"kafka\"\nbrokers = \"b\"\ngroup_id = \" \"\ntopic = \"in\"\n{sink}"
+        )));
+        assert_eq!(msg, "source.group_id: must not be empty");
+        let msg = field_error(from_toml("[source]\ntopic = \"in\"\n"));
+        assert_eq!(
+            msg,
+            "source.topic: only used when source.kind = \"kafka\", not \"files\""
+        );
+        let msg = field_error(from_toml(
+            "[source]\nkind = \"kafka\"\nbrokers = \"b\"\ngroup_id = \"g\"\ntopic = \"in\"\n",
+        ));
+        assert!(
+            msg.starts_with("sink.kind: must be \"kafka\" when source.kind = \"kafka\""),
+            "{msg}"
+        );
+        let msg = field_error(from_toml(&format!("{sink}delivery = \"exactly_once\"\n")));
+        assert!(
+            msg.starts_with("sink.delivery: \"exactly_once\" (transactions) is not implemented"),
+            "{msg}"
+        );
+        let msg = field_error(from_toml(&format!("{sink}delivery = \"sometimes\"\n")));
+        assert!(
+            msg.starts_with("sink.delivery: unknown variant `sometimes`"),
+            "{msg}"
+        );
+        let msg = field_error(from_toml(&format!("{sink}format = \"jsonl\"\n")));
+        assert!(
+            msg.starts_with("sink.format: not used when sink.kind = \"kafka\""),
+            "{msg}"
+        );
+        let msg = field_error(from_toml(
+            "[sink]\nkind = \"kafka\"\nbrokers = \"b\"\nresults_topic = \"t\"\ndead_letter_topic = \"t\"\n",
+        ));
+        assert_eq!(
+            msg,
+            "sink.dead_letter_topic: must differ from sink.results_topic"
+        );
+        let msg = field_error(from_toml("[sink]\nresults_topic = \"out\"\n"));
+        assert_eq!(
+            msg,
+            "sink.results_topic: only used when sink.kind = \"kafka\", not \"file\""
+        );
+    }
+
+    #[test]
+    fn a_kafka_sink_takes_results_of_an_offline_source() {
+        let config = from_toml(
+            "[sink]\nkind = \"kafka\"\nbrokers = \"b\"\nresults_topic = \"out\"\ndead_letter_topic = \"dead\"\n",
+        )
+        .unwrap();
+        assert!(matches!(config.source, SourceConfig::Files { .. }));
+        assert!(matches!(config.sink, SinkConfig::Kafka(_)));
     }
 
     #[test]

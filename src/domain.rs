@@ -22,7 +22,11 @@ pub enum Origin {
     /// A file, a folder entry or a catalogue row (`path` or `path:row`).
     Input(String),
     /// A Kafka record.
-    Stream { topic: String, partition: i32, offset: i64 },
+    Stream {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
 }
 
 impl Origin {
@@ -30,7 +34,11 @@ impl Origin {
     pub fn stream_position(&self) -> Option<proto::StreamPosition> {
         match self {
             Origin::Input(_) => None,
-            Origin::Stream { topic, partition, offset } => Some(proto::StreamPosition {
+            Origin::Stream {
+                topic,
+                partition,
+                offset,
+            } => Some(proto::StreamPosition {
                 topic: topic.clone(),
                 partition: *partition,
                 offset: *offset,
@@ -42,7 +50,11 @@ impl Origin {
     pub fn input(&self) -> String {
         match self {
             Origin::Input(s) => s.clone(),
-            Origin::Stream { topic, partition, offset } => format!("{topic}/{partition}@{offset}"),
+            Origin::Stream {
+                topic,
+                partition,
+                offset,
+            } => format!("{topic}/{partition}@{offset}"),
         }
     }
 }
@@ -101,7 +113,10 @@ pub struct ItemError {
 
 impl ItemError {
     pub fn new(reason: proto::RejectReason, detail: impl Into<String>) -> Self {
-        Self { reason, detail: detail.into() }
+        Self {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //!
 //! `pipeline` is the only module that knows every stage; the stages share `domain` types.
 
+pub mod ack;
 pub mod batch;
 pub mod cli;
 pub mod config;

@@ -15,6 +15,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Publish(args) = &cli.command {
+        return publish(&cli, args);
+    }
     let truth = match &cli.command {
         Command::Classify(args) => args.truth.clone().zip(args.out.clone()),
         _ => None,
@@ -28,7 +31,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli, &config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("radiogate: cannot start the async runtime: {e}");
@@ -54,7 +60,9 @@ fn main() -> ExitCode {
             tracing::error!(error = %e, "run failed");
             eprintln!("radiogate: {e}");
             match e {
-                PipelineError::Source(_) | PipelineError::Mosaics(_) | PipelineError::Model(_) => ExitCode::from(2),
+                PipelineError::Source(_) | PipelineError::Mosaics(_) | PipelineError::Model(_) => {
+                    ExitCode::from(2)
+                }
                 _ => ExitCode::FAILURE,
             }
         }
@@ -68,19 +76,62 @@ fn load(cli: &Cli) -> anyhow::Result<Option<(Config, bool)>> {
         Command::Classify(args) => (cli::classify_config(args)?, args.quiet),
         Command::Run(args) => (cli::file_config(&args.config)?, true),
         Command::CheckConfig(args) => {
-            config::load(Some(&args.config), std::env::vars())
-                .with_context(|| format!("{} is not a valid configuration", args.config.display()))?;
+            config::load(Some(&args.config), std::env::vars()).with_context(|| {
+                format!("{} is not a valid configuration", args.config.display())
+            })?;
             println!("{}: ok", args.config.display());
             return Ok(None);
         }
+        Command::Publish(_) => return Ok(None),
     };
     cli.global.apply(&mut config);
     Ok(Some((config, !quiet && std::io::stderr().is_terminal())))
 }
 
+/// `radiogate publish`: 0 when every detection was delivered, 1 when sending failed, 2
+/// when the inputs cannot be read.
+fn publish(cli: &Cli, args: &cli::PublishArgs) -> ExitCode {
+    init_logging(cli, &Config::default());
+    let source = match &args.catalog {
+        Some(path) => config::SourceConfig::Catalog {
+            path: path.clone(),
+            survey: config::DEFAULT_SURVEY.into(),
+        },
+        None => config::SourceConfig::Files {
+            inputs: args.inputs.clone(),
+            survey: config::DEFAULT_SURVEY.into(),
+        },
+    };
+    let plan = pipeline::PublishPlan {
+        brokers: args.brokers.clone(),
+        topic: args.topic.clone(),
+        source,
+        inline: args.inline,
+    };
+    match pipeline::publish(&plan) {
+        Ok(summary) => {
+            eprintln!(
+                "radiogate: {} detections sent to {}, {} inputs skipped",
+                summary.sent, args.topic, summary.skipped
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("radiogate: {e}");
+            match e {
+                PipelineError::Source(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
 fn init_logging(cli: &Cli, config: &Config) {
-    let filter = EnvFilter::try_from_env("RADIOGATE_LOG").unwrap_or_else(|_| EnvFilter::new(&cli.global.log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_env("RADIOGATE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(&cli.global.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.telemetry.json_logs {
         builder.json().init();
     } else {
@@ -121,18 +172,38 @@ async fn first_signal() {
 }
 
 fn print_summary(summary: &RunSummary) {
-    let labels: Vec<String> = summary.by_label.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    let reasons: Vec<String> = summary.by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let labels: Vec<String> = summary
+        .by_label
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    let reasons: Vec<String> = summary
+        .by_reason
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
     eprintln!(
         "radiogate: {} classified ({}), {} rejected{} in {:.2} s, {:.1} sources/s; model {} ({}){}",
         summary.classified,
-        if labels.is_empty() { "none".to_string() } else { labels.join(", ") },
+        if labels.is_empty() {
+            "none".to_string()
+        } else {
+            labels.join(", ")
+        },
         summary.rejected,
-        if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) },
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", reasons.join(", "))
+        },
         summary.elapsed.as_secs_f64(),
         summary.throughput(),
         summary.model.name,
         summary.model.execution_provider,
-        if summary.interrupted { "; interrupted, in-flight work drained" } else { "" },
+        if summary.interrupted {
+            "; interrupted, in-flight work drained"
+        } else {
+            ""
+        },
     );
 }

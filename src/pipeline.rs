@@ -17,6 +17,18 @@
 //! already taken flow on (the batcher flushes its partial batch when its input closes);
 //! the sink finishes (flush, fsync) when the last item is written. If that takes longer
 //! than `pipeline.drain_timeout`, [`run`] returns [`PipelineError::DrainTimeout`].
+//!
+//! With Kafka on both ends the same stages run between a consumer and a producer, plus the
+//! acknowledgement path (`ack`): the source thread registers each offset it takes, delivery
+//! reports release them in partition order, and stored offsets are committed every
+//! [`COMMIT_INTERVAL`], on revocation and at shutdown (after the producer has flushed).
+//! Back-pressure: when the first queue is full the source thread pauses its partitions and
+//! keeps polling (heartbeats, rebalances), so it never exceeds `max.poll.interval.ms`;
+//! it resumes them when there is room. The stream has no end: a Kafka run ends on `shutdown`.
+
+// A `Rejected` (128 bytes) travels by value through the queues beside the larger
+// `Detection`; boxing it in the few functions that return it would buy nothing.
+#![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -27,15 +39,18 @@ use std::time::{Duration, Instant, SystemTime};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
 
+use crate::ack::{AckContext, Acks};
 use crate::batch;
-use crate::config::Config;
-use crate::cutout::{Cutter, CutoutSetupError};
+use crate::config::{Config, SinkConfig, SourceConfig};
+use crate::cutout::{CutoutSetupError, Cutter};
 use crate::domain::{Cutout, Detection, ItemError, ModelOutput, Prepared, Rejected, SkyProjection};
 use crate::infer::{InferError, Inference, StartError};
 use crate::preprocess;
 use crate::proto::{self, RejectReason};
+use crate::sink::kafka::{KafkaSink, Publisher};
 use crate::sink::{FileSink, SinkError};
-use crate::source::{self, SourceError};
+use crate::source::kafka::KafkaSource;
+use crate::source::{self, Detections, SourceError};
 use crate::summary;
 
 /// Why a run could not start or did not finish cleanly.
@@ -84,6 +99,124 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
+/// What `radiogate publish` sends.
+#[derive(Debug, Clone)]
+pub struct PublishPlan {
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    pub topic: String,
+    /// The detections: a files or catalogue source.
+    pub source: SourceConfig,
+    /// Send FITS files' bytes (`fits_cutout`) instead of their paths.
+    pub inline: bool,
+}
+
+/// What `radiogate publish` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishSummary {
+    pub sent: u64,
+    /// Inputs the source refused (logged), not sent.
+    pub skipped: u64,
+}
+
+/// Sends the detections of `plan.source` to a topic and waits for their delivery.
+pub fn publish(plan: &PublishPlan) -> Result<PublishSummary, PipelineError> {
+    let mut publisher = Publisher::create(&plan.brokers, &plan.topic)?;
+    let mut skipped = 0;
+    for item in source::open(&plan.source)? {
+        let mut message = match item {
+            Ok(detection) => detection.message,
+            Err(rejected) => {
+                tracing::warn!(input = %rejected.origin.input(), reason = rejected.reason_name(), detail = %rejected.detail, "not sent");
+                skipped += 1;
+                continue;
+            }
+        };
+        if plan.inline
+            && let Some(proto::source_detection::Pixels::FitsPath(path)) = &message.pixels
+        {
+            let bytes = std::fs::read(path).map_err(|e| SourceError::Io {
+                path: path.into(),
+                source: e,
+            })?;
+            message.pixels = Some(proto::source_detection::Pixels::FitsCutout(bytes));
+            message.centre_of_cutout = true;
+        }
+        publisher.send(&message)?;
+    }
+    let sent = publisher.finish(Duration::from_secs(60))?;
+    Ok(PublishSummary { sent, skipped })
+}
+
+/// How often stored offsets are committed during a Kafka run.
+pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one poll of the Kafka consumer waits for a record.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long a poll waits while the partitions are paused (downstream full).
+const PAUSED_POLL_TIMEOUT: Duration = Duration::from_millis(10);
+
+/// Where detections come from: an iterator that ends, or a Kafka consumer that does not.
+enum Intake {
+    Items(Detections),
+    Kafka(KafkaSource<AckContext>),
+}
+
+/// Where results go.
+enum Output {
+    File(FileSink),
+    Kafka(KafkaSink<crate::ack::DeliveryContext>),
+}
+
+impl Output {
+    fn write_classification(&mut self, c: &proto::Classification) -> Result<(), SinkError> {
+        match self {
+            Output::File(sink) => sink.write_classification(c),
+            Output::Kafka(sink) => sink.write_classification(c),
+        }
+    }
+
+    fn write_rejection(&mut self, r: &proto::Rejection) -> Result<(), SinkError> {
+        match self {
+            Output::File(sink) => sink.write_rejection(r),
+            Output::Kafka(sink) => sink.write_rejection(r),
+        }
+    }
+
+    /// Makes everything written durable (file) or delivered (Kafka, within `timeout`).
+    fn finish(self, timeout: Duration) -> Result<(), SinkError> {
+        match self {
+            Output::File(sink) => sink.finish().map(|_| ()),
+            Output::Kafka(sink) => sink.finish(timeout).map(|_| ()),
+        }
+    }
+}
+
+/// Opens the configured source and sink; with Kafka, also the acknowledgement path that
+/// joins them.
+fn open_ends(config: &Config) -> Result<(Intake, Output, Option<Acks>), PipelineError> {
+    let acks = matches!(config.source, SourceConfig::Kafka(_)).then(Acks::new);
+    let intake = match (&config.source, &acks) {
+        (SourceConfig::Kafka(kafka), Some(acks)) => {
+            let source =
+                KafkaSource::open(kafka, acks.consumer_context()).map_err(SourceError::from)?;
+            acks.attach(source.consumer());
+            Intake::Kafka(source)
+        }
+        (other, _) => Intake::Items(source::open(other)?),
+    };
+    let output = match &config.sink {
+        SinkConfig::Kafka(kafka) => {
+            let context = acks.as_ref().map_or_else(
+                crate::ack::DeliveryContext::without_acks,
+                Acks::delivery_context,
+            );
+            Output::Kafka(KafkaSink::create(kafka, context)?)
+        }
+        SinkConfig::File { .. } => Output::File(FileSink::create(&config.sink)?),
+    };
+    Ok((intake, output, acks))
+}
+
 /// A detection on its way through the pipeline, numbered in input order.
 struct Numbered<T> {
     seq: u64,
@@ -110,7 +243,12 @@ struct CutoutInfo {
 /// A finished item on its way to the sink.
 enum Outcome {
     Rejected(Rejected),
-    Inferred { ready: Box<Ready>, output: ModelOutput, queue_us: u32, inference_us: u32 },
+    Inferred {
+        ready: Box<Ready>,
+        output: ModelOutput,
+        queue_us: u32,
+        inference_us: u32,
+    },
 }
 
 /// Runs the configured source to its end (or until `shutdown` fires) and writes every
@@ -121,8 +259,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
-    let detections = source::open(&config.source)?;
-    let sink = FileSink::create(&config.sink)?;
+    let (intake, sink, acks) = open_ends(&config)?;
     let setup_config = config.clone();
     let (cutter, (inference, model)) = tokio::task::spawn_blocking(move || {
         let cutter = Cutter::new(&setup_config.cutout)?;
@@ -142,23 +279,35 @@ pub async fn run(
     let capacity = config.pipeline.queue_capacity.max(1);
     let stop = Arc::new(AtomicBool::new(false));
     // Source -> cutout workers: several workers take from one queue.
-    let (detections_tx, detections_rx) = crossbeam_channel::bounded::<Numbered<Result<Detection, Rejected>>>(capacity);
+    let (detections_tx, detections_rx) =
+        crossbeam_channel::bounded::<Numbered<Result<Detection, Rejected>>>(capacity);
     // Cutout workers -> batcher.
     let (ready_tx, ready_rx) = mpsc::channel::<Numbered<Ready>>(capacity);
     // Batcher -> inference.
-    let (batches_tx, mut batches_rx) = mpsc::channel::<Vec<Numbered<Ready>>>(config.inference.sessions.max(1));
+    let (batches_tx, mut batches_rx) =
+        mpsc::channel::<Vec<Numbered<Ready>>>(config.inference.sessions.max(1));
     // Workers (rejections) and inference (results) -> sink.
     let (outcomes_tx, outcomes_rx) = mpsc::channel::<Numbered<Outcome>>(capacity);
 
     let source_thread = {
-        let stop = stop.clone();
+        let (stop, acks) = (stop.clone(), acks.clone());
         std::thread::Builder::new()
             .name("radiogate-source".into())
-            .spawn(move || {
-                for (seq, item) in (0u64..).zip(detections) {
-                    if stop.load(Ordering::Relaxed) || detections_tx.send(Numbered { seq, item }).is_err() {
-                        break;
+            .spawn(move || match intake {
+                Intake::Items(detections) => {
+                    for (seq, item) in (0u64..).zip(detections) {
+                        if stop.load(Ordering::Relaxed)
+                            || detections_tx.send(Numbered { seq, item }).is_err()
+                        {
+                            break;
+                        }
                     }
+                    None
+                }
+                Intake::Kafka(source) => {
+                    let acks = acks
+                        .expect("a Kafka intake is opened together with its acknowledgement path");
+                    Some(consume(source, &acks, &detections_tx, &stop))
                 }
             })
             .map_err(|e| PipelineError::Thread(e.to_string()))?
@@ -166,15 +315,27 @@ pub async fn run(
 
     let mut workers = Vec::with_capacity(config.cutout.workers.max(1));
     for index in 0..config.cutout.workers.max(1) {
-        let (detections_rx, ready_tx, outcomes_tx, cutter) =
-            (detections_rx.clone(), ready_tx.clone(), outcomes_tx.clone(), cutter.clone());
+        let (detections_rx, ready_tx, outcomes_tx, cutter) = (
+            detections_rx.clone(),
+            ready_tx.clone(),
+            outcomes_tx.clone(),
+            cutter.clone(),
+        );
         let worker = std::thread::Builder::new()
             .name(format!("radiogate-cutout-{index}"))
             .spawn(move || {
                 for Numbered { seq, item } in detections_rx {
-                    let sent = match item.and_then(|detection| cut_and_prepare(&cutter, detection)) {
-                        Ok(ready) => ready_tx.blocking_send(Numbered { seq, item: ready }).is_ok(),
-                        Err(rejected) => outcomes_tx.blocking_send(Numbered { seq, item: Outcome::Rejected(rejected) }).is_ok(),
+                    let sent = match item.and_then(|detection| cut_and_prepare(&cutter, detection))
+                    {
+                        Ok(ready) => ready_tx
+                            .blocking_send(Numbered { seq, item: ready })
+                            .is_ok(),
+                        Err(rejected) => outcomes_tx
+                            .blocking_send(Numbered {
+                                seq,
+                                item: Outcome::Rejected(rejected),
+                            })
+                            .is_ok(),
                     };
                     if !sent {
                         break;
@@ -231,18 +392,106 @@ pub async fn run(
     let _ = batcher.await;
     let _ = infer_task.await;
     for worker in workers {
-        worker.join().map_err(|_| PipelineError::Thread("a cutout worker panicked".into()))?;
+        worker
+            .join()
+            .map_err(|_| PipelineError::Thread("a cutout worker panicked".into()))?;
     }
-    source_thread.join().map_err(|_| PipelineError::Thread("the source thread panicked".into()))?;
+    let consumer = source_thread
+        .join()
+        .map_err(|_| PipelineError::Thread("the source thread panicked".into()))?;
     tokio::task::spawn_blocking(move || inference.join())
         .await
         .map_err(|e| PipelineError::Thread(e.to_string()))?;
+    if let (Some(acks), Some(consumer)) = (acks, consumer) {
+        // Everything delivered is stored by now (the producer flushed): commit it, then
+        // leave the group (dropping the consumer closes it).
+        let in_flight = acks.in_flight();
+        let committed = acks.commit_sync();
+        tokio::task::spawn_blocking(move || drop(consumer))
+            .await
+            .map_err(|e| PipelineError::Thread(e.to_string()))?;
+        match committed {
+            Ok(()) => tracing::info!(
+                unacknowledged = in_flight,
+                "offsets committed; left the consumer group"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "final offset commit failed; the next owner repeats the uncommitted records")
+            }
+        }
+    }
     sink_result?;
 
     summary.elapsed = started.elapsed();
     summary.model = model;
     summary.interrupted = interrupted;
     Ok(summary)
+}
+
+/// The Kafka source thread: polls, registers each record with the acknowledgement path and
+/// passes it on; while the first queue is full it holds the records it has, pauses the
+/// partitions and keeps polling. Returns the source (its consumer is still in the group)
+/// so that the pipeline commits and closes it after the last delivery.
+fn consume(
+    mut source: KafkaSource<AckContext>,
+    acks: &Acks,
+    detections_tx: &crossbeam_channel::Sender<Numbered<Result<Detection, Rejected>>>,
+    stop: &AtomicBool,
+) -> KafkaSource<AckContext> {
+    // Records polled but not yet queued. While it is non-empty the partitions are paused on
+    // every poll, so at most the records of partitions assigned since the last poll join it.
+    let mut held = std::collections::VecDeque::new();
+    let mut seq = 0u64;
+    let mut last_commit = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        while let Some(item) = held.pop_front() {
+            match detections_tx.try_send(Numbered { seq, item }) {
+                Ok(()) => seq += 1,
+                Err(crossbeam_channel::TrySendError::Full(Numbered { item, .. })) => {
+                    held.push_front(item);
+                    break;
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return source,
+            }
+        }
+        if held.is_empty() {
+            source.resume();
+        } else {
+            source.pause();
+        }
+        // While paused, poll briefly: the poll only serves the group; the queue is what to watch.
+        let timeout = if held.is_empty() {
+            POLL_TIMEOUT
+        } else {
+            PAUSED_POLL_TIMEOUT
+        };
+        if let Some(item) = source.poll(timeout) {
+            let origin = match &item {
+                Ok(detection) => &detection.origin,
+                Err(rejected) => &rejected.origin,
+            };
+            if let crate::domain::Origin::Stream {
+                topic,
+                partition,
+                offset,
+            } = origin
+                && !acks.register(topic, *partition, *offset)
+            {
+                tracing::debug!(
+                    topic,
+                    partition,
+                    offset,
+                    "record of a partition not (or no longer) assigned"
+                );
+            }
+            held.push_back(item);
+        }
+        if last_commit.elapsed() >= COMMIT_INTERVAL {
+            acks.commit_async();
+            last_commit = Instant::now();
+        }
+    }
+    source
 }
 
 /// The cutout and preprocessing stages for one detection (on a worker thread). A panic in
@@ -277,7 +526,12 @@ fn cut_and_prepare_inner(cutter: &Cutter, detection: Detection) -> Result<Ready,
         Err(e) => return Err(reject(&detection, e)),
     };
     let t1 = Instant::now();
-    let Cutout { pixels, provenance, sky, position } = cutout;
+    let Cutout {
+        pixels,
+        provenance,
+        sky,
+        position,
+    } = cutout;
     let prepared = match preprocess::prepare(&pixels) {
         Ok(prepared) => prepared,
         Err(e) => return Err(reject(&detection, e)),
@@ -285,7 +539,11 @@ fn cut_and_prepare_inner(cutter: &Cutter, detection: Detection) -> Result<Ready,
     let t2 = Instant::now();
     Ok(Ready {
         detection,
-        cutout: CutoutInfo { provenance, sky, position },
+        cutout: CutoutInfo {
+            provenance,
+            sky,
+            position,
+        },
         prepared,
         cutout_us: micros(t1 - t0),
         preprocess_us: micros(t2 - t1),
@@ -295,17 +553,33 @@ fn cut_and_prepare_inner(cutter: &Cutter, detection: Detection) -> Result<Ready,
 
 /// Runs one batch through the model and passes each item on. A failed batch rejects its
 /// items (with the reason) rather than losing them.
-async fn infer_batch(inference: &Inference, batch: Vec<Numbered<Ready>>, outcomes_tx: &mpsc::Sender<Numbered<Outcome>>) {
+async fn infer_batch(
+    inference: &Inference,
+    batch: Vec<Numbered<Ready>>,
+    outcomes_tx: &mpsc::Sender<Numbered<Outcome>>,
+) {
     let started = Instant::now();
-    let images = batch.iter().map(|n| n.item.prepared.input.clone()).collect();
+    let images = batch
+        .iter()
+        .map(|n| n.item.prepared.input.clone())
+        .collect();
     let result = inference.infer(images).await;
     let inference_us = micros(started.elapsed());
     match result {
         Ok(outputs) => {
             for (Numbered { seq, item }, output) in batch.into_iter().zip(outputs) {
                 let queue_us = micros(started.saturating_duration_since(item.ready_at));
-                let outcome = Outcome::Inferred { ready: Box::new(item), output, queue_us, inference_us };
-                if outcomes_tx.send(Numbered { seq, item: outcome }).await.is_err() {
+                let outcome = Outcome::Inferred {
+                    ready: Box::new(item),
+                    output,
+                    queue_us,
+                    inference_us,
+                };
+                if outcomes_tx
+                    .send(Numbered { seq, item: outcome })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -314,7 +588,14 @@ async fn infer_batch(inference: &Inference, batch: Vec<Numbered<Ready>>, outcome
             tracing::error!(error = %e, items = batch.len(), "inference failed; rejecting the batch");
             for Numbered { seq, item } in batch {
                 let rejected = reject(&item.detection, inference_error(&e));
-                if outcomes_tx.send(Numbered { seq, item: Outcome::Rejected(rejected) }).await.is_err() {
+                if outcomes_tx
+                    .send(Numbered {
+                        seq,
+                        item: Outcome::Rejected(rejected),
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -329,7 +610,7 @@ fn inference_error(e: &InferError) -> ItemError {
 /// The sink thread: builds results, restores input order, writes, counts, shows progress.
 fn write_outcomes(
     mut outcomes_rx: mpsc::Receiver<Numbered<Outcome>>,
-    mut sink: FileSink,
+    mut sink: Output,
     config: &Config,
     model: &proto::ModelInfo,
     options: RunOptions,
@@ -351,7 +632,11 @@ fn write_outcomes(
         }
         // Every sequence number arrives unless a stage died; never drop what did arrive.
         if !waiting.is_empty() {
-            tracing::error!(missing_from = next, held = waiting.len(), "results missing from the sequence");
+            tracing::error!(
+                missing_from = next,
+                held = waiting.len(),
+                "results missing from the sequence"
+            );
             let mut rest: Vec<_> = waiting.drain().collect();
             rest.sort_by_key(|(seq, _)| *seq);
             for (_, Numbered { item, .. }) in rest {
@@ -359,32 +644,42 @@ fn write_outcomes(
             }
         }
         progress.finish_and_clear();
-        sink.finish().map(|_| ())
+        sink.finish(config.pipeline.drain_timeout)
     })();
     (summary, result)
 }
 
 fn write_outcome(
     outcome: Outcome,
-    sink: &mut FileSink,
+    sink: &mut Output,
     summary: &mut RunSummary,
     config: &Config,
     model: &proto::ModelInfo,
 ) -> Result<(), SinkError> {
     let result = match outcome {
         Outcome::Rejected(rejected) => Err(rejected),
-        Outcome::Inferred { ready, output, queue_us, inference_us } => {
-            classification(&ready, &output, config, model, queue_us, inference_us).map_err(|e| reject(&ready.detection, e))
-        }
+        Outcome::Inferred {
+            ready,
+            output,
+            queue_us,
+            inference_us,
+        } => classification(&ready, &output, config, model, queue_us, inference_us)
+            .map_err(|e| reject(&ready.detection, e)),
     };
     match result {
         Ok(c) => {
-            *summary.by_label.entry(label_name(c.label()).to_string()).or_default() += 1;
+            *summary
+                .by_label
+                .entry(label_name(c.label()).to_string())
+                .or_default() += 1;
             summary.classified += 1;
             sink.write_classification(&c)
         }
         Err(rejected) => {
-            *summary.by_reason.entry(rejected.reason_name().to_string()).or_default() += 1;
+            *summary
+                .by_reason
+                .entry(rejected.reason_name().to_string())
+                .or_default() += 1;
             summary.rejected += 1;
             sink.write_rejection(&rejection(&rejected))
         }
@@ -415,10 +710,23 @@ fn classification(
 ) -> Result<proto::Classification, ItemError> {
     let (label, confidence, entropy_bits) = summary::verdict(output.probs);
     if label == proto::Label::Unspecified {
-        return Err(ItemError::new(RejectReason::InferenceFailed, "the model returned non-finite probabilities"));
+        return Err(ItemError::new(
+            RejectReason::InferenceFailed,
+            "the model returned non-finite probabilities",
+        ));
     }
-    let attention = summary::attention_summary(&ready.prepared, output, ready.cutout.sky.as_ref(), &config.summary)
-        .map_err(|e| ItemError::new(RejectReason::InferenceFailed, format!("attention summary: {e}")))?;
+    let attention = summary::attention_summary(
+        &ready.prepared,
+        output,
+        ready.cutout.sky.as_ref(),
+        &config.summary,
+    )
+    .map_err(|e| {
+        ItemError::new(
+            RejectReason::InferenceFailed,
+            format!("attention summary: {e}"),
+        )
+    })?;
     let message = &ready.detection.message;
     let mut cutout = ready.cutout.provenance.clone();
     cutout.rms = ready.prepared.rms;
@@ -449,12 +757,20 @@ fn classification(
     })
 }
 
+/// A detection that failed after decoding. From a stream, the dead letter carries the
+/// message re-encoded: the same fields as the original bytes (protobuf encoding is not
+/// unique, so not necessarily the same bytes).
 fn reject(detection: &Detection, error: ItemError) -> Rejected {
+    use prost::Message as _;
+    let original = detection
+        .origin
+        .stream_position()
+        .map(|_| bytes::Bytes::from(detection.message.encode_to_vec()));
     Rejected {
         reason: error.reason,
         detail: error.detail,
         source_id: Some(detection.message.source_id.clone()).filter(|id| !id.is_empty()),
-        original: None,
+        original,
         origin: detection.origin.clone(),
     }
 }
@@ -465,7 +781,11 @@ pub fn rejection(rejected: &Rejected) -> proto::Rejection {
         reason: rejected.reason as i32,
         detail: rejected.detail.clone(),
         source_id: rejected.source_id.clone().unwrap_or_default(),
-        original: rejected.original.clone().map(|b| b.to_vec()).unwrap_or_default(),
+        original: rejected
+            .original
+            .clone()
+            .map(|b| b.to_vec())
+            .unwrap_or_default(),
         stream: rejected.origin.stream_position(),
         input: rejected.origin.input(),
         rejected_at: Some(SystemTime::now().into()),

@@ -32,8 +32,17 @@ pub fn truth_table(results: &Path, truth: &Path) -> Result<String, ReportError> 
     let classes = read_truth(truth)?;
     let records = sink::read_jsonl(results)?;
     let mut out = String::new();
-    let width = records.iter().map(|r| source_id(r).len()).max().unwrap_or(9).max(9);
-    let _ = writeln!(out, "{:<width$}  {:<5}  {:<9}  {:>7}  {:>10}  ", "source_id", "true", "predicted", "P(FRII)", "confidence");
+    let width = records
+        .iter()
+        .map(|r| source_id(r).len())
+        .max()
+        .unwrap_or(9)
+        .max(9);
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:<5}  {:<9}  {:>7}  {:>10}  ",
+        "source_id", "true", "predicted", "P(FRII)", "confidence"
+    );
     let (mut known, mut right) = (0usize, 0usize);
     for record in &records {
         let id = source_id(record);
@@ -64,12 +73,20 @@ pub fn truth_table(results: &Path, truth: &Path) -> Result<String, ReportError> 
                 );
             }
             Record::Rejection(r) => {
-                let _ = writeln!(out, "{id:<width$}  {truth:<5}  rejected: {} ({})", r.reason, r.detail);
+                let _ = writeln!(
+                    out,
+                    "{id:<width$}  {truth:<5}  rejected: {} ({})",
+                    r.reason, r.detail
+                );
             }
         }
     }
     if known > 0 {
-        let _ = writeln!(out, "{right} of {known} correct ({:.1}%)", 100.0 * right as f64 / known as f64);
+        let _ = writeln!(
+            out,
+            "{right} of {known} correct ({:.1}%)",
+            100.0 * right as f64 / known as f64
+        );
     }
     Ok(out)
 }
@@ -82,14 +99,20 @@ fn source_id(record: &Record) -> &str {
 }
 
 fn read_truth(path: &Path) -> Result<HashMap<String, String>, ReportError> {
-    let csv_error = |source| ReportError::Truth { path: path.to_path_buf(), source };
+    let csv_error = |source| ReportError::Truth {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut reader = csv::Reader::from_path(path).map_err(csv_error)?;
     let headers = reader.headers().map_err(csv_error)?.clone();
     let column = |name: &str| {
-        headers.iter().position(|h| h == name).ok_or_else(|| ReportError::TruthContent {
-            path: path.to_path_buf(),
-            message: format!("no `{name}` column"),
-        })
+        headers
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| ReportError::TruthContent {
+                path: path.to_path_buf(),
+                message: format!("no `{name}` column"),
+            })
     };
     let (id_col, class_col) = (column("source_id")?, column("class")?);
     let mut classes = HashMap::new();
@@ -117,13 +140,29 @@ mod tests {
             )
         };
         let rejection = r#"{"kind":"rejection","source_id":"c","reason":"bad_fits","detail":"truncated","input":"c.fits"}"#;
-        std::fs::write(&results, format!("{}\n{}\n{rejection}\n", line("a", "FRI", 0.1), line("b", "FRI", 0.2)))
-            .expect("write");
+        std::fs::write(
+            &results,
+            format!(
+                "{}\n{}\n{rejection}\n",
+                line("a", "FRI", 0.1),
+                line("b", "FRI", 0.2)
+            ),
+        )
+        .expect("write");
         let truth = dir.path().join("t.csv");
         std::fs::write(&truth, "source_id,class\na,FRI\nb,FRII\nc,FRII\n").expect("write");
         let table = truth_table(&results, &truth).expect("table");
-        assert!(table.lines().nth(1).is_some_and(|l| l.starts_with("a ") && l.ends_with("ok")), "{table}");
-        assert!(table.lines().nth(2).is_some_and(|l| l.ends_with("WRONG")), "{table}");
+        assert!(
+            table
+                .lines()
+                .nth(1)
+                .is_some_and(|l| l.starts_with("a ") && l.ends_with("ok")),
+            "{table}"
+        );
+        assert!(
+            table.lines().nth(2).is_some_and(|l| l.ends_with("WRONG")),
+            "{table}"
+        );
         assert!(table.contains("rejected: bad_fits (truncated)"), "{table}");
         assert!(table.contains("1 of 2 correct (50.0%)"), "{table}");
     }

@@ -79,7 +79,8 @@ pub fn verdict(probs: [f32; 2]) -> (proto::Label, f32, f32) {
         .filter(|&p| p > 0.0)
         .map(|p| -p * p.log2())
         .sum();
-    (label, confidence, entropy as f32)
+    // abs: a certain answer sums to -0.0, which JSON would print as "-0.0".
+    (label, confidence, entropy.abs() as f32)
 }
 
 /// Builds the attention summary of one image (see the module docs for the combined map).
@@ -716,7 +717,7 @@ mod tests {
     }
 
     /// A `Classification` with every field filled as the worker fills it.
-    pub(crate) fn realistic_classification(
+    fn realistic_classification(
         name: &str,
         model: proto::ModelInfo,
         probs: [f32; 2],

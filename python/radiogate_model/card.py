@@ -46,8 +46,7 @@ def _row(m: dict) -> dict:
 
 def _mean_std(rows: list[dict]) -> dict:
     return {
-        k: {"mean": statistics.fmean(r[k] for r in rows), "std": statistics.pstdev(r[k] for r in rows)}
-        for k in rows[0]
+        k: {"mean": statistics.fmean(r[k] for r in rows), "std": statistics.pstdev(r[k] for r in rows)} for k in rows[0]
     }
 
 
@@ -71,10 +70,10 @@ def build_card(subset: str, runs: list[Path], out_stem: Path, data_dir: Path, tt
         "file": model_path.name,
         "sha256": sha,
         "task": "FRI (class 0) vs FRII (class 1) radio galaxy classification",
-        "paper": "Bowles, Scaife, Porter, Tang & Bastien 2021, MNRAS 501, 4579 (AG-CNN)",
+        "paper": "Bowles, Scaife, Porter, Tang & Bastien 2021, MNRAS 501, 4579",
         "subset": subset,
         "subset_title": SUBSET_TITLES[subset],
-        "architecture": shipped["training"]["model"] | {"mean_pool": False},
+        "architecture": shipped["training"]["model"] | {"standardise_pooled": False},
         "parameters": shipped["training"]["parameters"],
         "export": {
             "opset": OPSET,
@@ -95,6 +94,21 @@ def build_card(subset: str, runs: list[Path], out_stem: Path, data_dir: Path, tt
             "Spatial sum of each gated feature map, as in the paper. Training divides each sum by the map's "
             "pixel count (a constant per gate) so that Adam's step size does not scale with map size; export folds "
             "that constant into the head weights, so the shipped graph is exactly the sum-pooling network."
+        ),
+        "training_changes": (
+            "The paper trained with Adam at a fixed lr of 5e-5 for about 8 hours per model on a GPU. Here: "
+            f"AdamW (weight decay {train_cfg['weight_decay']}), peak lr {train_cfg['lr']} with "
+            f"{train_cfg['warmup_epochs']} warm-up epochs and cosine decay over {train_cfg['epochs']} epochs, "
+            f"batch {train_cfg['batch_size']}, the paper's RandomAffine augmentation (rotation up to 180 degrees, "
+            "translation 2/150, scale 0.9-1.1, bilinear)"
+            + (
+                " plus random horizontal flips (FR class does not change under reflection)"
+                if train_cfg["hflip"]
+                else ""
+            )
+            + f"; BatchNorm statistics recomputed over {train_cfg['precise_bn_images']} augmented training images "
+            "after every epoch (precise BN), because lagging running means made eval-mode predictions collapse "
+            "onto one class early in training."
         ),
         "training": {
             "selection": "lowest validation loss over epochs; shipped seed = lowest best validation loss",
@@ -124,7 +138,9 @@ def build_card(subset: str, runs: list[Path], out_stem: Path, data_dir: Path, tt
                     "seed": r["training"]["train"]["seed"],
                     "best_val_loss": r["training"]["best"]["val_loss"],
                     "single_pass": _row(r["evaluation"]["single_pass"]),
-                    "rotation_tta": _row(r["evaluation"]["rotation_tta"]) if "rotation_tta" in r["evaluation"] else None,
+                    "rotation_tta": (
+                        _row(r["evaluation"]["rotation_tta"]) if "rotation_tta" in r["evaluation"] else None
+                    ),
                 }
                 for r in per_seed
             ],
@@ -214,6 +230,7 @@ def render_markdown(card: dict) -> str:
         f"- {card['per_image_normalisation']}",
         f"- {card['loss']}",
         f"- {card['pooling']}",
+        f"- {card['training_changes']}",
         "",
         "## Training configuration",
         "",

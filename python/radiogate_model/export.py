@@ -23,7 +23,7 @@ OPSET = 17
 def export(model: AGCNN, out: Path) -> str:
     """Writes the ONNX file; returns its sha256."""
     model = model.eval().to(memory_format=torch.contiguous_format)
-    model.fold_pool_scale()
+    model.fold_pooling()
     wrapper = ExportWrapper(model).eval()
     names = [f"attention_{i + 1}" for i in range(model.config.gates)]
     dummy = torch.zeros(2, 1, 150, 150)

@@ -32,8 +32,9 @@ class ModelConfig:
     normalisation: str = "range_norm"
     aggregation: str = "ft"
     dropout: float = 0.5
-    # Train on the pooled sum divided by each map's pixel count (see AGCNN.fold_pool_scale).
-    mean_pool: bool = True
+    # Train with each pooled vector standardised by a parameter-free BatchNorm (see
+    # AGCNN.fold_pooling); exported models have it folded into the head.
+    standardise_pooled: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.gates <= 3:
@@ -105,8 +106,9 @@ class AGCNN(nn.Module):
         self.block4 = _conv_block([32, 64, 64])
         self.gates = nn.ModuleList(AttentionGate(c, cfg.normalisation) for c in GATE_CHANNELS[: cfg.gates])
         self.dropout = nn.Dropout(cfg.dropout)
-        self.pool_scaled = cfg.mean_pool
         pooled = list(GATE_CHANNELS[: cfg.gates]) or [GATING_CHANNELS]
+        if cfg.standardise_pooled:
+            self.pool_norms = nn.ModuleList(nn.BatchNorm1d(c, affine=False) for c in pooled)
         if cfg.aggregation in ("ft", "mean", "deep_sup"):
             self.per_gate = nn.ModuleList(nn.Linear(c, 2) for c in pooled)
         if cfg.aggregation == "ft":
@@ -122,45 +124,55 @@ class AGCNN(nn.Module):
         features = [x3, x2, x1]
         pooled: list[torch.Tensor] = []
         attentions: list[torch.Tensor] = []
-        for gate, x in zip(self.gates, features, strict=False):
+        for index, (gate, x) in enumerate(zip(self.gates, features, strict=False)):
             gated, attention = gate(x, g)
-            pooled.append(self._pool(gated))
+            pooled.append(self._pool(gated, index))
             attentions.append(attention)
         if not pooled:
-            pooled.append(self._pool(g))
+            pooled.append(self._pool(g, 0))
         return self._aggregate(pooled), attentions
 
-    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+    def _pool(self, x: torch.Tensor, index: int) -> torch.Tensor:
         pooled = x.sum(dim=(2, 3))
-        if self.pool_scaled:
-            pooled = pooled / (x.shape[2] * x.shape[3])
+        if hasattr(self, "pool_norms"):
+            pooled = self.pool_norms[index](pooled)
         return self.dropout(pooled)
 
     @torch.no_grad()
-    def fold_pool_scale(self) -> None:
+    def fold_pooling(self) -> None:
         """Make this the paper's plain spatial-sum network, computing the same function.
 
-        Training divides each pooled sum by its map's pixel count: with Adam, whose step
-        size ignores gradient scale, the sum over 22,500 pixels otherwise makes every head
-        step thousands of times larger than intended (hence the authors' lr of 5e-5 and
-        8-hour runs). Dividing the head's input weights by the same counts folds that
-        constant into the weights, leaving exactly the sum-pooling architecture.
+        Training standardises each pooled vector (a BatchNorm without parameters). The sums
+        run over mostly empty sky, so the class signal in them is a small change on a large
+        offset, in units that differ by a factor of 400 between gates; read by a head in
+        those units, Adam (whose steps are about lr whatever the gradient) needs the authors'
+        lr of 5e-5 and hours of training. Standardised, the head learns at ordinary rates.
+        In eval mode the standardisation is an affine map with fixed statistics, so folding
+        it into the head's first linear layers (weights / std, bias - weights . mean / std)
+        leaves exactly the sum-pooling architecture, with no extra parameters.
         """
-        if not self.pool_scaled:
+        if not hasattr(self, "pool_norms"):
             return
-        cfg = self.config
-        sides = [IMAGE_SIZE // 4, IMAGE_SIZE // 2, IMAGE_SIZE][: cfg.gates] or [IMAGE_SIZE // 8]
-        counts = [float(s * s) for s in sides]
+        scales, shifts = [], []
+        for norm in self.pool_norms:
+            std = torch.sqrt(norm.running_var + norm.eps)
+            scales.append(1.0 / std)
+            shifts.append(norm.running_mean / std)
+
+        def fold(linear: nn.Linear, scale: torch.Tensor, shift: torch.Tensor, cols: slice) -> None:
+            w = linear.weight[:, cols]
+            linear.bias -= w @ shift
+            linear.weight[:, cols] = w * scale
+
         if hasattr(self, "per_gate"):
-            for head, n in zip(self.per_gate, counts, strict=True):
-                head.weight /= n
+            for head, scale, shift in zip(self.per_gate, scales, shifts, strict=True):
+                fold(head, scale, shift, slice(None))
         if hasattr(self, "concat"):
-            pooled = list(GATE_CHANNELS[: cfg.gates]) or [GATING_CHANNELS]
             col = 0
-            for c, n in zip(pooled, counts, strict=True):
-                self.concat.weight[:, col : col + c] /= n
-                col += c
-        self.pool_scaled = False
+            for scale, shift in zip(scales, shifts, strict=True):
+                fold(self.concat, scale, shift, slice(col, col + len(scale)))
+                col += len(scale)
+        del self.pool_norms
 
     def _aggregate(self, pooled: list[torch.Tensor]) -> torch.Tensor:
         agg = self.config.aggregation

@@ -30,9 +30,13 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    # The aggregation head's learning rate, as a multiple of `lr` (see `head_parameters`).
+    head_lr_mult: float = 1.0
     warmup_epochs: int = 2
     hflip: bool = True
     threads: int = 1
+    # Training images whose statistics replace BatchNorm's running ones after each epoch.
+    precise_bn_images: int = 320
     # For tests: stop an epoch after this many batches (0 = the whole epoch).
     max_batches: int = 0
 
@@ -61,6 +65,36 @@ def _to_model(x01: torch.Tensor) -> torch.Tensor:
     return ((x01 - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)
 
 
+def head_parameters(model: AGCNN) -> list[torch.nn.Parameter]:
+    """The aggregation head's weights. Their inputs are spatial means over mostly empty sky,
+    so the class signal in them is small and the weights that read it must grow large: with
+    Adam, whose steps are about lr in size whatever the gradient, that takes many steps
+    unless the head's lr is larger than the convolutions'."""
+    heads = [getattr(model, name) for name in ("per_gate", "fuse", "concat") if hasattr(model, name)]
+    return [p for h in heads for p in h.parameters()]
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: AGCNN, images: torch.Tensor, gen: torch.Generator, n: int, hflip: bool) -> None:
+    """Replace BatchNorm's running statistics with exact averages over `n` augmented
+    training images under the current weights ("precise BN").
+
+    The pooled sums average features over mostly empty sky, so a small lag in the running
+    means (momentum 0.1 while the weights move fast) shifts every pooled feature and makes
+    eval-mode predictions collapse onto one class early in training.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    order = torch.randperm(len(images), generator=gen)[:n]
+    for i in range(0, len(order), 32):
+        model(_to_model(random_affine(images[order[i : i + 32]], gen, hflip=hflip)))
+    for m in norms:
+        m.momentum = 0.1
+
+
 @torch.no_grad()
 def validation_loss(model: AGCNN, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     model.eval()
@@ -78,7 +112,13 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_dir: Path, out_dir: Pat
     x_val, y_val = _unit(val_split.images), torch.from_numpy(val_split.labels)
 
     model = AGCNN(model_cfg).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    head = head_parameters(model)
+    body = [p for p in model.parameters() if all(p is not h for h in head)]
+    opt = torch.optim.AdamW(
+        [{"params": body, "lr_mult": 1.0}, {"params": head, "lr_mult": cfg.head_lr_mult}],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     best = {"val_loss": float("inf")}
     history = []
@@ -92,7 +132,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_dir: Path, out_dir: Pat
         total = 0.0
         for step in range(steps_per_epoch):
             for group in opt.param_groups:
-                group["lr"] = _lr_at(cfg, epoch + step / steps_per_epoch)
+                group["lr"] = group["lr_mult"] * _lr_at(cfg, epoch + step / steps_per_epoch)
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x = _to_model(random_affine(x_train[idx], gen, hflip=cfg.hflip))
             logits, _ = model(x)
@@ -101,6 +141,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_dir: Path, out_dir: Pat
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
+        if cfg.precise_bn_images:
+            recompute_batchnorm(model, x_train, gen, cfg.precise_bn_images, cfg.hflip)
         val_loss, val_acc = validation_loss(model, x_val, y_val)
         row = {
             "epoch": epoch + 1,
@@ -145,9 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    p.add_argument("--head-lr-mult", type=float, default=TrainConfig.head_lr_mult)
     p.add_argument("--no-hflip", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-batches", type=int, default=0)
+    p.add_argument("--precise-bn-images", type=int, default=TrainConfig.precise_bn_images)
     p.add_argument("--gates", type=int, default=3)
     p.add_argument("--normalisation", choices=NORMALISATIONS, default="range_norm")
     p.add_argument("--aggregation", choices=AGGREGATIONS, default="ft")
@@ -159,9 +203,11 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=a.batch_size,
         lr=a.lr,
         weight_decay=a.weight_decay,
+        head_lr_mult=a.head_lr_mult,
         hflip=not a.no_hflip,
         threads=a.threads,
         max_batches=a.max_batches,
+        precise_bn_images=a.precise_bn_images,
     )
     model_cfg = ModelConfig(gates=a.gates, normalisation=a.normalisation, aggregation=a.aggregation)
     summary = train(cfg, model_cfg, a.data_dir or default_data_dir(), a.out)

@@ -13,12 +13,12 @@ def test_parameter_count_matches_paper():
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
 @pytest.mark.parametrize("gates", [0, 1, 2, 3])
-def test_fold_pool_scale_keeps_the_function(aggregation, gates):
+def test_fold_pooling_keeps_the_function(aggregation, gates):
     torch.manual_seed(0)
     model = AGCNN(ModelConfig(gates=gates, aggregation=aggregation)).eval()
     x = torch.randn(3, 1, 150, 150)
     before, _ = model(x)
-    model.fold_pool_scale()
+    model.fold_pooling()
     after, _ = model(x)
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
 

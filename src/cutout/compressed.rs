@@ -17,7 +17,6 @@ use super::fits::overlap;
 /// image of HDU `hdu` (0-based, `naxis` axes, all beyond the second of size 1) into `out`
 /// (pre-filled with NaN). Pixels come back scaled, with blanks as NaN. Returns the number
 /// of finite pixels written.
-#[allow(clippy::too_many_arguments)]
 pub fn read_window(
     path: &Path,
     hdu: usize,

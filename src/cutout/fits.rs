@@ -79,7 +79,10 @@ impl Header {
                 hdu,
                 detail: format!("{key} is not an integer: {other:?}"),
             }),
-            None => Err(FitsError::BadHeader { hdu, detail: format!("missing {key}") }),
+            None => Err(FitsError::BadHeader {
+                hdu,
+                detail: format!("missing {key}"),
+            }),
         }
     }
 
@@ -207,7 +210,9 @@ pub fn find_image(bytes: &[u8]) -> Result<ImageHdu, FitsError> {
                 }
             }
         };
-        let data_offset = offset.checked_add(header_len).ok_or_else(|| overflow(hdu))?;
+        let data_offset = offset
+            .checked_add(header_len)
+            .ok_or_else(|| overflow(hdu))?;
         let naxis = header.int(hdu, "NAXIS")?;
         let bitpix = header.int(hdu, "BITPIX")?;
         let axes = axis_sizes(&header, hdu, "NAXIS", naxis)?;
@@ -232,7 +237,10 @@ pub fn find_image(bytes: &[u8]) -> Result<ImageHdu, FitsError> {
                 header,
                 nx,
                 ny,
-                storage: Storage::TileCompressed { hdu, naxis: zaxes.len() },
+                storage: Storage::TileCompressed {
+                    hdu,
+                    naxis: zaxes.len(),
+                },
             });
         }
         seen.push(format!("{kind} (NAXIS={naxis})"));
@@ -254,7 +262,9 @@ pub fn find_image(bytes: &[u8]) -> Result<ImageHdu, FitsError> {
             .and_then(|n| n.checked_mul(gcount))
             .and_then(|n| n.checked_mul(bytes_per))
             .ok_or_else(|| overflow(hdu))?;
-        offset = data_offset.checked_add(padded(data_len).ok_or_else(|| overflow(hdu))?).ok_or_else(|| overflow(hdu))?;
+        offset = data_offset
+            .checked_add(padded(data_len).ok_or_else(|| overflow(hdu))?)
+            .ok_or_else(|| overflow(hdu))?;
         if hdu == 0 {
             primary = Some(header);
         }
@@ -277,12 +287,18 @@ fn padded(len: usize) -> Option<usize> {
 fn opt_count(header: &Header, hdu: usize, key: &str, default: usize) -> Result<usize, FitsError> {
     match header.get(key) {
         None => Ok(default),
-        Some(_) => usize::try_from(header.int(hdu, key)?).map_err(|_| bad(hdu, format!("{key} is negative"))),
+        Some(_) => usize::try_from(header.int(hdu, key)?)
+            .map_err(|_| bad(hdu, format!("{key} is negative"))),
     }
 }
 
 /// The sizes of axes 1..=naxis (`NAXISn` or `ZNAXISn`).
-fn axis_sizes(header: &Header, hdu: usize, prefix: &str, naxis: i64) -> Result<Vec<usize>, FitsError> {
+fn axis_sizes(
+    header: &Header,
+    hdu: usize,
+    prefix: &str,
+    naxis: i64,
+) -> Result<Vec<usize>, FitsError> {
     if !(0..=999).contains(&naxis) {
         return Err(bad(hdu, format!("{prefix} = {naxis} is out of range")));
     }
@@ -308,7 +324,10 @@ fn image_plane(hdu: usize, axes: &[usize]) -> Result<(usize, usize), FitsError> 
             }
             Ok((*nx, *ny))
         }
-        _ => Err(FitsError::Unsupported(format!("HDU {hdu} has {} axes, need 2", axes.len()))),
+        _ => Err(FitsError::Unsupported(format!(
+            "HDU {hdu} has {} axes, need 2",
+            axes.len()
+        ))),
     }
 }
 
@@ -323,8 +342,14 @@ fn plain_image(
     let bitpix = Bitpix::from_header(bitpix)
         .ok_or_else(|| bad(hdu, format!("BITPIX = {bitpix} is not a FITS pixel type")))?;
     let (nx, ny) = image_plane(hdu, axes)?;
-    let bscale = header.opt_f64("BSCALE").map_err(|d| bad(hdu, d))?.unwrap_or(1.0);
-    let bzero = header.opt_f64("BZERO").map_err(|d| bad(hdu, d))?.unwrap_or(0.0);
+    let bscale = header
+        .opt_f64("BSCALE")
+        .map_err(|d| bad(hdu, d))?
+        .unwrap_or(1.0);
+    let bzero = header
+        .opt_f64("BZERO")
+        .map_err(|d| bad(hdu, d))?
+        .unwrap_or(0.0);
     if bscale == 0.0 {
         return Err(bad(hdu, "BSCALE = 0".into()));
     }
@@ -337,7 +362,9 @@ fn plain_image(
         .checked_mul(ny)
         .and_then(|n| n.checked_mul(bitpix.size()))
         .ok_or_else(|| overflow(hdu))?;
-    let end = data_offset.checked_add(data_len).ok_or_else(|| overflow(hdu))?;
+    let end = data_offset
+        .checked_add(data_len)
+        .ok_or_else(|| overflow(hdu))?;
     if end > bytes.len() {
         return Err(FitsError::Truncated(format!(
             "the {nx}x{ny} image of HDU {hdu} needs bytes {data_offset}..{end}, the file has {}",
@@ -348,7 +375,13 @@ fn plain_image(
         header,
         nx,
         ny,
-        storage: Storage::Plain(PlainLayout { data_offset, bitpix, bscale, bzero, blank }),
+        storage: Storage::Plain(PlainLayout {
+            data_offset,
+            bitpix,
+            bscale,
+            bzero,
+            blank,
+        }),
     })
 }
 
@@ -358,7 +391,9 @@ fn parse_header(bytes: &[u8], offset: usize, hdu: usize) -> Result<(Header, usiz
     let mut pos = offset;
     loop {
         let Some(card) = bytes.get(pos..pos + CARD) else {
-            return Err(FitsError::Truncated(format!("header of HDU {hdu} has no END card")));
+            return Err(FitsError::Truncated(format!(
+                "header of HDU {hdu} has no END card"
+            )));
         };
         pos += CARD;
         let key = card_keyword(card);
@@ -394,7 +429,11 @@ fn normalise_keyword(key: String) -> String {
                 if digits(i) && digits(j) {
                     let strip = |s: &str| {
                         let t = s.trim_start_matches('0');
-                        if t.is_empty() { "0".to_string() } else { t.to_string() }
+                        if t.is_empty() {
+                            "0".to_string()
+                        } else {
+                            t.to_string()
+                        }
                     };
                     return format!("{prefix}{}_{}", strip(i), strip(j));
                 }
@@ -455,7 +494,9 @@ pub fn read_window(
     out: &mut Array2<f32>,
 ) -> usize {
     let w = out.ncols();
-    let Some((cx0, cx1)) = overlap(x0, w, nx) else { return 0 };
+    let Some((cx0, cx1)) = overlap(x0, w, nx) else {
+        return 0;
+    };
     let size = layout.bitpix.size();
     let mut finite = 0;
     for (wy, mut row) in out.rows_mut().into_iter().enumerate() {
@@ -467,7 +508,9 @@ pub fn read_window(
         let start = layout.data_offset + (iy as usize * nx + cx0) * size;
         let src = &bytes[start..start + (cx1 - cx0) * size];
         let dst_start = (cx0 as i64 - x0) as usize;
-        let Some(dst) = row.as_slice_mut() else { continue };
+        let Some(dst) = row.as_slice_mut() else {
+            continue;
+        };
         let dst = &mut dst[dst_start..dst_start + (cx1 - cx0)];
         finite += convert(src, dst, layout);
     }
@@ -485,7 +528,7 @@ fn convert(src: &[u8], dst: &mut [f32], l: &PlainLayout) -> usize {
     let identity = l.bscale == 1.0 && l.bzero == 0.0;
     let scale = |raw: f64| (raw * l.bscale + l.bzero) as f32;
     match l.bitpix {
-        Bitpix::F32 if identity => fill::<4>(src, dst, |b| f32::from_be_bytes(b)),
+        Bitpix::F32 if identity => fill::<4>(src, dst, f32::from_be_bytes),
         Bitpix::F32 => fill::<4>(src, dst, |b| scale(f32::from_be_bytes(b) as f64)),
         Bitpix::F64 => fill::<8>(src, dst, |b| scale(f64::from_be_bytes(b))),
         Bitpix::U8 => int_fill::<1>(src, dst, l, |b| b[0] as i64),
@@ -515,7 +558,11 @@ fn int_fill<const N: usize>(
     let blank = l.blank;
     fill::<N>(src, dst, |b| {
         let r = raw(b);
-        if Some(r) == blank { f32::NAN } else { (r as f64 * l.bscale + l.bzero) as f32 }
+        if Some(r) == blank {
+            f32::NAN
+        } else {
+            (r as f64 * l.bscale + l.bzero) as f32
+        }
     })
 }
 
@@ -556,7 +603,9 @@ pub(crate) mod tests {
 
     fn window(bytes: &[u8], x0: i64, y0: i64, w: usize, h: usize) -> (Array2<f32>, usize) {
         let img = find_image(bytes).expect("valid test image");
-        let Storage::Plain(layout) = &img.storage else { panic!("plain image expected") };
+        let Storage::Plain(layout) = &img.storage else {
+            panic!("plain image expected")
+        };
         let mut out = Array2::from_elem((h, w), f32::NAN);
         let n = read_window(bytes, layout, img.nx, img.ny, x0, y0, &mut out);
         (out, n)
@@ -564,15 +613,27 @@ pub(crate) mod tests {
 
     #[test]
     fn values_parse_like_fits() {
-        assert_eq!(parse_value("                 150.5 / X ref"), Value::Float(150.5));
+        assert_eq!(
+            parse_value("                 150.5 / X ref"),
+            Value::Float(150.5)
+        );
         assert_eq!(parse_value("                   300"), Value::Int(300));
         assert_eq!(parse_value("  1.5D-03"), Value::Float(1.5e-3));
         assert_eq!(parse_value("                    T"), Value::Logical(true));
-        assert_eq!(parse_value("'RA---TAN'           / proj"), Value::Str("RA---TAN".into()));
+        assert_eq!(
+            parse_value("'RA---TAN'           / proj"),
+            Value::Str("RA---TAN".into())
+        );
         assert_eq!(parse_value("'it''s   '"), Value::Str("it's".into()));
-        assert_eq!(parse_value("'unterminated"), Value::Other("'unterminated".into()));
+        assert_eq!(
+            parse_value("'unterminated"),
+            Value::Other("'unterminated".into())
+        );
         assert_eq!(parse_value("     "), Value::Undefined);
-        assert_eq!(parse_value(" (1.0, 2.0)"), Value::Other("(1.0, 2.0)".into()));
+        assert_eq!(
+            parse_value(" (1.0, 2.0)"),
+            Value::Other("(1.0, 2.0)".into())
+        );
     }
 
     #[test]
@@ -589,9 +650,18 @@ pub(crate) mod tests {
         // 2x1 images: second pixel is BLANK for the integer types.
         let cases: Vec<(i64, Vec<u8>)> = vec![
             (8, vec![7, 255]),
-            (16, [(-3i16).to_be_bytes(), (-32768i16).to_be_bytes()].concat()),
-            (32, [(-3i32).to_be_bytes(), (i32::MIN).to_be_bytes()].concat()),
-            (64, [(-3i64).to_be_bytes(), (i64::MIN).to_be_bytes()].concat()),
+            (
+                16,
+                [(-3i16).to_be_bytes(), (-32768i16).to_be_bytes()].concat(),
+            ),
+            (
+                32,
+                [(-3i32).to_be_bytes(), (i32::MIN).to_be_bytes()].concat(),
+            ),
+            (
+                64,
+                [(-3i64).to_be_bytes(), (i64::MIN).to_be_bytes()].concat(),
+            ),
         ];
         for (bitpix, data) in cases {
             let blank = match bitpix {
@@ -600,19 +670,32 @@ pub(crate) mod tests {
                 32 => i32::MIN as i64,
                 _ => i64::MIN,
             };
-            let extra = [card("BSCALE", "0.5"), card("BZERO", "10.0"), card("BLANK", &blank.to_string())];
+            let extra = [
+                card("BSCALE", "0.5"),
+                card("BZERO", "10.0"),
+                card("BLANK", &blank.to_string()),
+            ];
             let bytes = fits_bytes(&simple(bitpix, 2, 1, &extra), &data);
             let (w, n) = window(&bytes, 0, 0, 2, 1);
             let raw0 = if bitpix == 8 { 7.0 } else { -3.0 };
             assert_eq!(w[[0, 0]], (raw0 * 0.5 + 10.0) as f32, "BITPIX {bitpix}");
-            assert!(w[[0, 1]].is_nan(), "BITPIX {bitpix}: BLANK must read as NaN");
+            assert!(
+                w[[0, 1]].is_nan(),
+                "BITPIX {bitpix}: BLANK must read as NaN"
+            );
             assert_eq!(n, 1);
         }
         let f32s = [1.25f32.to_be_bytes(), f32::NAN.to_be_bytes()].concat();
         let (w, n) = window(&fits_bytes(&simple(-32, 2, 1, &[]), &f32s), 0, 0, 2, 1);
         assert_eq!((w[[0, 0]], n), (1.25, 1));
         let f64s = [2.5f64.to_be_bytes(), 4.0f64.to_be_bytes()].concat();
-        let (w, _) = window(&fits_bytes(&simple(-64, 2, 1, &[card("BZERO", "1.0")]), &f64s), 0, 0, 2, 1);
+        let (w, _) = window(
+            &fits_bytes(&simple(-64, 2, 1, &[card("BZERO", "1.0")]), &f64s),
+            0,
+            0,
+            2,
+            1,
+        );
         assert_eq!(w.as_slice(), Some(&[3.5f32, 5.0][..]));
     }
 
@@ -623,7 +706,10 @@ pub(crate) mod tests {
         let (w, n) = window(&bytes, -1, 1, 3, 3);
         // Rows y = 1, 2 on the image, y = 3 off; column x = -1 off.
         assert!(w[[0, 0]].is_nan() && w[[2, 1]].is_nan());
-        assert_eq!((w[[0, 1]], w[[0, 2]], w[[1, 1]], w[[1, 2]]), (4.0, 5.0, 8.0, 9.0));
+        assert_eq!(
+            (w[[0, 1]], w[[0, 2]], w[[1, 1]], w[[1, 2]]),
+            (4.0, 5.0, 8.0, 9.0)
+        );
         assert_eq!(n, 4);
         let (_, n) = window(&bytes, 10, 0, 3, 3);
         assert_eq!(n, 0);
@@ -640,12 +726,20 @@ pub(crate) mod tests {
         assert_eq!((img.nx, img.ny), (2, 2));
         cards[6] = card("NAXIS4", "2");
         let err = find_image(&fits_bytes(&cards, &[0u8; 32])).expect_err("a cube");
-        assert!(matches!(err, FitsError::Unsupported(ref d) if d.contains("axis 4 has 2 planes")), "{err}");
+        assert!(
+            matches!(err, FitsError::Unsupported(ref d) if d.contains("axis 4 has 2 planes")),
+            "{err}"
+        );
     }
 
     #[test]
     fn image_in_an_extension_after_an_empty_primary() {
-        let primary = vec![card("SIMPLE", "T"), card("BITPIX", "8"), card("NAXIS", "0"), card("EXTEND", "T")];
+        let primary = vec![
+            card("SIMPLE", "T"),
+            card("BITPIX", "8"),
+            card("NAXIS", "0"),
+            card("EXTEND", "T"),
+        ];
         let mut bytes = fits_bytes(&primary, &[]);
         let ext = vec![
             card("XTENSION", "'IMAGE   '"),
@@ -663,7 +757,12 @@ pub(crate) mod tests {
 
     #[test]
     fn table_only_truncated_and_garbage_are_errors() {
-        let primary = vec![card("SIMPLE", "T"), card("BITPIX", "8"), card("NAXIS", "0"), card("EXTEND", "T")];
+        let primary = vec![
+            card("SIMPLE", "T"),
+            card("BITPIX", "8"),
+            card("NAXIS", "0"),
+            card("EXTEND", "T"),
+        ];
         let mut bytes = fits_bytes(&primary, &[]);
         let table = vec![
             card("XTENSION", "'BINTABLE'"),
@@ -677,7 +776,10 @@ pub(crate) mod tests {
         ];
         bytes.extend(fits_bytes(&table, &[0u8; 8]));
         let err = find_image(&bytes).expect_err("no image");
-        assert!(matches!(err, FitsError::NoImage(ref s) if s.contains("BINTABLE")), "{err}");
+        assert!(
+            matches!(err, FitsError::NoImage(ref s) if s.contains("BINTABLE")),
+            "{err}"
+        );
 
         let full = fits_bytes(&simple(-32, 10, 10, &[]), &[0u8; 400]);
         let err = find_image(&full[..2880 + 100]).expect_err("truncated data");
@@ -686,10 +788,16 @@ pub(crate) mod tests {
         assert!(matches!(err, FitsError::Truncated(_)), "{err}");
 
         assert!(matches!(find_image(b"hello"), Err(FitsError::NotFits(_))));
-        assert!(matches!(find_image(&[0u8; 5760]), Err(FitsError::NotFits(_))));
+        assert!(matches!(
+            find_image(&[0u8; 5760]),
+            Err(FitsError::NotFits(_))
+        ));
         let huge = simple(-64, usize::MAX / 2, 4, &[]);
         assert!(find_image(&fits_bytes(&huge, &[])).is_err());
         let bad_bitpix = simple(12, 2, 2, &[]);
-        assert!(matches!(find_image(&fits_bytes(&bad_bitpix, &[0; 8])), Err(FitsError::BadHeader { .. })));
+        assert!(matches!(
+            find_image(&fits_bytes(&bad_bitpix, &[0; 8])),
+            Err(FitsError::BadHeader { .. })
+        ));
     }
 }

@@ -34,25 +34,40 @@ struct Footprint {
 
 impl Footprint {
     fn of(image: &Image<Mmap>) -> Footprint {
-        let everywhere = Footprint { centre: [0.0, 0.0, 1.0], cos_radius: -1.0 };
+        let everywhere = Footprint {
+            centre: [0.0, 0.0, 1.0],
+            cos_radius: -1.0,
+        };
         let (w, h) = (image.nx as f64 - 0.5, image.ny as f64 - 0.5);
         let Some(c) = image.wcs.pixel_to_world((w - 0.5) / 2.0, (h - 0.5) / 2.0) else {
             return everywhere;
         };
         let centre = unit(c);
         let mut cos_radius: f64 = 1.0;
-        for (x, y) in [(-0.5, -0.5), (w, -0.5), (-0.5, h), (w, h), (w / 2.0, -0.5), (w / 2.0, h), (-0.5, h / 2.0), (w, h / 2.0)] {
+        for (x, y) in [
+            (-0.5, -0.5),
+            (w, -0.5),
+            (-0.5, h),
+            (w, h),
+            (w / 2.0, -0.5),
+            (w / 2.0, h),
+            (-0.5, h / 2.0),
+            (w, h / 2.0),
+        ] {
             match image.wcs.pixel_to_world(x, y) {
                 Some(p) => cos_radius = cos_radius.min(dot(centre, unit(p))),
                 None => return everywhere,
             }
         }
-        // Widen by a little over a degree's worth of cosine slack for curved edges.
+        // Widen by 5% and 20 arcsec: edges between the sampled points bulge a little.
         let radius = cos_radius.clamp(-1.0, 1.0).acos() * 1.05 + 1e-4;
         if radius >= std::f64::consts::PI / 2.0 {
             return everywhere;
         }
-        Footprint { centre, cos_radius: radius.cos() }
+        Footprint {
+            centre,
+            cos_radius: radius.cos(),
+        }
     }
 
     fn may_contain(&self, p: [f64; 3]) -> bool {
@@ -80,7 +95,10 @@ impl MosaicIndex {
     pub fn build(paths: &[PathBuf]) -> Result<MosaicIndex, CutoutSetupError> {
         let mut entries = Vec::new();
         for root in paths {
-            let meta = fs::metadata(root).map_err(|source| CutoutSetupError::Io { path: root.clone(), source })?;
+            let meta = fs::metadata(root).map_err(|source| CutoutSetupError::Io {
+                path: root.clone(),
+                source,
+            })?;
             if meta.is_dir() {
                 let mut files = Vec::new();
                 collect(root, &mut files)?;
@@ -101,7 +119,10 @@ impl MosaicIndex {
                 }
             } else {
                 let image =
-                    Image::open_path(root).map_err(|source| CutoutSetupError::BadMosaic { path: root.clone(), source })?;
+                    Image::open_path(root).map_err(|source| CutoutSetupError::BadMosaic {
+                        path: root.clone(),
+                        source,
+                    })?;
                 entries.push(entry(root, image));
             }
         }
@@ -131,28 +152,51 @@ impl MosaicIndex {
 
     /// The image named by a tile hint: its file name or stem.
     pub fn by_tile(&self, tile: &str) -> Option<&Entry> {
-        self.entries.iter().find(|e| e.name == tile || e.stem == tile)
+        self.entries
+            .iter()
+            .find(|e| e.name == tile || e.stem == tile)
     }
 }
 
 fn entry(path: &Path, image: Image<Mmap>) -> Entry {
-    let name = path.file_name().and_then(OsStr::to_str).unwrap_or_default().to_string();
+    let name = path
+        .file_name()
+        .and_then(OsStr::to_str)
+        .unwrap_or_default()
+        .to_string();
     let lower = name.to_ascii_lowercase();
-    let cut = [".fits.fz", ".fits", ".fit"].iter().find(|ext| lower.ends_with(*ext)).map_or(0, |ext| ext.len());
+    let cut = [".fits.fz", ".fits", ".fit"]
+        .iter()
+        .find(|ext| lower.ends_with(*ext))
+        .map_or(0, |ext| ext.len());
     let stem = name[..name.len() - cut].to_string();
     let footprint = Footprint::of(&image);
-    Entry { name, stem, image, footprint }
+    Entry {
+        name,
+        stem,
+        image,
+        footprint,
+    }
 }
 
 fn is_fits_name(path: &Path) -> bool {
-    let name = path.file_name().and_then(OsStr::to_str).unwrap_or_default().to_ascii_lowercase();
-    [".fits", ".fit", ".fits.fz"].iter().any(|ext| name.ends_with(ext))
+    let name = path
+        .file_name()
+        .and_then(OsStr::to_str)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    [".fits", ".fit", ".fits.fz"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
 }
 
 /// Files with a FITS name under `dir`, recursively; symbolic links to folders are not
 /// followed (no cycles), links to files are.
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CutoutSetupError> {
-    let io = |source| CutoutSetupError::Io { path: dir.to_path_buf(), source };
+    let io = |source| CutoutSetupError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
     for item in fs::read_dir(dir).map_err(io)? {
         let item = item.map_err(io)?;
         let path = item.path();

@@ -103,7 +103,9 @@ impl Cutter {
     /// `*.fits`, `*.fit` and `*.fits.fz`; a file found in a folder that is not a usable image
     /// is skipped with a warning, while a file named directly must be usable.
     pub fn new(cfg: &CutoutConfig) -> Result<Cutter, CutoutSetupError> {
-        Ok(Cutter { index: MosaicIndex::build(&cfg.mosaics)? })
+        Ok(Cutter {
+            index: MosaicIndex::build(&cfg.mosaics)?,
+        })
     }
 
     /// Number of images in the mosaic index.
@@ -136,18 +138,25 @@ impl Cutter {
             Some(Pixels::Mosaic(hint)) => {
                 let pos = checked_position(det)?;
                 let entry = self.index.by_tile(&hint.tile).ok_or_else(|| {
-                    ItemError::new(RejectReason::NotCovered, format!("unknown mosaic tile '{}'", hint.tile))
+                    ItemError::new(
+                        RejectReason::NotCovered,
+                        format!("unknown mosaic tile '{}'", hint.tile),
+                    )
                 })?;
                 let pixel = entry.image.pixel_on_image(pos).ok_or_else(|| {
                     ItemError::new(
                         RejectReason::NotCovered,
-                        format!("tile '{}' does not cover RA {:.6}, Dec {:.6}", hint.tile, pos.0, pos.1),
+                        format!(
+                            "tile '{}' does not cover RA {:.6}, Dec {:.6}",
+                            hint.tile, pos.0, pos.1
+                        ),
                     )
                 })?;
                 entry.image.cut_at(pixel, pos)
             }
             Some(Pixels::FitsCutout(bytes)) => {
-                let image = Image::open(bytes.as_slice(), None).map_err(|e| e.into_item("inline FITS"))?;
+                let image =
+                    Image::open(bytes.as_slice(), None).map_err(|e| e.into_item("inline FITS"))?;
                 image.cut_for(det)
             }
             Some(Pixels::FitsPath(path)) => {
@@ -161,7 +170,11 @@ impl Cutter {
 /// The detection's (RA, Dec), checked.
 fn checked_position(det: &proto::SourceDetection) -> Result<(f64, f64), ItemError> {
     let (ra, dec) = (det.ra_deg, det.dec_deg);
-    if !(ra.is_finite() && dec.is_finite() && (0.0..360.0).contains(&ra) && (-90.0..=90.0).contains(&dec)) {
+    if !(ra.is_finite()
+        && dec.is_finite()
+        && (0.0..360.0).contains(&ra)
+        && (-90.0..=90.0).contains(&dec))
+    {
         return Err(ItemError::new(
             RejectReason::InvalidDetection,
             format!("position out of range: RA {ra} (need [0, 360)), Dec {dec} (need [-90, 90])"),
@@ -201,10 +214,20 @@ impl<D: AsRef<[u8]>> Image<D> {
     fn open(data: D, path: Option<PathBuf>) -> Result<Self, OpenError> {
         let hdu = fits::find_image(data.as_ref())?;
         if matches!(hdu.storage, Storage::TileCompressed { .. }) && path.is_none() {
-            return Err(FitsError::Unsupported("tile-compressed inline cutouts; send the image uncompressed".into()).into());
+            return Err(FitsError::Unsupported(
+                "tile-compressed inline cutouts; send the image uncompressed".into(),
+            )
+            .into());
         }
         let wcs = CelestialWcs::from_header(&hdu.header, hdu.nx, hdu.ny)?;
-        Ok(Image { data, path, nx: hdu.nx, ny: hdu.ny, storage: hdu.storage, wcs: Arc::new(wcs) })
+        Ok(Image {
+            data,
+            path,
+            nx: hdu.nx,
+            ny: hdu.ny,
+            storage: hdu.storage,
+            wcs: Arc::new(wcs),
+        })
     }
 
     /// The 0-based pixel of (RA, Dec) if it lies on the image.
@@ -225,7 +248,10 @@ impl<D: AsRef<[u8]>> Image<D> {
         if det.centre_of_cutout {
             let pixel = ((self.nx as f64 - 1.0) / 2.0, (self.ny as f64 - 1.0) / 2.0);
             let pos = self.wcs.pixel_to_world(pixel.0, pixel.1).ok_or_else(|| {
-                ItemError::new(RejectReason::BadWcs, "the image centre is not on the sky through its WCS")
+                ItemError::new(
+                    RejectReason::BadWcs,
+                    "the image centre is not on the sky through its WCS",
+                )
             })?;
             return self.cut_at(pixel, pos);
         }
@@ -233,7 +259,10 @@ impl<D: AsRef<[u8]>> Image<D> {
         let pixel = self.pixel_on_image(pos).ok_or_else(|| {
             ItemError::new(
                 RejectReason::NotCovered,
-                format!("RA {:.6}, Dec {:.6} is outside the {}x{} image", pos.0, pos.1, self.nx, self.ny),
+                format!(
+                    "RA {:.6}, Dec {:.6} is outside the {}x{} image",
+                    pos.0, pos.1, self.nx, self.ny
+                ),
             )
         })?;
         self.cut_at(pixel, pos)
@@ -245,20 +274,37 @@ impl<D: AsRef<[u8]>> Image<D> {
         let y0 = window_start(pixel.1);
         let mut pixels = Array2::from_elem((CUTOUT_SIZE, CUTOUT_SIZE), f32::NAN);
         let finite = match &self.storage {
-            Storage::Plain(layout) => fits::read_window(self.data.as_ref(), layout, self.nx, self.ny, x0, y0, &mut pixels),
+            Storage::Plain(layout) => fits::read_window(
+                self.data.as_ref(),
+                layout,
+                self.nx,
+                self.ny,
+                x0,
+                y0,
+                &mut pixels,
+            ),
             Storage::TileCompressed { hdu, naxis } => {
                 // Image::open refuses compressed images without a path.
                 let path = self.path.as_deref().unwrap_or(Path::new(""));
-                compressed::read_window(path, *hdu, *naxis, (self.nx, self.ny), x0, y0, &mut pixels).map_err(|e| {
-                    ItemError::new(RejectReason::BadFits, format!("{}: CFITSIO: {}", path.display(), error_chain(&e)))
-                })?
+                compressed::read_window(path, *hdu, *naxis, (self.nx, self.ny), x0, y0, &mut pixels)
+                    .map_err(|e| {
+                        ItemError::new(
+                            RejectReason::BadFits,
+                            format!("{}: CFITSIO: {}", path.display(), error_chain(&e)),
+                        )
+                    })?
             }
         };
-        let file = self.path.as_ref().map_or_else(|| "inline".to_string(), |p| p.display().to_string());
+        let file = self
+            .path
+            .as_ref()
+            .map_or_else(|| "inline".to_string(), |p| p.display().to_string());
         if finite == 0 {
             return Err(ItemError::new(
                 RejectReason::EmptyCutout,
-                format!("no finite pixel in the {CUTOUT_SIZE}x{CUTOUT_SIZE} window at ({x0}, {y0}) of {file}"),
+                format!(
+                    "no finite pixel in the {CUTOUT_SIZE}x{CUTOUT_SIZE} window at ({x0}, {y0}) of {file}"
+                ),
             ));
         }
         let provenance = proto::CutoutProvenance {
@@ -272,8 +318,17 @@ impl<D: AsRef<[u8]>> Image<D> {
             clip_threshold: 0.0,
             projection: self.wcs.projection().to_string(),
         };
-        let sky = Arc::new(WindowSky { wcs: Arc::clone(&self.wcs), x0, y0 });
-        Ok(Cutout { pixels, provenance, sky, position })
+        let sky = Arc::new(WindowSky {
+            wcs: Arc::clone(&self.wcs),
+            x0,
+            y0,
+        });
+        Ok(Cutout {
+            pixels,
+            provenance,
+            sky,
+            position,
+        })
     }
 }
 
@@ -294,7 +349,8 @@ struct WindowSky {
 
 impl SkyProjection for WindowSky {
     fn pixel_to_sky(&self, x: f64, y: f64) -> Option<(f64, f64)> {
-        self.wcs.pixel_to_world(self.x0 as f64 + x, self.y0 as f64 + y)
+        self.wcs
+            .pixel_to_world(self.x0 as f64 + x, self.y0 as f64 + y)
     }
 }
 

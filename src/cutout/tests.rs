@@ -20,11 +20,20 @@ fn sin_image() -> PathBuf {
 }
 
 fn detection(ra: f64, dec: f64, pixels: Option<Pixels>) -> proto::SourceDetection {
-    proto::SourceDetection { source_id: "s".into(), ra_deg: ra, dec_deg: dec, pixels, ..Default::default() }
+    proto::SourceDetection {
+        source_id: "s".into(),
+        ra_deg: ra,
+        dec_deg: dec,
+        pixels,
+        ..Default::default()
+    }
 }
 
 fn at_centre(pixels: Pixels) -> proto::SourceDetection {
-    proto::SourceDetection { centre_of_cutout: true, ..detection(f64::NAN, f64::NAN, Some(pixels)) }
+    proto::SourceDetection {
+        centre_of_cutout: true,
+        ..detection(f64::NAN, f64::NAN, Some(pixels))
+    }
 }
 
 fn path_pixels(p: &Path) -> Pixels {
@@ -32,12 +41,19 @@ fn path_pixels(p: &Path) -> Pixels {
 }
 
 fn no_mosaics() -> Cutter {
-    Cutter::new(&CutoutConfig { mosaics: vec![], workers: 1 }).expect("empty index")
+    Cutter::new(&CutoutConfig {
+        mosaics: vec![],
+        workers: 1,
+    })
+    .expect("empty index")
 }
 
 fn reject(cutter: &Cutter, det: &proto::SourceDetection) -> ItemError {
     match cutter.cut(det) {
-        Ok(c) => panic!("expected a rejection, got a cutout at ({}, {})", c.provenance.x0, c.provenance.y0),
+        Ok(c) => panic!(
+            "expected a rejection, got a cutout at ({}, {})",
+            c.provenance.x0, c.provenance.y0
+        ),
         Err(e) => e,
     }
 }
@@ -50,7 +66,9 @@ fn close(a: (f64, f64), b: (f64, f64), tol: f64) -> bool {
 fn file_pixels(path: &Path) -> Array2<f32> {
     let bytes = std::fs::read(path).expect("readable test image");
     let hdu = fits::find_image(&bytes).expect("FITS");
-    let Storage::Plain(layout) = &hdu.storage else { panic!("plain image expected") };
+    let Storage::Plain(layout) = &hdu.storage else {
+        panic!("plain image expected")
+    };
     let mut out = Array2::from_elem((hdu.ny, hdu.nx), f32::NAN);
     fits::read_window(&bytes, layout, hdu.nx, hdu.ny, 0, 0, &mut out);
     out
@@ -69,22 +87,30 @@ fn cutter_is_shareable_between_threads() {
 
 #[test]
 fn real_tan_cutout_at_its_centre_is_the_whole_file() {
-    let cut = no_mosaics().cut(&at_centre(path_pixels(&tan_cutout()))).expect("cutout");
+    let cut = no_mosaics()
+        .cut(&at_centre(path_pixels(&tan_cutout())))
+        .expect("cutout");
     let p = &cut.provenance;
     assert_eq!((p.x0, p.y0, p.width, p.height), (0, 0, 300, 300));
     assert_eq!((p.coverage, p.projection.as_str()), (1.0, "TAN"));
     assert!(p.file.ends_with("0034.32.fits"));
-    assert!(close(cut.position, (114.33, 29.4923), 1e-9), "{:?}", cut.position);
+    assert!(
+        close(cut.position, (114.33, 29.4923), 1e-9),
+        "{:?}",
+        cut.position
+    );
     assert!(same(&cut.pixels, &file_pixels(&tan_cutout())));
     // astropy values of the file's pixels.
-    assert_eq!(cut.pixels[[0, 0]], 0.000292027136310935);
-    assert_eq!(cut.pixels[[17, 299]], -0.0003017005219589919);
-    assert_eq!(cut.pixels[[150, 150]], 0.0032883796375244856);
+    assert_eq!(f64::from(cut.pixels[[0, 0]]), 0.000292027136310935);
+    assert_eq!(f64::from(cut.pixels[[17, 299]]), -0.0003017005219589919);
+    assert_eq!(f64::from(cut.pixels[[150, 150]]), 0.0032883796375244856);
 }
 
 #[test]
 fn window_pixels_map_to_the_sky_as_astropy_says() {
-    let cut = no_mosaics().cut(&at_centre(path_pixels(&tan_cutout()))).expect("cutout");
+    let cut = no_mosaics()
+        .cut(&at_centre(path_pixels(&tan_cutout())))
+        .expect("cutout");
     for (x, y, ra, dec) in [
         (0.0, 0.0, 114.4158145115418, 29.417522547582344),
         (149.5, 149.5, 114.33, 29.4923),
@@ -92,45 +118,73 @@ fn window_pixels_map_to_the_sky_as_astropy_says() {
         (-40.0, 310.0, 114.43894143271955, 29.572505491751485),
     ] {
         let sky = cut.sky.pixel_to_sky(x, y).expect("on the projection");
-        assert!(close(sky, (ra, dec), 1e-9), "TAN ({x}, {y}) -> {sky:?}, astropy ({ra}, {dec})");
+        assert!(
+            close(sky, (ra, dec), 1e-9),
+            "TAN ({x}, {y}) -> {sky:?}, astropy ({ra}, {dec})"
+        );
         // And back: the detection at that position lands on the same window pixel.
         let again = no_mosaics().cut(&detection(ra, dec, Some(path_pixels(&tan_cutout()))));
         if (0.0..299.5).contains(&x) && (0.0..299.5).contains(&y) {
             let c = again.expect("on the image");
-            assert_eq!((c.provenance.x0, c.provenance.y0), (window_start(x), window_start(y)));
+            assert_eq!(
+                (c.provenance.x0, c.provenance.y0),
+                (window_start(x), window_start(y))
+            );
         }
     }
 
     // The SIN image: 33x33, reference pixel off the image, FREQ/STOKES axes declared but
     // absent. Its centre (16, 16) sits at window pixel 149 after a -133 shift.
-    let cut = no_mosaics().cut(&at_centre(path_pixels(&sin_image()))).expect("SIN cutout");
+    let cut = no_mosaics()
+        .cut(&at_centre(path_pixels(&sin_image())))
+        .expect("SIN cutout");
     assert_eq!((cut.provenance.x0, cut.provenance.y0), (-133, -133));
     assert_eq!(cut.provenance.projection, "SIN");
     assert!((cut.provenance.coverage - (33.0 * 33.0 / 90000.0)).abs() < 1e-7);
-    assert!(close(cut.position, (162.5298183439104, 30.676918876152964), 1e-9));
+    assert!(close(
+        cut.position,
+        (162.5298183439104, 30.676918876152964),
+        1e-9
+    ));
     for (x, y, ra, dec) in [
         (0.0, 0.0, 162.5391375391328, 30.668934272359564),
         (32.0, 5.0, 162.52052967677201, 30.671402825921678),
         (7.0, 25.0, 162.5350405524206, 30.681427611715),
     ] {
-        let sky = cut.sky.pixel_to_sky(x + 133.0, y + 133.0).expect("on the projection");
-        assert!(close(sky, (ra, dec), 1e-9), "SIN ({x}, {y}) -> {sky:?}, astropy ({ra}, {dec})");
+        let sky = cut
+            .sky
+            .pixel_to_sky(x + 133.0, y + 133.0)
+            .expect("on the projection");
+        assert!(
+            close(sky, (ra, dec), 1e-9),
+            "SIN ({x}, {y}) -> {sky:?}, astropy ({ra}, {dec})"
+        );
     }
     // Sky -> pixel: the source at astropy's position of image pixel (7, 25) ends up at
     // window pixel (149, 149) (a 149.5 centre rounds the window start up).
     let cut = no_mosaics()
-        .cut(&detection(162.5350405524206, 30.681427611715, Some(path_pixels(&sin_image()))))
+        .cut(&detection(
+            162.5350405524206,
+            30.681427611715,
+            Some(path_pixels(&sin_image())),
+        ))
         .expect("SIN cutout");
     assert_eq!((cut.provenance.x0, cut.provenance.y0), (-142, -124));
-    assert_eq!(cut.pixels[[149, 149]], 0.00019342859741300344);
-    assert!(cut.pixels[[0, 0]].is_nan() && cut.pixels[[148, 141]].is_nan() && cut.pixels[[149, 142]].is_finite());
+    assert_eq!(f64::from(cut.pixels[[149, 149]]), 0.00019342859741300344);
+    assert!(
+        cut.pixels[[0, 0]].is_nan()
+            && cut.pixels[[148, 141]].is_nan()
+            && cut.pixels[[149, 142]].is_finite()
+    );
 }
 
 #[test]
 fn inline_bytes_cut_like_the_file() {
     let bytes = std::fs::read(tan_cutout()).expect("readable");
     let cutter = no_mosaics();
-    let inline = cutter.cut(&at_centre(Pixels::FitsCutout(bytes))).expect("inline cutout");
+    let inline = cutter
+        .cut(&at_centre(Pixels::FitsCutout(bytes)))
+        .expect("inline cutout");
     assert_eq!(inline.provenance.file, "inline");
     assert!(same(&inline.pixels, &file_pixels(&tan_cutout())));
 }
@@ -142,7 +196,11 @@ fn embed(cutout: &Path, size: usize, dx: usize, dy: usize, fill: f32) -> Vec<u8>
     let mut data = Vec::with_capacity(size * size * 4);
     for y in 0..size {
         for x in 0..size {
-            let v = if (dx..dx + 300).contains(&x) && (dy..dy + 300).contains(&y) { src[[y - dy, x - dx]] } else { fill };
+            let v = if (dx..dx + 300).contains(&x) && (dy..dy + 300).contains(&y) {
+                src[[y - dy, x - dx]]
+            } else {
+                fill
+            };
             data.extend_from_slice(&v.to_be_bytes());
         }
     }
@@ -173,21 +231,44 @@ fn cutting_from_a_bigger_mosaic_gives_the_original_cutout() {
     std::fs::create_dir_all(&sub).expect("mkdir");
     // The source is 100 px from the nearest edge of A and 137 px from B's: B wins.
     std::fs::write(sub.join("A.fits"), embed(&tan_cutout(), 600, 250, 60, 0.0)).expect("write");
-    std::fs::write(dir.path().join("tiles/B.fit"), embed(&tan_cutout(), 600, 137, 211, 0.0)).expect("write");
+    std::fs::write(
+        dir.path().join("tiles/B.fit"),
+        embed(&tan_cutout(), 600, 137, 211, 0.0),
+    )
+    .expect("write");
     std::fs::write(dir.path().join("notes.txt"), "not FITS").expect("write");
-    let cutter = Cutter::new(&CutoutConfig { mosaics: vec![dir.path().to_path_buf()], workers: 2 }).expect("index");
+    let cutter = Cutter::new(&CutoutConfig {
+        mosaics: vec![dir.path().to_path_buf()],
+        workers: 2,
+    })
+    .expect("index");
     assert_eq!(cutter.mosaic_count(), 2);
 
     let original = file_pixels(&tan_cutout());
-    let cut = cutter.cut(&detection(114.33, 29.4923, None)).expect("covered");
-    assert!(cut.provenance.file.ends_with("B.fit"), "{}", cut.provenance.file);
-    assert_eq!((cut.provenance.x0, cut.provenance.y0, cut.provenance.coverage), (137, 211, 1.0));
+    let cut = cutter
+        .cut(&detection(114.33, 29.4923, None))
+        .expect("covered");
+    assert!(
+        cut.provenance.file.ends_with("B.fit"),
+        "{}",
+        cut.provenance.file
+    );
+    assert_eq!(
+        (
+            cut.provenance.x0,
+            cut.provenance.y0,
+            cut.provenance.coverage
+        ),
+        (137, 211, 1.0)
+    );
     assert!(same(&cut.pixels, &original));
 
     // A tile hint restricts the choice, by stem or by file name.
     for tile in ["A", "A.fits"] {
         let hint = Some(Pixels::Mosaic(proto::MosaicHint { tile: tile.into() }));
-        let cut = cutter.cut(&detection(114.33, 29.4923, hint)).expect("covered by A");
+        let cut = cutter
+            .cut(&detection(114.33, 29.4923, hint))
+            .expect("covered by A");
         assert_eq!((cut.provenance.x0, cut.provenance.y0), (250, 60));
         assert!(same(&cut.pixels, &original));
     }
@@ -198,15 +279,24 @@ fn cutting_from_a_bigger_mosaic_gives_the_original_cutout() {
 
     // Near the mosaic's corner the window runs off the image: NaN padding, partial coverage.
     // (Both windows share the original cutout's pixel grid, so B's window maps A's pixels.)
-    let corner = cut.sky.pixel_to_sky(10.2 - 250.0, 20.3 - 60.0).expect("on sky");
+    let corner = cut
+        .sky
+        .pixel_to_sky(10.2 - 250.0, 20.3 - 60.0)
+        .expect("on sky");
     let hint = Some(Pixels::Mosaic(proto::MosaicHint { tile: "A".into() }));
-    let cut = cutter.cut(&detection(corner.0, corner.1, hint)).expect("covered, partly");
+    let cut = cutter
+        .cut(&detection(corner.0, corner.1, hint))
+        .expect("covered, partly");
     // Source at A's pixel (10.2, 20.3): window start round(-139.3), round(-129.2).
     assert_eq!((cut.provenance.x0, cut.provenance.y0), (-139, -129));
     assert!(cut.pixels[[128, 139]].is_nan() && cut.pixels[[129, 138]].is_nan());
     assert_eq!(cut.pixels[[129, 139]], 0.0);
     let expect = (300.0 - 139.0) * (300.0 - 129.0) / 90000.0;
-    assert!((cut.provenance.coverage as f64 - expect).abs() < 1e-6, "{}", cut.provenance.coverage);
+    assert!(
+        (cut.provenance.coverage as f64 - expect).abs() < 1e-6,
+        "{}",
+        cut.provenance.coverage
+    );
 
     // Far away: no mosaic covers it.
     let e = reject(&cutter, &detection(300.0, -45.0, None));
@@ -215,33 +305,71 @@ fn cutting_from_a_bigger_mosaic_gives_the_original_cutout() {
 
 #[test]
 fn mosaic_setup_errors() {
-    let missing = CutoutConfig { mosaics: vec![PathBuf::from("/nonexistent/mosaics")], workers: 1 };
-    assert!(matches!(Cutter::new(&missing), Err(CutoutSetupError::Io { .. })));
+    let missing = CutoutConfig {
+        mosaics: vec![PathBuf::from("/nonexistent/mosaics")],
+        workers: 1,
+    };
+    assert!(matches!(
+        Cutter::new(&missing),
+        Err(CutoutSetupError::Io { .. })
+    ));
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("broken.fits"), b"SIMPLE  = garbage").expect("write");
-    let empty = CutoutConfig { mosaics: vec![dir.path().to_path_buf()], workers: 1 };
-    assert!(matches!(Cutter::new(&empty), Err(CutoutSetupError::EmptyFolder(_))));
-    let named = CutoutConfig { mosaics: vec![dir.path().join("broken.fits")], workers: 1 };
-    assert!(matches!(Cutter::new(&named), Err(CutoutSetupError::BadMosaic { .. })));
+    let empty = CutoutConfig {
+        mosaics: vec![dir.path().to_path_buf()],
+        workers: 1,
+    };
+    assert!(matches!(
+        Cutter::new(&empty),
+        Err(CutoutSetupError::EmptyFolder(_))
+    ));
+    let named = CutoutConfig {
+        mosaics: vec![dir.path().join("broken.fits")],
+        workers: 1,
+    };
+    assert!(matches!(
+        Cutter::new(&named),
+        Err(CutoutSetupError::BadMosaic { .. })
+    ));
 }
 
 #[test]
 fn invalid_positions_are_rejected() {
     let cutter = no_mosaics();
     let file = Some(path_pixels(&tan_cutout()));
-    for (ra, dec) in [(f64::NAN, 0.0), (10.0, f64::INFINITY), (360.0, 0.0), (-0.1, 0.0), (10.0, 90.5), (10.0, -91.0)] {
+    for (ra, dec) in [
+        (f64::NAN, 0.0),
+        (10.0, f64::INFINITY),
+        (360.0, 0.0),
+        (-0.1, 0.0),
+        (10.0, 90.5),
+        (10.0, -91.0),
+    ] {
         let e = reject(&cutter, &detection(ra, dec, file.clone()));
         assert_eq!(e.reason, RejectReason::InvalidDetection, "({ra}, {dec})");
         let e = reject(&cutter, &detection(ra, dec, None));
-        assert_eq!(e.reason, RejectReason::InvalidDetection, "({ra}, {dec}) without pixels");
+        assert_eq!(
+            e.reason,
+            RejectReason::InvalidDetection,
+            "({ra}, {dec}) without pixels"
+        );
     }
-    let e = reject(&cutter, &proto::SourceDetection { centre_of_cutout: true, ..detection(10.0, 10.0, None) });
+    let e = reject(
+        &cutter,
+        &proto::SourceDetection {
+            centre_of_cutout: true,
+            ..detection(10.0, 10.0, None)
+        },
+    );
     assert_eq!(e.reason, RejectReason::InvalidDetection);
     // A valid position that is not on the given image.
     let e = reject(&cutter, &detection(200.0, 10.0, file));
     assert_eq!(e.reason, RejectReason::NotCovered);
     // No mosaics at all.
-    assert_eq!(reject(&cutter, &detection(10.0, 10.0, None)).reason, RejectReason::NotCovered);
+    assert_eq!(
+        reject(&cutter, &detection(10.0, 10.0, None)).reason,
+        RejectReason::NotCovered
+    );
 }
 
 fn small_image(bitpix: i64, extra: &[String], data: &[u8], n: usize) -> Vec<u8> {
@@ -279,14 +407,22 @@ fn bad_fits_bad_wcs_and_empty_cutouts_are_rejected() {
         ("truncated", good[..good.len() / 2].to_vec()),
         ("header only", good[..2880].to_vec()),
         ("empty", Vec::new()),
-        ("garbage", b"\x89PNG\r\n\x1a\n not a FITS file at all".repeat(40)),
+        (
+            "garbage",
+            b"\x89PNG\r\n\x1a\n not a FITS file at all".repeat(40),
+        ),
     ] {
         let e = inline(bytes);
         assert_eq!(e.reason, RejectReason::BadFits, "{what}: {}", e.detail);
     }
     let table = {
         let mut b = Vec::new();
-        let primary = [card("SIMPLE", "T"), card("BITPIX", "8"), card("NAXIS", "0"), card("EXTEND", "T")];
+        let primary = [
+            card("SIMPLE", "T"),
+            card("BITPIX", "8"),
+            card("NAXIS", "0"),
+            card("EXTEND", "T"),
+        ];
         b.extend(fits_bytes(&primary, &[]));
         let ext = [
             card("XTENSION", "'BINTABLE'"),
@@ -305,7 +441,10 @@ fn bad_fits_bad_wcs_and_empty_cutouts_are_rejected() {
     let e = inline(table);
     assert_eq!(e.reason, RejectReason::BadFits);
     assert!(e.detail.contains("BINTABLE"), "{}", e.detail);
-    let e = reject(&cutter, &at_centre(Pixels::FitsPath("/nonexistent/x.fits".into())));
+    let e = reject(
+        &cutter,
+        &at_centre(Pixels::FitsPath("/nonexistent/x.fits".into())),
+    );
     assert_eq!(e.reason, RejectReason::BadFits);
 
     let n = 8;
@@ -323,7 +462,12 @@ fn bad_fits_bad_wcs_and_empty_cutouts_are_rejected() {
     let e = inline(small_image(-32, &tan_wcs(n), &nans, n));
     assert_eq!(e.reason, RejectReason::EmptyCutout);
     let blanks: Vec<u8> = (0..n * n).flat_map(|_| (-1i16).to_be_bytes()).collect();
-    let e = inline(small_image(16, &[tan_wcs(n), vec![card("BLANK", "-1")]].concat(), &blanks, n));
+    let e = inline(small_image(
+        16,
+        &[tan_wcs(n), vec![card("BLANK", "-1")]].concat(),
+        &blanks,
+        n,
+    ));
     assert_eq!(e.reason, RejectReason::EmptyCutout);
 }
 
@@ -333,16 +477,30 @@ fn scaled_integers_and_degenerate_axes_through_the_cutter() {
     let raw: Vec<i16> = (0..(n * n) as i16).collect();
     let data: Vec<u8> = raw.iter().flat_map(|v| v.to_be_bytes()).collect();
     let mut extra = tan_wcs(n);
-    extra.extend([card("BSCALE", "0.25"), card("BZERO", "-1.0"), card("BLANK", "5")]);
-    extra.extend([card("NAXIS3", "1"), card("NAXIS4", "1"), card("CTYPE3", "'FREQ'"), card("CTYPE4", "'STOKES'")]);
+    extra.extend([
+        card("BSCALE", "0.25"),
+        card("BZERO", "-1.0"),
+        card("BLANK", "5"),
+    ]);
+    extra.extend([
+        card("NAXIS3", "1"),
+        card("NAXIS4", "1"),
+        card("CTYPE3", "'FREQ'"),
+        card("CTYPE4", "'STOKES'"),
+    ]);
     let mut bytes = small_image(16, &extra, &data, n);
     bytes[160..240].copy_from_slice(format!("{:<80}", card("NAXIS", "4")).as_bytes());
-    let cut = no_mosaics().cut(&at_centre(Pixels::FitsCutout(bytes))).expect("4-D BITPIX 16");
+    let cut = no_mosaics()
+        .cut(&at_centre(Pixels::FitsCutout(bytes)))
+        .expect("4-D BITPIX 16");
     // Centre (1.5, 1.5): the window starts at -148, so image (x, y) is window (x+148, y+148).
     assert_eq!((cut.provenance.x0, cut.provenance.y0), (-148, -148));
     assert_eq!(cut.pixels[[148, 148]], -1.0);
     assert_eq!(cut.pixels[[148 + 3, 148 + 2]], (14.0 * 0.25 - 1.0) as f32);
-    assert!(cut.pixels[[148 + 1, 148 + 1]].is_nan(), "BLANK (raw 5) must be NaN");
+    assert!(
+        cut.pixels[[148 + 1, 148 + 1]].is_nan(),
+        "BLANK (raw 5) must be NaN"
+    );
     assert!((cut.provenance.coverage - 15.0 / 90000.0).abs() < 1e-9);
 }
 
@@ -351,33 +509,60 @@ fn tile_compressed_images_read_through_cfitsio() {
     use fitsio::images::{ImageDescription, ImageType};
     let dir = tempfile::tempdir().expect("temp dir");
     let n = 64usize;
-    let values: Vec<i32> = (0..(n * n) as i32).map(|v| (v * 7919) % 30011 - 15000).collect();
+    let values: Vec<i32> = (0..(n * n) as i32)
+        .map(|v| (v * 7919) % 30011 - 15000)
+        .collect();
     let fz = dir.path().join("tile.fits.fz");
     {
         let spec = format!("{}[compress R]", fz.display());
-        let mut f = fitsio::FitsFile::create(&spec).open().expect("create compressed");
-        let desc = ImageDescription { data_type: ImageType::Long, dimensions: &[n, n] };
+        let mut f = fitsio::FitsFile::create(&spec)
+            .open()
+            .expect("create compressed");
+        let desc = ImageDescription {
+            data_type: ImageType::Long,
+            dimensions: &[n, n],
+        };
         let hdu = f.create_image("SCI", &desc).expect("image");
         for (k, v) in [("CTYPE1", "RA---TAN"), ("CTYPE2", "DEC--TAN")] {
             hdu.write_key(&mut f, k, v).expect("key");
         }
-        for (k, v) in [("CRVAL1", 10.0), ("CRVAL2", 20.0), ("CRPIX1", 32.5), ("CRPIX2", 32.5), ("CDELT1", -0.0005), ("CDELT2", 0.0005)] {
+        for (k, v) in [
+            ("CRVAL1", 10.0),
+            ("CRVAL2", 20.0),
+            ("CRPIX1", 32.5),
+            ("CRPIX2", 32.5),
+            ("CDELT1", -0.0005),
+            ("CDELT2", 0.0005),
+        ] {
             hdu.write_key(&mut f, k, v).expect("key");
         }
         hdu.write_image(&mut f, &values).expect("pixels");
     }
     let raw = std::fs::read(&fz).expect("written");
-    assert!(matches!(fits::find_image(&raw).expect("FITS").storage, Storage::TileCompressed { .. }));
+    assert!(matches!(
+        fits::find_image(&raw).expect("FITS").storage,
+        Storage::TileCompressed { .. }
+    ));
 
-    let cutter = Cutter::new(&CutoutConfig { mosaics: vec![dir.path().to_path_buf()], workers: 1 }).expect("index");
+    let cutter = Cutter::new(&CutoutConfig {
+        mosaics: vec![dir.path().to_path_buf()],
+        workers: 1,
+    })
+    .expect("index");
     let cut = cutter.cut(&detection(10.0, 20.0, None)).expect("covered");
     // CRPIX 32.5 (1-based) is 0-based 31.5: window start round(31.5 - 149.5) = -118.
     assert_eq!((cut.provenance.x0, cut.provenance.y0), (-118, -118));
     for (x, y) in [(0usize, 0usize), (63, 0), (5, 40), (63, 63)] {
-        assert_eq!(cut.pixels[[y + 118, x + 118]], values[y * n + x] as f32, "pixel ({x}, {y})");
+        assert_eq!(
+            cut.pixels[[y + 118, x + 118]],
+            values[y * n + x] as f32,
+            "pixel ({x}, {y})"
+        );
     }
     assert!((cut.provenance.coverage - (n * n) as f32 / 90000.0).abs() < 1e-7);
-    let hint = Some(Pixels::Mosaic(proto::MosaicHint { tile: "tile".into() }));
+    let hint = Some(Pixels::Mosaic(proto::MosaicHint {
+        tile: "tile".into(),
+    }));
     assert!(cutter.cut(&detection(10.0, 20.0, hint)).is_ok());
     // Inline compressed bytes are refused clearly rather than written to a temp file.
     let e = reject(&cutter, &at_centre(Pixels::FitsCutout(raw)));
@@ -403,13 +588,31 @@ fn window_start_rounds_halves_up_within_tolerance() {
 fn cut_timing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let size = 2000;
-    std::fs::write(dir.path().join("big.fits"), embed(&tan_cutout(), size, 850, 850, 1e-4)).expect("write");
-    let cutter = Cutter::new(&CutoutConfig { mosaics: vec![dir.path().to_path_buf()], workers: 1 }).expect("index");
-    let probe = cutter.cut(&detection(114.33, 29.4923, None)).expect("covered");
+    std::fs::write(
+        dir.path().join("big.fits"),
+        embed(&tan_cutout(), size, 850, 850, 1e-4),
+    )
+    .expect("write");
+    let cutter = Cutter::new(&CutoutConfig {
+        mosaics: vec![dir.path().to_path_buf()],
+        workers: 1,
+    })
+    .expect("index");
+    let probe = cutter
+        .cut(&detection(114.33, 29.4923, None))
+        .expect("covered");
     let mut positions = Vec::new();
     for i in 0..64 {
-        let (x, y) = ((i * 37 % 1400) as f64 - 700.0, (i * 53 % 1400) as f64 - 700.0);
-        positions.push(probe.sky.pixel_to_sky(149.5 + x, 149.5 + y).expect("on sky"));
+        let (x, y) = (
+            (i * 37 % 1400) as f64 - 700.0,
+            (i * 53 % 1400) as f64 - 700.0,
+        );
+        positions.push(
+            probe
+                .sky
+                .pixel_to_sky(149.5 + x, 149.5 + y)
+                .expect("on sky"),
+        );
     }
     let rounds = 2000;
     let start = std::time::Instant::now();
@@ -420,5 +623,7 @@ fn cut_timing() {
         sum += c.pixels[[150, 150]] as f64;
     }
     let per = start.elapsed().as_secs_f64() / rounds as f64 * 1e6;
-    println!("cut from a memory-mapped {size}x{size} float32 mosaic: {per:.1} us per 300x300 cutout ({sum})");
+    println!(
+        "cut from a memory-mapped {size}x{size} float32 mosaic: {per:.1} us per 300x300 cutout ({sum})"
+    );
 }

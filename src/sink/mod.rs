@@ -7,6 +7,7 @@
 //! builds `proto::Classification`s; the pipeline builds `proto::Rejection`s), nor when to
 //! acknowledge input: the pipeline does that once a write here has returned.
 
+pub mod kafka;
 pub mod record;
 
 use std::ffi::OsString;
@@ -49,6 +50,20 @@ pub enum SinkError {
         #[source]
         source: serde_json::Error,
     },
+    /// The Kafka producer could not be created, or a message could not be queued or
+    /// delivered in time.
+    #[error(transparent)]
+    Kafka(#[from] kafka::KafkaSinkError),
+    /// Some messages were refused by the broker or expired before delivery.
+    #[error("{failed} of {sent} messages to {topic} were not delivered")]
+    Undelivered {
+        topic: String,
+        failed: u64,
+        sent: u64,
+    },
+    /// A file sink was asked for with a configuration that names another kind of sink.
+    #[error("the configured sink is not a file")]
+    NotAFile,
     #[error("{}: message {index} does not decode: {source}", path.display())]
     BadMessage {
         path: PathBuf,
@@ -163,7 +178,9 @@ pub fn rejections_path(path: &Path) -> PathBuf {
 impl FileSink {
     /// Creates (truncating) the output files that `config` names.
     pub fn create(config: &SinkConfig) -> Result<Self, SinkError> {
-        let SinkConfig::File { path, format } = config;
+        let SinkConfig::File { path, format } = config else {
+            return Err(SinkError::NotAFile);
+        };
         let results = match path {
             Some(path) => Output::create(path)?,
             None => Output::stdout(),

@@ -13,6 +13,7 @@
 mod catalog;
 mod detections;
 mod files;
+pub mod kafka;
 
 use std::path::PathBuf;
 
@@ -44,6 +45,12 @@ pub enum SourceError {
     /// The catalogue's header is unreadable or lacks a required column.
     #[error("catalogue {}: {message}", path.display())]
     CatalogHeader { path: PathBuf, message: String },
+    /// The Kafka consumer could not be created or subscribed.
+    #[error(transparent)]
+    Kafka(#[from] Box<kafka::ConsumerError>),
+    /// A streaming source was opened as an iterator ([`open`]); it has its own type.
+    #[error("a Kafka source is not an iterator of detections (see source::kafka)")]
+    NotIterable,
 }
 
 /// Opens the source that `config` names. Inputs are checked here (existence, folder
@@ -53,6 +60,7 @@ pub fn open(config: &SourceConfig) -> Result<Detections, SourceError> {
         SourceConfig::Files { inputs, survey } => files::open(inputs, survey),
         SourceConfig::Catalog { path, survey } => catalog::open(path, survey),
         SourceConfig::DetectionsFile { path } => detections::open(path),
+        SourceConfig::Kafka(_) => Err(SourceError::NotIterable),
     }
 }
 

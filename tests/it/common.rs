@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use radiogate::config::{Config, OutputFormat, SinkConfig, SourceConfig};
 use radiogate::pipeline::{self, RunOptions, RunSummary};
@@ -10,12 +12,47 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The data folder of `../shared` (CI lays it beside the repository too).
+pub fn shared_data() -> PathBuf {
+    repo().join("../shared/data")
+}
+
+/// The MiraBest `test_batch` images (150x150 uint8, row-major) by file stem. The batch is a
+/// pickle of numpy arrays, so `scripts/mirabest_golden.py` dumps it to plain files first.
+pub fn mirabest_test_batch() -> HashMap<String, Vec<u8>> {
+    const PIXELS: usize = radiogate::domain::MODEL_SIZE * radiogate::domain::MODEL_SIZE;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let status = Command::new("python3")
+        .arg(repo().join("scripts/mirabest_golden.py"))
+        .arg(dir.path())
+        .arg("--batch")
+        .arg(shared_data().join("mirabest/test_batch"))
+        .status()
+        .expect("python3 with numpy reads the MiraBest pickle");
+    assert!(
+        status.success(),
+        "scripts/mirabest_golden.py failed: {status}"
+    );
+    let index = std::fs::read_to_string(dir.path().join("index.tsv")).expect("index.tsv");
+    let images = std::fs::read(dir.path().join("images.u8")).expect("images.u8");
+    let stems: Vec<&str> = index.lines().filter_map(|l| l.split('\t').next()).collect();
+    assert_eq!(images.len(), stems.len() * PIXELS, "images.u8 size");
+    stems
+        .iter()
+        .zip(images.chunks_exact(PIXELS))
+        .map(|(s, image)| (s.to_string(), image.to_vec()))
+        .collect()
+}
 
 /// The model the tests classify with: the shipped default when it is there, else the
 /// random-weight stand-in that keeps the export contract.
 pub fn model() -> PathBuf {
     let shipped = repo().join("models/agcnn-mirabest-confident.onnx");
-    if shipped.exists() { shipped } else { repo().join("models/stand-in.onnx") }
+    if shipped.exists() {
+        shipped
+    } else {
+        repo().join("models/stand-in.onnx")
+    }
 }
 
 pub fn sample_dir() -> PathBuf {
@@ -24,19 +61,34 @@ pub fn sample_dir() -> PathBuf {
 
 /// A configuration that classifies `inputs` into `out` (JSON Lines) with the test model.
 pub fn files_config(inputs: Vec<PathBuf>, out: &Path) -> Config {
-    let mut config = Config::default();
-    config.source = SourceConfig::Files { inputs, survey: "FIRST".into() };
+    let mut config = Config {
+        source: SourceConfig::Files {
+            inputs,
+            survey: "FIRST".into(),
+        },
+        sink: SinkConfig::File {
+            path: Some(out.to_path_buf()),
+            format: OutputFormat::Jsonl,
+        },
+        ..Config::default()
+    };
     config.inference.model = model();
     config.inference.model_name = "test-model".into();
-    config.sink = SinkConfig::File { path: Some(out.to_path_buf()), format: OutputFormat::Jsonl };
     config
 }
 
 /// Runs the pipeline to the end of its input.
 pub fn run(config: Config) -> RunSummary {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
     runtime
-        .block_on(pipeline::run(config, RunOptions::default(), std::future::pending()))
+        .block_on(pipeline::run(
+            config,
+            RunOptions::default(),
+            std::future::pending(),
+        ))
         .expect("the run succeeds")
 }
 

@@ -1,4 +1,7 @@
 //! The integration tests: one binary, a module per capability.
 
 mod common;
+mod kafka;
 mod offline;
+mod parity;
+mod preprocess_parity;

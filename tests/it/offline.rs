@@ -19,7 +19,14 @@ fn classifies_the_bundled_sample_in_input_order() {
     let records = common::read(&out);
     let mut expected: Vec<String> = std::fs::read_dir(common::sample_dir())
         .expect("sample dir")
-        .filter_map(|e| e.ok()?.path().file_name()?.to_str()?.strip_suffix(".fits").map(str::to_string))
+        .filter_map(|e| {
+            e.ok()?
+                .path()
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".fits")
+                .map(str::to_string)
+        })
         .collect();
     expected.sort();
     let ids: Vec<&str> = records
@@ -31,21 +38,35 @@ fn classifies_the_bundled_sample_in_input_order() {
         .collect();
     assert_eq!(ids, expected);
     for record in &records {
-        let Record::Classification(c) = record else { unreachable!() };
+        let Record::Classification(c) = record else {
+            unreachable!()
+        };
         let p = &c.probabilities;
         assert!((p.fri + p.frii - 1.0).abs() < 1e-5, "{c:?}");
         let cutout = c.cutout.as_ref().expect("cutout provenance");
         // A 300x300 FIRST cutout is its own window, whole.
-        assert_eq!((cutout.x0, cutout.y0, cutout.width, cutout.height), (0, 0, 300, 300));
+        assert_eq!(
+            (cutout.x0, cutout.y0, cutout.width, cutout.height),
+            (0, 0, 300, 300)
+        );
         assert!((cutout.coverage - 1.0).abs() < 1e-6);
-        assert!(cutout.rms > 0.0 && (cutout.clip_threshold - 3.0 * cutout.rms).abs() < 1e-6 * cutout.rms.max(1.0));
+        assert!(
+            cutout.rms > 0.0
+                && (cutout.clip_threshold - 3.0 * cutout.rms).abs() < 1e-6 * cutout.rms.max(1.0)
+        );
         let attention = c.attention.as_ref().expect("attention summary");
         assert_eq!(attention.grid, 50);
         assert!(!attention.peaks.is_empty());
         assert!((0.0..=1.0).contains(&attention.on_emission_fraction));
         // The source sits at the centre of its cutout: the position echoed is the image centre.
         let (ra, dec) = centre_from_name(&c.source_id);
-        assert!((c.ra - ra).abs() < 0.01 && (c.dec - dec).abs() < 0.01, "{} at {} {}", c.source_id, c.ra, c.dec);
+        assert!(
+            (c.ra - ra).abs() < 0.01 && (c.dec - dec).abs() < 0.01,
+            "{} at {} {}",
+            c.source_id,
+            c.ra,
+            c.dec
+        );
     }
 }
 
@@ -53,7 +74,10 @@ fn classifies_the_bundled_sample_in_input_order() {
 fn centre_from_name(id: &str) -> (f64, f64) {
     let pos = id.split('_').nth(1).expect("position field");
     let split = pos.find(['+', '-']).expect("sign of Dec");
-    (pos[..split].parse().expect("ra"), pos[split..].parse().expect("dec"))
+    (
+        pos[..split].parse().expect("ra"),
+        pos[split..].parse().expect("dec"),
+    )
 }
 
 #[test]
@@ -68,7 +92,11 @@ fn batch_composition_does_not_change_results() {
         let results: Vec<_> = common::read(&out)
             .into_iter()
             .map(|r| match r {
-                Record::Classification(c) => (c.source_id, c.probabilities, c.attention.map(|a| (a.map_zstd, a.scale))),
+                Record::Classification(c) => (
+                    c.source_id,
+                    c.probabilities,
+                    c.attention.map(|a| (a.map_zstd, a.scale)),
+                ),
                 Record::Rejection(r) => panic!("unexpected rejection {r:?}"),
             })
             .collect();
@@ -90,19 +118,49 @@ fn bad_files_become_rejections_with_reasons_and_good_ones_still_classify() {
         .expect("a sample FITS");
     let good_bytes = std::fs::read(&good).expect("read sample");
     std::fs::write(inputs.join("a_good.fits"), &good_bytes).expect("write");
-    std::fs::write(inputs.join("b_truncated.fits"), &good_bytes[..good_bytes.len() / 2]).expect("write");
-    std::fs::write(inputs.join("c_not_fits.fits"), b"this is not a FITS file at all").expect("write");
+    std::fs::write(
+        inputs.join("b_truncated.fits"),
+        &good_bytes[..good_bytes.len() / 2],
+    )
+    .expect("write");
+    std::fs::write(
+        inputs.join("c_not_fits.fits"),
+        b"this is not a FITS file at all",
+    )
+    .expect("write");
     let n = 300;
     let cards = tan_cards(n, 150.0, 20.0);
-    std::fs::write(inputs.join("d_constant.fits"), fits_f32(&cards_ref(&cards), &vec![0.001; n * n])).expect("write");
-    std::fs::write(inputs.join("e_all_nan.fits"), fits_f32(&cards_ref(&cards), &vec![f32::NAN; n * n])).expect("write");
-    let no_wcs: Vec<_> = cards.iter().filter(|(k, _)| !k.starts_with("C")).cloned().collect();
-    let noise: Vec<f32> = (0..n * n).map(|i| ((i * 7919) % 1000) as f32 * 1e-6).collect();
-    std::fs::write(inputs.join("f_no_wcs.fits"), fits_f32(&cards_ref(&no_wcs), &noise)).expect("write");
+    std::fs::write(
+        inputs.join("d_constant.fits"),
+        fits_f32(&cards_ref(&cards), &vec![0.001; n * n]),
+    )
+    .expect("write");
+    std::fs::write(
+        inputs.join("e_all_nan.fits"),
+        fits_f32(&cards_ref(&cards), &vec![f32::NAN; n * n]),
+    )
+    .expect("write");
+    let no_wcs: Vec<_> = cards
+        .iter()
+        .filter(|(k, _)| !k.starts_with("C"))
+        .cloned()
+        .collect();
+    let noise: Vec<f32> = (0..n * n)
+        .map(|i| ((i * 7919) % 1000) as f32 * 1e-6)
+        .collect();
+    std::fs::write(
+        inputs.join("f_no_wcs.fits"),
+        fits_f32(&cards_ref(&no_wcs), &noise),
+    )
+    .expect("write");
 
     let out = dir.path().join("out.jsonl");
     let summary = common::run(common::files_config(vec![inputs.clone()], &out));
-    assert_eq!((summary.classified, summary.rejected), (1, 5), "{summary:?}");
+    assert_eq!(
+        (summary.classified, summary.rejected),
+        (1, 5),
+        "{summary:?}"
+    );
 
     let reasons: BTreeMap<String, String> = common::read(&out)
         .into_iter()
@@ -132,7 +190,9 @@ fn catalogue_positions_resolved_against_mosaics_match_the_files_mode() {
     let by_file: BTreeMap<String, (LabelName, f32, f64, f64)> = common::read(&files_out)
         .into_iter()
         .filter_map(|r| match r {
-            Record::Classification(c) => Some((c.source_id, (c.label, c.probabilities.frii, c.ra, c.dec))),
+            Record::Classification(c) => {
+                Some((c.source_id, (c.label, c.probabilities.frii, c.ra, c.dec)))
+            }
             Record::Rejection(_) => None,
         })
         .collect();
@@ -148,17 +208,28 @@ fn catalogue_positions_resolved_against_mosaics_match_the_files_mode() {
     std::fs::write(&catalog, csv).expect("write catalogue");
     let out = dir.path().join("catalog.jsonl");
     let mut config = common::files_config(vec![], &out);
-    config.source = SourceConfig::Catalog { path: catalog, survey: "FIRST".into() };
+    config.source = SourceConfig::Catalog {
+        path: catalog,
+        survey: "FIRST".into(),
+    };
     config.cutout.mosaics = vec![common::sample_dir()];
     let summary = common::run(config);
-    assert_eq!((summary.classified, summary.rejected), (20, 2), "{summary:?}");
+    assert_eq!(
+        (summary.classified, summary.rejected),
+        (20, 2),
+        "{summary:?}"
+    );
 
     for record in common::read(&out) {
         match record {
             Record::Classification(c) => {
                 let (label, frii, _, _) = by_file[&c.source_id];
                 assert_eq!(c.label, label, "{}", c.source_id);
-                assert!((c.probabilities.frii - frii).abs() < 1e-6, "{}", c.source_id);
+                assert!(
+                    (c.probabilities.frii - frii).abs() < 1e-6,
+                    "{}",
+                    c.source_id
+                );
             }
             Record::Rejection(r) => {
                 let expected = match r.source_id.as_deref() {
@@ -177,21 +248,31 @@ fn protobuf_output_carries_every_result() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("out.pb");
     let mut config = common::files_config(vec![common::sample_dir()], &out);
-    config.sink = SinkConfig::File { path: Some(out.clone()), format: OutputFormat::Protobuf };
+    config.sink = SinkConfig::File {
+        path: Some(out.clone()),
+        format: OutputFormat::Protobuf,
+    };
     common::run(config);
-    let results: Vec<proto::Classification> = radiogate::sink::read_length_delimited(&out).expect("read back");
+    let results: Vec<proto::Classification> =
+        radiogate::sink::read_length_delimited(&out).expect("read back");
     assert_eq!(results.len(), 20);
     let sizes: Vec<usize> = results.iter().map(prost::Message::encoded_len).collect();
     let mut sorted = sizes.clone();
     sorted.sort_unstable();
     let median = sorted[sorted.len() / 2];
-    assert!(median <= 1536, "median encoded Classification is {median} bytes");
+    assert!(
+        median <= 1536,
+        "median encoded Classification is {median} bytes"
+    );
     for c in &results {
         let attention = c.attention.as_ref().expect("attention");
         let map = radiogate::summary::decode_map(attention).expect("decodes");
         assert_eq!(map.len(), 50 * 50);
         let total: f32 = map.iter().sum();
-        assert!((total - 1.0).abs() < 0.05, "combined attention sums to {total}");
+        assert!(
+            (total - 1.0).abs() < 0.05,
+            "combined attention sums to {total}"
+        );
     }
 }
 
@@ -200,9 +281,16 @@ fn shutdown_stops_intake_and_drains_what_was_taken() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("out.jsonl");
     let config = common::files_config(vec![common::sample_dir()], &out);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let summary = runtime
-        .block_on(radiogate::pipeline::run(config, Default::default(), std::future::ready(())))
+        .block_on(radiogate::pipeline::run(
+            config,
+            Default::default(),
+            std::future::ready(()),
+        ))
         .expect("a drained run");
     assert!(summary.interrupted);
     // Whatever was taken in was written, in order, with no gaps.

@@ -3,48 +3,27 @@
 //! image stored in MiraBest's `test_batch` (at least 155 of 157 identical, every pixel
 //! within 1 grey level; the measured result is 157 of 157 identical).
 //!
-//! The batch is a pickle of numpy arrays, so `scripts/mirabest_golden.py` (numpy only)
-//! dumps it to plain files in a temporary folder first.
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use radiogate::config::CutoutConfig;
 use radiogate::cutout::Cutter;
-use radiogate::domain::MODEL_SIZE;
 use radiogate::preprocess::prepare;
 use radiogate::proto::{SourceDetection, source_detection::Pixels};
 
-const PIXELS: usize = MODEL_SIZE * MODEL_SIZE;
-
-/// MiraBest images by file stem, from the dumped batch.
-fn golden(root: &Path, shared: &Path) -> HashMap<String, Vec<u8>> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let status = Command::new("python3")
-        .arg(root.join("scripts/mirabest_golden.py"))
-        .arg(dir.path())
-        .arg("--batch")
-        .arg(shared.join("mirabest/test_batch"))
-        .status()
-        .expect("python3 must be installed (with numpy) to read the MiraBest pickle");
-    assert!(status.success(), "scripts/mirabest_golden.py failed: {status}");
-    let index = std::fs::read_to_string(dir.path().join("index.tsv")).expect("index.tsv");
-    let images = std::fs::read(dir.path().join("images.u8")).expect("images.u8");
-    let stems: Vec<&str> = index.lines().filter_map(|l| l.split('\t').next()).collect();
-    assert_eq!(images.len(), stems.len() * PIXELS, "images.u8 size");
-    stems.iter().zip(images.chunks_exact(PIXELS)).map(|(s, img)| (s.to_string(), img.to_vec())).collect()
-}
+use crate::common;
 
 #[test]
 fn mirabest_test_batch_is_reproduced_from_the_raw_fits() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let shared = root.join("../shared/data");
-    let golden = golden(root, &shared);
+    let shared = common::shared_data();
+    let golden = common::mirabest_test_batch();
     assert_eq!(golden.len(), 157);
 
-    let cutter = Cutter::new(&CutoutConfig { mosaics: vec![], workers: 1 }).expect("no mosaics needed");
+    let cutter = Cutter::new(&CutoutConfig {
+        mosaics: vec![],
+        workers: 1,
+    })
+    .expect("no mosaics needed");
     let mut files: Vec<_> = std::fs::read_dir(shared.join("first-cutouts/mirabest-test"))
         .expect("../shared/data/first-cutouts/mirabest-test")
         .map(|e| e.expect("dir entry").path())
@@ -56,8 +35,13 @@ fn mirabest_test_batch_is_reproduced_from_the_raw_fits() {
     let (mut identical, mut worst, mut differing_pixels) = (0, 0u8, 0usize);
     let (mut cut_time, mut prep_time) = (Duration::ZERO, Duration::ZERO);
     for path in &files {
-        let stem = path.file_stem().and_then(|s| s.to_str()).expect("utf-8 name");
-        let expected = golden.get(stem).unwrap_or_else(|| panic!("{stem} is not in test_batch"));
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("utf-8 name");
+        let expected = golden
+            .get(stem)
+            .unwrap_or_else(|| panic!("{stem} is not in test_batch"));
         let det = SourceDetection {
             source_id: stem.to_string(),
             centre_of_cutout: true,
@@ -67,18 +51,30 @@ fn mirabest_test_batch_is_reproduced_from_the_raw_fits() {
         let t = Instant::now();
         let cutout = cutter.cut(&det).unwrap_or_else(|e| panic!("{stem}: {e}"));
         cut_time += t.elapsed();
-        assert_eq!((cutout.provenance.x0, cutout.provenance.y0), (0, 0), "{stem}: the whole file is the window");
+        assert_eq!(
+            (cutout.provenance.x0, cutout.provenance.y0),
+            (0, 0),
+            "{stem}: the whole file is the window"
+        );
         let t = Instant::now();
         let prepared = prepare(&cutout.pixels).unwrap_or_else(|e| panic!("{stem}: {e}"));
         prep_time += t.elapsed();
 
-        let diffs: Vec<u8> = prepared.image_u8.iter().zip(expected).map(|(a, b)| a.abs_diff(*b)).collect();
+        let diffs: Vec<u8> = prepared
+            .image_u8
+            .iter()
+            .zip(expected)
+            .map(|(a, b)| a.abs_diff(*b))
+            .collect();
         let max = diffs.iter().copied().max().unwrap_or(0);
         identical += usize::from(max == 0);
         worst = worst.max(max);
         differing_pixels += diffs.iter().filter(|&&d| d > 0).count();
         if max > 0 {
-            eprintln!("{stem}: {} pixels differ, by up to {max}", diffs.iter().filter(|&&d| d > 0).count());
+            eprintln!(
+                "{stem}: {} pixels differ, by up to {max}",
+                diffs.iter().filter(|&&d| d > 0).count()
+            );
         }
         // The model input is the same image, normalised to [-1, 1].
         for (&u, &v) in prepared.image_u8.iter().zip(&prepared.input) {

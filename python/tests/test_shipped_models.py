@@ -1,0 +1,52 @@
+"""The committed models: their files match their cards, and the evaluation command
+reproduces every number the cards report."""
+
+import hashlib
+import json
+
+import onnxruntime as ort
+import pytest
+
+from radiogate_model.evaluate import evaluate
+
+from .conftest import REPO
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+CARDS = sorted((REPO / "models").glob("*.card.json"))
+
+
+def test_both_subsets_ship_a_model():
+    assert {json.loads(c.read_text())["subset"] for c in CARDS} == {"mirabest_confident", "mirabest"}
+
+
+@pytest.mark.parametrize("card_path", CARDS, ids=lambda p: p.name)
+def test_card_matches_file_and_contract(card_path):
+    card = json.loads(card_path.read_text())
+    model = REPO / "models" / card["file"]
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == card["sha256"]
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["image"]
+    assert [o.name for o in sess.get_outputs()] == ["probs", "attention_1", "attention_2", "attention_3"]
+    assert card["parameters"] > 100_000
+    assert card["training"]["selection"].startswith("lowest validation loss")
+
+
+@pytest.mark.parametrize("card_path", CARDS, ids=lambda p: p.name)
+def test_evaluation_reproduces_card(card_path, data_dir):
+    card = json.loads(card_path.read_text())
+    shipped = card["metrics"]["shipped"]
+    tta = shipped["rotation_tta"]["rotations"] if shipped["rotation_tta"] else 0
+    result = evaluate(REPO / "models" / card["file"], card["subset"], data_dir, tta)
+    assert _flat(result["single_pass"]) == pytest.approx(_flat(shipped["single_pass"]), abs=1e-9)
+    if tta:
+        assert _flat(result["rotation_tta"]) == pytest.approx(_flat(shipped["rotation_tta"]), abs=1e-6)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Trains the shipped models from scratch and writes their cards: for each MiraBest subset,
+# SEEDS seeds (default 1 2 3), then radiogate_model.card picks the run with the lowest
+# validation loss, exports it to models/ and evaluates every seed on the test batch.
+#
+#   scripts/train-models.sh                 # both subsets, seeds 1 2 3
+#   SUBSETS=mirabest PARALLEL=1 scripts/train-models.sh
+#
+# Training options beyond the defaults of radiogate_model.train go in TRAIN_ARGS.
+# PARALLEL runs that many trainings at once (each single-threaded).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUBSETS=${SUBSETS:-"mirabest_confident mirabest"}
+SEEDS=${SEEDS:-"1 2 3"}
+PARALLEL=${PARALLEL:-2}
+RUNS=${RUNS:-runs}
+TRAIN_ARGS=${TRAIN_ARGS:-}
+mkdir -p "$RUNS"
+
+jobs_file=$(mktemp)
+for subset in $SUBSETS; do
+  for seed in $SEEDS; do
+    echo "$subset $seed" >>"$jobs_file"
+  done
+done
+# shellcheck disable=SC2086
+xargs -P "$PARALLEL" -L 1 bash -c 'cd python && python3 -m radiogate_model.train --subset "$0" --seed "$1" \
+  --out "../'"$RUNS"'/$0-s$1" '"$TRAIN_ARGS"' > "../'"$RUNS"'/$0-s$1.log" 2>&1 && echo "trained $0 seed $1"' <"$jobs_file"
+rm -f "$jobs_file"
+
+for subset in $SUBSETS; do
+  runs=()
+  for seed in $SEEDS; do runs+=("../$RUNS/$subset-s$seed"); done
+  name=agcnn-${subset//_/-}
+  (cd python && python3 -m radiogate_model.card --subset "$subset" --runs "${runs[@]}" --out "../models/$name")
+done
