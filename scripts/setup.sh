@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing radiogate needs on a fresh Debian 12 machine, skipping
 # whatever is already there: system packages (CFITSIO, protoc), the ONNX Runtime shared
-# library (from the PyPI wheel, scripts/fetch-onnxruntime.sh) and, with --python, the Python
-# packages of python/requirements.txt.
+# library (from the PyPI wheel, scripts/fetch-onnxruntime.sh). The Python packages are
+# `make setup-python`'s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +24,3 @@ if ((${#missing[@]})); then
 fi
 
 scripts/fetch-onnxruntime.sh >/dev/null
-
-if [ "${1:-}" = "--python" ]; then
-  python3 -m pip install --quiet --disable-pip-version-check -r python/requirements.txt
-fi

@@ -91,15 +91,19 @@ def build_card(subset: str, runs: list[Path], out_stem: Path, data_dir: Path, tt
             "again; the exported graph applies softmax once, after the network."
         ),
         "pooling": (
-            "Spatial sum of each gated feature map, as in the paper. Training divides each sum by the map's "
-            "pixel count (a constant per gate) so that Adam's step size does not scale with map size; export folds "
-            "that constant into the head weights, so the shipped graph is exactly the sum-pooling network."
+            "Spatial sum of each gated feature map, as in the paper. Training standardises each pooled vector with "
+            "a parameter-free BatchNorm (the sums run over mostly empty sky, so the class signal is a small change "
+            "on a large offset, in units that differ 400-fold between gates, which is why the authors needed an lr "
+            "of 5e-5 and hours of training); export folds its fixed statistics into the head's first linear "
+            "layer, so the shipped graph is exactly the sum-pooling network with the paper's parameter count."
         ),
         "training_changes": (
             "The paper trained with Adam at a fixed lr of 5e-5 for about 8 hours per model on a GPU. Here: "
             f"AdamW (weight decay {train_cfg['weight_decay']}), peak lr {train_cfg['lr']} with "
             f"{train_cfg['warmup_epochs']} warm-up epochs and cosine decay over {train_cfg['epochs']} epochs, "
-            f"batch {train_cfg['batch_size']}, the paper's RandomAffine augmentation (rotation up to 180 degrees, "
+            f"batch {train_cfg['batch_size']}"
+            + (f", head lr x{train_cfg['head_lr_mult']}" if train_cfg.get("head_lr_mult", 1.0) != 1.0 else "")
+            + ", the paper's RandomAffine augmentation (rotation up to 180 degrees, "
             "translation 2/150, scale 0.9-1.1, bilinear)"
             + (
                 " plus random horizontal flips (FR class does not change under reflection)"
