@@ -9,7 +9,7 @@
 - wrong-contract.onnx: a tiny model that breaks the export contract (input `x` of 64x64,
   output `logits`), for the contract test.
 
-    python3 scripts/infer-golden.py [--model models/stand-in.onnx] [--mirabest ../shared/data/mirabest]
+    python3 scripts/infer-golden.py [--model models/agcnn-mirabest-confident.onnx] [--mirabest ../shared/data/mirabest]
 
 Needs numpy, onnx, onnxruntime and the zstd command.
 """
@@ -108,7 +108,7 @@ def wrong_contract() -> onnx.ModelProto:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=ROOT / "models" / "stand-in.onnx")
+    p.add_argument("--model", type=Path, default=ROOT / "models" / "agcnn-mirabest-confident.onnx")
     p.add_argument("--mirabest", type=Path, default=ROOT.parent / "shared" / "data" / "mirabest")
     a = p.parse_args()
     DATA.mkdir(parents=True, exist_ok=True)

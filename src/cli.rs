@@ -337,7 +337,7 @@ mod tests {
     fn flags_make_the_configuration() {
         let args = classify_args(&[
             "--model",
-            "models/stand-in.onnx",
+            "models/agcnn-mirabest.onnx",
             "--out",
             "out.pb",
             "--format",
@@ -356,9 +356,9 @@ mod tests {
         );
         assert_eq!(
             config.inference.model,
-            PathBuf::from("models/stand-in.onnx")
+            PathBuf::from("models/agcnn-mirabest.onnx")
         );
-        assert_eq!(config.inference.model_name, "stand-in");
+        assert_eq!(config.inference.model_name, "agcnn-mirabest");
         assert_eq!(
             config.sink,
             SinkConfig::File {

@@ -626,7 +626,7 @@ struct RawSummary {
 impl Default for RawSummary {
     fn default() -> Self {
         Self {
-            grid: 50,
+            grid: 30,
             zstd_level: 3,
             per_gate_maps: false,
         }
@@ -1159,7 +1159,7 @@ mod tests {
         assert_eq!(
             config.summary,
             SummaryConfig {
-                grid: 50,
+                grid: 30,
                 zstd_level: 3,
                 per_gate_maps: false
             }
@@ -1362,7 +1362,7 @@ mod tests {
             Some(&path),
             env(&[
                 ("RADIOGATE__BATCH__MAX_BATCH", "64"),
-                ("RADIOGATE__INFERENCE__MODEL", "models/stand-in.onnx"),
+                ("RADIOGATE__INFERENCE__MODEL", "models/agcnn-mirabest.onnx"),
                 ("RADIOGATE__CUTOUT__MOSAICS", r#"["/a", "/b"]"#),
                 ("RADIOGATE__TELEMETRY__LISTEN", "127.0.0.1:9100"),
                 ("RADIOGATE__TELEMETRY__JSON_LOGS", "true"),
@@ -1379,9 +1379,9 @@ mod tests {
         );
         assert_eq!(
             config.inference.model,
-            PathBuf::from("models/stand-in.onnx")
+            PathBuf::from("models/agcnn-mirabest.onnx")
         );
-        assert_eq!(config.inference.model_name, "stand-in");
+        assert_eq!(config.inference.model_name, "agcnn-mirabest");
         assert_eq!(
             config.cutout.mosaics,
             [PathBuf::from("/a"), PathBuf::from("/b")]

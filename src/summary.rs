@@ -703,7 +703,8 @@ mod tests {
                     rms: 1.2e-4,
                     threshold: 3.6e-4,
                 };
-                let attention = attention_summary(&p, out, &sky, &config(50)).expect("summary");
+                let defaults = crate::config::Config::default().summary;
+                let attention = attention_summary(&p, out, &sky, &defaults).expect("summary");
                 realistic_classification(&image.name, model.clone(), out.probs, attention)
                     .encoded_len()
             })

@@ -4,7 +4,14 @@ import torch
 
 from radiogate_model.data import SUBSETS, binary_label, load_split, train_val_split
 from radiogate_model.metrics import classification_metrics, expected_calibration_error, roc_auc
-from radiogate_model.model import AGCNN, AGGREGATIONS, NORMALISATIONS, ModelConfig, count_parameters
+from radiogate_model.model import (
+    AGCNN,
+    AGGREGATIONS,
+    NORMALISATIONS,
+    ModelConfig,
+    count_parameters,
+    normalise_attention,
+)
 
 
 def test_parameter_count_matches_paper():
@@ -24,7 +31,21 @@ def test_fold_pooling_keeps_the_function(aggregation, gates):
 
 
 @pytest.mark.parametrize("normalisation", NORMALISATIONS)
-def test_attention_is_per_image(normalisation):
+def test_attention_normalisation_is_per_image(normalisation):
+    torch.manual_seed(0)
+    psi = torch.randn(8, 1, 37, 37) * 3 + 10
+    batch = normalise_attention(psi, normalisation)
+    other = psi.clone()
+    other[0] *= 100  # a wildly different batchmate changes nobody else's map
+    changed = normalise_attention(other, normalisation)
+    for i in range(1, 8):
+        alone = normalise_attention(psi[i : i + 1], normalisation)[0]
+        torch.testing.assert_close(alone, batch[i], rtol=0, atol=1e-7)
+        torch.testing.assert_close(changed[i], batch[i], rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("normalisation", NORMALISATIONS)
+def test_model_outputs_do_not_depend_on_batchmates(normalisation):
     torch.manual_seed(0)
     model = AGCNN(ModelConfig(normalisation=normalisation)).eval()
     x = torch.randn(8, 1, 150, 150)
@@ -32,9 +53,11 @@ def test_attention_is_per_image(normalisation):
         batch_logits, batch_att = model(x)
         alone_logits, alone_att = model(x[3:4])
     torch.testing.assert_close(alone_logits[0], batch_logits[3], rtol=1e-5, atol=1e-5)
-    for a, b in zip(alone_att, batch_att, strict=True):
-        torch.testing.assert_close(a[0], b[3], rtol=1e-5, atol=1e-6)
     assert [a.shape[-1] for a in batch_att] == [37, 75, 150]
+    # Random weights leave psi almost flat, so range_norm's (max - min) is tiny and magnifies
+    # float rounding (batched convolutions sum in another order); the maps still agree.
+    for a, b in zip(alone_att, batch_att, strict=True):
+        torch.testing.assert_close(a[0], b[3], rtol=1e-3, atol=1e-3)
 
 
 def test_label_mapping():

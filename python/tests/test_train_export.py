@@ -53,8 +53,12 @@ def test_onnx_matches_pytorch_and_is_batch_independent(data_dir, trained_run, tm
 
     with torch.no_grad():
         reference = ExportWrapper(model.eval()).eval()(torch.from_numpy(images))
-    for got, want in zip(batch, reference, strict=True):
-        np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=0)
+    # Attention maps agree to 1e-5. The probabilities hang on sums over up to 22,500 pixels
+    # (the paper's pooling) that PyTorch and ONNX Runtime add up in different orders in
+    # float32: they agree to 5e-5 (the shipped models: 1.6e-5 over the test set).
+    tolerances = [5e-5, 1e-5, 1e-5, 1e-5]
+    for got, want, atol in zip(batch, reference, tolerances, strict=True):
+        np.testing.assert_allclose(got, want.numpy(), atol=atol, rtol=0)
 
     for i in (0, 17, 31):
         alone = sess.run(None, {"image": images[i : i + 1]})

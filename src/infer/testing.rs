@@ -11,7 +11,7 @@ use crate::domain::MODEL_SIZE;
 
 /// The model every test runs. When it changes, rerun `scripts/infer-golden.py --model` on
 /// it so that the golden outputs follow.
-pub(crate) const TEST_MODEL: &str = "models/stand-in.onnx";
+pub(crate) const TEST_MODEL: &str = "models/agcnn-mirabest-confident.onnx";
 
 /// A path relative to the repository root.
 pub(crate) fn repo_path(relative: &str) -> PathBuf {
@@ -22,7 +22,7 @@ pub(crate) fn repo_path(relative: &str) -> PathBuf {
 pub(crate) fn test_config(sessions: usize) -> InferenceConfig {
     InferenceConfig {
         model: repo_path(TEST_MODEL),
-        model_name: "stand-in".to_string(),
+        model_name: "agcnn-mirabest-confident".to_string(),
         runtime_library: None,
         execution_provider: ExecutionProvider::Cpu,
         sessions,

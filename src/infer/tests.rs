@@ -51,7 +51,7 @@ fn max_abs_diff(a: &ModelOutput, b: &ModelOutput) -> f32 {
 #[tokio::test]
 async fn reports_the_model_it_loaded() {
     let (inference, info) = start(1);
-    assert_eq!(info.name, "stand-in");
+    assert_eq!(info.name, "agcnn-mirabest-confident");
     assert_eq!(info.execution_provider, "cpu");
     // Hashed by Python's hashlib when the golden file was written.
     let golden = golden();

@@ -102,6 +102,9 @@ impl Output {
             path: path.to_path_buf(),
             source,
         };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(create_error)?;
+        }
         let file = File::create(path).map_err(create_error)?;
         // A second handle on the same open file, kept to fsync after the buffer is flushed.
         let sync_handle = file.try_clone().map_err(create_error)?;
@@ -452,9 +455,18 @@ mod tests {
     }
 
     #[test]
-    fn output_into_a_missing_folder_is_a_create_error() {
+    fn output_folders_are_created_and_an_impossible_path_is_a_create_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b/out.jsonl");
         let config = SinkConfig::File {
-            path: Some("/nonexistent-radiogate-dir/out.jsonl".into()),
+            path: Some(nested.clone()),
+            format: OutputFormat::Jsonl,
+        };
+        FileSink::create(&config).unwrap().finish().unwrap();
+        assert!(nested.exists());
+        // A folder where a file must be: the path cannot be created.
+        let config = SinkConfig::File {
+            path: Some(nested.join("out.jsonl")),
             format: OutputFormat::Jsonl,
         };
         assert!(matches!(

@@ -44,15 +44,9 @@ pub fn mirabest_test_batch() -> HashMap<String, Vec<u8>> {
         .collect()
 }
 
-/// The model the tests classify with: the shipped default when it is there, else the
-/// random-weight stand-in that keeps the export contract.
+/// The model the tests classify with: the shipped default.
 pub fn model() -> PathBuf {
-    let shipped = repo().join("models/agcnn-mirabest-confident.onnx");
-    if shipped.exists() {
-        shipped
-    } else {
-        repo().join("models/stand-in.onnx")
-    }
+    repo().join("models/agcnn-mirabest-confident.onnx")
 }
 
 pub fn sample_dir() -> PathBuf {

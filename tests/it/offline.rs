@@ -55,7 +55,10 @@ fn classifies_the_bundled_sample_in_input_order() {
                 && (cutout.clip_threshold - 3.0 * cutout.rms).abs() < 1e-6 * cutout.rms.max(1.0)
         );
         let attention = c.attention.as_ref().expect("attention summary");
-        assert_eq!(attention.grid, 50);
+        assert_eq!(
+            attention.grid,
+            radiogate::config::Config::default().summary.grid
+        );
         assert!(!attention.peaks.is_empty());
         assert!((0.0..=1.0).contains(&attention.on_emission_fraction));
         // The source sits at the centre of its cutout: the position echoed is the image centre.
@@ -267,7 +270,7 @@ fn protobuf_output_carries_every_result() {
     for c in &results {
         let attention = c.attention.as_ref().expect("attention");
         let map = radiogate::summary::decode_map(attention).expect("decodes");
-        assert_eq!(map.len(), 50 * 50);
+        assert_eq!(map.len(), (attention.grid * attention.grid) as usize);
         let total: f32 = map.iter().sum();
         assert!(
             (total - 1.0).abs() < 0.05,
