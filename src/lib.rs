@@ -14,6 +14,7 @@ pub mod infer;
 pub mod pipeline;
 pub mod preprocess;
 pub mod proto;
+pub mod publish;
 pub mod report;
 pub mod sink;
 pub mod source;

@@ -102,13 +102,13 @@ fn publish(cli: &Cli, args: &cli::PublishArgs) -> ExitCode {
             survey: config::DEFAULT_SURVEY.into(),
         },
     };
-    let plan = pipeline::PublishPlan {
+    let plan = radiogate::publish::PublishPlan {
         brokers: args.brokers.clone(),
         topic: args.topic.clone(),
         source,
         inline: args.inline,
     };
-    match pipeline::publish(&plan) {
+    match radiogate::publish::publish(&plan) {
         Ok(summary) => {
             eprintln!(
                 "radiogate: {} detections sent to {}, {} inputs skipped",

@@ -47,7 +47,7 @@ use crate::domain::{Cutout, Detection, ItemError, ModelOutput, Prepared, Rejecte
 use crate::infer::{InferError, Inference, StartError};
 use crate::preprocess;
 use crate::proto::{self, RejectReason};
-use crate::sink::kafka::{KafkaSink, Publisher};
+use crate::sink::kafka::KafkaSink;
 use crate::sink::{FileSink, SinkError};
 use crate::source::kafka::KafkaSource;
 use crate::source::{self, Detections, SourceError};
@@ -97,55 +97,6 @@ impl RunSummary {
 pub struct RunOptions {
     /// Show a progress bar on standard error (only drawn when it is a terminal).
     pub progress: bool,
-}
-
-/// What `radiogate publish` sends.
-#[derive(Debug, Clone)]
-pub struct PublishPlan {
-    /// Kafka bootstrap servers.
-    pub brokers: String,
-    pub topic: String,
-    /// The detections: a files or catalogue source.
-    pub source: SourceConfig,
-    /// Send FITS files' bytes (`fits_cutout`) instead of their paths.
-    pub inline: bool,
-}
-
-/// What `radiogate publish` did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PublishSummary {
-    pub sent: u64,
-    /// Inputs the source refused (logged), not sent.
-    pub skipped: u64,
-}
-
-/// Sends the detections of `plan.source` to a topic and waits for their delivery.
-pub fn publish(plan: &PublishPlan) -> Result<PublishSummary, PipelineError> {
-    let mut publisher = Publisher::create(&plan.brokers, &plan.topic)?;
-    let mut skipped = 0;
-    for item in source::open(&plan.source)? {
-        let mut message = match item {
-            Ok(detection) => detection.message,
-            Err(rejected) => {
-                tracing::warn!(input = %rejected.origin.input(), reason = rejected.reason_name(), detail = %rejected.detail, "not sent");
-                skipped += 1;
-                continue;
-            }
-        };
-        if plan.inline
-            && let Some(proto::source_detection::Pixels::FitsPath(path)) = &message.pixels
-        {
-            let bytes = std::fs::read(path).map_err(|e| SourceError::Io {
-                path: path.into(),
-                source: e,
-            })?;
-            message.pixels = Some(proto::source_detection::Pixels::FitsCutout(bytes));
-            message.centre_of_cutout = true;
-        }
-        publisher.send(&message)?;
-    }
-    let sent = publisher.finish(Duration::from_secs(60))?;
-    Ok(PublishSummary { sent, skipped })
 }
 
 /// How often stored offsets are committed during a Kafka run.

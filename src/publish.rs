@@ -1,0 +1,61 @@
+//! `radiogate publish`: feeds a topic with `SourceDetection`s from FITS files or a
+//! catalogue, the way users make a test stream and the tests and benchmarks fill theirs.
+//!
+//! It reuses the offline sources and the Kafka publisher; it is not part of the pipeline.
+
+use std::time::Duration;
+
+use crate::config::SourceConfig;
+use crate::pipeline::PipelineError;
+use crate::proto;
+use crate::sink::kafka::Publisher;
+use crate::source::{self, SourceError};
+
+/// What `radiogate publish` sends.
+#[derive(Debug, Clone)]
+pub struct PublishPlan {
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    pub topic: String,
+    /// The detections: a files or catalogue source.
+    pub source: SourceConfig,
+    /// Send FITS files' bytes (`fits_cutout`) instead of their paths.
+    pub inline: bool,
+}
+
+/// What `radiogate publish` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishSummary {
+    pub sent: u64,
+    /// Inputs the source refused (logged), not sent.
+    pub skipped: u64,
+}
+
+/// Sends the detections of `plan.source` to a topic and waits for their delivery.
+pub fn publish(plan: &PublishPlan) -> Result<PublishSummary, PipelineError> {
+    let mut publisher = Publisher::create(&plan.brokers, &plan.topic)?;
+    let mut skipped = 0;
+    for item in source::open(&plan.source)? {
+        let mut message = match item {
+            Ok(detection) => detection.message,
+            Err(rejected) => {
+                tracing::warn!(input = %rejected.origin.input(), reason = rejected.reason_name(), detail = %rejected.detail, "not sent");
+                skipped += 1;
+                continue;
+            }
+        };
+        if plan.inline
+            && let Some(proto::source_detection::Pixels::FitsPath(path)) = &message.pixels
+        {
+            let bytes = std::fs::read(path).map_err(|e| SourceError::Io {
+                path: path.into(),
+                source: e,
+            })?;
+            message.pixels = Some(proto::source_detection::Pixels::FitsCutout(bytes));
+            message.centre_of_cutout = true;
+        }
+        publisher.send(&message)?;
+    }
+    let sent = publisher.finish(Duration::from_secs(60))?;
+    Ok(PublishSummary { sent, skipped })
+}
