@@ -51,8 +51,9 @@ pub enum SourceConfig {
     Kafka(KafkaSourceConfig),
 }
 
-/// A Kafka consumer in a group (`[source]` with `kind = "kafka"`).
-#[derive(Debug, Clone, PartialEq)]
+/// A Kafka consumer in a group (`[source]` with `kind = "kafka"`). Its `Debug` output
+/// hides secret properties.
+#[derive(Clone, PartialEq)]
 pub struct KafkaSourceConfig {
     /// `bootstrap.servers`: `host:port[,host:port...]`.
     pub brokers: String,
@@ -77,8 +78,9 @@ pub enum DeliveryMode {
     ExactlyOnce,
 }
 
-/// An idempotent Kafka producer (`[sink]` with `kind = "kafka"`).
-#[derive(Debug, Clone, PartialEq)]
+/// An idempotent Kafka producer (`[sink]` with `kind = "kafka"`). Its `Debug` output hides
+/// secret properties.
+#[derive(Clone, PartialEq)]
 pub struct KafkaSinkConfig {
     /// `bootstrap.servers`: `host:port[,host:port...]`.
     pub brokers: String,
@@ -90,6 +92,44 @@ pub struct KafkaSinkConfig {
     /// Extra librdkafka producer properties (TLS, SASL, linger), applied last except for
     /// idempotence and acks.
     pub properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaSourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSourceConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("topic", &self.topic)
+            .field("properties", &redacted(&self.properties))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for KafkaSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSinkConfig")
+            .field("brokers", &self.brokers)
+            .field("results_topic", &self.results_topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("delivery", &self.delivery)
+            .field("properties", &redacted(&self.properties))
+            .finish()
+    }
+}
+
+/// librdkafka properties with the values of secrets (passwords, keys, JAAS and OAuth
+/// settings) replaced, for `Debug` output and logs.
+pub fn redacted(properties: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    const SECRET_MARKERS: [&str; 5] = ["password", "secret", "jaas", "key", "token"];
+    properties
+        .iter()
+        .map(|(k, v)| {
+            let secret = SECRET_MARKERS
+                .iter()
+                .any(|m| k.to_ascii_lowercase().contains(m));
+            (k.as_str(), if secret { "<redacted>" } else { v.as_str() })
+        })
+        .collect()
 }
 
 /// Where the pixels come from when a detection carries none.
@@ -1561,5 +1601,37 @@ mod tests {
                 format: OutputFormat::Protobuf
             }
         );
+    }
+
+    #[test]
+    fn kafka_secrets_never_show_in_debug_output() {
+        let properties = BTreeMap::from([
+            ("sasl.password".to_string(), "hunter2".to_string()),
+            ("ssl.key.password".to_string(), "s3cret-key".to_string()),
+            ("sasl.username".to_string(), "radiogate".to_string()),
+        ]);
+        let source = KafkaSourceConfig {
+            brokers: "b:9092".into(),
+            group_id: "g".into(),
+            topic: "t".into(),
+            properties: properties.clone(),
+        };
+        let sink = KafkaSinkConfig {
+            brokers: "b:9092".into(),
+            results_topic: "r".into(),
+            dead_letter_topic: "d".into(),
+            delivery: DeliveryMode::AtLeastOnce,
+            properties,
+        };
+        for text in [format!("{source:?}"), format!("{sink:?}")] {
+            assert!(
+                !text.contains("hunter2") && !text.contains("s3cret-key"),
+                "{text}"
+            );
+            assert!(
+                text.contains("radiogate") && text.contains("<redacted>"),
+                "{text}"
+            );
+        }
     }
 }
