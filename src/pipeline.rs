@@ -506,13 +506,15 @@ fn cut_and_prepare_inner(cutter: &Cutter, detection: Detection) -> Result<Ready,
 /// items (with the reason) rather than losing them.
 async fn infer_batch(
     inference: &Inference,
-    batch: Vec<Numbered<Ready>>,
+    mut batch: Vec<Numbered<Ready>>,
     outcomes_tx: &mpsc::Sender<Numbered<Outcome>>,
 ) {
     let started = Instant::now();
+    // The model input is not needed after inference: move it out instead of copying 90 KB
+    // per item on the hot path.
     let images = batch
-        .iter()
-        .map(|n| n.item.prepared.input.clone())
+        .iter_mut()
+        .map(|n| std::mem::take(&mut n.item.prepared.input))
         .collect();
     let result = inference.infer(images).await;
     let inference_us = micros(started.elapsed());

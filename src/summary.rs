@@ -332,8 +332,6 @@ fn local_maxima(cells: &[f64], grid: usize) -> Vec<usize> {
 mod tests {
     use std::sync::Mutex;
 
-    use prost::Message;
-
     use super::*;
 
     /// A flat-sky projection for tests (1.8 arcsec pixels, cutout centre at (10, 20)
@@ -676,92 +674,5 @@ mod tests {
                 want: 2601
             })
         ));
-    }
-
-    /// The size budget: with the default configuration, the median encoded
-    /// `Classification` of real images through the real model is at most 1.5 KB.
-    #[tokio::test]
-    async fn median_classification_fits_the_size_budget() {
-        use crate::infer::Inference;
-        use crate::infer::testing::{mirabest_sample, test_config};
-
-        let sample = mirabest_sample();
-        let (inference, model) = Inference::start(&test_config(1)).expect("model starts");
-        let outputs = inference
-            .infer(sample.iter().map(|s| s.input()).collect())
-            .await
-            .expect("batch runs");
-        let sky = TestSky::default();
-        let mut sizes: Vec<usize> = sample
-            .iter()
-            .zip(&outputs)
-            .map(|(image, out)| {
-                let p = Prepared {
-                    input: image.input(),
-                    emission: image.image_u8.iter().map(|&v| v > 0).collect(),
-                    image_u8: image.image_u8.clone(),
-                    rms: 1.2e-4,
-                    threshold: 3.6e-4,
-                };
-                let defaults = crate::config::Config::default().summary;
-                let attention = attention_summary(&p, out, &sky, &defaults).expect("summary");
-                realistic_classification(&image.name, model.clone(), out.probs, attention)
-                    .encoded_len()
-            })
-            .collect();
-        sizes.sort_unstable();
-        let median = sizes[sizes.len() / 2];
-        assert!(
-            median <= 1536,
-            "median encoded Classification is {median} bytes: {sizes:?}"
-        );
-    }
-
-    /// A `Classification` with every field filled as the worker fills it.
-    fn realistic_classification(
-        name: &str,
-        model: proto::ModelInfo,
-        probs: [f32; 2],
-        attention: proto::AttentionSummary,
-    ) -> proto::Classification {
-        let (label, confidence, entropy_bits) = verdict(probs);
-        let now = prost_types::Timestamp {
-            seconds: 1_764_000_000,
-            nanos: 123_456_789,
-        };
-        proto::Classification {
-            source_id: name.to_string(),
-            survey: "FIRST".to_string(),
-            ra_deg: 188.320_123_456,
-            dec_deg: 19.481_234_567,
-            detected_at: Some(now),
-            label: label as i32,
-            prob_fri: probs[0],
-            prob_frii: probs[1],
-            confidence,
-            entropy_bits,
-            model: Some(model),
-            attention: Some(attention),
-            cutout: Some(proto::CutoutProvenance {
-                file: format!("/data/first/mirabest-test/{name}.fits"),
-                x0: 0,
-                y0: 0,
-                width: 300,
-                height: 300,
-                coverage: 1.0,
-                rms: 1.2e-4,
-                clip_threshold: 3.6e-4,
-                projection: "TAN".to_string(),
-            }),
-            timings: Some(proto::StageTimings {
-                cutout_us: 25,
-                preprocess_us: 900,
-                queue_us: 18_000,
-                inference_us: 40_000,
-                total_us: 60_000,
-            }),
-            classified_at: Some(now),
-            stream: None,
-        }
     }
 }

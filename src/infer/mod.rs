@@ -16,7 +16,7 @@ mod contract;
 mod runtime;
 mod session;
 #[cfg(test)]
-pub(crate) mod testing;
+mod testing;
 #[cfg(test)]
 mod tests;
 
