@@ -27,6 +27,7 @@ use rdkafka::message::DeliveryResult;
 use rdkafka::producer::ProducerContext;
 
 use crate::proto::StreamPosition;
+use crate::telemetry::{ConsumerStats, Metrics};
 
 /// A topic and partition.
 pub type Partition = (String, i32);
@@ -135,6 +136,8 @@ struct Shared {
     /// Weak: the consumer owns its context, which owns this; a strong reference would keep
     /// the consumer alive forever and it would never leave the group.
     consumer: OnceLock<Weak<AckConsumer>>,
+    /// Where the consumer's group membership and lag are reported, once given.
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 /// The acknowledgement path of one worker: give its [`AckContext`] to the Kafka consumer
@@ -170,6 +173,11 @@ impl Acks {
         if self.shared.consumer.set(Arc::downgrade(consumer)).is_err() {
             tracing::warn!("a second consumer was attached to one acknowledgement path; ignored");
         }
+    }
+
+    /// Reports the consumer's group membership and lag (its statistics) to `metrics`. Call once.
+    pub fn observe(&self, metrics: Arc<Metrics>) {
+        let _ = self.shared.metrics.set(metrics);
     }
 
     /// The source took this record: it will be acknowledged when delivered.
@@ -259,7 +267,33 @@ pub struct AckContext {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for AckContext {}
+impl ClientContext for AckContext {
+    /// Every `statistics.interval.ms`, on the polling thread.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(metrics) = self.shared.metrics.get() {
+            metrics.consumer_stats(&consumer_stats(&statistics));
+        }
+    }
+}
+
+/// Group membership and the lag of each assigned partition whose lag is known.
+fn consumer_stats(statistics: &rdkafka::Statistics) -> ConsumerStats {
+    let lags = statistics
+        .topics
+        .values()
+        .flat_map(|topic| {
+            topic.partitions.values().filter_map(|p| {
+                // Partition -1 is librdkafka's internal one; lag -1 means not known yet.
+                (p.desired && p.partition >= 0 && p.consumer_lag >= 0)
+                    .then(|| (topic.topic.clone(), p.partition, p.consumer_lag))
+            })
+        })
+        .collect();
+    let member = statistics.cgrp.as_ref().is_some_and(|group| {
+        group.assignment_size > 0 || (group.state == "up" && group.join_state == "steady")
+    });
+    ConsumerStats { member, lags }
+}
 
 impl ConsumerContext for AckContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -284,6 +318,9 @@ impl ConsumerContext for AckContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(assigned) => {
+                if let Some(metrics) = self.shared.metrics.get() {
+                    metrics.joined_group();
+                }
                 let mut tracker = lock(&self.shared.tracker);
                 for partition in partitions(assigned) {
                     let generation = tracker.assign(partition.clone());

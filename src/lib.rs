@@ -19,3 +19,4 @@ pub mod report;
 pub mod sink;
 pub mod source;
 pub mod summary;
+pub mod telemetry;

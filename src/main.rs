@@ -1,15 +1,19 @@
-//! The `radiogate` command: parse the command line, load the configuration, start logging,
-//! run the pipeline, and map the outcome to an exit code (0 done, 1 failed while running,
-//! 2 refused at start: bad configuration, usage or missing input).
+//! The `radiogate` command: parse the command line, load the configuration, start logging
+//! and the telemetry endpoint, run the pipeline, and map the outcome to an exit code (0 done,
+//! 1 failed while running, 2 refused at start: bad configuration, usage, missing input, or a
+//! telemetry address that cannot be bound).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use radiogate::cli::{Cli, Command};
 use radiogate::config::Config;
 use radiogate::pipeline::{self, PipelineError, RunOptions, RunSummary};
+use radiogate::telemetry::Metrics;
+use radiogate::telemetry::server::{BindError, Server};
 use radiogate::{cli, config, report};
 use tracing_subscriber::EnvFilter;
 
@@ -41,8 +45,32 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let options = RunOptions { progress };
-    match runtime.block_on(pipeline::run(config, options, shutdown_signal())) {
+    let metrics = Arc::new(Metrics::new());
+    let options = RunOptions {
+        progress,
+        metrics: Some(metrics.clone()),
+    };
+    let listen = config.telemetry.listen;
+    let outcome = runtime.block_on(async {
+        // Serves /healthz while the model loads, /readyz says when it is ready.
+        let endpoint = match listen {
+            Some(addr) => Some(Server::start(addr, metrics).await?),
+            None => None,
+        };
+        let outcome = pipeline::run(config, options, shutdown_signal()).await;
+        if let Some(endpoint) = endpoint {
+            endpoint.stop().await;
+        }
+        Ok::<_, BindError>(outcome)
+    });
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            eprintln!("radiogate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match outcome {
         Ok(summary) => {
             print_summary(&summary);
             if let Some((truth, results)) = truth {

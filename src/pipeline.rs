@@ -52,6 +52,7 @@ use crate::sink::{FileSink, SinkError};
 use crate::source::kafka::KafkaSource;
 use crate::source::{self, Detections, SourceError};
 use crate::summary;
+use crate::telemetry::Metrics;
 
 /// Why a run could not start or did not finish cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -92,11 +93,13 @@ impl RunSummary {
     }
 }
 
-/// Options of a run that are about the terminal, not the pipeline.
-#[derive(Debug, Clone, Copy, Default)]
+/// Options of a run that are about the terminal and the telemetry, not the pipeline.
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Show a progress bar on standard error (only drawn when it is a terminal).
     pub progress: bool,
+    /// Where the run counts (the telemetry endpoint serves them); None: counted unseen.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// How often stored offsets are committed during a Kafka run.
@@ -210,7 +213,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
+    let metrics = options.metrics.clone().unwrap_or_default();
     let (intake, sink, acks) = open_ends(&config)?;
+    if let Some(acks) = &acks {
+        acks.observe(metrics.clone());
+        metrics.expect_consumer_group();
+    }
     let setup_config = config.clone();
     let (cutter, (inference, model)) = tokio::task::spawn_blocking(move || {
         let cutter = Cutter::new(&setup_config.cutout)?;
@@ -226,6 +234,7 @@ pub async fn run(
         mosaics = cutter.mosaic_count(),
         "pipeline started"
     );
+    metrics.model_loaded(&model);
 
     let capacity = config.pipeline.queue_capacity.max(1);
     let stop = Arc::new(AtomicBool::new(false));
@@ -241,7 +250,7 @@ pub async fn run(
     let (outcomes_tx, outcomes_rx) = mpsc::channel::<Numbered<Outcome>>(capacity);
 
     let source_thread = {
-        let (stop, acks) = (stop.clone(), acks.clone());
+        let (stop, acks, metrics) = (stop.clone(), acks.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("radiogate-source".into())
             .spawn(move || match intake {
@@ -252,13 +261,14 @@ pub async fn run(
                         {
                             break;
                         }
+                        metrics.consumed();
                     }
                     None
                 }
                 Intake::Kafka(source) => {
                     let acks = acks
                         .expect("a Kafka intake is opened together with its acknowledgement path");
-                    Some(consume(source, &acks, &detections_tx, &stop))
+                    Some(consume(source, &acks, &detections_tx, &stop, &metrics))
                 }
             })
             .map_err(|e| PipelineError::Thread(e.to_string()))?
@@ -302,9 +312,10 @@ pub async fn run(
 
     let infer_task = {
         let outcomes_tx = outcomes_tx.clone();
-        let inference = inference.clone();
+        let (inference, metrics) = (inference.clone(), metrics.clone());
         tokio::spawn(async move {
             while let Some(batch) = batches_rx.recv().await {
+                metrics.batch(batch.len());
                 infer_batch(&inference, batch, &outcomes_tx).await;
             }
         })
@@ -312,10 +323,19 @@ pub async fn run(
     drop(outcomes_tx);
 
     let sink_thread = {
-        let (config, model) = (config.clone(), model.clone());
+        let (config, model, metrics) = (config.clone(), model.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("radiogate-sink".into())
-            .spawn(move || write_outcomes(outcomes_rx, sink, &config, &model, options))
+            .spawn(move || {
+                write_outcomes(
+                    outcomes_rx,
+                    sink,
+                    &config,
+                    &model,
+                    options.progress,
+                    &metrics,
+                )
+            })
             .map_err(|e| PipelineError::Thread(e.to_string()))?
     };
 
@@ -327,6 +347,7 @@ pub async fn run(
         joined = &mut sink_done => joined,
         () = shutdown => {
             interrupted = true;
+            metrics.shutting_down();
             tracing::info!("shutdown requested: intake stopped, draining in-flight work");
             stop.store(true, Ordering::Relaxed);
             match tokio::time::timeout(config.pipeline.drain_timeout, &mut sink_done).await {
@@ -340,6 +361,7 @@ pub async fn run(
         .map_err(|_| PipelineError::Thread("the sink thread panicked".into()))?;
 
     // Everything is written; wind the rest down.
+    metrics.shutting_down();
     let _ = batcher.await;
     let _ = infer_task.await;
     for worker in workers {
@@ -388,6 +410,7 @@ fn consume(
     acks: &Acks,
     detections_tx: &crossbeam_channel::Sender<Numbered<Result<Detection, Rejected>>>,
     stop: &AtomicBool,
+    metrics: &Metrics,
 ) -> KafkaSource<AckContext> {
     // Records polled but not yet queued. While it is non-empty the partitions are paused on
     // every poll, so at most the records of partitions assigned since the last poll join it.
@@ -397,7 +420,10 @@ fn consume(
     while !stop.load(Ordering::Relaxed) {
         while let Some(item) = held.pop_front() {
             match detections_tx.try_send(Numbered { seq, item }) {
-                Ok(()) => seq += 1,
+                Ok(()) => {
+                    seq += 1;
+                    metrics.consumed();
+                }
                 Err(crossbeam_channel::TrySendError::Full(Numbered { item, .. })) => {
                     held.push_front(item);
                     break;
@@ -566,10 +592,11 @@ fn write_outcomes(
     mut sink: Output,
     config: &Config,
     model: &proto::ModelInfo,
-    options: RunOptions,
+    progress: bool,
+    metrics: &Metrics,
 ) -> (RunSummary, Result<(), SinkError>) {
     let mut summary = RunSummary::default();
-    let progress = progress_bar(options.progress);
+    let progress = progress_bar(progress);
     // Items that arrived before an earlier one; bounded by the items in flight, which the
     // bounded queues upstream bound.
     let mut waiting: HashMap<u64, Numbered<Outcome>> = HashMap::new();
@@ -579,7 +606,7 @@ fn write_outcomes(
             waiting.insert(outcome.seq, outcome);
             while let Some(Numbered { item, .. }) = waiting.remove(&next) {
                 next += 1;
-                write_outcome(item, &mut sink, &mut summary, config, model)?;
+                write_outcome(item, &mut sink, &mut summary, config, model, metrics)?;
                 progress.inc(1);
             }
         }
@@ -593,7 +620,7 @@ fn write_outcomes(
             let mut rest: Vec<_> = waiting.drain().collect();
             rest.sort_by_key(|(seq, _)| *seq);
             for (_, Numbered { item, .. }) in rest {
-                write_outcome(item, &mut sink, &mut summary, config, model)?;
+                write_outcome(item, &mut sink, &mut summary, config, model, metrics)?;
             }
         }
         progress.finish_and_clear();
@@ -608,7 +635,9 @@ fn write_outcome(
     summary: &mut RunSummary,
     config: &Config,
     model: &proto::ModelInfo,
+    metrics: &Metrics,
 ) -> Result<(), SinkError> {
+    let mut received = None;
     let result = match outcome {
         Outcome::Rejected(rejected) => Err(rejected),
         Outcome::Inferred {
@@ -616,8 +645,11 @@ fn write_outcome(
             output,
             queue_us,
             inference_us,
-        } => classification(&ready, &output, config, model, queue_us, inference_us)
-            .map_err(|e| reject(&ready.detection, e)),
+        } => {
+            received = Some(ready.detection.received);
+            classification(&ready, &output, config, model, queue_us, inference_us)
+                .map_err(|e| reject(&ready.detection, e))
+        }
     };
     match result {
         Ok(c) => {
@@ -626,7 +658,10 @@ fn write_outcome(
                 .entry(label_name(c.label()).to_string())
                 .or_default() += 1;
             summary.classified += 1;
-            sink.write_classification(&c)
+            let started = Instant::now();
+            let written = sink.write_classification(&c);
+            metrics.classified(&c, started.elapsed(), received.unwrap_or(started));
+            written
         }
         Err(rejected) => {
             *summary
@@ -634,7 +669,9 @@ fn write_outcome(
                 .entry(rejected.reason_name().to_string())
                 .or_default() += 1;
             summary.rejected += 1;
-            sink.write_rejection(&rejection(&rejected))
+            let written = sink.write_rejection(&rejection(&rejected));
+            metrics.rejected(rejected.reason);
+            written
         }
     }
 }

@@ -70,6 +70,8 @@ pub fn consumer_properties(config: &KafkaSourceConfig) -> Vec<(String, String)> 
         // An inline 300x300 float32 cutout is about 360 KB; fetch a few at a time.
         ("fetch.max.bytes", "8388608"),
         ("queued.max.messages.kbytes", "16384"),
+        // Consumer lag and group state for the metrics (the context's `stats` callback).
+        ("statistics.interval.ms", "5000"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
