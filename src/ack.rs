@@ -282,17 +282,79 @@ fn consumer_stats(statistics: &rdkafka::Statistics) -> ConsumerStats {
         .topics
         .values()
         .flat_map(|topic| {
-            topic.partitions.values().filter_map(|p| {
+            topic
+                .partitions
+                .values()
                 // Partition -1 is librdkafka's internal one; lag -1 means not known yet.
-                (p.desired && p.partition >= 0 && p.consumer_lag >= 0)
-                    .then(|| (topic.topic.clone(), p.partition, p.consumer_lag))
-            })
+                .filter(|p| p.desired && p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| (topic.topic.clone(), p.partition, p.consumer_lag))
         })
         .collect();
     let member = statistics.cgrp.as_ref().is_some_and(|group| {
         group.assignment_size > 0 || (group.state == "up" && group.join_state == "steady")
     });
     ConsumerStats { member, lags }
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use rdkafka::statistics::{ConsumerGroup, Partition, Statistics, Topic};
+
+    use super::consumer_stats;
+
+    fn partition(id: i32, desired: bool, lag: i64) -> (i32, Partition) {
+        let p = Partition {
+            partition: id,
+            desired,
+            consumer_lag: lag,
+            ..Default::default()
+        };
+        (id, p)
+    }
+
+    #[test]
+    fn lag_of_assigned_partitions_whose_lag_is_known() {
+        let topic = Topic {
+            topic: "detections".into(),
+            partitions: [
+                partition(-1, false, -1),
+                partition(0, true, 12),
+                partition(1, true, -1),
+                partition(2, false, 40),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let statistics = Statistics {
+            topics: [("detections".to_string(), topic)].into(),
+            cgrp: Some(ConsumerGroup {
+                state: "up".into(),
+                join_state: "steady".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let stats = consumer_stats(&statistics);
+        assert_eq!(stats.lags, [("detections".to_string(), 0, 12)]);
+        assert!(stats.member);
+    }
+
+    #[test]
+    fn not_a_member_before_joining() {
+        let joining = Statistics {
+            cgrp: Some(ConsumerGroup {
+                state: "up".into(),
+                join_state: "wait-join".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(!consumer_stats(&joining).member);
+        assert!(
+            !consumer_stats(&Statistics::default()).member,
+            "no group state yet"
+        );
+    }
 }
 
 impl ConsumerContext for AckContext {

@@ -141,7 +141,6 @@ mod tests {
             name: "agcnn-test".into(),
             sha256: "ab".repeat(32),
             execution_provider: "CPUExecutionProvider".into(),
-            ..Default::default()
         }
     }
 

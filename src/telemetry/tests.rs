@@ -59,7 +59,6 @@ fn model() -> proto::ModelInfo {
         name: "agcnn".into(),
         sha256: "0f".repeat(32),
         execution_provider: "CPUExecutionProvider".into(),
-        ..Default::default()
     }
 }
 

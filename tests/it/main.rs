@@ -5,3 +5,4 @@ mod kafka;
 mod offline;
 mod parity;
 mod preprocess_parity;
+mod prometheus;
