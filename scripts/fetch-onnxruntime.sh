@@ -3,6 +3,7 @@
 # (`load-dynamic`), from the PyPI wheel through pip: no other download.
 #
 #   scripts/fetch-onnxruntime.sh            # -> vendor/onnxruntime/libonnxruntime.so
+#   scripts/fetch-onnxruntime.sh gpu        # -> vendor/onnxruntime-gpu/ (CUDA, TensorRT; ~300 MB)
 #
 # Idempotent: when the library is already in place it does nothing but print its path.
 # The last line of output is always the path to point ORT_DYLIB_PATH at (radiogate also
@@ -24,12 +25,19 @@ case "$variant" in
     dest="$ROOT/vendor/onnxruntime"
     libs=("libonnxruntime.so.$ORT_VERSION" "libonnxruntime_providers_shared.so")
     ;;
+  gpu | --gpu)
+    # CUDA 13 / cuDNN 9 build: needs those libraries at run time (deploy/docker/Dockerfile.cuda).
+    wheel="onnxruntime-gpu"
+    dest="$ROOT/vendor/onnxruntime-gpu"
+    libs=("libonnxruntime.so.$ORT_VERSION" "libonnxruntime_providers_shared.so"
+      "libonnxruntime_providers_cuda.so" "libonnxruntime_providers_tensorrt.so")
+    ;;
   -h | --help)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
-    echo "fetch-onnxruntime: unknown variant '$variant' (known: cpu)" >&2
+    echo "fetch-onnxruntime: unknown variant '$variant' (known: cpu, gpu)" >&2
     exit 2
     ;;
 esac
