@@ -320,14 +320,13 @@ def check_scrape(text: str, contract: dict[str, Metric], used: set[str]) -> list
             )
             continue
         if family.type != metric.kind:
-            problems.append(f"scrape: {name} is a {family.type}, the contract says {metric.kind}")
+            problems.append(f"scrape: {name} has type {family.type}, the contract says {metric.kind}")
         for sample in family.samples:
             extra = set(sample.labels) - metric.labels - {"le"}
             missing = metric.labels - set(sample.labels)
             if extra or missing:
-                problems.append(
-                    f"scrape: {sample.name} has labels {sorted(sample.labels)}, the contract says {sorted(metric.labels)}"
-                )
+                got, want = sorted(sample.labels), sorted(metric.labels)
+                problems.append(f"scrape: {sample.name} has labels {got}, the contract says {want}")
                 break
     for name in sorted(used - SYNTHETIC):
         if name not in sample_names:
