@@ -75,7 +75,7 @@ class Usage:
 
 def load_contract(path: Path) -> dict[str, Metric]:
     """The metrics table between `<!-- metrics-contract:begin -->` and `...:end -->`:
-    columns name, type, labels; names and labels in backticks."""
+    columns name, type, labels; names and labels in backticks, "(none)" for no label."""
     text = path.read_text(encoding="utf-8")
     match = re.search(r"<!--\s*metrics-contract:begin\s*-->(.*?)<!--\s*metrics-contract:end\s*-->", text, re.S)
     if not match:
@@ -89,7 +89,8 @@ def load_contract(path: Path) -> dict[str, Metric]:
         kind = cells[1].split()[0].lower() if cells[1] else ""
         if kind not in {"counter", "gauge", "histogram"}:
             raise CheckError(f"{path}: metric {name}: unknown type {cells[1]!r}")
-        labels = frozenset(re.findall(r"`([a-zA-Z_][a-zA-Z0-9_]*)`", cells[2]))
+        # "(none)" may be followed by an explanation that names other things in backticks.
+        labels = frozenset() if cells[2].startswith("(none)") else frozenset(re.findall(r"`(\w+)`", cells[2]))
         metrics[name] = Metric(name, kind, labels)
     if not metrics:
         raise CheckError(f"{path}: the metrics-contract table lists no metric")
