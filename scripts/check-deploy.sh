@@ -12,7 +12,7 @@
 #     and prometheus-operator CRDs from their Go modules), no schema may be missing; a broken
 #     manifest must be refused (so the schemas really apply); grace period > drain_timeout.
 #  4. The worker configuration of the ConfigMap passes `radiogate check-config` (CPU and CUDA).
-#  5. Compose: parses, and every file it and the Dockerfiles name exists.
+#  5. Compose parses, and every file it and the Dockerfiles name exists (and is not .dockerignored).
 #
 # Tools (Go installs) and schemas are cached under vendor/deploy/ (DEPLOY_CACHE), so reruns are
 # fast. Needs: promtool (Debian: prometheus), go, python3 with pyyaml and prometheus-client.
@@ -126,6 +126,7 @@ RADIOGATE__INFERENCE__EXECUTION_PROVIDER=cuda RADIOGATE__BATCH__MAX_BATCH=128 \
 
 step "compose file and Dockerfiles"
 python3 scripts/check_deploy_files.py compose deploy/compose.yaml
+python3 scripts/check_deploy_files.py dockerfiles . deploy/docker/Dockerfile deploy/docker/Dockerfile.cuda
 
 echo
 echo "check-deploy: all passed"

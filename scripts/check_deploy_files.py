@@ -4,6 +4,9 @@
     check_deploy_files.py compose deploy/compose.yaml
         The file parses; every service has an image or a build whose context and Dockerfile
         exist; every bind-mounted path, dependency and Dockerfile COPY source exists.
+    check_deploy_files.py dockerfiles CONTEXT Dockerfile...
+        Every file that the Dockerfiles COPY from the build context exists there and is not
+        excluded by the context's .dockerignore.
     check_deploy_files.py manifests RENDERED.yaml...
         In `kustomize build` output: each Deployment's terminationGracePeriodSeconds exceeds the
         pipeline.drain_timeout of the radiogate.toml it mounts (and of any environment override),
@@ -15,6 +18,7 @@ Exit status 0 when everything checks, 1 with one line per problem otherwise.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import sys
 import tomllib
@@ -51,6 +55,33 @@ def dockerfile_sources(dockerfile: Path) -> list[str]:
     return sources
 
 
+def dockerignored(context: Path, source: str) -> bool:
+    """Whether a .dockerignore pattern of `context` excludes `source` or a folder above it."""
+    ignore = context / ".dockerignore"
+    if not ignore.is_file():
+        return False
+    patterns = [p.strip().rstrip("/") for p in ignore.read_text(encoding="utf-8").splitlines()]
+    parts = Path(source.rstrip("/")).parts
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(
+        fnmatch.fnmatch(prefix, pattern.removeprefix("**/"))
+        for pattern in patterns
+        if pattern and not pattern.startswith(("#", "!"))
+        for prefix in prefixes
+    )
+
+
+def check_dockerfiles(context: Path, dockerfiles: list[Path]) -> list[str]:
+    problems = []
+    for dockerfile in dockerfiles:
+        for source in dockerfile_sources(dockerfile):
+            if not (context / source).exists():
+                problems.append(f"{dockerfile}: copies {source}, which does not exist in {context}")
+            elif dockerignored(context, source):
+                problems.append(f"{dockerfile}: copies {source}, which {context / '.dockerignore'} excludes")
+    return problems
+
+
 def check_compose(path: Path) -> list[str]:
     problems: list[str] = []
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -71,9 +102,7 @@ def check_compose(path: Path) -> list[str]:
             elif not dockerfile.is_file():
                 problems.append(f"{where}: Dockerfile {dockerfile} does not exist")
             else:
-                for source in dockerfile_sources(dockerfile):
-                    if not (context / source).exists():
-                        problems.append(f"{where}: {dockerfile.name} copies {source}, which does not exist")
+                problems += [f"{where}: {p}" for p in check_dockerfiles(context, [dockerfile])]
         for volume in service.get("volumes", []):
             source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
             if source.startswith((".", "/")) and not (base / source).exists():
@@ -153,6 +182,8 @@ def check_manifests(paths: list[Path]) -> list[str]:
 def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "compose":
         problems = check_compose(Path(argv[1]))
+    elif len(argv) >= 3 and argv[0] == "dockerfiles":
+        problems = check_dockerfiles(Path(argv[1]), [Path(a) for a in argv[2:]])
     elif len(argv) >= 2 and argv[0] == "manifests":
         problems = check_manifests([Path(a) for a in argv[1:]])
     else:

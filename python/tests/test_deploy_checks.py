@@ -228,7 +228,25 @@ def test_compose_build_copying_a_missing_file_fails(tmp_path):
     (tmp_path / "present").write_text("")
     path = tmp_path / "compose.yaml"
     path.write_text(yaml.safe_dump({"services": {"w": {"build": {"context": "."}}}}))
-    assert files.check_compose(path) == [f"{path}: service w: Dockerfile copies missing, which does not exist"]
+    problems = files.check_compose(path)
+    assert problems == [
+        f"{path}: service w: {tmp_path / 'Dockerfile'}: copies missing, which does not exist in {tmp_path}"
+    ]
+
+
+def test_repository_dockerfiles_copy_what_the_context_has():
+    dockerfiles = sorted((ROOT / "deploy" / "docker").glob("Dockerfile*"))
+    assert len(dockerfiles) == 2
+    assert files.check_dockerfiles(ROOT, dockerfiles) == []
+
+
+def test_a_dockerignored_source_is_a_problem(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.onnx").write_text("")
+    (tmp_path / ".dockerignore").write_text("# build outputs\ntarget/\n**/*.onnx\n")
+    (tmp_path / "Dockerfile").write_text("FROM x\nCOPY models/m.onnx models/\n")
+    problems = files.check_dockerfiles(tmp_path, [tmp_path / "Dockerfile"])
+    assert problems == [f"{tmp_path / 'Dockerfile'}: copies models/m.onnx, which {tmp_path / '.dockerignore'} excludes"]
 
 
 def rendered_base() -> list[dict]:
