@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 CARGO ?= cargo
 
-.PHONY: demo test setup setup-python build lint test-rust test-python models clean-runs broker-start broker-stop
+.PHONY: demo test setup setup-python build lint test-rust test-python models clean-runs broker-start broker-stop check-deploy
 
 ## Install what is missing, build, classify the bundled sample of real FIRST cutouts.
 demo: setup
@@ -11,7 +11,7 @@ demo: setup
 	target/release/radiogate classify --config config/offline-sample.toml --out out/sample.jsonl --truth samples/first/labels.csv
 
 ## Every test: lint, Rust unit and integration tests, Python tests (what CI runs).
-test: setup setup-python lint test-rust test-python
+test: setup setup-python lint test-rust test-python check-deploy
 
 setup:
 	scripts/setup.sh
@@ -38,3 +38,8 @@ broker-stop:
 
 test-python:
 	cd python && $(PYTHON) -m pytest -q
+
+## deploy/: Prometheus rules and their unit tests, the metrics they and the dashboards use,
+## Kubernetes manifests against offline schemas, compose and Dockerfiles (scripts/check-deploy.sh).
+check-deploy:
+	scripts/check-deploy.sh

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 # gcc, make: rdkafka builds its bundled librdkafka. maven, openjdk-17-jdk-headless: the test
 # broker (scripts/kafka/broker.sh; its readiness probe is a Java source file, hence the JDK).
-# prometheus: the server that scrapes a running worker in tests/it/prometheus.rs.
+# prometheus: the server that scrapes a running worker (tests/it/prometheus.rs) and promtool,
+# which checks and unit-tests deploy/prometheus (scripts/check-deploy.sh).
 apt_packages=(pkg-config libcfitsio-dev protobuf-compiler zlib1g-dev gcc make maven openjdk-17-jdk-headless prometheus)
 missing=()
 for p in "${apt_packages[@]}"; do
