@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 # gcc, make: rdkafka builds its bundled librdkafka. maven, openjdk-17-jdk-headless: the test
 # broker (scripts/kafka/broker.sh; its readiness probe is a Java source file, hence the JDK).
-apt_packages=(pkg-config libcfitsio-dev protobuf-compiler zlib1g-dev gcc make maven openjdk-17-jdk-headless)
+apt_packages=(pkg-config libcfitsio-dev protobuf-compiler zlib1g-dev libssl-dev gcc make maven openjdk-17-jdk-headless)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
