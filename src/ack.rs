@@ -1,36 +1,78 @@
-//! Acknowledgements: when a Kafka input offset may be committed.
+//! Acknowledgements: when a Kafka input offset may be committed, in either delivery mode.
 //!
-//! An offset is stored (`store_offset`, to go out with the next commit) only when its
-//! classification or rejection has been delivered (the producer's delivery report said so)
-//! AND every earlier offset of the same partition taken by this worker is done too: cutouts
-//! and batches finish out of order, and committing past an undelivered item would lose it
-//! on a restart. [`OffsetTracker`] is that ordering logic, with no broker in it.
+//! `at_least_once`: an offset is stored (`store_offset`, to go out with the next commit)
+//! only when its classification or rejection has been delivered (the producer's delivery
+//! report said so) AND every earlier offset of the same partition taken by this worker is
+//! done too: cutouts and batches finish out of order, and committing past an undelivered item
+//! would lose it on a restart. [`OffsetTracker`] is that ordering logic, with no broker in it.
 //!
-//! Partitions come and go with rebalances. On revocation the stored offsets are committed
-//! synchronously ([`AckContext`]'s rebalance callback) and the partition's state is dropped:
-//! results of its in-flight items that are delivered later are ignored, so they never
-//! store over the new owner's progress. Each assignment opens a new generation of a
-//! partition; a completion only counts for an offset registered in the current one.
+//! `exactly_once`: results and rejections are sent inside a producer transaction, and the
+//! consumed positions are committed in the same transaction
+//! (`send_offsets_to_transaction`, with the consumer's group metadata, so that the broker
+//! fences a worker that has been expelled from the group). Outcomes reach the sink in input
+//! order, so the position to commit for a partition is the offset after the last outcome
+//! sent for it. A failed transaction is aborted and its partitions are rewound to where it
+//! began; a fenced producer (another instance took its `transactional.id`) stops the worker.
+//!
+//! Partitions come and go with rebalances. Each assignment opens a new generation of a
+//! partition, and every record carries the generation it was read in
+//! ([`Origin::Stream`](crate::domain::Origin)). On revocation the stored offsets are
+//! committed (the open transaction, in `exactly_once`) and the partition is forgotten: an
+//! outcome of an earlier generation is never acknowledged (`at_least_once`) nor sent
+//! (`exactly_once`), so it cannot commit over the new owner's progress. A rewind opens a
+//! new generation the same way.
 //!
 //! This module owns that bookkeeping and the rdkafka contexts that drive it (consumer
-//! rebalances, producer delivery reports). It does not consume or produce: the Kafka source
-//! and sink do, with the contexts made here; the pipeline wires them.
+//! rebalances, producer delivery reports), and in `exactly_once` the transaction. It does
+//! not consume: the Kafka source does, with the context made here; the pipeline wires them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
 
 use rdkafka::TopicPartitionList;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::DeliveryResult;
-use rdkafka::producer::ProducerContext;
+use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{Offset, util::Timeout};
 
-use crate::proto::StreamPosition;
+use crate::domain::Origin;
 use crate::telemetry::{ConsumerStats, Metrics};
 
 /// A topic and partition.
 pub type Partition = (String, i32);
+
+/// How long a transaction's broker round trips (offsets, commit, abort) may take.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The input record an outcome acknowledges: its position and the generation it was read in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub partition: Partition,
+    pub offset: i64,
+    pub generation: u64,
+}
+
+impl Ack {
+    /// The acknowledgement of a record from a stream; None for other input.
+    pub fn of(origin: &Origin) -> Option<Ack> {
+        match origin {
+            Origin::Input(_) => None,
+            Origin::Stream {
+                topic,
+                partition,
+                offset,
+                generation,
+            } => Some(Ack {
+                partition: (topic.clone(), *partition),
+                offset: *offset,
+                generation: *generation,
+            }),
+        }
+    }
+}
 
 /// The in-flight offsets of one assigned partition.
 #[derive(Debug, Default)]
@@ -56,8 +98,8 @@ impl OffsetTracker {
         Self::default()
     }
 
-    /// A partition was assigned to this worker: a new generation with nothing in flight.
-    /// Returns that generation.
+    /// A partition was assigned to this worker (or rewound): a new generation with nothing
+    /// in flight. Returns that generation.
     pub fn assign(&mut self, partition: Partition) -> u64 {
         self.next_generation += 1;
         let generation = self.next_generation;
@@ -84,25 +126,24 @@ impl OffsetTracker {
         self.partitions.get(partition).map(|state| state.generation)
     }
 
-    /// The source took `offset` of `partition`. False when the partition is not assigned
-    /// (the offset will not be acknowledged).
-    pub fn register(&mut self, partition: &Partition, offset: i64) -> bool {
-        match self.partitions.get_mut(partition) {
-            Some(state) => {
-                state.pending.insert(offset, false);
-                true
-            }
-            None => false,
-        }
+    /// The source took `offset` of `partition`. Returns the generation it belongs to, or
+    /// None when the partition is not assigned (the offset will not be acknowledged).
+    pub fn register(&mut self, partition: &Partition, offset: i64) -> Option<u64> {
+        let state = self.partitions.get_mut(partition)?;
+        state.pending.insert(offset, false);
+        Some(state.generation)
     }
 
-    /// `offset`'s result was delivered. Returns the highest offset that may now be stored
+    /// `ack`'s outcome was delivered. Returns the highest offset that may now be stored
     /// (every offset up to it is done), or None when the position does not move: an earlier
-    /// offset is still in flight, or the partition or offset is not in the current
-    /// generation (revoked since it was taken).
-    pub fn complete(&mut self, partition: &Partition, offset: i64) -> Option<i64> {
-        let state = self.partitions.get_mut(partition)?;
-        let done = state.pending.get_mut(&offset)?;
+    /// offset is still in flight, or the record is not of the current generation (its
+    /// partition was revoked or rewound since it was taken).
+    pub fn complete(&mut self, ack: &Ack) -> Option<i64> {
+        let state = self
+            .partitions
+            .get_mut(&ack.partition)
+            .filter(|state| state.generation == ack.generation)?;
+        let done = state.pending.get_mut(&ack.offset)?;
         *done = true;
         let mut released = None;
         while let Some(entry) = state.pending.first_entry() {
@@ -127,9 +168,42 @@ impl OffsetTracker {
 /// The consumer as the acknowledgement path sees it: stores and commits offsets.
 pub type AckConsumer = BaseConsumer<AckContext>;
 
-/// Shared between the consumer's rebalance callbacks, the producer's delivery reports and
-/// the pipeline.
-#[derive(Debug, Default)]
+/// The producer of results in `exactly_once` mode: its delivery reports acknowledge
+/// nothing (the transaction's commit does).
+pub type TransactionalProducer = ThreadedProducer<DeliveryContext>;
+
+/// Why an acknowledgement could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    /// The transactional producer was fenced: another instance with the same
+    /// `transactional.id` started, or this one was expelled from its group. This instance
+    /// must stop; what it did not commit is redone by the others.
+    #[error("this worker was fenced and must stop (another instance took over its work): {0}")]
+    Fenced(KafkaError),
+    #[error("{action}: {source}")]
+    Kafka {
+        action: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// The open transaction of an `exactly_once` worker.
+struct Transaction {
+    producer: Arc<TransactionalProducer>,
+    open: bool,
+    /// Per partition with outcomes in the open transaction: the first offset sent (where to
+    /// rewind to if it aborts) and the next offset to consume (what it commits).
+    ranges: BTreeMap<Partition, (i64, i64)>,
+    /// Partitions to seek back after an abort, with the offset; applied by the source thread.
+    rewinds: Vec<(Partition, i64)>,
+    /// A fatal error: nothing more may be sent.
+    fenced: Option<String>,
+}
+
+/// Shared between the consumer's rebalance callbacks, the producer's delivery reports, the
+/// sink and the pipeline. Lock order: `transaction`, then `tracker`.
+#[derive(Default)]
 struct Shared {
     tracker: Mutex<OffsetTracker>,
     /// The consumer, once it exists (it is created with this context, so it is set after).
@@ -138,20 +212,55 @@ struct Shared {
     consumer: OnceLock<Weak<AckConsumer>>,
     /// Where the consumer's group membership and lag are reported, once given.
     metrics: OnceLock<Arc<Metrics>>,
+    /// `exactly_once` only.
+    transaction: Option<Mutex<Transaction>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("tracker", &self.tracker)
+            .field("exactly_once", &self.transaction.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The acknowledgement path of one worker: give its [`AckContext`] to the Kafka consumer
-/// and its [`DeliveryContext`] to the producer, [`Acks::attach`] the consumer, register
-/// each offset the source takes, and it stores offsets as their results are delivered.
+/// (and, in `at_least_once`, its [`DeliveryContext`] to the producer), [`Acks::attach`] the
+/// consumer, register each offset the source takes; it stores offsets as their results are
+/// delivered, or sends results in transactions that commit the offsets.
 #[derive(Debug, Clone, Default)]
 pub struct Acks {
     shared: Arc<Shared>,
 }
 
 impl Acks {
-    /// A fresh acknowledgement path with no partition assigned.
+    /// An `at_least_once` acknowledgement path with no partition assigned.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An `exactly_once` acknowledgement path: results go out through `producer`, whose
+    /// transactions are initialised (`init_transactions`), in transactions that also commit
+    /// the consumed offsets.
+    pub fn exactly_once(producer: TransactionalProducer) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                transaction: Some(Mutex::new(Transaction {
+                    producer: Arc::new(producer),
+                    open: false,
+                    ranges: BTreeMap::new(),
+                    rewinds: Vec::new(),
+                    fenced: None,
+                })),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Whether results go out in transactions.
+    pub fn is_transactional(&self) -> bool {
+        self.shared.transaction.is_some()
     }
 
     /// The consumer context: commits on revocation and keeps the tracker's assignment.
@@ -161,7 +270,7 @@ impl Acks {
         }
     }
 
-    /// The producer context: delivery reports acknowledge offsets.
+    /// The producer context of an `at_least_once` sink: delivery reports acknowledge offsets.
     pub fn delivery_context(&self) -> DeliveryContext {
         DeliveryContext {
             acks: Some(self.clone()),
@@ -180,28 +289,72 @@ impl Acks {
         let _ = self.shared.metrics.set(metrics);
     }
 
-    /// The source took this record: it will be acknowledged when delivered.
-    pub fn register(&self, topic: &str, partition: i32, offset: i64) -> bool {
+    /// The source took this record: it will be acknowledged when delivered. Returns the
+    /// generation of its partition's assignment, None when the partition is not assigned.
+    pub fn register(&self, topic: &str, partition: i32, offset: i64) -> Option<u64> {
         self.tracker()
             .register(&(topic.to_string(), partition), offset)
     }
 
-    /// The result of this record was delivered: store its partition's position if it moved.
-    pub fn complete(&self, topic: &str, partition: i32, offset: i64) {
+    /// `at_least_once`: the result of this record was delivered; store its partition's
+    /// position if it moved.
+    pub fn complete(&self, ack: &Ack) {
         // Declared before the guard so that it is dropped after it: dropping the last
         // reference closes the consumer, whose revocation callback takes the lock.
         let consumer = self.consumer();
         // The lock is held across the store, so that a revocation (which takes it too)
         // sees either the store, and commits it, or none.
         let mut tracker = self.tracker();
-        let released = tracker.complete(&(topic.to_string(), partition), offset);
+        let released = tracker.complete(ack);
         if let (Some(last_done), Some(consumer)) = (released, &consumer) {
+            let (topic, partition) = &ack.partition;
             // librdkafka stores `last_done + 1`: the next offset to read.
-            if let Err(e) = consumer.store_offset(topic, partition, last_done) {
+            if let Err(e) = consumer.store_offset(topic, *partition, last_done) {
                 tracing::debug!(topic, partition, offset = last_done, error = %e, "offset not stored");
             }
         }
         drop(tracker);
+    }
+
+    /// `exactly_once`: sends one message inside the open transaction (opening one if none
+    /// is). `send` queues it on the producer it is given. The outcome of a record from a
+    /// partition revoked or rewound since it was read is not sent: that record is read
+    /// again, by the new owner or after the rewind. Returns whether it was sent.
+    pub fn send_in_transaction<E>(
+        &self,
+        ack: Option<&Ack>,
+        send: impl FnOnce(&TransactionalProducer) -> Result<(), E>,
+    ) -> Result<bool, TransactionSendError<E>> {
+        let Some(transaction) = &self.shared.transaction else {
+            return Err(TransactionSendError::NotTransactional);
+        };
+        let mut txn = lock(transaction);
+        if let Some(reason) = &txn.fenced {
+            return Err(TransactionSendError::Fenced(reason.clone()));
+        }
+        if let Some(ack) = ack {
+            // In input order every earlier offset of the partition is already sent, so
+            // this releases `ack.offset` itself; None: not of the current generation.
+            if self.tracker().complete(ack).is_none() {
+                tracing::debug!(topic = %ack.partition.0, partition = ack.partition.1, offset = ack.offset,
+                    "outcome of a revoked or rewound partition dropped; its record is read again");
+                return Ok(false);
+            }
+        }
+        if !txn.open {
+            txn.producer
+                .begin_transaction()
+                .map_err(|e| TransactionSendError::Kafka("cannot begin a transaction", e))?;
+            txn.open = true;
+        }
+        send(&txn.producer).map_err(TransactionSendError::Send)?;
+        if let Some(ack) = ack {
+            txn.ranges
+                .entry(ack.partition.clone())
+                .and_modify(|range| range.1 = ack.offset + 1)
+                .or_insert((ack.offset, ack.offset + 1));
+        }
+        Ok(true)
     }
 
     /// Items taken and not yet acknowledged.
@@ -209,24 +362,135 @@ impl Acks {
         self.tracker().in_flight()
     }
 
-    /// Commits the stored offsets (asynchronously: the periodic commit of a long run).
-    pub fn commit_async(&self) {
-        self.commit(CommitMode::Async);
-    }
-
-    /// Commits the stored offsets and waits for the broker (shutdown).
-    pub fn commit_sync(&self) -> KafkaResult<()> {
-        match self.consumer() {
-            Some(consumer) => commit_stored(&consumer, CommitMode::Sync),
-            None => Ok(()),
+    /// The periodic commit of a long run (called by the source thread): `at_least_once`
+    /// commits the stored offsets asynchronously; `exactly_once` commits the open
+    /// transaction and applies the rewinds of an aborted one. Err only when the worker
+    /// must stop.
+    pub fn commit_periodic(&self) -> Result<(), AckError> {
+        let Some(consumer) = self.consumer() else {
+            return Ok(());
+        };
+        if self.shared.transaction.is_none() {
+            if let Err(e) = commit_stored(&consumer, CommitMode::Async) {
+                tracing::warn!(error = %e, "offset commit failed; it is retried with the next one");
+            }
+            return Ok(());
+        }
+        match self.commit_transaction(&consumer, &[]) {
+            Err(AckError::Fenced(e)) => Err(AckError::Fenced(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "transaction not committed; it is retried");
+                Ok(())
+            }
+            Ok(()) => {
+                self.apply_rewinds(&consumer);
+                Ok(())
+            }
         }
     }
 
-    fn commit(&self, mode: CommitMode) {
-        if let Some(consumer) = self.consumer()
-            && let Err(e) = commit_stored(&consumer, mode)
+    /// Commits what is done and waits for the broker (shutdown, after the last outcome was
+    /// written): the stored offsets, or the open transaction.
+    pub fn commit_final(&self) -> Result<(), AckError> {
+        let Some(consumer) = self.consumer() else {
+            return Ok(());
+        };
+        if self.shared.transaction.is_some() {
+            return self.commit_transaction(&consumer, &[]);
+        }
+        commit_stored(&consumer, CommitMode::Sync).map_err(|source| AckError::Kafka {
+            action: "final offset commit",
+            source,
+        })
+    }
+
+    /// Commits the open transaction with its offsets; first forgets `revoking`, whose
+    /// outcomes must not be sent after this commit. On an abortable failure, aborts and
+    /// schedules the rewind of every partition it held.
+    fn commit_transaction<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        revoking: &[Partition],
+    ) -> Result<(), AckError> {
+        let Some(transaction) = &self.shared.transaction else {
+            return Ok(());
+        };
+        let mut txn = lock(transaction);
         {
-            tracing::warn!(error = %e, "offset commit failed; it is retried with the next one");
+            let mut tracker = self.tracker();
+            for partition in revoking {
+                let abandoned = tracker.revoke(partition);
+                tracing::info!(topic = %partition.0, partition = partition.1, abandoned, "partition revoked");
+            }
+        }
+        if !txn.open {
+            return Ok(());
+        }
+        let result = commit_open(&txn.producer, consumer, &txn.ranges);
+        match result {
+            Ok(()) => {
+                txn.open = false;
+                txn.ranges.clear();
+                Ok(())
+            }
+            Err(e) if is_fatal(&e) => {
+                txn.fenced = Some(e.to_string());
+                Err(AckError::Fenced(e))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "transaction failed: aborting it and rewinding its partitions");
+                let abort = txn.producer.abort_transaction(TRANSACTION_TIMEOUT);
+                txn.open = false;
+                let ranges = std::mem::take(&mut txn.ranges);
+                {
+                    let mut tracker = self.tracker();
+                    for (partition, (first, _)) in ranges {
+                        // Outcomes of the aborted range still in flight belong to the old
+                        // generation and are dropped; the records are read again.
+                        if tracker.generation(&partition).is_some() {
+                            tracker.assign(partition.clone());
+                            txn.rewinds.push((partition, first));
+                        }
+                    }
+                }
+                if let Err(abort) = abort {
+                    if is_fatal(&abort) {
+                        txn.fenced = Some(abort.to_string());
+                        return Err(AckError::Fenced(abort));
+                    }
+                    tracing::warn!(error = %abort, "abort failed");
+                }
+                Err(AckError::Kafka {
+                    action: "transaction aborted",
+                    source: e,
+                })
+            }
+        }
+    }
+
+    /// Seeks the consumer back to where aborted transactions began.
+    fn apply_rewinds(&self, consumer: &AckConsumer) {
+        let Some(transaction) = &self.shared.transaction else {
+            return;
+        };
+        let rewinds = std::mem::take(&mut lock(transaction).rewinds);
+        for ((topic, partition), offset) in rewinds {
+            match consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(offset),
+                Timeout::After(TRANSACTION_TIMEOUT),
+            ) {
+                Ok(()) => tracing::info!(
+                    topic,
+                    partition,
+                    offset,
+                    "partition rewound after an aborted transaction"
+                ),
+                Err(e) => {
+                    tracing::error!(topic, partition, offset, error = %e, "cannot rewind the partition")
+                }
+            }
         }
     }
 
@@ -236,6 +500,47 @@ impl Acks {
 
     fn tracker(&self) -> MutexGuard<'_, OffsetTracker> {
         lock(&self.shared.tracker)
+    }
+}
+
+/// Why a message could not be sent in the transaction.
+#[derive(Debug, thiserror::Error)]
+pub enum TransactionSendError<E> {
+    #[error("not an exactly_once acknowledgement path")]
+    NotTransactional,
+    #[error("the producer was fenced: {0}")]
+    Fenced(String),
+    #[error("{0}: {1}")]
+    Kafka(&'static str, KafkaError),
+    #[error(transparent)]
+    Send(E),
+}
+
+/// Sends the offsets of `ranges` into the open transaction and commits it.
+fn commit_open<C: ConsumerContext>(
+    producer: &TransactionalProducer,
+    consumer: &BaseConsumer<C>,
+    ranges: &BTreeMap<Partition, (i64, i64)>,
+) -> KafkaResult<()> {
+    if !ranges.is_empty() {
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), (_, next)) in ranges {
+            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        // None only before the consumer joined: abort, and the records are read again.
+        let group = consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::State,
+        ))?;
+        producer.send_offsets_to_transaction(&offsets, &group, TRANSACTION_TIMEOUT)?;
+    }
+    producer.commit_transaction(TRANSACTION_TIMEOUT)
+}
+
+/// A transaction error after which the producer cannot go on (fenced, or fatal).
+fn is_fatal(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(inner) => inner.is_fatal(),
+        _ => false,
     }
 }
 
@@ -252,16 +557,17 @@ fn commit_stored<C: ConsumerContext>(
     }
 }
 
-/// The tracker stays consistent across a panic elsewhere (each method leaves it whole), so
-/// a poisoned lock is taken over rather than propagated.
-fn lock(tracker: &Mutex<OffsetTracker>) -> MutexGuard<'_, OffsetTracker> {
-    tracker
+/// The tracker and the transaction stay consistent across a panic elsewhere (each method
+/// leaves them whole), so a poisoned lock is taken over rather than propagated.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The consumer context: on revocation, commit what is stored for the revoked partitions
-/// and forget their in-flight items; on assignment, open a new generation.
+/// The consumer context: on revocation, commit what is done for the revoked partitions
+/// (stored offsets, or the open transaction) and forget their in-flight items; on
+/// assignment, open a new generation.
 #[derive(Debug)]
 pub struct AckContext {
     shared: Arc<Shared>,
@@ -359,22 +665,34 @@ mod stats_tests {
 
 impl ConsumerContext for AckContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(revoked) = rebalance {
-            let partitions = partitions(revoked);
-            // Held through the commit: no delivery report stores an offset in between.
-            let mut tracker = lock(&self.shared.tracker);
-            for partition in &partitions {
-                let abandoned = tracker.revoke(partition);
-                tracing::info!(topic = %partition.0, partition = partition.1, abandoned, "partition revoked");
-            }
-            if !partitions.is_empty() {
-                // Commit before letting go, so the next owner starts where this one stopped.
-                if let Err(e) = commit_stored(consumer, CommitMode::Sync) {
-                    tracing::warn!(error = %e, "commit on revocation failed");
-                }
-            }
-            drop(tracker);
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let partitions = partitions(revoked);
+        if partitions.is_empty() {
+            return;
         }
+        if self.shared.transaction.is_some() {
+            // Commit before letting go, so the next owner starts where this one stopped
+            // and none of this worker's later outcomes of these partitions is sent.
+            let acks = Acks {
+                shared: self.shared.clone(),
+            };
+            if let Err(e) = acks.commit_transaction(consumer, &partitions) {
+                tracing::warn!(error = %e, "transaction on revocation not committed");
+            }
+            return;
+        }
+        // Held through the commit: no delivery report stores an offset in between.
+        let mut tracker = lock(&self.shared.tracker);
+        for partition in &partitions {
+            let abandoned = tracker.revoke(partition);
+            tracing::info!(topic = %partition.0, partition = partition.1, abandoned, "partition revoked");
+        }
+        if let Err(e) = commit_stored(consumer, CommitMode::Sync) {
+            tracing::warn!(error = %e, "commit on revocation failed");
+        }
+        drop(tracker);
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -402,17 +720,18 @@ fn partitions(list: &TopicPartitionList) -> Vec<Partition> {
         .collect()
 }
 
-/// The producer context: a delivery report acknowledges the input record the message was
-/// made from (its [`StreamPosition`], carried as the delivery opaque; None for input that
-/// is not a stream).
+/// The producer context: in `at_least_once`, a delivery report acknowledges the input
+/// record the message was made from (carried as the delivery opaque; None for input that
+/// is not a stream). Without acknowledgements (`exactly_once`, where the transaction
+/// commits the offsets, or `radiogate publish`) it logs failures only.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryContext {
-    /// None: a producer whose input is not a Kafka stream (nothing to acknowledge).
+    /// None: nothing to acknowledge.
     acks: Option<Acks>,
 }
 
 impl DeliveryContext {
-    /// A context for a producer with no acknowledgements (e.g. `radiogate publish`).
+    /// A context for a producer with no acknowledgements.
     pub fn without_acks() -> Self {
         Self { acks: None }
     }
@@ -421,29 +740,25 @@ impl DeliveryContext {
 impl ClientContext for DeliveryContext {}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<Option<StreamPosition>>;
+    type DeliveryOpaque = Box<Option<Ack>>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, input: Self::DeliveryOpaque) {
-        let Some(input) = *input else {
-            if let Err((e, _)) = result {
-                tracing::error!(error = %e, "result not delivered");
-            }
-            return;
-        };
-        match result {
-            Ok(_) => {
+        match (result, *input) {
+            (Ok(_), Some(ack)) => {
                 if let Some(acks) = &self.acks {
-                    acks.complete(&input.topic, input.partition, input.offset);
+                    acks.complete(&ack);
                 }
             }
-            Err((e, _)) => {
+            (Ok(_), None) => {}
+            (Err((e, _)), Some(ack)) => {
                 // Not acknowledged: the input offset stays uncommitted and is read again on
-                // a restart (at least once).
+                // a restart (at least once); in a transaction, its commit fails and aborts.
                 tracing::error!(
-                    topic = %input.topic, partition = input.partition, offset = input.offset, error = %e,
-                    "result not delivered; its input will be read again after a restart"
+                    topic = %ack.partition.0, partition = ack.partition.1, offset = ack.offset, error = %e,
+                    "result not delivered; its input will be read again"
                 );
             }
+            (Err((e, _)), None) => tracing::error!(error = %e, "result not delivered"),
         }
     }
 }
@@ -456,16 +771,25 @@ mod tests {
         ("detections".to_string(), n)
     }
 
+    /// The acknowledgement of `offset` of partition `n` in its current generation.
+    fn ack(t: &OffsetTracker, n: i32, offset: i64) -> Ack {
+        Ack {
+            partition: p(n),
+            offset,
+            generation: t.generation(&p(n)).unwrap_or(0),
+        }
+    }
+
     #[test]
     fn in_order_completions_release_each_offset() {
         let mut t = OffsetTracker::new();
         t.assign(p(0));
         for o in 0..3 {
-            assert!(t.register(&p(0), o));
+            assert!(t.register(&p(0), o).is_some());
         }
-        assert_eq!(t.complete(&p(0), 0), Some(0));
-        assert_eq!(t.complete(&p(0), 1), Some(1));
-        assert_eq!(t.complete(&p(0), 2), Some(2));
+        assert_eq!(t.complete(&ack(&t, 0, 0)), Some(0));
+        assert_eq!(t.complete(&ack(&t, 0, 1)), Some(1));
+        assert_eq!(t.complete(&ack(&t, 0, 2)), Some(2));
         assert_eq!(t.in_flight(), 0);
     }
 
@@ -476,15 +800,19 @@ mod tests {
         for o in 10..15 {
             t.register(&p(0), o);
         }
-        assert_eq!(t.complete(&p(0), 12), None, "10 and 11 are still in flight");
-        assert_eq!(t.complete(&p(0), 14), None);
-        assert_eq!(t.complete(&p(0), 11), None, "10 is still in flight");
         assert_eq!(
-            t.complete(&p(0), 10),
+            t.complete(&ack(&t, 0, 12)),
+            None,
+            "10 and 11 are still in flight"
+        );
+        assert_eq!(t.complete(&ack(&t, 0, 14)), None);
+        assert_eq!(t.complete(&ack(&t, 0, 11)), None, "10 is still in flight");
+        assert_eq!(
+            t.complete(&ack(&t, 0, 10)),
             Some(12),
             "10, 11, 12 done; 13 is not"
         );
-        assert_eq!(t.complete(&p(0), 13), Some(14));
+        assert_eq!(t.complete(&ack(&t, 0, 13)), Some(14));
         assert_eq!(t.in_flight(), 0);
     }
 
@@ -496,13 +824,13 @@ mod tests {
         t.register(&p(0), 5);
         t.register(&p(1), 7);
         t.register(&p(1), 8);
-        assert_eq!(t.complete(&p(1), 8), None);
+        assert_eq!(t.complete(&ack(&t, 1, 8)), None);
         assert_eq!(
-            t.complete(&p(0), 5),
+            t.complete(&ack(&t, 0, 5)),
             Some(5),
             "partition 1's gap does not hold partition 0"
         );
-        assert_eq!(t.complete(&p(1), 7), Some(8));
+        assert_eq!(t.complete(&ack(&t, 1, 7)), Some(8));
     }
 
     #[test]
@@ -512,8 +840,8 @@ mod tests {
         t.assign(p(0));
         t.register(&p(0), 3);
         t.register(&p(0), 9);
-        assert_eq!(t.complete(&p(0), 9), None);
-        assert_eq!(t.complete(&p(0), 3), Some(9));
+        assert_eq!(t.complete(&ack(&t, 0, 9)), None);
+        assert_eq!(t.complete(&ack(&t, 0, 3)), Some(9));
     }
 
     #[test]
@@ -523,8 +851,8 @@ mod tests {
         t.register(&p(0), 1);
         t.register(&p(0), 2);
         assert_eq!(t.revoke(&p(0)), 2);
-        assert_eq!(t.complete(&p(0), 1), None, "no longer ours");
-        assert!(!t.register(&p(0), 3), "not assigned");
+        assert_eq!(t.complete(&ack(&t, 0, 1)), None, "no longer ours");
+        assert_eq!(t.register(&p(0), 3), None, "not assigned");
         assert_eq!(t.generation(&p(0)), None);
     }
 
@@ -540,23 +868,43 @@ mod tests {
         // The new owner's progress moved on to 40; this worker gets it back from there.
         t.register(&p(0), 40);
         assert_eq!(
-            t.complete(&p(0), 2),
+            t.complete(&ack(&t, 0, 2)),
             None,
             "an old generation's offset is not in this one"
         );
-        assert_eq!(t.complete(&p(0), 1), None);
+        assert_eq!(t.complete(&ack(&t, 0, 1)), None);
         assert_eq!(t.in_flight(), 1);
-        assert_eq!(t.complete(&p(0), 40), Some(40));
+        assert_eq!(t.complete(&ack(&t, 0, 40)), Some(40));
+    }
+
+    #[test]
+    fn an_old_generation_cannot_complete_the_same_offset_read_again() {
+        // Revoked with offset 5 in flight, assigned back before the new owner committed:
+        // offset 5 is read again. The first reading's late outcome must not release it.
+        let mut t = OffsetTracker::new();
+        let first = t.assign(p(0));
+        assert_eq!(t.register(&p(0), 5), Some(first));
+        t.revoke(&p(0));
+        let second = t.assign(p(0));
+        assert_eq!(t.register(&p(0), 5), Some(second));
+        let stale = Ack {
+            partition: p(0),
+            offset: 5,
+            generation: first,
+        };
+        assert_eq!(t.complete(&stale), None);
+        assert_eq!(t.in_flight(), 1);
+        assert_eq!(t.complete(&ack(&t, 0, 5)), Some(5));
     }
 
     #[test]
     fn unknown_offsets_and_partitions_release_nothing() {
         let mut t = OffsetTracker::new();
-        assert_eq!(t.complete(&p(3), 0), None);
+        assert_eq!(t.complete(&ack(&t, 3, 0)), None);
         t.assign(p(0));
         t.register(&p(0), 1);
-        assert_eq!(t.complete(&p(0), 0), None, "never registered");
-        assert_eq!(t.complete(&p(0), 1), Some(1));
-        assert_eq!(t.complete(&p(0), 1), None, "already released");
+        assert_eq!(t.complete(&ack(&t, 0, 0)), None, "never registered");
+        assert_eq!(t.complete(&ack(&t, 0, 1)), Some(1));
+        assert_eq!(t.complete(&ack(&t, 0, 1)), None, "already released");
     }
 }

@@ -73,8 +73,9 @@ pub enum DeliveryMode {
     /// can repeat results of items delivered since the last commit.
     #[default]
     AtLeastOnce,
-    /// Results and consumed offsets in one producer transaction (not implemented yet:
-    /// refused by validation).
+    /// Results, rejections and the consumed offsets in one producer transaction: a
+    /// `read_committed` reader sees each input's outcome exactly once, across crashes,
+    /// restarts and rebalances.
     ExactlyOnce,
 }
 
@@ -89,6 +90,10 @@ pub struct KafkaSinkConfig {
     /// Topic of `Rejection` messages (key: source id when known).
     pub dead_letter_topic: String,
     pub delivery: DeliveryMode,
+    /// `transactional.id` of the producer in `exactly_once` mode: stable for one instance
+    /// across restarts (so a restarted instance fences its previous self at once), unique
+    /// among the instances running at the same time. None: `radiogate-<hostname>`.
+    pub transactional_id: Option<String>,
     /// Extra librdkafka producer properties (TLS, SASL, linger), applied last except for
     /// idempotence and acks.
     pub properties: BTreeMap<String, String>,
@@ -112,6 +117,7 @@ impl std::fmt::Debug for KafkaSinkConfig {
             .field("results_topic", &self.results_topic)
             .field("dead_letter_topic", &self.dead_letter_topic)
             .field("delivery", &self.delivery)
+            .field("transactional_id", &self.transactional_id)
             .field("properties", &redacted(&self.properties))
             .finish()
     }
@@ -585,7 +591,57 @@ struct RawSource {
     brokers: Option<String>,
     group_id: Option<String>,
     topic: Option<String>,
-    properties: BTreeMap<String, String>,
+    properties: BTreeMap<String, RawProperty>,
+}
+
+/// A librdkafka property's value: the text itself, or where to read a secret from, so that
+/// passwords need not be written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawProperty {
+    Text(String),
+    /// `{ env = "VAR" }`: the value of an environment variable.
+    Env {
+        env: String,
+    },
+    /// `{ file = "/run/secrets/x" }`: a file's contents, without the trailing newline.
+    File {
+        file: PathBuf,
+    },
+}
+
+/// Resolves `properties` (`section.properties`), reading secrets from the environment and
+/// from files; a missing one is an error naming the property, never its value.
+fn resolve_properties(
+    check: &mut Checker,
+    section: &str,
+    properties: BTreeMap<String, RawProperty>,
+) -> BTreeMap<String, String> {
+    let mut resolved = BTreeMap::new();
+    for (key, value) in properties {
+        let field = format!("{section}.properties.\"{key}\"");
+        let value = match value {
+            RawProperty::Text(text) => Some(text),
+            RawProperty::Env { env } => match std::env::var(&env) {
+                Ok(v) if !v.is_empty() => Some(v),
+                _ => {
+                    check.fail(&field, format!("environment variable {env} is not set"));
+                    None
+                }
+            },
+            RawProperty::File { file } => match std::fs::read_to_string(&file) {
+                Ok(v) => Some(v.trim_end_matches(['\n', '\r']).to_string()),
+                Err(e) => {
+                    check.fail(&field, format!("cannot read {}: {e}", file.display()));
+                    None
+                }
+            },
+        };
+        if let Some(value) = value {
+            resolved.insert(key, value);
+        }
+    }
+    resolved
 }
 
 #[derive(Debug, Deserialize)]
@@ -707,7 +763,8 @@ struct RawSink {
     results_topic: Option<String>,
     dead_letter_topic: Option<String>,
     delivery: Option<RawDelivery>,
-    properties: BTreeMap<String, String>,
+    transactional_id: Option<String>,
+    properties: BTreeMap<String, RawProperty>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -830,6 +887,15 @@ impl RawConfig {
                 "must be \"kafka\" when source.kind = \"kafka\" (offsets are acknowledged by delivery reports)",
             );
         }
+        if let SinkConfig::Kafka(sink) = &config.sink
+            && sink.delivery == DeliveryMode::ExactlyOnce
+            && !matches!(config.source, SourceConfig::Kafka(_))
+        {
+            check.fail(
+                "sink.delivery",
+                "\"exactly_once\" needs source.kind = \"kafka\" (the consumed offsets commit with the results)",
+            );
+        }
         if check.errors.is_empty() {
             Ok(config)
         } else {
@@ -929,7 +995,7 @@ impl RawSource {
             brokers: required(check, "source.brokers", self.brokers, "kafka"),
             group_id: required(check, "source.group_id", self.group_id, "kafka"),
             topic: required(check, "source.topic", self.topic, "kafka"),
-            properties: self.properties,
+            properties: resolve_properties(check, "source", self.properties),
         })
     }
 }
@@ -1050,6 +1116,7 @@ impl RawSink {
             ("sink.results_topic", self.results_topic.is_some()),
             ("sink.dead_letter_topic", self.dead_letter_topic.is_some()),
             ("sink.delivery", self.delivery.is_some()),
+            ("sink.transactional_id", self.transactional_id.is_some()),
             ("sink.properties", !self.properties.is_empty()),
         ] {
             if given {
@@ -1094,13 +1161,24 @@ impl RawSink {
         }
         let delivery = match self.delivery.unwrap_or_default() {
             RawDelivery::AtLeastOnce => DeliveryMode::AtLeastOnce,
-            RawDelivery::ExactlyOnce => {
+            RawDelivery::ExactlyOnce => DeliveryMode::ExactlyOnce,
+        };
+        let transactional_id = match (delivery, self.transactional_id) {
+            (DeliveryMode::AtLeastOnce, Some(_)) => {
                 check.fail(
-                    "sink.delivery",
-                    "\"exactly_once\" (transactions) is not implemented yet; use \"at_least_once\"",
+                    "sink.transactional_id",
+                    "only used when sink.delivery = \"exactly_once\"",
                 );
-                DeliveryMode::ExactlyOnce
+                None
             }
+            (_, Some(id)) if id.trim().is_empty() => {
+                check.fail(
+                    "sink.transactional_id",
+                    "must not be empty (omit it for the default)",
+                );
+                None
+            }
+            (_, id) => id,
         };
         let results_topic = required(check, "sink.results_topic", self.results_topic, "kafka");
         let dead_letter_topic = required(
@@ -1120,7 +1198,8 @@ impl RawSink {
             results_topic,
             dead_letter_topic,
             delivery,
-            properties: self.properties,
+            transactional_id,
+            properties: resolve_properties(check, "sink", self.properties),
         })
     }
 }
@@ -1513,9 +1592,79 @@ mod tests {
                 results_topic: "out".into(),
                 dead_letter_topic: "dead".into(),
                 delivery: DeliveryMode::AtLeastOnce,
+                transactional_id: None,
                 properties: BTreeMap::new(),
             })
         );
+    }
+
+    #[test]
+    fn exactly_once_needs_a_kafka_source_and_takes_a_transactional_id() {
+        let source =
+            "[source]\nkind = \"kafka\"\nbrokers = \"b\"\ngroup_id = \"g\"\ntopic = \"in\"\n";
+        let sink = "[sink]\nkind = \"kafka\"\nbrokers = \"b\"\nresults_topic = \"out\"\ndead_letter_topic = \"dead\"\n";
+        let config = from_toml(&format!(
+            "{source}{sink}delivery = \"exactly_once\"\ntransactional_id = \"worker-0\"\n"
+        ))
+        .unwrap();
+        let SinkConfig::Kafka(kafka) = config.sink else {
+            panic!("a kafka sink")
+        };
+        assert_eq!(kafka.delivery, DeliveryMode::ExactlyOnce);
+        assert_eq!(kafka.transactional_id.as_deref(), Some("worker-0"));
+
+        let msg = field_error(from_toml(&format!("{sink}delivery = \"exactly_once\"\n")));
+        assert!(
+            msg.starts_with("sink.delivery: \"exactly_once\" needs source.kind = \"kafka\""),
+            "{msg}"
+        );
+        let msg = field_error(from_toml(&format!(
+            "{source}{sink}transactional_id = \"worker-0\"\n"
+        )));
+        assert_eq!(
+            msg,
+            "sink.transactional_id: only used when sink.delivery = \"exactly_once\""
+        );
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret_file = dir.path().join("password");
+        std::fs::write(&secret_file, "from-a-file\n").unwrap();
+        // A variable name no other test or CI sets; set once, read here only.
+        let var = "RADIOGATE_TEST_SECRET_5D1E";
+        // SAFETY: no other thread reads or writes this variable.
+        unsafe { std::env::set_var(var, "from-the-env") };
+        let toml = format!(
+            "[source]\nkind = \"kafka\"\nbrokers = \"b\"\ngroup_id = \"g\"\ntopic = \"in\"\n\
+             properties = {{ \"sasl.username\" = \"u\", \"sasl.password\" = {{ env = \"{var}\" }} }}\n\
+             [sink]\nkind = \"kafka\"\nbrokers = \"b\"\nresults_topic = \"out\"\ndead_letter_topic = \"dead\"\n\
+             properties = {{ \"sasl.password\" = {{ file = \"{}\" }} }}\n",
+            secret_file.display()
+        );
+        let config = from_toml(&toml).unwrap();
+        let (SourceConfig::Kafka(source), SinkConfig::Kafka(sink)) = (config.source, config.sink)
+        else {
+            panic!("kafka on both ends")
+        };
+        assert_eq!(source.properties["sasl.password"], "from-the-env");
+        assert_eq!(source.properties["sasl.username"], "u");
+        assert_eq!(sink.properties["sasl.password"], "from-a-file");
+
+        let missing = toml
+            .replace(var, "RADIOGATE_TEST_SECRET_UNSET_5D1E")
+            .replace(&secret_file.display().to_string(), "/nonexistent/secret");
+        let err = from_toml(&missing).unwrap_err().to_string();
+        assert!(
+            err.contains("source.properties.\"sasl.password\": environment variable RADIOGATE_TEST_SECRET_UNSET_5D1E is not set"),
+            "{err}"
+        );
+        assert!(
+            err.contains("sink.properties.\"sasl.password\": cannot read /nonexistent/secret"),
+            "{err}"
+        );
+        assert!(!err.contains("from-the-env") && !err.contains("from-a-file"));
     }
 
     #[test]
@@ -1542,11 +1691,6 @@ mod tests {
         ));
         assert!(
             msg.starts_with("sink.kind: must be \"kafka\" when source.kind = \"kafka\""),
-            "{msg}"
-        );
-        let msg = field_error(from_toml(&format!("{sink}delivery = \"exactly_once\"\n")));
-        assert!(
-            msg.starts_with("sink.delivery: \"exactly_once\" (transactions) is not implemented"),
             "{msg}"
         );
         let msg = field_error(from_toml(&format!("{sink}delivery = \"sometimes\"\n")));
@@ -1621,6 +1765,7 @@ mod tests {
             results_topic: "r".into(),
             dead_letter_topic: "d".into(),
             delivery: DeliveryMode::AtLeastOnce,
+            transactional_id: None,
             properties,
         };
         for text in [format!("{source:?}"), format!("{sink:?}")] {

@@ -26,6 +26,9 @@ pub enum Origin {
         topic: String,
         partition: i32,
         offset: i64,
+        /// The assignment of the partition the record was read in (see `ack`): 0 until the
+        /// acknowledgement path registers it.
+        generation: u64,
     },
 }
 
@@ -38,6 +41,7 @@ impl Origin {
                 topic,
                 partition,
                 offset,
+                ..
             } => Some(proto::StreamPosition {
                 topic: topic.clone(),
                 partition: *partition,
@@ -54,6 +58,7 @@ impl Origin {
                 topic,
                 partition,
                 offset,
+                ..
             } => format!("{topic}/{partition}@{offset}"),
         }
     }

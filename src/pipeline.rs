@@ -39,9 +39,9 @@ use std::time::{Duration, Instant, SystemTime};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
 
-use crate::ack::{AckContext, Acks};
+use crate::ack::{Ack, AckContext, AckError, Acks};
 use crate::batch;
-use crate::config::{Config, SinkConfig, SourceConfig};
+use crate::config::{Config, DeliveryMode, SinkConfig, SourceConfig};
 use crate::cutout::{CutoutSetupError, Cutter};
 use crate::domain::{Cutout, Detection, ItemError, ModelOutput, Prepared, Rejected, SkyProjection};
 use crate::infer::{InferError, Inference, StartError};
@@ -69,6 +69,8 @@ pub enum PipelineError {
     Thread(String),
     #[error("in-flight work was not delivered within the drain timeout ({0:?})")]
     DrainTimeout(Duration),
+    #[error("acknowledgement: {0}")]
+    Ack(#[from] AckError),
 }
 
 /// What a finished run did: the end-of-run summary.
@@ -118,21 +120,27 @@ enum Intake {
 /// Where results go.
 enum Output {
     File(FileSink),
-    Kafka(KafkaSink<crate::ack::DeliveryContext>),
+    Kafka(KafkaSink),
 }
 
 impl Output {
-    fn write_classification(&mut self, c: &proto::Classification) -> Result<(), SinkError> {
+    /// Writes a classification; `ack`: the stream record it answers.
+    fn write_classification(
+        &mut self,
+        c: &proto::Classification,
+        ack: Option<Ack>,
+    ) -> Result<(), SinkError> {
         match self {
             Output::File(sink) => sink.write_classification(c),
-            Output::Kafka(sink) => sink.write_classification(c),
+            Output::Kafka(sink) => sink.write_classification(c, ack),
         }
     }
 
-    fn write_rejection(&mut self, r: &proto::Rejection) -> Result<(), SinkError> {
+    /// Writes a rejection; `ack`: the stream record it answers.
+    fn write_rejection(&mut self, r: &proto::Rejection, ack: Option<Ack>) -> Result<(), SinkError> {
         match self {
             Output::File(sink) => sink.write_rejection(r),
-            Output::Kafka(sink) => sink.write_rejection(r),
+            Output::Kafka(sink) => sink.write_rejection(r, ack),
         }
     }
 
@@ -148,7 +156,17 @@ impl Output {
 /// Opens the configured source and sink; with Kafka, also the acknowledgement path that
 /// joins them.
 fn open_ends(config: &Config) -> Result<(Intake, Output, Option<Acks>), PipelineError> {
-    let acks = matches!(config.source, SourceConfig::Kafka(_)).then(Acks::new);
+    let acks = match (&config.source, &config.sink) {
+        (SourceConfig::Kafka(_), SinkConfig::Kafka(sink))
+            if sink.delivery == DeliveryMode::ExactlyOnce =>
+        {
+            Some(Acks::exactly_once(
+                crate::sink::kafka::transactional_producer(sink)?,
+            ))
+        }
+        (SourceConfig::Kafka(_), _) => Some(Acks::new()),
+        _ => None,
+    };
     let intake = match (&config.source, &acks) {
         (SourceConfig::Kafka(kafka), Some(acks)) => {
             let source =
@@ -159,13 +177,7 @@ fn open_ends(config: &Config) -> Result<(Intake, Output, Option<Acks>), Pipeline
         (other, _) => Intake::Items(source::open(other)?),
     };
     let output = match &config.sink {
-        SinkConfig::Kafka(kafka) => {
-            let context = acks.as_ref().map_or_else(
-                crate::ack::DeliveryContext::without_acks,
-                Acks::delivery_context,
-            );
-            Output::Kafka(KafkaSink::create(kafka, context)?)
-        }
+        SinkConfig::Kafka(kafka) => Output::Kafka(KafkaSink::create(kafka, acks.as_ref())?),
         SinkConfig::File { .. } => Output::File(FileSink::create(&config.sink)?),
     };
     Ok((intake, output, acks))
@@ -356,6 +368,8 @@ pub async fn run(
             }
         }
     };
+    // The sink is done (a Kafka source only ends on `stop`, e.g. after a sink error).
+    stop.store(true, Ordering::Relaxed);
     let (mut summary, sink_result) = joined
         .map_err(|e| PipelineError::Thread(e.to_string()))?
         .map_err(|_| PipelineError::Thread("the sink thread panicked".into()))?;
@@ -375,25 +389,33 @@ pub async fn run(
     tokio::task::spawn_blocking(move || inference.join())
         .await
         .map_err(|e| PipelineError::Thread(e.to_string()))?;
-    if let (Some(acks), Some(consumer)) = (acks, consumer) {
-        // Everything delivered is stored by now (the producer flushed): commit it, then
-        // leave the group (dropping the consumer closes it).
+    let mut committed = Ok(());
+    if let (Some(acks), Some((consumer, consumed))) = (acks, consumer) {
+        // Everything written is stored by now (the producer flushed) or in the open
+        // transaction: commit it, then leave the group (dropping the consumer closes it).
         let in_flight = acks.in_flight();
-        let committed = acks.commit_sync();
+        committed = consumed.and_then(|()| {
+            if sink_result.is_ok() {
+                acks.commit_final().map_err(PipelineError::from)
+            } else {
+                Ok(())
+            }
+        });
         tokio::task::spawn_blocking(move || drop(consumer))
             .await
             .map_err(|e| PipelineError::Thread(e.to_string()))?;
-        match committed {
+        match &committed {
             Ok(()) => tracing::info!(
                 unacknowledged = in_flight,
                 "offsets committed; left the consumer group"
             ),
             Err(e) => {
-                tracing::error!(error = %e, "final offset commit failed; the next owner repeats the uncommitted records")
+                tracing::error!(error = %e, "final commit failed; the next owner repeats the uncommitted records")
             }
         }
     }
     sink_result?;
+    committed?;
 
     summary.elapsed = started.elapsed();
     summary.model = model;
@@ -403,15 +425,16 @@ pub async fn run(
 
 /// The Kafka source thread: polls, registers each record with the acknowledgement path and
 /// passes it on; while the first queue is full it holds the records it has, pauses the
-/// partitions and keeps polling. Returns the source (its consumer is still in the group)
-/// so that the pipeline commits and closes it after the last delivery.
+/// partitions and keeps polling; commits periodically. Returns the source (its consumer is
+/// still in the group) so that the pipeline commits and closes it after the last delivery,
+/// and Err when the acknowledgement path said the worker must stop (fenced).
 fn consume(
     mut source: KafkaSource<AckContext>,
     acks: &Acks,
     detections_tx: &crossbeam_channel::Sender<Numbered<Result<Detection, Rejected>>>,
     stop: &AtomicBool,
     metrics: &Metrics,
-) -> KafkaSource<AckContext> {
+) -> (KafkaSource<AckContext>, Result<(), PipelineError>) {
     // Records polled but not yet queued. While it is non-empty the partitions are paused on
     // every poll, so at most the records of partitions assigned since the last poll join it.
     let mut held = std::collections::VecDeque::new();
@@ -428,7 +451,7 @@ fn consume(
                     held.push_front(item);
                     break;
                 }
-                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return source,
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return (source, Ok(())),
             }
         }
         if held.is_empty() {
@@ -442,33 +465,44 @@ fn consume(
         } else {
             PAUSED_POLL_TIMEOUT
         };
-        if let Some(item) = source.poll(timeout) {
-            let origin = match &item {
-                Ok(detection) => &detection.origin,
-                Err(rejected) => &rejected.origin,
+        let polled = source.poll(timeout);
+        if let Some(fatal) = source.take_fatal() {
+            tracing::error!(error = %fatal, "stopping intake");
+            return (source, Err(SourceError::from(fatal).into()));
+        }
+        if let Some(mut item) = polled {
+            let origin = match &mut item {
+                Ok(detection) => &mut detection.origin,
+                Err(rejected) => &mut rejected.origin,
             };
             if let crate::domain::Origin::Stream {
                 topic,
                 partition,
                 offset,
+                generation,
             } = origin
-                && !acks.register(topic, *partition, *offset)
             {
-                tracing::debug!(
-                    topic,
-                    partition,
-                    offset,
-                    "record of a partition not (or no longer) assigned"
-                );
+                match acks.register(topic, *partition, *offset) {
+                    Some(g) => *generation = g,
+                    None => tracing::debug!(
+                        topic,
+                        partition,
+                        offset,
+                        "record of a partition not (or no longer) assigned"
+                    ),
+                }
             }
             held.push_back(item);
         }
         if last_commit.elapsed() >= COMMIT_INTERVAL {
-            acks.commit_async();
+            if let Err(e) = acks.commit_periodic() {
+                tracing::error!(error = %e, "stopping intake");
+                return (source, Err(e.into()));
+            }
             last_commit = Instant::now();
         }
     }
-    source
+    (source, Ok(()))
 }
 
 /// The cutout and preprocessing stages for one detection (on a worker thread). A panic in
@@ -638,8 +672,8 @@ fn write_outcome(
     metrics: &Metrics,
 ) -> Result<(), SinkError> {
     let mut received = None;
-    let result = match outcome {
-        Outcome::Rejected(rejected) => Err(rejected),
+    let (ack, result) = match outcome {
+        Outcome::Rejected(rejected) => (Ack::of(&rejected.origin), Err(rejected)),
         Outcome::Inferred {
             ready,
             output,
@@ -647,8 +681,11 @@ fn write_outcome(
             inference_us,
         } => {
             received = Some(ready.detection.received);
-            classification(&ready, &output, config, model, queue_us, inference_us)
-                .map_err(|e| reject(&ready.detection, e))
+            (
+                Ack::of(&ready.detection.origin),
+                classification(&ready, &output, config, model, queue_us, inference_us)
+                    .map_err(|e| reject(&ready.detection, e)),
+            )
         }
     };
     match result {
@@ -659,7 +696,7 @@ fn write_outcome(
                 .or_default() += 1;
             summary.classified += 1;
             let started = Instant::now();
-            let written = sink.write_classification(&c);
+            let written = sink.write_classification(&c, ack);
             metrics.classified(&c, started.elapsed(), received.unwrap_or(started));
             written
         }
@@ -669,7 +706,7 @@ fn write_outcome(
                 .entry(rejected.reason_name().to_string())
                 .or_default() += 1;
             summary.rejected += 1;
-            let written = sink.write_rejection(&rejection(&rejected));
+            let written = sink.write_rejection(&rejection(&rejected), ack);
             metrics.rejected(rejected.reason);
             written
         }

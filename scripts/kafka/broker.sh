@@ -5,8 +5,11 @@
 #   scripts/kafka/broker.sh stop     stop it (SIGTERM, then SIGKILL after 20 s)
 #   scripts/kafka/broker.sh status   exit 0 if it runs and answers, 1 otherwise
 #
-# Every command is idempotent. Environment: KAFKA_PORT (default 9092; the controller
-# listens on KAFKA_PORT + 1), KAFKA_DIR (state: data, pid file, log; default
+# Every command is idempotent. Environment: KAFKA_PORT (default 9092, PLAINTEXT; the
+# controller listens on KAFKA_PORT + 1, a SASL_PLAINTEXT listener with SCRAM-SHA-256/512 on
+# KAFKA_PORT + 2, for the security tests), KAFKA_SCRAM_USER / KAFKA_SCRAM_PASSWORD (the SCRAM
+# user created at start; defaults radiogate / radiogate-test-secret: a loopback test broker's
+# credentials, not a secret), KAFKA_DIR (state: data, pid file, log; default
 # vendor/kafka/run-$KAFKA_PORT), KAFKA_HEAP (default "-Xms256m -Xmx512m": the build machine
 # is small and shared). Jars come from Maven Central (scripts/kafka/pom.xml) into
 # vendor/kafka/lib, which is gitignored.
@@ -15,6 +18,9 @@ cd "$(dirname "$0")/../.."
 
 port="${KAFKA_PORT:-9092}"
 controller_port=$((port + 1))
+sasl_port=$((port + 2))
+scram_user="${KAFKA_SCRAM_USER:-radiogate}"
+scram_password="${KAFKA_SCRAM_PASSWORD:-radiogate-test-secret}"
 lib="vendor/kafka/lib"
 dir="${KAFKA_DIR:-vendor/kafka/run-$port}"
 heap="${KAFKA_HEAP:--Xms256m -Xmx512m}"
@@ -55,11 +61,14 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,SASL_PLAINTEXT://127.0.0.1:$sasl_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sasl_port
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 log.dirs=$PWD/$dir/data
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -86,7 +95,11 @@ PROPS
 
 start() {
   if running; then
-    if ready 20; then log "already running on $address (pid $(cat "$pid_file"))"; return; fi
+    if ready 20; then
+      add_scram_user
+      log "already running on $address (pid $(cat "$pid_file"))"
+      return
+    fi
     log "pid $(cat "$pid_file") runs but does not answer; restarting it"
     stop
   fi
@@ -108,7 +121,19 @@ start() {
     stop
     exit 1
   fi
-  log "ready on $address (pid $(cat "$pid_file")) in $((SECONDS - started)) s; log $log_file"
+  add_scram_user
+  log "ready on $address (pid $(cat "$pid_file")) in $((SECONDS - started)) s; SASL/SCRAM on" \
+    "127.0.0.1:$sasl_port; log $log_file"
+}
+
+# The SCRAM user of the SASL listener (an admin request on the PLAINTEXT listener; idempotent).
+add_scram_user() {
+  local mechanism
+  for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+    java_run kafka.admin.ConfigCommand --bootstrap-server "$address" --alter --entity-type users \
+      --entity-name "$scram_user" --add-config "$mechanism=[password=$scram_password]" \
+      >>"$log_file" 2>&1 || { log "cannot create the SCRAM user ($mechanism); see $log_file"; exit 1; }
+  done
 }
 
 stop() {

@@ -1,13 +1,15 @@
 //! The Kafka sink: an idempotent producer (`enable.idempotence=true`, `acks=all`) writing
 //! `Classification`s to the results topic and `Rejection`s to the dead-letter topic, each
 //! keyed by source id, and [`Publisher`], which writes `SourceDetection`s for
-//! `radiogate publish`.
+//! `radiogate publish`. In `exactly_once` the producer is transactional
+//! ([`transactional_producer`]) and messages go out inside the acknowledgement path's
+//! transaction.
 //!
 //! This module owns the producer's settings, encoding and sending, including waiting when
 //! librdkafka's local queue is full (which holds the pipeline back). It does not decide what
-//! a delivered message acknowledges: every message carries the input's stream position as
-//! its delivery opaque, and the producer context it is created with (the acknowledgement
-//! path) acts on the delivery report.
+//! a delivered message acknowledges: every message carries the input record it was made
+//! from as its delivery opaque, and the acknowledgement path acts on the delivery report or
+//! commits the transaction.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,14 +22,19 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 
-use crate::config::KafkaSinkConfig;
-use crate::proto::{self, StreamPosition};
+use crate::ack::{Ack, Acks, DeliveryContext, TransactionSendError, TransactionalProducer};
+use crate::config::{DeliveryMode, KafkaSinkConfig};
+use crate::proto;
 
 use super::{SinkCounts, SinkError};
 
 /// The delivery opaque of every message: the input record it was made from, when the input
 /// is a stream.
-pub type Input = Box<Option<StreamPosition>>;
+pub type Input = Box<Option<Ack>>;
+
+/// How long `init_transactions` may take (it waits for the previous instance's open
+/// transaction to be aborted).
+const INIT_TRANSACTIONS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a send waits between tries while librdkafka's local queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
@@ -59,6 +66,12 @@ pub fn producer_properties(
         ("linger.ms", "5"),
         // A rejection carries its original message, up to an inline cutout (about 360 KB).
         ("message.max.bytes", "4194304"),
+        // The local queue is part of the pipeline's bounded memory: when the results topic is
+        // slow or unavailable, a full queue holds the sink back, then the whole pipeline,
+        // and the consumer pauses (librdkafka's defaults, 100,000 messages and 1 GB, would
+        // absorb minutes of input first).
+        ("queue.buffering.max.messages", "10000"),
+        ("queue.buffering.max.kbytes", "65536"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -72,6 +85,38 @@ pub fn producer_properties(
     }
     properties.extend(FORCED.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     properties
+}
+
+/// The transactional producer of an `exactly_once` sink, its transactions initialised (which
+/// fences, and aborts the open transaction of, an earlier instance with the same id).
+pub fn transactional_producer(
+    config: &KafkaSinkConfig,
+) -> Result<TransactionalProducer, SinkError> {
+    let id = config
+        .transactional_id
+        .clone()
+        .unwrap_or_else(default_transactional_id);
+    let mut properties = producer_properties(&config.brokers, &config.properties);
+    properties.push(("transactional.id".into(), id.clone()));
+    let producer = producer(properties, DeliveryContext::without_acks())?;
+    producer
+        .init_transactions(INIT_TRANSACTIONS_TIMEOUT)
+        .map_err(kafka_error(format!(
+            "cannot initialise transactions (transactional.id {id})"
+        )))?;
+    tracing::info!(transactional_id = %id, "transactional producer ready");
+    Ok(producer)
+}
+
+/// `radiogate-<hostname>`: stable across restarts of one instance (a pod's name, a host's).
+fn default_transactional_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("radiogate-{host}")
 }
 
 fn producer<C: ProducerContext<DeliveryOpaque = Input> + 'static>(
@@ -94,7 +139,7 @@ fn send<C: ProducerContext<DeliveryOpaque = Input> + 'static>(
     topic: &str,
     key: &str,
     payload: &[u8],
-    input: Option<StreamPosition>,
+    input: Option<Ack>,
 ) -> Result<(), SinkError> {
     let mut record = BaseRecord::with_opaque_to(topic, Box::new(input)).payload(payload);
     if !key.is_empty() {
@@ -112,9 +157,17 @@ fn send<C: ProducerContext<DeliveryOpaque = Input> + 'static>(
     }
 }
 
+/// How a sink's messages go out.
+enum Producing {
+    /// `at_least_once`: straight to the producer; delivery reports acknowledge.
+    Direct(ThreadedProducer<DeliveryContext>),
+    /// `exactly_once`: inside the acknowledgement path's transaction.
+    Transactional(Acks),
+}
+
 /// Writes results and rejections to their topics.
-pub struct KafkaSink<C: ProducerContext<DeliveryOpaque = Input> + 'static> {
-    producer: ThreadedProducer<C>,
+pub struct KafkaSink {
+    producing: Producing,
     results_topic: String,
     dead_letter_topic: String,
     counts: SinkCounts,
@@ -122,24 +175,45 @@ pub struct KafkaSink<C: ProducerContext<DeliveryOpaque = Input> + 'static> {
     scratch: Vec<u8>,
 }
 
-impl<C: ProducerContext<DeliveryOpaque = Input> + 'static> std::fmt::Debug for KafkaSink<C> {
+impl std::fmt::Debug for KafkaSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaSink")
             .field("results_topic", &self.results_topic)
             .field("dead_letter_topic", &self.dead_letter_topic)
+            .field(
+                "transactional",
+                &matches!(self.producing, Producing::Transactional(_)),
+            )
             .field("counts", &self.counts)
             .finish_non_exhaustive()
     }
 }
 
-impl<C: ProducerContext<DeliveryOpaque = Input> + 'static> KafkaSink<C> {
-    /// Creates the producer with `context`, which receives every delivery report.
-    pub fn create(config: &KafkaSinkConfig, context: C) -> Result<Self, SinkError> {
+impl KafkaSink {
+    /// A sink for `config`. `acks`: the acknowledgement path of a Kafka input (None for
+    /// other input); in `exactly_once` it must be transactional and owns the producer.
+    pub fn create(config: &KafkaSinkConfig, acks: Option<&Acks>) -> Result<Self, SinkError> {
+        let producing = match (config.delivery, acks) {
+            (DeliveryMode::ExactlyOnce, Some(acks)) if acks.is_transactional() => {
+                Producing::Transactional(acks.clone())
+            }
+            (DeliveryMode::ExactlyOnce, _) => {
+                return Err(SinkError::Transaction(
+                    "exactly_once needs a Kafka source and its transactional acknowledgement path"
+                        .into(),
+                ));
+            }
+            (DeliveryMode::AtLeastOnce, acks) => {
+                let context =
+                    acks.map_or_else(DeliveryContext::without_acks, Acks::delivery_context);
+                Producing::Direct(producer(
+                    producer_properties(&config.brokers, &config.properties),
+                    context,
+                )?)
+            }
+        };
         Ok(Self {
-            producer: producer(
-                producer_properties(&config.brokers, &config.properties),
-                context,
-            )?,
+            producing,
             results_topic: config.results_topic.clone(),
             dead_letter_topic: config.dead_letter_topic.clone(),
             counts: SinkCounts::default(),
@@ -147,36 +221,56 @@ impl<C: ProducerContext<DeliveryOpaque = Input> + 'static> KafkaSink<C> {
         })
     }
 
-    /// Queues one classification (key: source id).
-    pub fn write_classification(&mut self, c: &proto::Classification) -> Result<(), SinkError> {
+    /// Queues one classification (key: source id). `ack`: the input record it answers.
+    pub fn write_classification(
+        &mut self,
+        c: &proto::Classification,
+        ack: Option<Ack>,
+    ) -> Result<(), SinkError> {
         self.scratch.clear();
         c.encode(&mut self.scratch)
             .expect("encoding into a Vec cannot run out of room: Vec grows as prost writes");
-        send(
-            &self.producer,
-            &self.results_topic,
-            &c.source_id,
-            &self.scratch,
-            c.stream.clone(),
-        )?;
-        self.counts.classifications += 1;
+        if self.send(Topic::Results, &c.source_id, ack)? {
+            self.counts.classifications += 1;
+        }
         Ok(())
     }
 
-    /// Queues one rejection (key: source id, when known).
-    pub fn write_rejection(&mut self, r: &proto::Rejection) -> Result<(), SinkError> {
+    /// Queues one rejection (key: source id, when known). `ack`: the input record it answers.
+    pub fn write_rejection(
+        &mut self,
+        r: &proto::Rejection,
+        ack: Option<Ack>,
+    ) -> Result<(), SinkError> {
         self.scratch.clear();
         r.encode(&mut self.scratch)
             .expect("encoding into a Vec cannot run out of room: Vec grows as prost writes");
-        send(
-            &self.producer,
-            &self.dead_letter_topic,
-            &r.source_id,
-            &self.scratch,
-            r.stream.clone(),
-        )?;
-        self.counts.rejections += 1;
+        if self.send(Topic::DeadLetter, &r.source_id, ack)? {
+            self.counts.rejections += 1;
+        }
         Ok(())
+    }
+
+    /// Sends the encoded message in `scratch`. False when the transaction dropped it (its
+    /// partition was revoked or rewound: the record is read again).
+    fn send(&self, topic: Topic, key: &str, ack: Option<Ack>) -> Result<bool, SinkError> {
+        let topic = match topic {
+            Topic::Results => self.results_topic.as_str(),
+            Topic::DeadLetter => self.dead_letter_topic.as_str(),
+        };
+        match &self.producing {
+            Producing::Direct(producer) => {
+                send(producer, topic, key, &self.scratch, ack).map(|()| true)
+            }
+            Producing::Transactional(acks) => acks
+                .send_in_transaction(ack.as_ref(), |producer| {
+                    send(producer, topic, key, &self.scratch, ack.clone())
+                })
+                .map_err(|e| match e {
+                    TransactionSendError::Send(e) => e,
+                    other => SinkError::Transaction(other.to_string()),
+                }),
+        }
     }
 
     /// Messages queued so far, by kind.
@@ -184,13 +278,22 @@ impl<C: ProducerContext<DeliveryOpaque = Input> + 'static> KafkaSink<C> {
         self.counts
     }
 
-    /// Waits up to `timeout` for every queued message's delivery report.
+    /// `at_least_once`: waits up to `timeout` for every queued message's delivery report.
+    /// `exactly_once`: nothing; the final commit of the transaction delivers them.
     pub fn finish(self, timeout: Duration) -> Result<SinkCounts, SinkError> {
-        self.producer
-            .flush(timeout)
-            .map_err(kafka_error("delivering the last results"))?;
+        if let Producing::Direct(producer) = &self.producing {
+            producer
+                .flush(timeout)
+                .map_err(kafka_error("delivering the last results"))?;
+        }
         Ok(self.counts)
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Topic {
+    Results,
+    DeadLetter,
 }
 
 /// The publisher's producer context: counts detections the broker did not take.

@@ -54,6 +54,9 @@ pub enum SinkError {
     /// delivered in time.
     #[error(transparent)]
     Kafka(#[from] kafka::KafkaSinkError),
+    /// A message could not be sent in the open transaction (`exactly_once`).
+    #[error("kafka transaction: {0}")]
+    Transaction(String),
     /// Some messages were refused by the broker or expired before delivery.
     #[error("{failed} of {sent} messages to {topic} were not delivered")]
     Undelivered {

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use prost::Message as _;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 
 use crate::config::KafkaSourceConfig;
@@ -33,7 +33,10 @@ const FORCED: [(&str, &str); 2] = [
     ("enable.auto.offset.store", "false"),
 ];
 
-/// Why the Kafka consumer could not start.
+/// How long the consumer may take to reach the brokers at start.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the Kafka consumer could not start, or must stop.
 #[derive(Debug, thiserror::Error)]
 #[error("kafka consumer ({brokers}, topic {topic}): {source}")]
 pub struct ConsumerError {
@@ -49,6 +52,10 @@ pub struct KafkaSource<C: ConsumerContext + 'static> {
     consumer: Arc<BaseConsumer<C>>,
     /// Whether the assigned partitions are paused (downstream is full).
     paused: bool,
+    /// An error retrying cannot cure (authentication refused): the worker must stop.
+    fatal: Option<KafkaError>,
+    brokers: String,
+    topic: String,
 }
 
 impl<C: ConsumerContext + 'static> std::fmt::Debug for KafkaSource<C> {
@@ -88,8 +95,9 @@ pub fn consumer_properties(config: &KafkaSourceConfig) -> Vec<(String, String)> 
 }
 
 impl<C: ConsumerContext + 'static> KafkaSource<C> {
-    /// Creates the consumer with `context` (which receives its rebalances) and subscribes.
-    /// Connecting happens in the background; a broker that is down shows in the logs.
+    /// Creates the consumer with `context` (which receives its rebalances), checks that the
+    /// brokers answer with these settings (a refused login or unreachable brokers stop the
+    /// start with the reason), and subscribes.
     pub fn open(config: &KafkaSourceConfig, context: C) -> Result<Self, Box<ConsumerError>> {
         let error = |source| {
             Box::new(ConsumerError {
@@ -103,12 +111,42 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
             client.set(key, value);
         }
         let consumer: BaseConsumer<C> = client.create_with_context(context).map_err(error)?;
+        if let Err(e) = consumer.fetch_metadata(Some(&config.topic), CONNECT_TIMEOUT) {
+            // librdkafka posts the cause (e.g. a refused login) as an error event on the
+            // consumer's queue; the metadata error only says the transport failed.
+            let cause = (0..20)
+                .find_map(|_| match consumer.poll(Duration::from_millis(50)) {
+                    Some(Err(e))
+                        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Authentication) =>
+                    {
+                        Some(e)
+                    }
+                    _ => None,
+                })
+                .unwrap_or(e);
+            return Err(error(cause));
+        }
         consumer
             .subscribe(&[config.topic.as_str()])
             .map_err(error)?;
         Ok(Self {
             consumer: Arc::new(consumer),
             paused: false,
+            fatal: None,
+            brokers: config.brokers.clone(),
+            topic: config.topic.clone(),
+        })
+    }
+
+    /// An error that retrying cannot cure, seen by [`KafkaSource::poll`]: the worker must
+    /// stop.
+    pub fn take_fatal(&mut self) -> Option<Box<ConsumerError>> {
+        self.fatal.take().map(|source| {
+            Box::new(ConsumerError {
+                brokers: self.brokers.clone(),
+                topic: self.topic.clone(),
+                source,
+            })
         })
     }
 
@@ -119,18 +157,22 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
 
     /// Waits up to `timeout` for the next record. None when none came (or the poll served
     /// only rebalances and errors, which are logged: librdkafka retries on its own).
-    pub fn poll(&self, timeout: Duration) -> Option<Result<Detection, Rejected>> {
+    pub fn poll(&mut self, timeout: Duration) -> Option<Result<Detection, Rejected>> {
         match self.consumer.poll(timeout)? {
             Ok(message) => {
                 let origin = Origin::Stream {
                     topic: message.topic().to_string(),
                     partition: message.partition(),
                     offset: message.offset(),
+                    generation: 0,
                 };
                 Some(decode(message.payload(), origin))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "kafka consumer error");
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Authentication) {
+                    self.fatal = Some(e);
+                }
                 None
             }
         }
@@ -235,6 +277,7 @@ mod tests {
             topic: "detections".into(),
             partition: 2,
             offset: 41,
+            generation: 0,
         }
     }
 

@@ -88,6 +88,7 @@ impl Topics {
             results_topic: self.results.clone(),
             dead_letter_topic: self.dead.clone(),
             delivery: DeliveryMode::AtLeastOnce,
+            transactional_id: None,
             properties: BTreeMap::new(),
         });
         config.cutout.mosaics = vec![common::sample_dir()];
@@ -563,27 +564,68 @@ fn distinct_ids(reader: &Reader, topic: &str) -> HashMap<String, usize> {
 
 /// The real `radiogate run` binary on a configuration file, from the repository root.
 fn spawn_worker(config: &std::path::Path) -> std::process::Child {
+    spawn_worker_with(config, &[])
+}
+
+fn spawn_worker_with(config: &std::path::Path, env: &[(&str, &str)]) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_radiogate"))
         .args(["--log-level", "warn", "run", "--config"])
         .arg(config)
+        .envs(env.iter().copied())
         .current_dir(common::repo())
         .stdin(std::process::Stdio::null())
         .spawn()
         .expect("radiogate runs")
 }
 
-#[test]
-fn kill_9_mid_stream_then_restart_loses_nothing() {
-    let verdicts = offline_verdicts();
-    let topics = Topics::create("kill");
-    let n = 600;
-    publish(&topics.input, &positions("pos", n, &verdicts));
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("worker.toml");
+/// Sends `signal` (e.g. "-TERM") to a worker process.
+fn signal(child: &std::process::Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal}");
+}
+
+/// SIGTERM, then the exit status: the graceful path of the real binary (drain, commit,
+/// leave the group, exit 0).
+fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    signal(&child, "-TERM");
+    child.wait().expect("reaped")
+}
+
+/// Peak resident memory of a process so far (kB), from /proc.
+fn peak_rss_kb(child: &std::process::Child) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A worker configuration file for the real binary: Kafka on both ends, small queues and
+/// batches (so that stops land with work in flight), a short session timeout (so that a
+/// killed member's partitions move on quickly).
+fn worker_config(
+    dir: &std::path::Path,
+    name: &str,
+    topics: &Topics,
+    mode: DeliveryMode,
+    transactional_id: &str,
+) -> std::path::PathBuf {
+    let delivery = match mode {
+        DeliveryMode::AtLeastOnce => "delivery = \"at_least_once\"\n".to_string(),
+        DeliveryMode::ExactlyOnce => {
+            format!("delivery = \"exactly_once\"\ntransactional_id = \"{transactional_id}\"\n")
+        }
+    };
     let toml = format!(
         "[source]\nkind = \"kafka\"\nbrokers = \"{b}\"\ngroup_id = \"{g}\"\ntopic = \"{i}\"\n\
          properties = {{ \"session.timeout.ms\" = \"6000\" }}\n\
          [sink]\nkind = \"kafka\"\nbrokers = \"{b}\"\nresults_topic = \"{r}\"\ndead_letter_topic = \"{d}\"\n\
+         {delivery}\
          [cutout]\nmosaics = [\"{m}\"]\n[inference]\nmodel = \"{model}\"\n\
          [pipeline]\nqueue_capacity = 32\n[batch]\nmax_batch = 8\n",
         b = brokers(),
@@ -594,48 +636,321 @@ fn kill_9_mid_stream_then_restart_loses_nothing() {
         m = common::sample_dir().display(),
         model = common::model().display(),
     );
-    std::fs::write(&config, toml).expect("write config");
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml).expect("write config");
+    path
+}
 
-    let mut reader = Reader::new(&[&topics.results, &topics.dead]);
-    // The killed member holds its partitions until its session times out: keep that short.
-    let mut first = spawn_worker(&config);
-    reader.wait_for(150, Duration::from_secs(300));
-    first.kill().expect("SIGKILL");
-    first.wait().expect("reaped");
-    let before = distinct_ids(&reader, &topics.results).len();
-    assert!(before < n, "killed mid-stream ({before} of {n} done)");
-
-    let mut second = spawn_worker(&config);
-    // Each round waits for as many messages as ids are missing (duplicates make another round).
+/// Reads until every one of `n` source ids has a classification (duplicates make another
+/// round of waiting).
+fn wait_for_every_id(reader: &mut Reader, topic: &str, n: usize, timeout: Duration) {
     loop {
-        let missing = n - distinct_ids(&reader, &topics.results).len();
+        let missing = n - distinct_ids(reader, topic).len();
         if missing == 0 {
-            break;
+            return;
         }
-        reader.wait_for(reader.messages.len() + missing, Duration::from_secs(300));
+        reader.wait_for(reader.messages.len() + missing, timeout);
     }
-    // SIGTERM: the graceful path of the real binary (drain, commit, leave, exit 0).
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
-    let exit = second.wait().expect("reaped");
-    assert!(exit.success(), "graceful exit on SIGTERM: {exit:?}");
-    reader.drain(Duration::from_secs(2));
+}
 
-    let ids = distinct_ids(&reader, &topics.results);
+/// What the results say after a disturbed run: every id at least once; in `exactly_once`
+/// (whose reader is `read_committed`) exactly once. Returns the number of repeats.
+fn check_delivery(reader: &Reader, topics: &Topics, n: usize, mode: DeliveryMode) -> usize {
+    let ids = distinct_ids(reader, &topics.results);
     assert_eq!(ids.len(), n, "every source id at least once");
     assert!(reader.rejections(&topics.dead).is_empty());
     let repeated: usize = ids.values().map(|c| c - 1).sum();
-    eprintln!(
-        "kill -9 at {before} of {n}: {repeated} results repeated after the restart (at least once)"
-    );
+    if mode == DeliveryMode::ExactlyOnce {
+        let twice: Vec<_> = ids.iter().filter(|(_, c)| **c > 1).take(5).collect();
+        assert_eq!(repeated, 0, "exactly once: repeated ids, e.g. {twice:?}");
+    }
     for (committed, end) in committed_and_end(&topics.group, &topics.input) {
         assert_eq!(
             committed,
             Some(end),
-            "committed to the end after the graceful stop"
+            "committed to the end of each partition after the graceful stop"
         );
     }
+    repeated
+}
+
+/// `kill -9` of the worker in the middle of a 5,000-detection stream, then a restart.
+fn kill_9_mid_stream_then_restart(mode: DeliveryMode, name: &str) {
+    let verdicts = offline_verdicts();
+    let topics = Topics::create(name);
+    let n = 5000;
+    publish(&topics.input, &positions("pos", n, &verdicts));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = worker_config(dir.path(), "worker", &topics, mode, &unique("txn"));
+
+    let mut reader = Reader::new(&[&topics.results, &topics.dead]);
+    let mut first = spawn_worker(&config);
+    reader.wait_for(1500, Duration::from_secs(600));
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reaped");
+    reader.drain(Duration::from_secs(1));
+    let before = distinct_ids(&reader, &topics.results).len();
+    assert!(before < n, "killed mid-stream ({before} of {n} done)");
+
+    // The same configuration: in exactly_once the same transactional.id, which aborts the
+    // killed instance's open transaction at once.
+    let second = spawn_worker(&config);
+    wait_for_every_id(&mut reader, &topics.results, n, Duration::from_secs(600));
+    let exit = terminate(second);
+    assert!(exit.success(), "graceful exit on SIGTERM: {exit:?}");
+    reader.drain(Duration::from_secs(2));
+    let repeated = check_delivery(&reader, &topics, n, mode);
+    eprintln!(
+        "{mode:?}: kill -9 at {before} of {n}: {repeated} results repeated after the restart"
+    );
+}
+
+#[test]
+fn kill_9_mid_stream_then_restart_loses_nothing() {
+    kill_9_mid_stream_then_restart(DeliveryMode::AtLeastOnce, "kill-alo");
+}
+
+#[test]
+fn kill_9_mid_stream_then_restart_in_exactly_once_repeats_nothing() {
+    kill_9_mid_stream_then_restart(DeliveryMode::ExactlyOnce, "kill-eos");
+}
+
+/// Two workers in one group; one of them stopped (SIGTERM, or SIGKILL with `kill`) in the
+/// middle of the stream; the other finishes it.
+fn two_workers_one_stopped(mode: DeliveryMode, kill: bool, name: &str) {
+    let verdicts = offline_verdicts();
+    let topics = Topics::create(name);
+    let n = 2000;
+    publish(&topics.input, &positions("pos", n, &verdicts));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = worker_config(dir.path(), "a", &topics, mode, &unique("txn-a"));
+    let b = worker_config(dir.path(), "b", &topics, mode, &unique("txn-b"));
+
+    let mut reader = Reader::new(&[&topics.results, &topics.dead]);
+    let mut first = spawn_worker(&a);
+    let second = spawn_worker(&b);
+    reader.wait_for(n / 4, Duration::from_secs(600));
+    if kill {
+        first.kill().expect("SIGKILL");
+        first.wait().expect("reaped");
+    } else {
+        let exit = terminate(first);
+        assert!(exit.success(), "graceful exit on SIGTERM: {exit:?}");
+    }
+    let at = distinct_ids(&reader, &topics.results).len();
+    assert!(at < n, "stopped mid-stream ({at} of {n} done)");
+    wait_for_every_id(&mut reader, &topics.results, n, Duration::from_secs(600));
+    let exit = terminate(second);
+    assert!(exit.success(), "graceful exit on SIGTERM: {exit:?}");
+    reader.drain(Duration::from_secs(2));
+    let repeated = check_delivery(&reader, &topics, n, mode);
+    eprintln!(
+        "{mode:?}: one of two workers {} at {at} of {n}: {repeated} repeated",
+        if kill { "killed" } else { "stopped" }
+    );
+}
+
+#[test]
+fn two_workers_one_stopped_gracefully_lose_nothing() {
+    two_workers_one_stopped(DeliveryMode::AtLeastOnce, false, "two-term-alo");
+}
+
+#[test]
+fn two_workers_one_killed_lose_nothing() {
+    two_workers_one_stopped(DeliveryMode::AtLeastOnce, true, "two-kill-alo");
+}
+
+#[test]
+fn two_workers_one_stopped_gracefully_in_exactly_once_repeat_nothing() {
+    two_workers_one_stopped(DeliveryMode::ExactlyOnce, false, "two-term-eos");
+}
+
+#[test]
+fn two_workers_one_killed_in_exactly_once_repeat_nothing() {
+    two_workers_one_stopped(DeliveryMode::ExactlyOnce, true, "two-kill-eos");
+}
+
+#[test]
+fn a_zombie_is_fenced_by_its_successor_and_nothing_repeats() {
+    let verdicts = offline_verdicts();
+    let topics = Topics::create("zombie");
+    let n = 1500;
+    publish(&topics.input, &positions("pos", n, &verdicts));
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Both instances claim one transactional.id: the second fences the first.
+    let txn = unique("txn");
+    let config = worker_config(dir.path(), "w", &topics, DeliveryMode::ExactlyOnce, &txn);
+
+    let mut reader = Reader::new(&[&topics.results, &topics.dead]);
+    let mut zombie = spawn_worker(&config);
+    reader.wait_for(200, Duration::from_secs(600));
+    let successor = spawn_worker(&config);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let zombie_exit = loop {
+        if let Some(status) = zombie.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fenced instance did not stop"
+        );
+        reader.drain(Duration::from_millis(200));
+    };
+    assert!(
+        !zombie_exit.success(),
+        "a fenced worker exits with an error: {zombie_exit:?}"
+    );
+    wait_for_every_id(&mut reader, &topics.results, n, Duration::from_secs(600));
+    let exit = terminate(successor);
+    assert!(exit.success(), "graceful exit on SIGTERM: {exit:?}");
+    reader.drain(Duration::from_secs(2));
+    check_delivery(&reader, &topics, n, DeliveryMode::ExactlyOnce);
+}
+
+#[test]
+fn a_throttled_results_topic_pauses_the_worker_without_loss_or_growth() {
+    let files = sample_files();
+    let topics = Topics::create("throttle");
+    // Inline cutouts (about 360 KB each): reading them all in would take 180 MB.
+    let n = 500;
+    let detections: Vec<_> = (0..n)
+        .map(|i| {
+            let (stem, bytes) = &files[i % files.len()];
+            inline(format!("inline-{i}-{stem}"), bytes)
+        })
+        .collect();
+    publish(&topics.input, &detections);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = worker_config(dir.path(), "w", &topics, DeliveryMode::AtLeastOnce, "");
+    // The broker throttles this producer to about one result a second; its local queue is
+    // kept small, so the pipeline behind it fills and the consumer must pause.
+    let client_id = unique("throttled");
+    set_producer_quota(&client_id, Some(1024));
+    let toml = std::fs::read_to_string(&config).expect("config").replace(
+        "dead_letter_topic",
+        &format!(
+            "properties = {{ \"client.id\" = \"{client_id}\", \"queue.buffering.max.messages\" = \"20\" }}\ndead_letter_topic"
+        ),
+    );
+    std::fs::write(&config, toml).expect("write config");
+
+    let mut reader = Reader::new(&[&topics.results, &topics.dead]);
+    let worker = spawn_worker(&config);
+    reader.drain(Duration::from_secs(30));
+    let during = reader.messages.len();
+    let rss_throttled = peak_rss_kb(&worker);
+    assert!(
+        during < n / 2,
+        "throttled: {during} of {n} delivered in 30 s"
+    );
+    set_producer_quota(&client_id, None);
+    wait_for_every_id(&mut reader, &topics.results, n, Duration::from_secs(600));
+    let rss_end = peak_rss_kb(&worker);
+    let exit = terminate(worker);
+    assert!(exit.success(), "graceful exit on SIGTERM: {exit:?}");
+    reader.drain(Duration::from_secs(2));
+    check_delivery(&reader, &topics, n, DeliveryMode::AtLeastOnce);
+    eprintln!(
+        "throttled: {during} of {n} delivered in 30 s; peak RSS {} MB throttled, {} MB at the end",
+        rss_throttled / 1024,
+        rss_end / 1024
+    );
+    assert!(
+        rss_end < 300 * 1024,
+        "memory bounded: peak RSS {} MB",
+        rss_end / 1024
+    );
+}
+
+/// Sets (or with None removes) a broker-side produce quota for a client id, with the
+/// broker's own tool.
+fn set_producer_quota(client_id: &str, bytes_per_second: Option<u64>) {
+    let change = match bytes_per_second {
+        Some(rate) => vec![
+            "--add-config".to_string(),
+            format!("producer_byte_rate={rate}"),
+        ],
+        None => vec![
+            "--delete-config".to_string(),
+            "producer_byte_rate".to_string(),
+        ],
+    };
+    let output = std::process::Command::new("java")
+        .arg("-cp")
+        .arg(common::repo().join("vendor/kafka/lib/*"))
+        .args([
+            "kafka.admin.ConfigCommand",
+            "--bootstrap-server",
+            &brokers(),
+            "--alter",
+        ])
+        .args(["--entity-type", "clients", "--entity-name", client_id])
+        .args(change)
+        .output()
+        .expect("java runs the broker's ConfigCommand");
+    assert!(
+        output.status.success(),
+        "quota not set: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The SASL/SCRAM listener of the test broker (`scripts/kafka/broker.sh`: the PLAINTEXT port + 2).
+fn sasl_brokers() -> String {
+    std::env::var("RADIOGATE_TEST_KAFKA_SASL").unwrap_or_else(|_| "127.0.0.1:9094".into())
+}
+
+#[test]
+fn sasl_scram_logs_in_with_the_right_secret_and_is_refused_with_the_wrong_one() {
+    let verdicts = offline_verdicts();
+    let topics = Topics::create("sasl");
+    let n = 20;
+    publish(&topics.input, &positions("pos", n, &verdicts));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = worker_config(dir.path(), "w", &topics, DeliveryMode::AtLeastOnce, "");
+    // The same worker over SCRAM-SHA-512, its secret read from the environment.
+    let security = "\"security.protocol\" = \"SASL_PLAINTEXT\", \"sasl.mechanism\" = \"SCRAM-SHA-512\", \
+                    \"sasl.username\" = \"radiogate\", \"sasl.password\" = { env = \"RADIOGATE_TEST_SCRAM\" }";
+    let toml = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace(
+            &format!("brokers = \"{}\"", brokers()),
+            &format!("brokers = \"{}\"", sasl_brokers()),
+        )
+        .replace(
+            "properties = { \"session.timeout.ms\" = \"6000\" }",
+            &format!("properties = {{ {security} }}"),
+        )
+        .replace(
+            "dead_letter_topic",
+            &format!("properties = {{ {security} }}\ndead_letter_topic"),
+        );
+    std::fs::write(&config, toml).expect("write config");
+    let secret =
+        std::env::var("KAFKA_SCRAM_PASSWORD").unwrap_or_else(|_| "radiogate-test-secret".into());
+
+    // The wrong secret: refused at start with the reason, never the secret.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_radiogate"))
+        .args(["--log-level", "error", "run", "--config"])
+        .arg(&config)
+        .env("RADIOGATE_TEST_SCRAM", "not-the-secret")
+        .current_dir(common::repo())
+        .output()
+        .expect("radiogate runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "refused: {stderr}");
+    assert!(
+        stderr.contains("Authentication"),
+        "a clear reason: {stderr}"
+    );
+    assert!(
+        !stderr.contains("not-the-secret"),
+        "no secret in errors: {stderr}"
+    );
+
+    let mut reader = Reader::new(&[&topics.results, &topics.dead]);
+    let worker = spawn_worker_with(&config, &[("RADIOGATE_TEST_SCRAM", &secret)]);
+    wait_for_every_id(&mut reader, &topics.results, n, Duration::from_secs(300));
+    let exit = terminate(worker);
+    assert!(exit.success(), "graceful exit on SIGTERM: {exit:?}");
 }
