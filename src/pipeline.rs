@@ -47,6 +47,7 @@ use crate::domain::{Cutout, Detection, ItemError, ModelOutput, Prepared, Rejecte
 use crate::infer::{InferError, Inference, StartError};
 use crate::preprocess;
 use crate::proto::{self, RejectReason};
+use crate::sink::html::HtmlReport;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::{FileSink, SinkError};
 use crate::source::kafka::KafkaSource;
@@ -92,11 +93,13 @@ impl RunSummary {
     }
 }
 
-/// Options of a run that are about the terminal, not the pipeline.
-#[derive(Debug, Clone, Copy, Default)]
+/// Options of a run that are about people, not the pipeline.
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Show a progress bar on standard error (only drawn when it is a terminal).
     pub progress: bool,
+    /// Also write the HTML report of the run here (`sink::html`).
+    pub report: Option<std::path::PathBuf>,
 }
 
 /// How often stored offsets are committed during a Kafka run.
@@ -211,6 +214,11 @@ pub async fn run(
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
     let (intake, sink, acks) = open_ends(&config)?;
+    let report = options
+        .report
+        .as_deref()
+        .map(HtmlReport::create)
+        .transpose()?;
     let setup_config = config.clone();
     let (cutter, (inference, model)) = tokio::task::spawn_blocking(move || {
         let cutter = Cutter::new(&setup_config.cutout)?;
@@ -315,7 +323,7 @@ pub async fn run(
         let (config, model) = (config.clone(), model.clone());
         std::thread::Builder::new()
             .name("radiogate-sink".into())
-            .spawn(move || write_outcomes(outcomes_rx, sink, &config, &model, options))
+            .spawn(move || write_outcomes(outcomes_rx, sink, report, &config, &model, options))
             .map_err(|e| PipelineError::Thread(e.to_string()))?
     };
 
@@ -564,6 +572,7 @@ fn inference_error(e: &InferError) -> ItemError {
 fn write_outcomes(
     mut outcomes_rx: mpsc::Receiver<Numbered<Outcome>>,
     mut sink: Output,
+    mut report: Option<HtmlReport>,
     config: &Config,
     model: &proto::ModelInfo,
     options: RunOptions,
@@ -579,7 +588,14 @@ fn write_outcomes(
             waiting.insert(outcome.seq, outcome);
             while let Some(Numbered { item, .. }) = waiting.remove(&next) {
                 next += 1;
-                write_outcome(item, &mut sink, &mut summary, config, model)?;
+                write_outcome(
+                    item,
+                    &mut sink,
+                    report.as_mut(),
+                    &mut summary,
+                    config,
+                    model,
+                )?;
                 progress.inc(1);
             }
         }
@@ -593,11 +609,22 @@ fn write_outcomes(
             let mut rest: Vec<_> = waiting.drain().collect();
             rest.sort_by_key(|(seq, _)| *seq);
             for (_, Numbered { item, .. }) in rest {
-                write_outcome(item, &mut sink, &mut summary, config, model)?;
+                write_outcome(
+                    item,
+                    &mut sink,
+                    report.as_mut(),
+                    &mut summary,
+                    config,
+                    model,
+                )?;
             }
         }
         progress.finish_and_clear();
-        sink.finish(config.pipeline.drain_timeout)
+        sink.finish(config.pipeline.drain_timeout)?;
+        match report.take() {
+            Some(report) => report.finish().map(|_| ()),
+            None => Ok(()),
+        }
     })();
     (summary, result)
 }
@@ -605,19 +632,23 @@ fn write_outcomes(
 fn write_outcome(
     outcome: Outcome,
     sink: &mut Output,
+    report: Option<&mut HtmlReport>,
     summary: &mut RunSummary,
     config: &Config,
     model: &proto::ModelInfo,
 ) -> Result<(), SinkError> {
-    let result = match outcome {
-        Outcome::Rejected(rejected) => Err(rejected),
+    let (result, ready) = match outcome {
+        Outcome::Rejected(rejected) => (Err(rejected), None),
         Outcome::Inferred {
             ready,
             output,
             queue_us,
             inference_us,
-        } => classification(&ready, &output, config, model, queue_us, inference_us)
-            .map_err(|e| reject(&ready.detection, e)),
+        } => (
+            classification(&ready, &output, config, model, queue_us, inference_us)
+                .map_err(|e| reject(&ready.detection, e)),
+            Some(ready),
+        ),
     };
     match result {
         Ok(c) => {
@@ -626,7 +657,11 @@ fn write_outcome(
                 .entry(label_name(c.label()).to_string())
                 .or_default() += 1;
             summary.classified += 1;
-            sink.write_classification(&c)
+            sink.write_classification(&c)?;
+            match (report, ready) {
+                (Some(report), Some(ready)) => report.add_classification(&c, &ready.prepared),
+                _ => Ok(()),
+            }
         }
         Err(rejected) => {
             *summary
@@ -634,7 +669,12 @@ fn write_outcome(
                 .entry(rejected.reason_name().to_string())
                 .or_default() += 1;
             summary.rejected += 1;
-            sink.write_rejection(&rejection(&rejected))
+            let r = rejection(&rejected);
+            sink.write_rejection(&r)?;
+            match report {
+                Some(report) => report.add_rejection(&r),
+                None => Ok(()),
+            }
         }
     }
 }
