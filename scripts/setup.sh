@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 # gcc, make: rdkafka builds its bundled librdkafka. maven, openjdk-17-jdk-headless: the test
 # broker (scripts/kafka/broker.sh; its readiness probe is a Java source file, hence the JDK).
-apt_packages=(pkg-config libcfitsio-dev protobuf-compiler zlib1g-dev gcc make maven openjdk-17-jdk-headless)
+# chromium: the HTML report test opens the report headless (tests/it/explain.rs).
+apt_packages=(pkg-config libcfitsio-dev protobuf-compiler zlib1g-dev gcc make maven openjdk-17-jdk-headless chromium)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

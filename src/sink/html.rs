@@ -239,3 +239,122 @@ impl HtmlReport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::MODEL_SIZE;
+
+    const PIXELS: usize = MODEL_SIZE * MODEL_SIZE;
+
+    fn prepared() -> Prepared {
+        // A bright square in the middle of the model input.
+        let inside = |i: usize| {
+            let (x, y) = (i % MODEL_SIZE, i / MODEL_SIZE);
+            (60..90).contains(&x) && (60..90).contains(&y)
+        };
+        Prepared {
+            input: Vec::new(),
+            image_u8: (0..PIXELS)
+                .map(|i| if inside(i) { 200 } else { 0 })
+                .collect(),
+            emission: (0..PIXELS).map(inside).collect(),
+            rms: 1.0,
+            threshold: 3.0,
+        }
+    }
+
+    fn classification(source_id: &str, with_attention: bool) -> proto::Classification {
+        let cells: Vec<u8> = (0..900).map(|i| (i % 30) as u8).collect();
+        proto::Classification {
+            source_id: source_id.into(),
+            label: proto::Label::Frii as i32,
+            confidence: 0.875,
+            entropy_bits: 0.5436,
+            attention: with_attention.then(|| proto::AttentionSummary {
+                grid: 30,
+                map_zstd: zstd::bulk::compress(&cells, 3).expect("zstd"),
+                scale: 1.0 / 255.0,
+                on_emission_fraction: 0.25,
+                ..Default::default()
+            }),
+            model: Some(proto::ModelInfo {
+                name: "m<1>".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_page_is_self_contained_escaped_and_holds_every_card_and_rejection() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sub/report.html");
+        let mut report = HtmlReport::create(&path).expect("create");
+        let hostile = r#"<script>alert("x")</script>&'"#;
+        report
+            .add_classification(&classification(hostile, true), &prepared())
+            .expect("card");
+        report
+            .add_classification(&classification("J2", false), &prepared())
+            .expect("card without attention");
+        report
+            .add_rejection(&proto::Rejection {
+                reason: proto::RejectReason::BadFits as i32,
+                detail: "</td><img src=x onerror=alert(1)>".into(),
+                source_id: "bad".into(),
+                input: "in/bad.fits".into(),
+                ..Default::default()
+            })
+            .expect("rejection");
+        let counts = report.finish().expect("finish");
+        assert_eq!(
+            counts,
+            ReportCounts {
+                cards: 2,
+                rejections: 1,
+                without_image: 1
+            }
+        );
+
+        let html = std::fs::read_to_string(&path).expect("report");
+        assert_eq!(html.matches("<figure class=\"card\"").count(), 2);
+        assert_eq!(html.matches("data:image/png;base64,").count(), 1);
+        assert!(html.contains("no overlay: the result of &#x27;J2&#x27; has no attention summary"));
+        // Input strings are escaped wherever they go.
+        assert!(!html.contains("<script>alert"), "{html}");
+        assert!(!html.contains("<img src=x"));
+        assert!(html.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&#x27;"));
+        assert!(html.contains("&lt;/td&gt;&lt;img src=x onerror=alert(1)&gt;"));
+        assert!(html.contains("model m&lt;1&gt;"));
+        // One rejection row with its reason, after the gallery; nothing loaded from outside.
+        let rejections = html.find("<section id=\"rejections\">").expect("section");
+        assert!(html.find("</main>").expect("gallery end") < rejections);
+        assert_eq!(html[rejections..].matches("<tr><td>").count(), 1);
+        assert!(html.contains("<td>bad_fits</td><td>in/bad.fits</td>"));
+        for external in ["http:", "https:", "src=\"//", "@import", "<link"] {
+            assert!(!html.contains(external), "{external}");
+        }
+        assert!(html.trim_end().ends_with("</html>"));
+
+        // The thumbnail decodes to a 150x150 PNG of a few KB.
+        let start = html.find("base64,").expect("data URI") + "base64,".len();
+        let end = start + html[start..].find('"').expect("end of URI");
+        let png = BASE64.decode(&html[start..end]).expect("base64");
+        assert!(png.len() < 16_000, "{} bytes", png.len());
+        let img = image::load_from_memory(&png).expect("PNG");
+        assert_eq!((img.width(), img.height()), (THUMBNAIL, THUMBNAIL));
+    }
+
+    #[test]
+    fn a_report_without_rejections_says_none() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("report.html");
+        let report = HtmlReport::create(&path).expect("create");
+        assert_eq!(report.finish().expect("finish"), ReportCounts::default());
+        let html = std::fs::read_to_string(&path).expect("report");
+        assert!(html.contains("<h2>Rejections (0)</h2>\n<p"));
+        assert!(!html.contains("<table>"));
+        assert!(HtmlReport::create(&dir.path().join("report.html/x")).is_err());
+    }
+}
