@@ -196,6 +196,27 @@ fn explain_command_line_from_a_results_file() {
     assert_eq!(img.width(), 300);
     assert!(img.height() < 300 + 150, "{}", img.height());
 
+    // `classify --report` writes the report beside the results.
+    let report = dir.path().join("report.html");
+    let output = Command::new(env!("CARGO_BIN_EXE_radiogate"))
+        .current_dir(common::repo())
+        .args(["classify", "--quiet", "--model"])
+        .arg(common::model())
+        .arg("--out")
+        .arg(dir.path().join("again.jsonl"))
+        .arg("--report")
+        .arg(&report)
+        .arg(sample(SOURCE))
+        .output()
+        .expect("radiogate runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let html = std::fs::read_to_string(&report).expect("report written");
+    assert_eq!(html.matches("<figure class=\"card\"").count(), 1);
+
     // Without a FITS file or --results, clap refuses (exit 2).
     let refused = Command::new(env!("CARGO_BIN_EXE_radiogate"))
         .args(["explain", "--out"])
@@ -368,4 +389,75 @@ fn hidden_attr_present(dom: &str, index: usize) -> bool {
     card[..card.find('>').expect("tag end")]
         .split_whitespace()
         .any(|a| a == "hidden" || a.starts_with("hidden="))
+}
+
+#[test]
+fn explain_a_catalogue_result_cuts_the_same_window_from_its_mosaic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The source's position from its own file, then a catalogue position 10 pixels
+    // (FIRST: 1.8 arcsec) further north, so that the window is not the file's own.
+    let files_out = dir.path().join("files.jsonl");
+    common::run(common::files_config(vec![sample(SOURCE)], &files_out));
+    let Some(Record::Classification(c)) = common::read(&files_out).into_iter().next() else {
+        panic!("no classification");
+    };
+    let catalog = dir.path().join("catalog.csv");
+    std::fs::write(
+        &catalog,
+        format!("source_id,ra,dec\nJ1,{:.10},{:.10}\n", c.ra, c.dec + 0.005),
+    )
+    .expect("catalogue");
+    let results = dir.path().join("catalog.jsonl");
+    let mut config = common::files_config(vec![], &results);
+    config.source = radiogate::config::SourceConfig::Catalog {
+        path: catalog,
+        survey: "FIRST".into(),
+    };
+    config.cutout.mosaics = vec![common::sample_dir()];
+    common::run(config);
+    let records = common::read(&results);
+    let Some(Record::Classification(c)) = records.first() else {
+        panic!("no classification: {records:?}");
+    };
+    let window = c.cutout.as_ref().expect("provenance");
+    assert_eq!(window.file, sample(SOURCE).display().to_string());
+    assert_ne!(window.y0, 0, "a window of its own");
+
+    let target = Target::Result {
+        results: results.clone(),
+        source_id: "J1".into(),
+        fits: None,
+    };
+    let out = dir.path().join("j1.png");
+    explain::explain(&target, &test_config(), FigureOptions::default(), &out)
+        .expect("explain re-cuts the mosaic");
+    assert_eq!(decode_png(&out).width(), 600);
+
+    // A result whose window does not match what its file gives is refused, not drawn.
+    let Record::Classification(mut moved) = records[0].clone() else {
+        unreachable!()
+    };
+    if let Some(cutout) = moved.cutout.as_mut() {
+        cutout.y0 += 3;
+    }
+    let tampered = dir.path().join("tampered.jsonl");
+    std::fs::write(
+        &tampered,
+        serde_json::to_string(&Record::Classification(moved)).expect("json") + "\n",
+    )
+    .expect("write");
+    let refused = explain::explain(
+        &Target::Result {
+            results: tampered,
+            source_id: "J1".into(),
+            fits: None,
+        },
+        &test_config(),
+        FigureOptions::default(),
+        &dir.path().join("tampered.png"),
+    );
+    assert!(
+        matches!(refused, Err(ExplainError::Window { .. })),
+        "{refused:?}"
+    );
 }
