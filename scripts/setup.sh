@@ -6,11 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# gcc, make, libssl-dev: rdkafka builds its bundled librdkafka (with OpenSSL, for TLS and SASL/SCRAM). maven, openjdk-17-jdk-headless: the test
-# broker (scripts/kafka/broker.sh; its readiness probe is a Java source file, hence the JDK).
-# prometheus: the server that scrapes a running worker (tests/it/prometheus.rs) and promtool,
-# which checks and unit-tests deploy/prometheus (scripts/check-deploy.sh).
-apt_packages=(pkg-config libcfitsio-dev protobuf-compiler zlib1g-dev libssl-dev gcc make maven openjdk-17-jdk-headless prometheus)
+# gcc, make, libssl-dev: rdkafka builds its bundled librdkafka (with OpenSSL, for TLS and
+# SASL/SCRAM). maven, openjdk-17-jdk-headless: the test broker (scripts/kafka/broker.sh; its
+# readiness probe is a Java source file, hence the JDK). prometheus: the server that scrapes a
+# running worker (tests/it/prometheus.rs) and promtool, which checks and unit-tests
+# deploy/prometheus (scripts/check-deploy.sh). chromium: the HTML report test opens the report
+# headless (tests/it/explain.rs).
+apt_packages=(pkg-config libcfitsio-dev protobuf-compiler zlib1g-dev libssl-dev gcc make maven openjdk-17-jdk-headless prometheus chromium)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -63,6 +63,40 @@ pub enum Command {
     /// Send SourceDetection messages (key: source id) from FITS files or a catalogue to a
     /// Kafka topic: how to feed a test stream.
     Publish(PublishArgs),
+    /// Draw a PNG of one source: the cutout, where the model looked (attention heat map),
+    /// emission contours, label and confidence.
+    Explain(ExplainArgs),
+}
+
+/// `radiogate explain`: a FITS cutout (classified now), or `--results` and `--source-id`.
+#[derive(Debug, Clone, Args)]
+pub struct ExplainArgs {
+    /// A results file of `radiogate classify` (JSON Lines or protobuf) to take the source's
+    /// result from, instead of classifying now.
+    #[arg(long, value_name = "FILE", requires = "source_id")]
+    pub results: Option<PathBuf>,
+    /// The source to explain from --results.
+    #[arg(long, value_name = "ID", requires = "results")]
+    pub source_id: Option<String>,
+    /// PNG file to write.
+    #[arg(long, short, value_name = "FILE.png")]
+    pub out: PathBuf,
+    /// Side of the main panel in pixels.
+    #[arg(long, value_name = "PX", default_value_t = 600, value_parser = clap::value_parser!(u32).range(150..=4000))]
+    pub size: u32,
+    /// Add a panel per attention gate (the gates' own maps).
+    #[arg(long)]
+    pub gates: bool,
+    /// Configuration file (model, mosaics, summary grid), as for `classify`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// ONNX model file.
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// The FITS cutout to classify and draw; with --results, the file to cut the source's
+    /// pixels from (default: the file its result names).
+    #[arg(value_name = "FITS", required_unless_present = "results")]
+    pub fits: Option<PathBuf>,
 }
 
 /// `radiogate publish`.
@@ -121,6 +155,10 @@ pub struct ClassifyArgs {
     /// the predictions at the end (needs --out with JSON Lines).
     #[arg(long, value_name = "FILE.csv", requires = "out")]
     pub truth: Option<PathBuf>,
+    /// Also write an HTML report (one self-contained file): a card per source with its
+    /// attention overlay, and the rejections.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
     /// FITS files, or folders searched recursively for *.fits, *.fit, *.fits.fz.
     #[arg(value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
@@ -218,6 +256,22 @@ pub fn classify_config_with_env(
         ));
     }
     Ok(config)
+}
+
+/// The configuration of `explain`: the `--config` file (or defaults), the environment, then
+/// `--model`.
+pub fn explain_config(args: &ExplainArgs) -> Result<Config, ConfigError> {
+    let builder = match &args.config {
+        Some(path) => ConfigBuilder::from_file(path)?,
+        None => ConfigBuilder::new(),
+    };
+    let mut builder = builder.env(std::env::vars())?;
+    if let Some(model) = &args.model {
+        builder
+            .set("inference.model", path_text(model), "--model")
+            .unset("inference.model_name");
+    }
+    builder.build()
 }
 
 /// The configuration of `run` and `check-config`: the file plus the process's overrides.

@@ -22,6 +22,9 @@ fn main() -> ExitCode {
     if let Command::Publish(args) = &cli.command {
         return publish(&cli, args);
     }
+    if let Command::Explain(args) = &cli.command {
+        return explain(&cli, args);
+    }
     let truth = match &cli.command {
         Command::Classify(args) => args.truth.clone().zip(args.out.clone()),
         _ => None,
@@ -46,9 +49,14 @@ fn main() -> ExitCode {
         }
     };
     let metrics = Arc::new(Metrics::new());
+    let report = match &cli.command {
+        Command::Classify(args) => args.report.clone(),
+        _ => None,
+    };
     let options = RunOptions {
         progress,
         metrics: Some(metrics.clone()),
+        report,
     };
     let listen = config.telemetry.listen;
     let outcome = runtime.block_on(async {
@@ -110,7 +118,7 @@ fn load(cli: &Cli) -> anyhow::Result<Option<(Config, bool)>> {
             println!("{}: ok", args.config.display());
             return Ok(None);
         }
-        Command::Publish(_) => return Ok(None),
+        Command::Publish(_) | Command::Explain(_) => return Ok(None),
     };
     cli.global.apply(&mut config);
     Ok(Some((config, !quiet && std::io::stderr().is_terminal())))
@@ -150,6 +158,56 @@ fn publish(cli: &Cli, args: &cli::PublishArgs) -> ExitCode {
                 PipelineError::Source(_) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
+        }
+    }
+}
+
+/// `radiogate explain`: 0 when the picture is written, 1 when it cannot be made, 2 when the
+/// configuration is refused.
+fn explain(cli: &Cli, args: &cli::ExplainArgs) -> ExitCode {
+    let config = match cli::explain_config(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("radiogate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(cli, &config);
+    let target = match (&args.results, &args.source_id) {
+        (Some(results), Some(source_id)) => radiogate::explain::Target::Result {
+            results: results.clone(),
+            source_id: source_id.clone(),
+            fits: args.fits.clone(),
+        },
+        // clap requires a FITS file without --results, and --source-id with it.
+        _ => match &args.fits {
+            Some(fits) => radiogate::explain::Target::Fits(fits.clone()),
+            None => {
+                eprintln!("radiogate: give a FITS file, or --results and --source-id");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let options = radiogate::explain::FigureOptions {
+        size: args.size,
+        gates: args.gates,
+    };
+    match radiogate::explain::explain(&target, &config, options, &args.out) {
+        Ok(done) => {
+            eprintln!(
+                "radiogate: {} ({} {:.3}) drawn to {} ({}x{})",
+                done.source_id,
+                radiogate::explain::label_name(done.label),
+                done.confidence,
+                args.out.display(),
+                done.width,
+                done.height
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("radiogate: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -47,6 +47,7 @@ use crate::domain::{Cutout, Detection, ItemError, ModelOutput, Prepared, Rejecte
 use crate::infer::{InferError, Inference, StartError};
 use crate::preprocess;
 use crate::proto::{self, RejectReason};
+use crate::sink::html::HtmlReport;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::{FileSink, SinkError};
 use crate::source::kafka::KafkaSource;
@@ -95,13 +96,15 @@ impl RunSummary {
     }
 }
 
-/// Options of a run that are about the terminal and the telemetry, not the pipeline.
+/// Options of a run that are about people and the telemetry, not the pipeline.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Show a progress bar on standard error (only drawn when it is a terminal).
     pub progress: bool,
     /// Where the run counts (the telemetry endpoint serves them); None: counted unseen.
     pub metrics: Option<Arc<Metrics>>,
+    /// Also write the HTML report of the run here (`sink::html`).
+    pub report: Option<std::path::PathBuf>,
 }
 
 /// How often stored offsets are committed during a Kafka run.
@@ -231,6 +234,11 @@ pub async fn run(
         acks.observe(metrics.clone());
         metrics.expect_consumer_group();
     }
+    let report = options
+        .report
+        .as_deref()
+        .map(HtmlReport::create)
+        .transpose()?;
     let setup_config = config.clone();
     let (cutter, (inference, model)) = tokio::task::spawn_blocking(move || {
         let cutter = Cutter::new(&setup_config.cutout)?;
@@ -342,6 +350,7 @@ pub async fn run(
                 write_outcomes(
                     outcomes_rx,
                     sink,
+                    report,
                     &config,
                     &model,
                     options.progress,
@@ -624,6 +633,7 @@ fn inference_error(e: &InferError) -> ItemError {
 fn write_outcomes(
     mut outcomes_rx: mpsc::Receiver<Numbered<Outcome>>,
     mut sink: Output,
+    mut report: Option<HtmlReport>,
     config: &Config,
     model: &proto::ModelInfo,
     progress: bool,
@@ -640,7 +650,15 @@ fn write_outcomes(
             waiting.insert(outcome.seq, outcome);
             while let Some(Numbered { item, .. }) = waiting.remove(&next) {
                 next += 1;
-                write_outcome(item, &mut sink, &mut summary, config, model, metrics)?;
+                write_outcome(
+                    item,
+                    &mut sink,
+                    report.as_mut(),
+                    &mut summary,
+                    config,
+                    model,
+                    metrics,
+                )?;
                 progress.inc(1);
             }
         }
@@ -654,11 +672,23 @@ fn write_outcomes(
             let mut rest: Vec<_> = waiting.drain().collect();
             rest.sort_by_key(|(seq, _)| *seq);
             for (_, Numbered { item, .. }) in rest {
-                write_outcome(item, &mut sink, &mut summary, config, model, metrics)?;
+                write_outcome(
+                    item,
+                    &mut sink,
+                    report.as_mut(),
+                    &mut summary,
+                    config,
+                    model,
+                    metrics,
+                )?;
             }
         }
         progress.finish_and_clear();
-        sink.finish(config.pipeline.drain_timeout)
+        sink.finish(config.pipeline.drain_timeout)?;
+        match report.take() {
+            Some(report) => report.finish().map(|_| ()),
+            None => Ok(()),
+        }
     })();
     (summary, result)
 }
@@ -666,27 +696,25 @@ fn write_outcomes(
 fn write_outcome(
     outcome: Outcome,
     sink: &mut Output,
+    report: Option<&mut HtmlReport>,
     summary: &mut RunSummary,
     config: &Config,
     model: &proto::ModelInfo,
     metrics: &Metrics,
 ) -> Result<(), SinkError> {
-    let mut received = None;
-    let (ack, result) = match outcome {
-        Outcome::Rejected(rejected) => (Ack::of(&rejected.origin), Err(rejected)),
+    let (ack, result, ready) = match outcome {
+        Outcome::Rejected(rejected) => (Ack::of(&rejected.origin), Err(rejected), None),
         Outcome::Inferred {
             ready,
             output,
             queue_us,
             inference_us,
-        } => {
-            received = Some(ready.detection.received);
-            (
-                Ack::of(&ready.detection.origin),
-                classification(&ready, &output, config, model, queue_us, inference_us)
-                    .map_err(|e| reject(&ready.detection, e)),
-            )
-        }
+        } => (
+            Ack::of(&ready.detection.origin),
+            classification(&ready, &output, config, model, queue_us, inference_us)
+                .map_err(|e| reject(&ready.detection, e)),
+            Some(ready),
+        ),
     };
     match result {
         Ok(c) => {
@@ -696,9 +724,13 @@ fn write_outcome(
                 .or_default() += 1;
             summary.classified += 1;
             let started = Instant::now();
-            let written = sink.write_classification(&c, ack);
-            metrics.classified(&c, started.elapsed(), received.unwrap_or(started));
-            written
+            sink.write_classification(&c, ack)?;
+            let received = ready.as_ref().map_or(started, |r| r.detection.received);
+            metrics.classified(&c, started.elapsed(), received);
+            match (report, ready) {
+                (Some(report), Some(ready)) => report.add_classification(&c, &ready.prepared),
+                _ => Ok(()),
+            }
         }
         Err(rejected) => {
             *summary
@@ -706,9 +738,13 @@ fn write_outcome(
                 .entry(rejected.reason_name().to_string())
                 .or_default() += 1;
             summary.rejected += 1;
-            let written = sink.write_rejection(&rejection(&rejected), ack);
+            let r = rejection(&rejected);
+            sink.write_rejection(&r, ack)?;
             metrics.rejected(rejected.reason);
-            written
+            match report {
+                Some(report) => report.add_rejection(&r),
+                None => Ok(()),
+            }
         }
     }
 }

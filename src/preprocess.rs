@@ -58,8 +58,12 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
     })?;
     let threshold = THRESHOLD_SIGMA * std;
 
-    let (r0, c0) = (ny / 2 - MODEL_SIZE / 2, nx / 2 - MODEL_SIZE / 2);
-    let crop = pixels.slice(ndarray::s![r0..r0 + MODEL_SIZE, c0..c0 + MODEL_SIZE]);
+    let crop = model_crop(pixels).ok_or_else(|| {
+        ItemError::new(
+            RejectReason::Unspecified,
+            "window smaller than the model input",
+        )
+    })?;
     let mut kept = Vec::with_capacity(MODEL_SIZE * MODEL_SIZE);
     let mut emission = Vec::with_capacity(MODEL_SIZE * MODEL_SIZE);
     let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
@@ -99,6 +103,17 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
         rms: std as f32,
         threshold: threshold as f32,
     })
+}
+
+/// The central `MODEL_SIZE` x `MODEL_SIZE` crop of a window (rows and columns
+/// `n/2 - 75 .. n/2 + 75`), the pixels the model sees; None when the window is smaller.
+pub fn model_crop(pixels: &Array2<f32>) -> Option<ndarray::ArrayView2<'_, f32>> {
+    let (ny, nx) = pixels.dim();
+    if ny < MODEL_SIZE || nx < MODEL_SIZE {
+        return None;
+    }
+    let (r0, c0) = (ny / 2 - MODEL_SIZE / 2, nx / 2 - MODEL_SIZE / 2);
+    Some(pixels.slice(ndarray::s![r0..r0 + MODEL_SIZE, c0..c0 + MODEL_SIZE]))
 }
 
 /// astropy `sigma_clipped_stats(data, sigma=3, maxiters=5)[2]` over the finite `values`;

@@ -7,6 +7,7 @@
 //! builds `proto::Classification`s; the pipeline builds `proto::Rejection`s), nor when to
 //! acknowledge input: the pipeline does that once a write here has returned.
 
+pub mod html;
 pub mod kafka;
 pub mod record;
 

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, a module per capability.
 
 mod common;
+mod explain;
 mod kafka;
 mod offline;
 mod parity;

@@ -1,0 +1,103 @@
+// The report's gallery controls: filter by label and minimum confidence, sort by a field.
+// The state also lives in the URL fragment (#label=FRII&min=0.9&sort=confidence-desc), so
+// a filtered view can be bookmarked or shared. Plain JS, no libraries.
+(function () {
+  "use strict";
+  var gallery = document.getElementById("gallery");
+  var cards = Array.prototype.slice.call(gallery.querySelectorAll(".card"));
+  var label = document.getElementById("label");
+  var min = document.getElementById("min");
+  var minShown = document.getElementById("min-shown");
+  var sort = document.getElementById("sort");
+  var shown = document.getElementById("shown");
+
+  function number(card, key) {
+    var v = parseFloat(card.dataset[key]);
+    return isNaN(v) ? -Infinity : v;
+  }
+
+  function compare(field, descending) {
+    return function (a, b) {
+      var x, y, order;
+      if (field === "id") {
+        x = a.dataset.id;
+        y = b.dataset.id;
+        order = x < y ? -1 : x > y ? 1 : 0;
+      } else {
+        order = number(a, field) - number(b, field);
+      }
+      if (order === 0) {
+        order = Number(a.dataset.seq) - Number(b.dataset.seq);
+      }
+      return descending ? -order : order;
+    };
+  }
+
+  function apply() {
+    var wanted = label.value;
+    var floor = parseFloat(min.value);
+    var parts = sort.value.split("-");
+    var visible = 0;
+    minShown.textContent = floor.toFixed(2);
+    cards.sort(compare(parts[0], parts[1] === "desc"));
+    cards.forEach(function (card) {
+      var keep =
+        (wanted === "all" || card.dataset.label === wanted) &&
+        number(card, "confidence") >= floor;
+      card.hidden = !keep;
+      if (keep) {
+        visible += 1;
+      }
+      gallery.appendChild(card);
+    });
+    shown.textContent = visible + " of " + cards.length + " sources shown";
+  }
+
+  function offers(select, value) {
+    return Array.prototype.some.call(select.options, function (option) {
+      return option.value === value;
+    });
+  }
+
+  function fromFragment() {
+    var state = {};
+    window.location.hash
+      .replace(/^#/, "")
+      .split("&")
+      .forEach(function (pair) {
+        var kv = pair.split("=");
+        if (kv.length === 2) {
+          state[decodeURIComponent(kv[0])] = decodeURIComponent(kv[1]);
+        }
+      });
+    if (state.label && offers(label, state.label)) {
+      label.value = state.label;
+    }
+    if (state.min && !isNaN(parseFloat(state.min))) {
+      min.value = state.min;
+    }
+    if (state.sort && offers(sort, state.sort)) {
+      sort.value = state.sort;
+    }
+  }
+
+  function toFragment() {
+    var hash =
+      "#label=" + encodeURIComponent(label.value) +
+      "&min=" + encodeURIComponent(min.value) +
+      "&sort=" + encodeURIComponent(sort.value);
+    if (window.history && window.history.replaceState) {
+      window.history.replaceState(null, "", hash);
+    }
+  }
+
+  [label, min, sort].forEach(function (control) {
+    control.addEventListener("input", function () {
+      apply();
+      toFragment();
+    });
+  });
+  fromFragment();
+  apply();
+  document.body.dataset.js = "ready";
+})();
