@@ -7,8 +7,7 @@
 //! `RADIOGATE_SCRAPE_OUT=path`: the raw text of the worker's last scrape is written there
 //! (to check dashboard queries against).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,50 +16,12 @@ use radiogate::config::{DEFAULT_SURVEY, SourceConfig};
 use radiogate::publish::{PublishPlan, publish};
 use radiogate::telemetry::METRIC_NAMES;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use crate::common;
+use crate::common::{self, brokers, create_topics, free_port, get, unique};
 
 /// A value of a Kafka property whose key looks secret: it must never reach the logs.
 const SECRET: &str = "obs-test-secret-7f3a";
-
-fn brokers() -> String {
-    std::env::var("RADIOGATE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
-
-fn create_topics(names: &[&str], partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic> = names
-        .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let created = runtime
-        .block_on(admin.create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        ))
-        .expect("the broker answers (is it running? scripts/kafka/broker.sh start)");
-    for result in created {
-        result.expect("topic created");
-    }
-}
 
 /// One message that is not a `SourceDetection`: a dead letter with reason "undecodable".
 fn send_poison(topic: &str) {
@@ -79,31 +40,6 @@ fn send_poison(topic: &str) {
     producer
         .flush(Duration::from_secs(30))
         .expect("the poison message is delivered");
-}
-
-/// A port nobody listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// One HTTP GET; None when nothing answers yet.
-fn get(addr: SocketAddr, path_and_query: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    let request =
-        format!("GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    let response = String::from_utf8(response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
 }
 
 /// Polls `check` every 200 ms until it returns Some, or panics after `timeout`.
