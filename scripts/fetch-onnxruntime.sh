@@ -3,6 +3,9 @@
 # (`load-dynamic`), from the PyPI wheel through pip: no other download.
 #
 #   scripts/fetch-onnxruntime.sh            # -> vendor/onnxruntime/libonnxruntime.so
+#   scripts/fetch-onnxruntime.sh gpu        # -> vendor/onnxruntime-gpu/: the onnxruntime-gpu
+#                                           #    wheel (CUDA 13, cuDNN 9) with its CUDA provider
+#   ORT_DEST=DIR scripts/fetch-onnxruntime.sh gpu   # into DIR instead
 #
 # Idempotent: when the library is already in place it does nothing but print its path.
 # The last line of output is always the path to point ORT_DYLIB_PATH at (radiogate also
@@ -24,12 +27,20 @@ case "$variant" in
     dest="$ROOT/vendor/onnxruntime"
     libs=("libonnxruntime.so.$ORT_VERSION" "libonnxruntime_providers_shared.so")
     ;;
+  gpu | --gpu)
+    # CUDA 13 / cuDNN 9 build; the CUDA, cuBLAS, cuRAND, cuFFT, NVRTC and cuDNN libraries are
+    # not in the wheel (pip's nvidia-* wheels, e.g. those PyTorch installs, provide them).
+    # The TensorRT provider is left out: it needs TensorRT 10 (libnvinfer), which those lack.
+    wheel="onnxruntime-gpu"
+    dest="${ORT_DEST:-$ROOT/vendor/onnxruntime-gpu}"
+    libs=("libonnxruntime.so.$ORT_VERSION" "libonnxruntime_providers_shared.so" "libonnxruntime_providers_cuda.so")
+    ;;
   -h | --help)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
-    echo "fetch-onnxruntime: unknown variant '$variant' (known: cpu)" >&2
+    echo "fetch-onnxruntime: unknown variant '$variant' (known: cpu, gpu)" >&2
     exit 2
     ;;
 esac

@@ -2,9 +2,11 @@
 //! queues, owns their threads and tasks, and decides the order in which they drain.
 //!
 //! ```text
-//! source ─> cutout + preprocess ─> batch ─> infer ─> summarise + sink
-//! (thread)   (worker threads)      (task)   (task;    (thread: results in input order)
-//!                                           sessions on their own threads)
+//! source ─> cutout + preprocess ─> batch ─> infer ─> summarise ─> sink
+//! (thread)   (worker threads)      (task)   (task;    (blocking   (thread: results
+//!                                           sessions  threads,    in input order)
+//!                                           on their  one batch
+//!                                           threads)  each)
 //! ```
 //!
 //! Every queue is bounded by `pipeline.queue_capacity`, so a slow stage holds the ones
@@ -194,12 +196,16 @@ struct CutoutInfo {
 /// A finished item on its way to the sink.
 enum Outcome {
     Rejected(Rejected),
-    Inferred {
-        ready: Box<Ready>,
-        output: ModelOutput,
-        queue_us: u32,
-        inference_us: u32,
-    },
+    Classified(Box<proto::Classification>),
+}
+
+/// What building results needs, shared by the threads that build them off the sink thread
+/// (attention summaries cost about as much as preprocessing: one thread cannot keep up
+/// with a GPU). `permits` bounds the batches being finished at once.
+struct Finish {
+    config: Config,
+    model: proto::ModelInfo,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// Runs the configured source to its end (or until `shutdown` fires) and writes every
@@ -303,19 +309,24 @@ pub async fn run(
     let infer_task = {
         let outcomes_tx = outcomes_tx.clone();
         let inference = inference.clone();
+        let finish = Arc::new(Finish {
+            config: config.clone(),
+            model: model.clone(),
+            permits: Arc::new(tokio::sync::Semaphore::new(config.cutout.workers.max(1))),
+        });
         tokio::spawn(async move {
             while let Some(batch) = batches_rx.recv().await {
-                infer_batch(&inference, batch, &outcomes_tx).await;
+                infer_batch(&inference, batch, &outcomes_tx, &finish).await;
             }
         })
     };
     drop(outcomes_tx);
 
     let sink_thread = {
-        let (config, model) = (config.clone(), model.clone());
+        let config = config.clone();
         std::thread::Builder::new()
             .name("radiogate-sink".into())
-            .spawn(move || write_outcomes(outcomes_rx, sink, &config, &model, options))
+            .spawn(move || write_outcomes(outcomes_rx, sink, &config, options))
             .map_err(|e| PipelineError::Thread(e.to_string()))?
     };
 
@@ -502,12 +513,14 @@ fn cut_and_prepare_inner(cutter: &Cutter, detection: Detection) -> Result<Ready,
     })
 }
 
-/// Runs one batch through the model and passes each item on. A failed batch rejects its
-/// items (with the reason) rather than losing them.
+/// Runs one batch through the model and passes each item on, its result built on a
+/// blocking thread. A failed batch rejects its items (with the reason) rather than losing
+/// them.
 async fn infer_batch(
     inference: &Inference,
     mut batch: Vec<Numbered<Ready>>,
     outcomes_tx: &mpsc::Sender<Numbered<Outcome>>,
+    finish: &Arc<Finish>,
 ) {
     let started = Instant::now();
     // The model input is not needed after inference: move it out instead of copying 90 KB
@@ -520,22 +533,29 @@ async fn infer_batch(
     let inference_us = micros(started.elapsed());
     match result {
         Ok(outputs) => {
-            for (Numbered { seq, item }, output) in batch.into_iter().zip(outputs) {
-                let queue_us = micros(started.saturating_duration_since(item.ready_at));
-                let outcome = Outcome::Inferred {
-                    ready: Box::new(item),
-                    output,
-                    queue_us,
-                    inference_us,
-                };
-                if outcomes_tx
-                    .send(Numbered { seq, item: outcome })
-                    .await
-                    .is_err()
-                {
-                    return;
+            let Ok(permit) = finish.permits.clone().acquire_owned().await else {
+                return; // never closed
+            };
+            let (finish, outcomes_tx) = (finish.clone(), outcomes_tx.clone());
+            tokio::task::spawn_blocking(move || {
+                for (Numbered { seq, item }, output) in batch.into_iter().zip(outputs) {
+                    let queue_us = micros(started.saturating_duration_since(item.ready_at));
+                    let (config, model) = (&finish.config, &finish.model);
+                    let outcome =
+                        match classification(&item, &output, config, model, queue_us, inference_us)
+                        {
+                            Ok(c) => Outcome::Classified(Box::new(c)),
+                            Err(e) => Outcome::Rejected(reject(&item.detection, e)),
+                        };
+                    if outcomes_tx
+                        .blocking_send(Numbered { seq, item: outcome })
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
-            }
+                drop(permit);
+            });
         }
         Err(e) => {
             tracing::error!(error = %e, items = batch.len(), "inference failed; rejecting the batch");
@@ -560,12 +580,11 @@ fn inference_error(e: &InferError) -> ItemError {
     ItemError::new(RejectReason::InferenceFailed, e.to_string())
 }
 
-/// The sink thread: builds results, restores input order, writes, counts, shows progress.
+/// The sink thread: restores input order, writes, counts, shows progress.
 fn write_outcomes(
     mut outcomes_rx: mpsc::Receiver<Numbered<Outcome>>,
     mut sink: Output,
     config: &Config,
-    model: &proto::ModelInfo,
     options: RunOptions,
 ) -> (RunSummary, Result<(), SinkError>) {
     let mut summary = RunSummary::default();
@@ -579,7 +598,7 @@ fn write_outcomes(
             waiting.insert(outcome.seq, outcome);
             while let Some(Numbered { item, .. }) = waiting.remove(&next) {
                 next += 1;
-                write_outcome(item, &mut sink, &mut summary, config, model)?;
+                write_outcome(item, &mut sink, &mut summary)?;
                 progress.inc(1);
             }
         }
@@ -593,7 +612,7 @@ fn write_outcomes(
             let mut rest: Vec<_> = waiting.drain().collect();
             rest.sort_by_key(|(seq, _)| *seq);
             for (_, Numbered { item, .. }) in rest {
-                write_outcome(item, &mut sink, &mut summary, config, model)?;
+                write_outcome(item, &mut sink, &mut summary)?;
             }
         }
         progress.finish_and_clear();
@@ -606,18 +625,10 @@ fn write_outcome(
     outcome: Outcome,
     sink: &mut Output,
     summary: &mut RunSummary,
-    config: &Config,
-    model: &proto::ModelInfo,
 ) -> Result<(), SinkError> {
     let result = match outcome {
         Outcome::Rejected(rejected) => Err(rejected),
-        Outcome::Inferred {
-            ready,
-            output,
-            queue_us,
-            inference_us,
-        } => classification(&ready, &output, config, model, queue_us, inference_us)
-            .map_err(|e| reject(&ready.detection, e)),
+        Outcome::Classified(c) => Ok(*c),
     };
     match result {
         Ok(c) => {

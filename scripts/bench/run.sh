@@ -30,11 +30,11 @@ QUICK="${QUICK:-0}"
 LONG="${LONG:-0}"
 if [[ "$QUICK" == 1 ]]; then
   REPEATS="${REPEATS:-1}" COPIES="${COPIES:-8}" RATE_SECONDS="${RATE_SECONDS:-10}"
-  SWEEP=(--batch 1,16,32 --sessions 1 --threads 1,2 --seconds 2)
+  SWEEP=(--batch 1,4,32 --sessions 1 --threads 1,2 --seconds 2)
   BARE_SECONDS=3
 else
   REPEATS="${REPEATS:-3}" COPIES="${COPIES:-32}" RATE_SECONDS="${RATE_SECONDS:-20}"
-  SWEEP=(--batch 1,8,16,32,64 --sessions 1,2 --threads 1,2 --seconds 3)
+  SWEEP=(--batch 1,2,4,8,32 --sessions 1,2 --threads 1,2 --seconds 3)
   BARE_SECONDS=5
 fi
 BROKERS="${BROKERS:-127.0.0.1:9092}"
