@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 CARGO ?= cargo
 
-.PHONY: demo test setup setup-python build lint test-rust test-python models clean-runs broker-start broker-stop
+.PHONY: demo test setup setup-python build lint test-rust test-python models clean-runs broker-start broker-stop bench
 
 ## Install what is missing, build, classify the bundled sample of real FIRST cutouts.
 demo: setup
@@ -38,3 +38,7 @@ broker-stop:
 
 test-python:
 	cd python && $(PYTHON) -m pytest -q
+
+## Benchmarks (BENCHMARKS.md): `make bench`, `make bench QUICK=1` (minutes), `make bench LONG=1`.
+bench:
+	scripts/bench/run.sh

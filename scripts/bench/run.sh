@@ -19,8 +19,9 @@
 #
 # Environment: REPEATS (3; QUICK: 1), COPIES (32 -> 5,024 items; QUICK: 8), BROKERS
 # (127.0.0.1:9092), CUTOUTS (the MiraBest test cutouts), OUT (out/bench/<UTC time>),
-# LONG_ITEMS (100000), RATE_SECONDS (20; QUICK: 10). Needs the broker
-# (scripts/kafka/broker.sh start), python3 and /usr/bin/time. Prints a summary and writes
+# LONG_ITEMS (100000), RATE_SECONDS (20; QUICK: 10), QUEUE_CAPACITY (pipeline.queue_capacity
+# of every run, default 64: the shipped 256 holds up to ~350 MB of inline cutouts in flight).
+# Needs the broker (scripts/kafka/broker.sh start) and python3. Prints a summary and writes
 # everything to $OUT (summary.json, summary.md, raw JSON lines, logs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -82,15 +83,20 @@ machine >"$OUT/machine-start.json"
 log "$(uptime)"
 
 # The items: COPIES symlinks per cutout, named so that every source id is distinct.
-mkdir -p "$W/items"
-n=0
-for ((c = 1; c <= COPIES; c++)); do
-  for f in "$CUTOUTS"/*.fits; do
-    ln -sf "$f" "$W/items/c$(printf %03d "$c")_$(basename "$f")"
-    n=$((n + 1))
-  done
-done
-ITEMS=$n
+# $1: folder, $2: how many links, $3: name prefix; cycles through the cutouts.
+links() {
+  python3 - "$CUTOUTS" "$@" <<'PY'
+import os, sys
+src, dst, n, prefix = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+files = sorted(f for f in os.listdir(src) if f.endswith(".fits"))
+os.makedirs(dst, exist_ok=True)
+for i in range(n):
+    f = files[i % len(files)]
+    os.symlink(os.path.join(src, f), os.path.join(dst, f"{prefix}{i // len(files):06d}_{f}"))
+PY
+}
+ITEMS=$((COPIES * $(ls "$CUTOUTS"/*.fits | wc -l)))
+links "$W/items" "$ITEMS" c
 cat "$CUTOUTS"/*.fits >/dev/null # page cache
 log "$ITEMS items ($COPIES copies of $(ls "$CUTOUTS"/*.fits | wc -l) cutouts)"
 
@@ -110,6 +116,7 @@ export RADIOGATE__BATCH__MAX_BATCH="$BEST_BATCH"
 export RADIOGATE__INFERENCE__SESSIONS="$BEST_SESSIONS"
 export RADIOGATE__INFERENCE__INTRA_THREADS="$BEST_THREADS"
 export RADIOGATE__INFERENCE__MODEL="$MODEL"
+export RADIOGATE__PIPELINE__QUEUE_CAPACITY="${QUEUE_CAPACITY:-64}"
 
 # Streaming input: published once, read by every round with a fresh consumer group.
 DETECTIONS="$PREFIX.detections"
@@ -134,6 +141,18 @@ dead_letter_topic = "$5"
 EOF
 }
 
+# Runs a command; writes its wall time (s) and peak RSS (KB) to $1.
+timed() {
+  python3 -c '
+import resource, subprocess, sys, time
+t = time.monotonic()
+rc = subprocess.call(sys.argv[2:])
+wall = time.monotonic() - t
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+open(sys.argv[1], "w").write(f"{wall:.3f} {peak}\n")
+sys.exit(rc)' "$@"
+}
+
 # Peak (VmHWM) and current (VmRSS) resident memory of a process, in MB.
 rss_mb() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
@@ -150,8 +169,7 @@ for ((r = 1; r <= REPEATS; r++)); do
     sed "s/^{/{\"round\":$r,/" >>"$OUT/bare.jsonl"
 
   log "round $r/$REPEATS: offline classify"
-  /usr/bin/time -f '%e %M' -o "$W/offline-time" \
-    "$RG" classify --quiet --out "$W/offline-$r.jsonl" "$W/items" 2>>"$OUT/offline.log"
+  timed "$W/offline-time" "$RG" classify --quiet --out "$W/offline-$r.jsonl" "$W/items" 2>>"$OUT/offline.log"
   read -r wall peak_kb <"$W/offline-time"
   python3 - "$W/offline-$r.jsonl" "$r" "$wall" "$peak_kb" >>"$OUT/offline.jsonl" <<'PY'
 import json, sys
@@ -198,9 +216,10 @@ LIVE="$PREFIX.live"
 TOPICS+=("$LIVE" "$LIVE.results" "$LIVE.dead")
 "$RB" topics --brokers "$BROKERS" "$LIVE:4" "$LIVE.results:1:logappend" "$LIVE.dead:1"
 mkdir -p "$W/warmup" "$W/live"
-ls "$W/items" | head -32 | while read -r f; do ln -sf "$W/items/$f" "$W/warmup/w_$f"; done
-ls "$W/items" | head -"$LIVE_ITEMS" | while read -r f; do ln -sf "$W/items/$f" "$W/live/$f"; done
 [[ "$LIVE_ITEMS" -le "$ITEMS" ]] || { log "LIVE_ITEMS > ITEMS: raise COPIES"; exit 1; }
+all=("$W"/items/*)
+for f in "${all[@]:0:32}"; do ln -sf "$f" "$W/warmup/w_$(basename "$f")"; done
+for f in "${all[@]:0:$LIVE_ITEMS}"; do ln -sf "$f" "$W/live/"; done
 worker_config "$W/worker-live.toml" "$LIVE" "$PREFIX-group-live" "$LIVE.results" "$LIVE.dead"
 "$RG" run --config "$W/worker-live.toml" 2>"$OUT/worker-live.log" &
 WORKER_PID=$!
@@ -218,15 +237,7 @@ sed "s/^{/{\"rate\":$RATE,\"peak_rss_mb\":$peak,/" "$W/collect" >"$OUT/latency.j
 #    size would take ~36 GB), resident memory sampled every second.
 if [[ "$LONG" == 1 ]]; then
   log "long run: $LONG_ITEMS detections"
-  mkdir -p "$W/long"
-  k=0
-  while ((k < LONG_ITEMS)); do
-    for f in "$CUTOUTS"/*.fits; do
-      ((k < LONG_ITEMS)) || break
-      ln -sf "$f" "$W/long/l$(printf %06d "$k")_$(basename "$f")"
-      k=$((k + 1))
-    done
-  done
+  links "$W/long" "$LONG_ITEMS" l
   LONGT="$PREFIX.long"
   TOPICS+=("$LONGT" "$LONGT.results" "$LONGT.dead")
   "$RB" topics --brokers "$BROKERS" "$LONGT:4" "$LONGT.results:1:logappend" "$LONGT.dead:1"

@@ -4,7 +4,7 @@
 # of the ONNX Runtime version the CPU build uses), stripped release binaries of radiogate and
 # radiogate-bench, and the shared libraries they link (CFITSIO and its dependencies) in case
 # the GPU machine lacks them. Packed, compressed and split into pieces of at most PIECE_MB
-# (default 45) so that each can travel on its own:
+# (default 52 MiB: with the 9 MB working tree a piece fits one 64 MiB device call):
 #
 #   scripts/gpu/prepare.sh            # -> vendor/gpu/radiogate-gpu.tar.zst.part-NN + .sha256
 #   DEST=dir scripts/gpu/prepare.sh   # elsewhere (a gitignored folder of the repository)
@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
 DEST="${DEST:-vendor/gpu}"
-PIECE_MB="${PIECE_MB:-45}"
+PIECE_MB="${PIECE_MB:-52}"
 log() { echo "gpu/prepare: $*" >&2; }
 
 cargo build --release --quiet --bin radiogate --bin radiogate-bench

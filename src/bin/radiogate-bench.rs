@@ -198,7 +198,7 @@ fn infer(args: &InferArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps `sessions` batches in flight for `seconds`; returns images done and the time.
+/// Keeps `2 * sessions` batches in flight for `seconds`; returns images done and the time.
 async fn sweep_point(
     inference: &Inference,
     images: &[Vec<f32>],
@@ -223,7 +223,9 @@ async fn sweep_point(
     }
     let start = Instant::now();
     let limit = Duration::from_secs_f64(seconds);
-    let tasks: Vec<_> = (0..sessions)
+    // Two callers per session: while a session runs one batch the next one waits in the
+    // queue, as in the pipeline, so a session never idles between batches.
+    let tasks: Vec<_> = (0..2 * sessions)
         .map(|k| {
             let inference = inference.clone();
             let mut batches: Vec<_> = (0..4).map(|j| make(k * 4 + j)).collect();
