@@ -48,11 +48,9 @@ def main(out: Path) -> None:
         "streaming_items_per_s": median(streaming, "items_per_s"),
         "streaming_peak_rss_mb": max(r["peak_rss_mb"] for r in streaming),
         # Per round, against the limit measured in the same round.
-        "offline_ratio_by_round": [
-            o["items_per_s"] / b["images_per_s"] for o, b in zip(offline, bare)
-        ],
+        "offline_ratio_by_round": [o["items_per_s"] / b["images_per_s"] for o, b in zip(offline, bare, strict=True)],
         "streaming_ratio_by_round": [
-            t["items_per_s"] / b["images_per_s"] for t, b in zip(streaming, bare)
+            t["items_per_s"] / b["images_per_s"] for t, b in zip(streaming, bare, strict=True)
         ],
     }
     s["offline_ratio"] = s["offline_items_per_s"] / limit
@@ -81,9 +79,7 @@ def main(out: Path) -> None:
             "items": long[0]["records"],
             "items_per_s": long[0]["items_per_s"],
             "peak_rss_mb": long[0]["peak_rss_mb"],
-            "rss_mb_at_10_50_90_100_pct": [rss[min(q - 1, int(f * q))] for f in (0.1, 0.5, 0.9, 1.0)]
-            if q
-            else None,
+            "rss_mb_at_10_50_90_100_pct": [rss[min(q - 1, int(f * q))] for f in (0.1, 0.5, 0.9, 1.0)] if q else None,
         }
     (out / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
 
