@@ -3,10 +3,10 @@
 # machine that has none: the onnxruntime-gpu libraries (CUDA 13, cuDNN 9, from the PyPI wheel
 # of the ONNX Runtime version the CPU build uses), stripped release binaries of radiogate and
 # radiogate-bench, and the shared libraries they link (CFITSIO and its dependencies) in case
-# the GPU machine lacks them. Packed, compressed and split into pieces of at most PIECE_MB
+# the GPU machine lacks them. Packed, compressed (xz) and split into pieces of at most PIECE_MB
 # (default 52 MiB: with the 9 MB working tree a piece fits one 64 MiB device call):
 #
-#   scripts/gpu/prepare.sh            # -> vendor/gpu/radiogate-gpu.tar.zst.part-NN + .sha256
+#   scripts/gpu/prepare.sh            # -> vendor/gpu/radiogate-gpu.tar.xz.part-NN + .sha256
 #   DEST=dir scripts/gpu/prepare.sh   # elsewhere (a gitignored folder of the repository)
 #
 # The GPU machine needs the CUDA 13 runtime, cuBLAS 13, cuRAND 10, cuFFT and cuDNN 9 (PyPI's
@@ -21,7 +21,7 @@ log() { echo "gpu/prepare: $*" >&2; }
 cargo build --release --quiet --bin radiogate --bin radiogate-bench
 
 stage="$(mktemp -d)"
-pack="$stage.tar.zst"
+pack="$stage.tar.xz"
 trap 'rm -rf "$stage" "$pack"' EXIT
 mkdir -p "$stage/bin" "$stage/syslibs"
 
@@ -46,10 +46,11 @@ objdump -T target/release/radiogate | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail 
 (cd "$stage" && find . -type f ! -name SHA256SUMS -print0 | sort -z | xargs -0 sha256sum >SHA256SUMS)
 
 mkdir -p "$DEST"
-rm -f "$DEST"/radiogate-gpu.tar.zst.part-* "$DEST"/radiogate-gpu.tar.zst.sha256
+rm -f "$DEST"/radiogate-gpu.tar.*
 log "packing into $DEST (pieces of at most $PIECE_MB MB)"
-tar -C "$stage" -cf - . | zstd -q -T0 -12 -o "$pack"
-sha256sum "$pack" | awk '{print $1}' >"$DEST/radiogate-gpu.tar.zst.sha256"
-split -d -a 2 -b "${PIECE_MB}M" "$pack" "$DEST/radiogate-gpu.tar.zst.part-"
-ls -l "$DEST"/radiogate-gpu.tar.zst.* >&2
+# xz: tar and Python's standard library both read it, whatever else the GPU machine lacks.
+tar -C "$stage" -cf - . | xz -T0 -6 >"$pack"
+sha256sum "$pack" | awk '{print $1}' >"$DEST/radiogate-gpu.tar.xz.sha256"
+split -d -a 2 -b "${PIECE_MB}M" "$pack" "$DEST/radiogate-gpu.tar.xz.part-"
+ls -l "$DEST"/radiogate-gpu.tar.xz.* >&2
 log "carry each piece to the GPU machine (one per call if need be), then run scripts/gpu/run.sh there"

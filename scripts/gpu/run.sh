@@ -16,13 +16,16 @@
 #    from memory), with the best batch/sessions of the sweep and several cutout workers.
 #
 # Environment: SRC (vendor/gpu), OUT, ITEMS (200000; QUICK: 50000), WORKERS (cutout worker
-# counts to try, default "$(nproc)-2 and $(nproc)"), PYTHON (python3), DEVICE_ID (0).
+# counts to try, default "$(nproc)-2 and $(nproc)"), PYTHON (the Python whose `nvidia`
+# packages hold the CUDA libraries; default: the first of python3, python, conda's that
+# has them), DEVICE_ID (0).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
 SRC="${SRC:-vendor/gpu}"
 QUICK="${QUICK:-0}"
 OUT="${OUT:-out/gpu/$(date -u +%Y%m%dT%H%M%SZ)}"
+PYTHON_GIVEN="${PYTHON:-}"
 PYTHON="${PYTHON:-python3}"
 DEVICE_ID="${DEVICE_ID:-0}"
 CORES="$(nproc)"
@@ -43,9 +46,9 @@ die() {
 }
 
 # 1. Reassemble and unpack.
-pieces=("$SRC"/radiogate-gpu.tar.zst.part-*)
+pieces=("$SRC"/radiogate-gpu.tar.xz.part-*)
 [[ -f "${pieces[0]}" ]] || die "no pieces in $SRC (run scripts/gpu/prepare.sh where there is network, carry $SRC here)"
-want="$(cat "$SRC/radiogate-gpu.tar.zst.sha256")"
+want="$(cat "$SRC/radiogate-gpu.tar.xz.sha256")"
 unpacked="$SRC/unpacked"
 if [[ ! -f "$unpacked/.sha256" || "$(cat "$unpacked/.sha256")" != "$want" ]]; then
   log "reassembling ${#pieces[@]} pieces"
@@ -53,15 +56,11 @@ if [[ ! -f "$unpacked/.sha256" || "$(cat "$unpacked/.sha256")" != "$want" ]]; th
   [[ "$got" == "$want" ]] || die "pieces do not add up (sha256 $got, expected $want): a piece is missing or damaged"
   rm -rf "$unpacked"
   mkdir -p "$unpacked"
-  cat "${pieces[@]}" | zstd -q -d | tar -C "$unpacked" -xf - 2>/dev/null ||
-    cat "${pieces[@]}" | "$PYTHON" -c '
-import io, sys, tarfile
-try:
-    import zstandard
-except ImportError:
-    sys.exit("neither the zstd tool nor the zstandard Python module is here")
-data = zstandard.ZstdDecompressor().stream_reader(sys.stdin.buffer).read()
-tarfile.open(fileobj=io.BytesIO(data)).extractall(sys.argv[1])' "$unpacked"
+  cat "${pieces[@]}" | tar -C "$unpacked" -xJf - 2>/dev/null ||
+    cat "${pieces[@]}" | python3 -c '
+import sys, tarfile
+tarfile.open(fileobj=sys.stdin.buffer, mode="r|xz").extractall(sys.argv[1])' "$unpacked" ||
+    die "cannot unpack (neither tar with xz nor python3 worked)"
   (cd "$unpacked" && sha256sum --quiet -c SHA256SUMS) || die "unpacked files do not match their checksums"
   echo "$want" >"$unpacked/.sha256"
 fi
@@ -70,7 +69,16 @@ ORT_DIR="$(cd "$unpacked/onnxruntime-gpu" && pwd)"
 RG="$(cd "$unpacked/bin" && pwd)/radiogate"
 RB="$(cd "$unpacked/bin" && pwd)/radiogate-bench"
 
-# 2. CUDA libraries from the Python packages.
+# 2. CUDA libraries from the Python packages: the first Python that has them.
+if [[ -z "$PYTHON_GIVEN" ]] && ! "$PYTHON" -c 'import nvidia' 2>/dev/null; then
+  for py in python3 python /opt/conda/bin/python /usr/local/bin/python3 /usr/bin/python3; do
+    if command -v "$py" >/dev/null && "$py" -c 'import nvidia' 2>/dev/null; then
+      PYTHON="$py"
+      break
+    fi
+  done
+fi
+log "Python with the nvidia-* packages: $PYTHON"
 nvidia_dirs="$("$PYTHON" - <<'PY' 2>/dev/null || true
 import os
 try:
