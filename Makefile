@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 CARGO ?= cargo
 
-.PHONY: demo test setup setup-python build lint test-rust test-python models clean-runs broker-start broker-stop check-deploy
+.PHONY: demo test setup setup-python build lint test-rust test-python models clean-runs broker-start broker-stop check-deploy bench
 
 ## Install what is missing, build, classify the bundled sample of real FIRST cutouts.
 demo: setup
@@ -43,3 +43,7 @@ test-python:
 ## Kubernetes manifests against offline schemas, compose and Dockerfiles (scripts/check-deploy.sh).
 check-deploy:
 	scripts/check-deploy.sh
+
+## Benchmarks (BENCHMARKS.md): `make bench`, `make bench QUICK=1` (minutes), `make bench LONG=1`.
+bench:
+	scripts/bench/run.sh

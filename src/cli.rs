@@ -111,6 +111,10 @@ pub struct PublishArgs {
     /// Send each FITS file's bytes in the message (`fits_cutout`) instead of its path.
     #[arg(long, conflicts_with = "catalog")]
     pub inline: bool,
+    /// Send at most this many detections per second (default: as fast as possible); each
+    /// detection without a `detected_at` is stamped with its send time.
+    #[arg(long, value_name = "PER_SECOND", value_parser = positive_rate)]
+    pub rate: Option<f64>,
     /// CSV catalogue of positions (columns source_id, ra, dec, ...) instead of FITS inputs.
     #[arg(
         long,
@@ -122,6 +126,15 @@ pub struct PublishArgs {
     /// FITS files, or folders searched recursively for them.
     #[arg(value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "expected a positive number of detections per second, got {text:?}"
+        )),
+    }
 }
 
 /// `radiogate classify`: the offline, one-shot form.

@@ -143,6 +143,7 @@ fn publish(cli: &Cli, args: &cli::PublishArgs) -> ExitCode {
         topic: args.topic.clone(),
         source,
         inline: args.inline,
+        rate: args.rate,
     };
     match radiogate::publish::publish(&plan) {
         Ok(summary) => {

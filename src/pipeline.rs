@@ -2,9 +2,11 @@
 //! queues, owns their threads and tasks, and decides the order in which they drain.
 //!
 //! ```text
-//! source ─> cutout + preprocess ─> batch ─> infer ─> summarise + sink
-//! (thread)   (worker threads)      (task)   (task;    (thread: results in input order)
-//!                                           sessions on their own threads)
+//! source ─> cutout + preprocess ─> batch ─> infer ─> summarise ─> sink
+//! (thread)   (worker threads)      (task)   (task;    (blocking   (thread: results
+//!                                           sessions  threads,    in input order)
+//!                                           on their  one batch
+//!                                           threads)  each)
 //! ```
 //!
 //! Every queue is bounded by `pipeline.queue_capacity`, so a slow stage holds the ones
@@ -212,12 +214,27 @@ struct CutoutInfo {
 /// A finished item on its way to the sink.
 enum Outcome {
     Rejected(Rejected),
-    Inferred {
-        ready: Box<Ready>,
-        output: ModelOutput,
-        queue_us: u32,
-        inference_us: u32,
-    },
+    Classified(Box<Classified>),
+}
+
+/// A classification built off the sink thread, with what the sink still needs of its item.
+struct Classified {
+    classification: proto::Classification,
+    /// The stream record it answers (acknowledgements).
+    ack: Option<Ack>,
+    /// When its detection was taken in (end-to-end latency).
+    received: Instant,
+    /// The model's view of it (the HTML report's thumbnail); its model input was moved out.
+    prepared: Prepared,
+}
+
+/// What building results needs, shared by the threads that build them off the sink thread
+/// (attention summaries cost about as much as preprocessing: one thread cannot keep up
+/// with a GPU). `permits` bounds the batches being finished at once.
+struct Finish {
+    config: Config,
+    model: proto::ModelInfo,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// Runs the configured source to its end (or until `shutdown` fires) and writes every
@@ -333,17 +350,22 @@ pub async fn run(
     let infer_task = {
         let outcomes_tx = outcomes_tx.clone();
         let (inference, metrics) = (inference.clone(), metrics.clone());
+        let finish = Arc::new(Finish {
+            config: config.clone(),
+            model: model.clone(),
+            permits: Arc::new(tokio::sync::Semaphore::new(config.cutout.workers.max(1))),
+        });
         tokio::spawn(async move {
             while let Some(batch) = batches_rx.recv().await {
                 metrics.batch(batch.len());
-                infer_batch(&inference, batch, &outcomes_tx).await;
+                infer_batch(&inference, batch, &outcomes_tx, &finish).await;
             }
         })
     };
     drop(outcomes_tx);
 
     let sink_thread = {
-        let (config, model, metrics) = (config.clone(), model.clone(), metrics.clone());
+        let (config, metrics) = (config.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("radiogate-sink".into())
             .spawn(move || {
@@ -352,7 +374,6 @@ pub async fn run(
                     sink,
                     report,
                     &config,
-                    &model,
                     options.progress,
                     &metrics,
                 )
@@ -571,12 +592,14 @@ fn cut_and_prepare_inner(cutter: &Cutter, detection: Detection) -> Result<Ready,
     })
 }
 
-/// Runs one batch through the model and passes each item on. A failed batch rejects its
-/// items (with the reason) rather than losing them.
+/// Runs one batch through the model and passes each item on, its result built on a
+/// blocking thread. A failed batch rejects its items (with the reason) rather than losing
+/// them.
 async fn infer_batch(
     inference: &Inference,
     mut batch: Vec<Numbered<Ready>>,
     outcomes_tx: &mpsc::Sender<Numbered<Outcome>>,
+    finish: &Arc<Finish>,
 ) {
     let started = Instant::now();
     // The model input is not needed after inference: move it out instead of copying 90 KB
@@ -589,22 +612,34 @@ async fn infer_batch(
     let inference_us = micros(started.elapsed());
     match result {
         Ok(outputs) => {
-            for (Numbered { seq, item }, output) in batch.into_iter().zip(outputs) {
-                let queue_us = micros(started.saturating_duration_since(item.ready_at));
-                let outcome = Outcome::Inferred {
-                    ready: Box::new(item),
-                    output,
-                    queue_us,
-                    inference_us,
-                };
-                if outcomes_tx
-                    .send(Numbered { seq, item: outcome })
-                    .await
-                    .is_err()
-                {
-                    return;
+            let Ok(permit) = finish.permits.clone().acquire_owned().await else {
+                return; // never closed
+            };
+            let (finish, outcomes_tx) = (finish.clone(), outcomes_tx.clone());
+            tokio::task::spawn_blocking(move || {
+                for (Numbered { seq, item }, output) in batch.into_iter().zip(outputs) {
+                    let queue_us = micros(started.saturating_duration_since(item.ready_at));
+                    let (config, model) = (&finish.config, &finish.model);
+                    let outcome =
+                        match classification(&item, &output, config, model, queue_us, inference_us)
+                        {
+                            Ok(classification) => Outcome::Classified(Box::new(Classified {
+                                classification,
+                                ack: Ack::of(&item.detection.origin),
+                                received: item.detection.received,
+                                prepared: item.prepared,
+                            })),
+                            Err(e) => Outcome::Rejected(reject(&item.detection, e)),
+                        };
+                    if outcomes_tx
+                        .blocking_send(Numbered { seq, item: outcome })
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
-            }
+                drop(permit);
+            });
         }
         Err(e) => {
             tracing::error!(error = %e, items = batch.len(), "inference failed; rejecting the batch");
@@ -629,13 +664,12 @@ fn inference_error(e: &InferError) -> ItemError {
     ItemError::new(RejectReason::InferenceFailed, e.to_string())
 }
 
-/// The sink thread: builds results, restores input order, writes, counts, shows progress.
+/// The sink thread: restores input order, writes, counts, shows progress.
 fn write_outcomes(
     mut outcomes_rx: mpsc::Receiver<Numbered<Outcome>>,
     mut sink: Output,
     mut report: Option<HtmlReport>,
     config: &Config,
-    model: &proto::ModelInfo,
     progress: bool,
     metrics: &Metrics,
 ) -> (RunSummary, Result<(), SinkError>) {
@@ -650,15 +684,7 @@ fn write_outcomes(
             waiting.insert(outcome.seq, outcome);
             while let Some(Numbered { item, .. }) = waiting.remove(&next) {
                 next += 1;
-                write_outcome(
-                    item,
-                    &mut sink,
-                    report.as_mut(),
-                    &mut summary,
-                    config,
-                    model,
-                    metrics,
-                )?;
+                write_outcome(item, &mut sink, report.as_mut(), &mut summary, metrics)?;
                 progress.inc(1);
             }
         }
@@ -672,15 +698,7 @@ fn write_outcomes(
             let mut rest: Vec<_> = waiting.drain().collect();
             rest.sort_by_key(|(seq, _)| *seq);
             for (_, Numbered { item, .. }) in rest {
-                write_outcome(
-                    item,
-                    &mut sink,
-                    report.as_mut(),
-                    &mut summary,
-                    config,
-                    model,
-                    metrics,
-                )?;
+                write_outcome(item, &mut sink, report.as_mut(), &mut summary, metrics)?;
             }
         }
         progress.finish_and_clear();
@@ -698,26 +716,16 @@ fn write_outcome(
     sink: &mut Output,
     report: Option<&mut HtmlReport>,
     summary: &mut RunSummary,
-    config: &Config,
-    model: &proto::ModelInfo,
     metrics: &Metrics,
 ) -> Result<(), SinkError> {
-    let (ack, result, ready) = match outcome {
-        Outcome::Rejected(rejected) => (Ack::of(&rejected.origin), Err(rejected), None),
-        Outcome::Inferred {
-            ready,
-            output,
-            queue_us,
-            inference_us,
-        } => (
-            Ack::of(&ready.detection.origin),
-            classification(&ready, &output, config, model, queue_us, inference_us)
-                .map_err(|e| reject(&ready.detection, e)),
-            Some(ready),
-        ),
-    };
-    match result {
-        Ok(c) => {
+    match outcome {
+        Outcome::Classified(classified) => {
+            let Classified {
+                classification: c,
+                ack,
+                received,
+                prepared,
+            } = *classified;
             *summary
                 .by_label
                 .entry(label_name(c.label()).to_string())
@@ -725,21 +733,20 @@ fn write_outcome(
             summary.classified += 1;
             let started = Instant::now();
             sink.write_classification(&c, ack)?;
-            let received = ready.as_ref().map_or(started, |r| r.detection.received);
             metrics.classified(&c, started.elapsed(), received);
-            match (report, ready) {
-                (Some(report), Some(ready)) => report.add_classification(&c, &ready.prepared),
-                _ => Ok(()),
+            match report {
+                Some(report) => report.add_classification(&c, &prepared),
+                None => Ok(()),
             }
         }
-        Err(rejected) => {
+        Outcome::Rejected(rejected) => {
             *summary
                 .by_reason
                 .entry(rejected.reason_name().to_string())
                 .or_default() += 1;
             summary.rejected += 1;
             let r = rejection(&rejected);
-            sink.write_rejection(&r, ack)?;
+            sink.write_rejection(&r, Ack::of(&rejected.origin))?;
             metrics.rejected(rejected.reason);
             match report {
                 Some(report) => report.add_rejection(&r),

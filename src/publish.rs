@@ -3,7 +3,7 @@
 //!
 //! It reuses the offline sources and the Kafka publisher; it is not part of the pipeline.
 
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::SourceConfig;
 use crate::pipeline::PipelineError;
@@ -21,6 +21,9 @@ pub struct PublishPlan {
     pub source: SourceConfig,
     /// Send FITS files' bytes (`fits_cutout`) instead of their paths.
     pub inline: bool,
+    /// Detections per second at most; each one without a detection time gets its send
+    /// time (latency benchmarks measure from it). None: as fast as possible.
+    pub rate: Option<f64>,
 }
 
 /// What `radiogate publish` did.
@@ -35,6 +38,8 @@ pub struct PublishSummary {
 pub fn publish(plan: &PublishPlan) -> Result<PublishSummary, PipelineError> {
     let mut publisher = Publisher::create(&plan.brokers, &plan.topic)?;
     let mut skipped = 0;
+    let started = Instant::now();
+    let mut paced = 0u32;
     for item in source::open(&plan.source)? {
         let mut message = match item {
             Ok(detection) => detection.message,
@@ -53,6 +58,15 @@ pub fn publish(plan: &PublishPlan) -> Result<PublishSummary, PipelineError> {
             })?;
             message.pixels = Some(proto::source_detection::Pixels::FitsCutout(bytes));
             message.centre_of_cutout = true;
+        }
+        if let Some(rate) = plan.rate {
+            // The n-th detection leaves n / rate seconds after the first: no drift.
+            let due = started + Duration::from_secs_f64(f64::from(paced) / rate);
+            paced = paced.saturating_add(1);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            if message.detected_at.is_none() {
+                message.detected_at = Some(SystemTime::now().into());
+            }
         }
         publisher.send(&message)?;
     }

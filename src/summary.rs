@@ -207,15 +207,39 @@ fn decode(map_zstd: &[u8], cells: usize, scale: f32) -> Result<Vec<f32>, DecodeE
 }
 
 /// Mean of the gates' maps, each upsampled to the model input and normalised to unit sum.
+///
+/// The arithmetic, and its order, is exactly that of the first version (kept in
+/// `reference` for the tests): per map, bilinear values with negative or non-finite ones
+/// zeroed, their sum in pixel order, then `combined += (v / sum) / gates`. Only the
+/// allocations are gone (one scratch buffer per thread) and the passes are fused.
 fn combine(maps: &[AttentionMap]) -> Vec<f64> {
     let mut combined = vec![0.0; PIXELS];
-    for map in maps {
-        let upsampled = unit_sum(bilinear(&map.values, map.side, MODEL_SIZE));
-        for (c, v) in combined.iter_mut().zip(upsampled) {
-            *c += v / maps.len() as f64;
+    let gates = maps.len() as f64;
+    UPSAMPLED.with_borrow_mut(|up| {
+        for map in maps {
+            bilinear_into(&map.values, map.side, MODEL_SIZE, up);
+            let sum: f64 = up.iter().sum();
+            if sum > 0.0 {
+                for (c, &v) in combined.iter_mut().zip(up.iter()) {
+                    *c += v / sum / gates;
+                }
+            } else {
+                let uniform = 1.0 / up.len() as f64;
+                for c in combined.iter_mut() {
+                    *c += uniform / gates;
+                }
+            }
         }
-    }
+    });
     combined
+}
+
+thread_local! {
+    /// One upsampled gate map (`MODEL_SIZE`^2 values), reused across calls.
+    static UPSAMPLED: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// zstd compression contexts by level: creating one costs more than compressing 900 bytes.
+    static COMPRESSORS: std::cell::RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Scales a map to unit sum, negative and non-finite values counting as zero; a map with
@@ -235,19 +259,31 @@ fn unit_sum(mut map: Vec<f64>) -> Vec<f64> {
 }
 
 /// Bilinear resize of a square map from `side` to `out` as PyTorch's
-/// `F.interpolate(mode="bilinear", align_corners=False)` does it.
+/// `F.interpolate(mode="bilinear", align_corners=False)` does it (zeroing as
+/// [`bilinear_into`]).
+#[cfg(test)]
 fn bilinear(values: &[f32], side: usize, out: usize) -> Vec<f64> {
+    let mut resized = Vec::new();
+    bilinear_into(values, side, out, &mut resized);
+    resized
+}
+
+/// The bilinear resize (PyTorch's `align_corners=False`) into `resized` (cleared first), each value that is negative or not
+/// finite written as zero (the `unit_sum` rule).
+fn bilinear_into(values: &[f32], side: usize, out: usize, resized: &mut Vec<f64>) {
     let taps = bilinear_taps(side, out);
-    let mut resized = Vec::with_capacity(out * out);
+    resized.clear();
+    resized.reserve(out * out);
     for &(y0, y1, wy) in &taps {
         let (row0, row1) = (&values[y0 * side..][..side], &values[y1 * side..][..side]);
-        for &(x0, x1, wx) in &taps {
+        resized.extend(taps.iter().map(|&(x0, x1, wx)| {
             let top = f64::from(row0[x0]) * (1.0 - wx) + f64::from(row0[x1]) * wx;
             let bottom = f64::from(row1[x0]) * (1.0 - wx) + f64::from(row1[x1]) * wx;
-            resized.push(top * (1.0 - wy) + bottom * wy);
-        }
+            let v = top * (1.0 - wy) + bottom * wy;
+            // `!finite || v < 0` becomes 0; -0.0 stays -0.0 as it did.
+            if v.is_finite() && v >= 0.0 { v } else { 0.0 }
+        }));
     }
-    resized
 }
 
 /// For each output index: the two source indices and the weight of the second.
@@ -303,8 +339,17 @@ fn encode(values: &[f64], level: i32) -> Result<(Vec<u8>, f32), SummaryError> {
     } else {
         vec![0; values.len()]
     };
-    let compressed = zstd::bulk::compress(&quantised, level).map_err(SummaryError::Compress)?;
-    Ok((compressed, scale))
+    let compressed = COMPRESSORS.with_borrow_mut(|compressors| {
+        let at = match compressors.iter().position(|(l, _)| *l == level) {
+            Some(at) => at,
+            None => {
+                compressors.push((level, zstd::bulk::Compressor::new(level)?));
+                compressors.len() - 1
+            }
+        };
+        compressors[at].1.compress(&quantised)
+    });
+    Ok((compressed.map_err(SummaryError::Compress)?, scale))
 }
 
 /// Indices of the cells above zero that are local maxima among their 8 neighbours,
@@ -327,6 +372,9 @@ fn local_maxima(cells: &[f64], grid: usize) -> Vec<usize> {
     peaks.sort_by(|&a, &b| cells[b].total_cmp(&cells[a]).then(a.cmp(&b)));
     peaks
 }
+
+#[cfg(test)]
+mod reference;
 
 #[cfg(test)]
 mod tests {
@@ -387,6 +435,76 @@ mod tests {
     fn bump(x: usize, y: usize, cx: f32, cy: f32, h: f32) -> f32 {
         let d2 = (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2);
         h * (-d2 / 50.0).exp()
+    }
+
+    /// The optimised summary is the first version's, bit for bit: random maps of every
+    /// gate shape the model has and some it has not, with negative, non-finite and all-zero
+    /// maps, over several grids, zstd levels and with per-gate maps.
+    #[test]
+    fn summary_is_identical_to_the_reference_implementation() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let sky = TestSky::default();
+        let mut cases = 0;
+        for case in 0..60 {
+            let sides: &[usize] = match case % 4 {
+                0 => &[37, 75, 150],
+                1 => &[1, 2, 10],
+                2 => &[150],
+                _ => &[37, 75, 150, 19],
+            };
+            let maps: Vec<AttentionMap> = sides
+                .iter()
+                .enumerate()
+                .map(|(k, &side)| {
+                    let values: Vec<f64> = (0..side * side).map(|_| next()).collect();
+                    map(side, |x, y| {
+                        let r = values[y * side + x];
+                        match (case + k) % 5 {
+                            // all zero: a uniform map
+                            0 if case % 3 == 0 => 0.0,
+                            // some negatives and non-finite values
+                            1 if r < 0.05 => f32::NAN,
+                            1 if r < 0.08 => f32::INFINITY,
+                            1 if r < 0.2 => -(r as f32),
+                            _ => (r * r * 3.0) as f32,
+                        }
+                    })
+                })
+                .collect();
+            let emission = (case % 7) as f64 / 7.0;
+            let mask: Vec<bool> = (0..PIXELS).map(|_| next() < emission).collect();
+            let prepared = prepared(|x, y| mask[y * MODEL_SIZE + x]);
+            let out = output(maps);
+            for (grid, level, per_gate) in [
+                (30, 3, false),
+                (7, 3, true),
+                (150, -1, false),
+                (1, 19, true),
+            ] {
+                let cfg = SummaryConfig {
+                    grid,
+                    zstd_level: level,
+                    per_gate_maps: per_gate,
+                };
+                let ours = attention_summary(&prepared, &out, &sky, &cfg).expect("summary");
+                let theirs =
+                    reference::attention_summary(&prepared, &out, &sky, &cfg).expect("reference");
+                assert_eq!(ours, theirs, "case {case}, grid {grid}, level {level}");
+                assert_eq!(ours.scale.to_bits(), theirs.scale.to_bits());
+                assert_eq!(
+                    ours.on_emission_fraction.to_bits(),
+                    theirs.on_emission_fraction.to_bits()
+                );
+                cases += 1;
+            }
+        }
+        assert_eq!(cases, 240);
     }
 
     #[test]

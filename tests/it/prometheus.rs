@@ -235,6 +235,7 @@ fn prometheus_scrapes_a_running_worker_and_sees_its_classifications() {
             survey: DEFAULT_SURVEY.into(),
         },
         inline: true,
+        rate: None,
     })
     .expect("the detections are published");
     let n = sent.sent as f64;

@@ -1,0 +1,264 @@
+#!/usr/bin/env bash
+# radiogate's end-to-end benchmark: everything measured in ONE run on the same machine, so
+# that the ratios between the numbers hold even when the machine is busy.
+#
+#   scripts/bench/run.sh            # full run: sweep, then REPEATS rounds, medians
+#   QUICK=1 scripts/bench/run.sh    # a few minutes: short sweep, 1 round, fewer items
+#   LONG=1 scripts/bench/run.sh     # also the 100,000-detection streaming run (RSS over time)
+#
+# What it measures (see BENCHMARKS.md for the definitions):
+#   1. the limit: bare inference (radiogate-bench infer: radiogate's own src/infer, ready-made
+#      tensors) over a sweep of batch size, sessions and intra-op threads; the best setting
+#      is then re-measured in every round;
+#   2. offline: `radiogate classify` over the MiraBest test cutouts repeated COPIES times
+#      (symlinks with distinct names, so distinct source ids; files in page cache);
+#   3. streaming: `radiogate run` draining the same detections, published beforehand with
+#      `radiogate publish --inline`, from the Kafka broker to a results topic (first consume
+#      to last publication, broker clock);
+#   4. latency at about half the streaming rate (`radiogate publish --rate`), peak RSS.
+#
+# Environment: REPEATS (3; QUICK: 1), COPIES (32 -> 5,024 items; QUICK: 8), BROKERS
+# (127.0.0.1:9092), CUTOUTS (the MiraBest test cutouts), OUT (out/bench/<UTC time>),
+# LONG_ITEMS (100000), RATE_SECONDS (20; QUICK: 10), QUEUE_CAPACITY (pipeline.queue_capacity
+# of every run, default 64: the shipped 256 holds up to ~350 MB of inline cutouts in flight).
+# Needs the broker (scripts/kafka/broker.sh start) and python3. Prints a summary and writes
+# everything to $OUT (summary.json, summary.md, raw JSON lines, logs).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT="$PWD"
+
+QUICK="${QUICK:-0}"
+LONG="${LONG:-0}"
+if [[ "$QUICK" == 1 ]]; then
+  REPEATS="${REPEATS:-1}" COPIES="${COPIES:-8}" RATE_SECONDS="${RATE_SECONDS:-10}"
+  SWEEP=(--batch 1,4,32 --sessions 1 --threads 1,2 --seconds 2)
+  BARE_SECONDS=3
+else
+  REPEATS="${REPEATS:-3}" COPIES="${COPIES:-32}" RATE_SECONDS="${RATE_SECONDS:-20}"
+  SWEEP=(--batch 1,2,4,8,32 --sessions 1,2 --threads 1,2 --seconds 3)
+  BARE_SECONDS=5
+fi
+BROKERS="${BROKERS:-127.0.0.1:9092}"
+CUTOUTS="${CUTOUTS:-/work/shared/data/first-cutouts/mirabest-test}"
+LONG_ITEMS="${LONG_ITEMS:-100000}"
+MODEL="models/agcnn-mirabest-confident.onnx"
+RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
+OUT="${OUT:-out/bench/$RUN_ID}"
+PREFIX="bench-$RUN_ID"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+W="$OUT/work"
+mkdir -p "$W"
+
+log() { echo "bench: $*" >&2; }
+RG="$ROOT/target/release/radiogate"
+RB="$ROOT/target/release/radiogate-bench"
+
+log "building (release)"
+cargo build --release --quiet --bin radiogate --bin radiogate-bench
+scripts/kafka/broker.sh status >/dev/null 2>&1 || scripts/kafka/broker.sh start
+
+# Everything this run created on the broker is deleted at the end (inline detections are
+# about 360 KB each).
+TOPICS=()
+WORKER_PID=""
+cleanup() {
+  if [[ -n "$WORKER_PID" ]] && kill -0 "$WORKER_PID" 2>/dev/null; then
+    kill -TERM "$WORKER_PID" 2>/dev/null || true
+    wait "$WORKER_PID" 2>/dev/null || true
+  fi
+  if ((${#TOPICS[@]})); then "$RB" topics --brokers "$BROKERS" --delete "${TOPICS[@]}" || true; fi
+}
+trap cleanup EXIT
+
+machine() {
+  {
+    echo "{\"bench\":\"machine\",\"when\":\"$(date -u +%FT%TZ)\",\"uptime\":\"$(uptime | sed 's/^ *//')\","
+    echo "\"cpus\":$(nproc),\"cpu\":\"$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)\","
+    echo "\"commit\":\"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo +dirty)\"}"
+  } | tr -d '\n'
+  echo
+}
+machine >"$OUT/machine-start.json"
+log "$(uptime)"
+
+# The items: COPIES symlinks per cutout, named so that every source id is distinct.
+# $1: folder, $2: how many links, $3: name prefix; cycles through the cutouts.
+links() {
+  python3 - "$CUTOUTS" "$@" <<'PY'
+import os, sys
+src, dst, n, prefix = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+files = sorted(f for f in os.listdir(src) if f.endswith(".fits"))
+os.makedirs(dst, exist_ok=True)
+for i in range(n):
+    f = files[i % len(files)]
+    os.symlink(os.path.join(src, f), os.path.join(dst, f"{prefix}{i // len(files):06d}_{f}"))
+PY
+}
+ITEMS=$((COPIES * $(ls "$CUTOUTS"/*.fits | wc -l)))
+links "$W/items" "$ITEMS" c
+cat "$CUTOUTS"/*.fits >/dev/null # page cache
+log "$ITEMS items ($COPIES copies of $(ls "$CUTOUTS"/*.fits | wc -l) cutouts)"
+
+# 1. The limit: sweep, pick the best setting.
+log "bare inference sweep: ${SWEEP[*]}"
+"$RB" infer --model "$MODEL" --inputs "$CUTOUTS" "${SWEEP[@]}" | tee "$OUT/sweep.jsonl" >&2
+read -r BEST_BATCH BEST_SESSIONS BEST_THREADS < <(python3 -c '
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+b = max(rows, key=lambda r: r["images_per_s"])
+print(b["batch"], b["sessions"], b["intra_threads"])' "$OUT/sweep.jsonl")
+log "best: batch $BEST_BATCH, $BEST_SESSIONS session(s), $BEST_THREADS intra-op thread(s)"
+
+# The worker runs the best setting too (batching, sessions, threads); everything else is
+# the shipped default configuration.
+export RADIOGATE__BATCH__MAX_BATCH="$BEST_BATCH"
+export RADIOGATE__INFERENCE__SESSIONS="$BEST_SESSIONS"
+export RADIOGATE__INFERENCE__INTRA_THREADS="$BEST_THREADS"
+export RADIOGATE__INFERENCE__MODEL="$MODEL"
+export RADIOGATE__PIPELINE__QUEUE_CAPACITY="${QUEUE_CAPACITY:-64}"
+
+# Streaming input: published once, read by every round with a fresh consumer group.
+DETECTIONS="$PREFIX.detections"
+TOPICS+=("$DETECTIONS")
+"$RB" topics --brokers "$BROKERS" "$DETECTIONS:4"
+log "publishing $ITEMS inline detections to $DETECTIONS"
+"$RG" publish --brokers "$BROKERS" --topic "$DETECTIONS" --inline "$W/items" 2>>"$OUT/publish.log"
+
+worker_config() { # $1: config path, $2: input topic, $3: group, $4: results topic, $5: dead letters
+  cat >"$1" <<EOF
+[source]
+kind = "kafka"
+brokers = "$BROKERS"
+group_id = "$3"
+topic = "$2"
+
+[sink]
+kind = "kafka"
+brokers = "$BROKERS"
+results_topic = "$4"
+dead_letter_topic = "$5"
+EOF
+}
+
+# Runs a command; writes its wall time (s) and peak RSS (KB) to $1.
+timed() {
+  python3 -c '
+import resource, subprocess, sys, time
+t = time.monotonic()
+rc = subprocess.call(sys.argv[2:])
+wall = time.monotonic() - t
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+open(sys.argv[1], "w").write(f"{wall:.3f} {peak}\n")
+sys.exit(rc)' "$@"
+}
+
+# Peak (VmHWM) and current (VmRSS) resident memory of a process, in MB.
+rss_mb() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+
+stop_worker() {
+  kill -TERM "$WORKER_PID"
+  wait "$WORKER_PID" || log "worker exited with $?"
+  WORKER_PID=""
+}
+
+for ((r = 1; r <= REPEATS; r++)); do
+  log "round $r/$REPEATS: bare inference (best setting, ${BARE_SECONDS}s)"
+  "$RB" infer --model "$MODEL" --inputs "$CUTOUTS" --batch "$BEST_BATCH" \
+    --sessions "$BEST_SESSIONS" --threads "$BEST_THREADS" --seconds "$BARE_SECONDS" |
+    sed "s/^{/{\"round\":$r,/" >>"$OUT/bare.jsonl"
+
+  log "round $r/$REPEATS: offline classify"
+  timed "$W/offline-time" "$RG" classify --quiet --out "$W/offline-$r.jsonl" "$W/items" 2>>"$OUT/offline.log"
+  read -r wall peak_kb <"$W/offline-time"
+  python3 - "$W/offline-$r.jsonl" "$r" "$wall" "$peak_kb" >>"$OUT/offline.jsonl" <<'PY'
+import json, sys
+from datetime import datetime
+path, rnd, wall, peak_kb = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+first, last, n, rejected = float("inf"), float("-inf"), 0, 0
+for line in open(path):
+    rec = json.loads(line)
+    n += 1
+    if rec["kind"] != "classification":
+        rejected += 1
+        continue
+    t = datetime.fromisoformat(rec["classified_at"].replace("Z", "+00:00")).timestamp()
+    first = min(first, t - rec["timings_us"]["total"] / 1e6)
+    last = max(last, t)
+print(json.dumps({"bench": "offline", "round": rnd, "items": n, "rejected": rejected,
+                  "wall_s": wall, "items_per_s_wall": n / wall,
+                  "span_s": last - first, "items_per_s": n / (last - first),
+                  "peak_rss_mb": peak_kb / 1024}))
+PY
+  rm -f "$W/offline-$r.jsonl"
+
+  log "round $r/$REPEATS: streaming"
+  results="$PREFIX.results-$r"
+  TOPICS+=("$results" "$PREFIX.dead-$r")
+  "$RB" topics --brokers "$BROKERS" "$results:1:logappend" "$PREFIX.dead-$r:1"
+  worker_config "$W/worker-$r.toml" "$DETECTIONS" "$PREFIX-group-$r" "$results" "$PREFIX.dead-$r"
+  "$RG" run --config "$W/worker-$r.toml" 2>"$OUT/worker-$r.log" &
+  WORKER_PID=$!
+  "$RB" collect --brokers "$BROKERS" --topic "$results" --expect "$ITEMS" --label "round $r" >"$W/collect"
+  peak="$(rss_mb "$WORKER_PID" VmHWM)"
+  stop_worker
+  sed "s/^{/{\"round\":$r,\"peak_rss_mb\":$peak,/" "$W/collect" >>"$OUT/streaming.jsonl"
+done
+
+# 4. Latency at about half the streaming rate.
+RATE="$(python3 -c '
+import json, statistics, sys
+print(round(0.5 * statistics.median(json.loads(l)["items_per_s"] for l in open(sys.argv[1])), 1))' \
+  "$OUT/streaming.jsonl")"
+LIVE_ITEMS="$(python3 -c "print(max(50, int($RATE * $RATE_SECONDS)))")"
+log "latency: $LIVE_ITEMS detections at $RATE/s"
+LIVE="$PREFIX.live"
+TOPICS+=("$LIVE" "$LIVE.results" "$LIVE.dead")
+"$RB" topics --brokers "$BROKERS" "$LIVE:4" "$LIVE.results:1:logappend" "$LIVE.dead:1"
+mkdir -p "$W/warmup" "$W/live"
+[[ "$LIVE_ITEMS" -le "$ITEMS" ]] || { log "LIVE_ITEMS > ITEMS: raise COPIES"; exit 1; }
+all=("$W"/items/*)
+for f in "${all[@]:0:32}"; do ln -sf "$f" "$W/warmup/w_$(basename "$f")"; done
+for f in "${all[@]:0:$LIVE_ITEMS}"; do ln -sf "$f" "$W/live/"; done
+worker_config "$W/worker-live.toml" "$LIVE" "$PREFIX-group-live" "$LIVE.results" "$LIVE.dead"
+"$RG" run --config "$W/worker-live.toml" 2>"$OUT/worker-live.log" &
+WORKER_PID=$!
+# Warm-up detections carry no detection time, so they count for nothing but the start.
+"$RG" publish --brokers "$BROKERS" --topic "$LIVE" --inline "$W/warmup" 2>>"$OUT/publish.log"
+"$RB" collect --brokers "$BROKERS" --topic "$LIVE.results" --expect 32 >/dev/null
+"$RG" publish --brokers "$BROKERS" --topic "$LIVE" --inline --rate "$RATE" "$W/live" 2>>"$OUT/publish.log"
+"$RB" collect --brokers "$BROKERS" --topic "$LIVE.results" --expect $((32 + LIVE_ITEMS)) \
+  --label "half load" >"$W/collect"
+peak="$(rss_mb "$WORKER_PID" VmHWM)"
+stop_worker
+sed "s/^{/{\"rate\":$RATE,\"peak_rss_mb\":$peak,/" "$W/collect" >"$OUT/latency.jsonl"
+
+# 5. The long run: LONG_ITEMS detections by path (the same cutouts; an inline topic of that
+#    size would take ~36 GB), resident memory sampled every second.
+if [[ "$LONG" == 1 ]]; then
+  log "long run: $LONG_ITEMS detections"
+  links "$W/long" "$LONG_ITEMS" l
+  LONGT="$PREFIX.long"
+  TOPICS+=("$LONGT" "$LONGT.results" "$LONGT.dead")
+  "$RB" topics --brokers "$BROKERS" "$LONGT:4" "$LONGT.results:1:logappend" "$LONGT.dead:1"
+  "$RG" publish --brokers "$BROKERS" --topic "$LONGT" "$W/long" 2>>"$OUT/publish.log"
+  worker_config "$W/worker-long.toml" "$LONGT" "$PREFIX-group-long" "$LONGT.results" "$LONGT.dead"
+  "$RG" run --config "$W/worker-long.toml" 2>"$OUT/worker-long.log" &
+  WORKER_PID=$!
+  (
+    while kill -0 "$WORKER_PID" 2>/dev/null; do
+      echo "$(date +%s.%N) $(rss_mb "$WORKER_PID" VmRSS 2>/dev/null)"
+      sleep 1
+    done
+  ) >"$OUT/long-rss.txt" &
+  sampler=$!
+  "$RB" collect --brokers "$BROKERS" --topic "$LONGT.results" --expect "$LONG_ITEMS" \
+    --idle-timeout 300 --label long >"$W/collect"
+  peak="$(rss_mb "$WORKER_PID" VmHWM)"
+  stop_worker
+  wait "$sampler" || true
+  sed "s/^{/{\"peak_rss_mb\":$peak,/" "$W/collect" >"$OUT/long.jsonl"
+fi
+
+machine >"$OUT/machine-end.json"
+python3 scripts/bench/summarise.py "$OUT" | tee "$OUT/summary.md"

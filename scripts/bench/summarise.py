@@ -1,0 +1,140 @@
+"""Summarise a scripts/bench/run.sh output folder: medians, ratios to the limit, targets.
+
+Usage: python3 scripts/bench/summarise.py OUT_DIR   (prints Markdown, writes summary.json)
+"""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+MAX_WAIT_MS = 20.0  # batch.max_wait of the shipped configuration (config/radiogate.toml)
+
+
+def lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def median(rows: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def main(out: Path) -> None:
+    start = lines(out / "machine-start.json")[0]
+    end = lines(out / "machine-end.json")
+    sweep = lines(out / "sweep.jsonl")
+    bare = lines(out / "bare.jsonl")
+    offline = lines(out / "offline.jsonl")
+    streaming = lines(out / "streaming.jsonl")
+    latency = lines(out / "latency.jsonl")
+    long = lines(out / "long.jsonl")
+
+    limit = median(bare, "images_per_s")
+    batch_ms = median(bare, "ms_per_batch")
+    best = bare[0]
+    s = {
+        "machine": {"start": start, "end": end[0] if end else None},
+        "rounds": len(bare),
+        "best_setting": {k: best[k] for k in ("batch", "sessions", "intra_threads")},
+        "bare_images_per_s": limit,
+        "bare_ms_per_full_batch": batch_ms,
+        "offline_items_per_s": median(offline, "items_per_s"),
+        "offline_items_per_s_wall": median(offline, "items_per_s_wall"),
+        "offline_items": offline[0]["items"],
+        "offline_rejected": max(r["rejected"] for r in offline),
+        "offline_peak_rss_mb": max(r["peak_rss_mb"] for r in offline),
+        "streaming_items_per_s": median(streaming, "items_per_s"),
+        "streaming_peak_rss_mb": max(r["peak_rss_mb"] for r in streaming),
+        # Per round, against the limit measured in the same round.
+        "offline_ratio_by_round": [o["items_per_s"] / b["images_per_s"] for o, b in zip(offline, bare, strict=True)],
+        "streaming_ratio_by_round": [
+            t["items_per_s"] / b["images_per_s"] for t, b in zip(streaming, bare, strict=True)
+        ],
+    }
+    s["offline_ratio"] = s["offline_items_per_s"] / limit
+    s["streaming_ratio"] = s["streaming_items_per_s"] / limit
+    if latency:
+        lat = latency[0]
+        s["latency"] = {
+            "rate_per_s": lat["rate"],
+            "items": lat["latency_ms"]["n"],
+            "p50_ms": lat["latency_ms"]["p50"],
+            "p99_ms": lat["latency_ms"]["p99"],
+            "max_ms": lat["latency_ms"]["max"],
+            "peak_rss_mb": lat["peak_rss_mb"],
+            "target_p99_ms": MAX_WAIT_MS + 3 * batch_ms,
+        }
+    if long:
+        rss = []
+        rss_file = out / "long-rss.txt"
+        if rss_file.exists():
+            for line in rss_file.read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 2:
+                    rss.append(float(parts[1]))
+        q = len(rss)
+        s["long"] = {
+            "items": long[0]["records"],
+            "items_per_s": long[0]["items_per_s"],
+            "peak_rss_mb": long[0]["peak_rss_mb"],
+            "rss_mb_at_10_50_90_100_pct": [rss[min(q - 1, int(f * q))] for f in (0.1, 0.5, 0.9, 1.0)] if q else None,
+        }
+    (out / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
+
+    def ok(cond: bool) -> str:
+        return "met" if cond else "NOT met"
+
+    print(f"# radiogate benchmark, {start['when']}, commit {start['commit']}\n")
+    print(f"- machine: {start['cpus']} x {start['cpu']}")
+    print(f"- load at start: `{start['uptime']}`")
+    if end:
+        print(f"- load at end: `{end[0]['uptime']}`")
+    print(f"- rounds: {s['rounds']} (medians below); items per round: {s['offline_items']}\n")
+    print("| measure | value | ratio to the limit | target |")
+    print("|---|---|---|---|")
+    bs = s["best_setting"]
+    print(
+        f"| bare inference (batch {bs['batch']}, {bs['sessions']} session(s), "
+        f"{bs['intra_threads']} thread(s)) | {limit:.1f} images/s "
+        f"({batch_ms:.1f} ms per batch) | 1 | |"
+    )
+    print(
+        f"| offline `classify` | {s['offline_items_per_s']:.1f} items/s "
+        f"({s['offline_items_per_s_wall']:.1f} with start-up) | {s['offline_ratio']:.3f} "
+        f"| >= 0.90: {ok(s['offline_ratio'] >= 0.9)} |"
+    )
+    print(
+        f"| streaming `run` | {s['streaming_items_per_s']:.1f} items/s | "
+        f"{s['streaming_ratio']:.3f} | >= 0.85: {ok(s['streaming_ratio'] >= 0.85)} |"
+    )
+    peak = max(s["offline_peak_rss_mb"], s["streaming_peak_rss_mb"])
+    print(f"| peak RSS (offline / streaming) | {s['offline_peak_rss_mb']:.0f} / ", end="")
+    print(f"{s['streaming_peak_rss_mb']:.0f} MB | | <= 300 MB: {ok(peak <= 300)} |")
+    if "latency" in s:
+        lat = s["latency"]
+        print(
+            f"| latency at {lat['rate_per_s']}/s ({lat['items']} detections) | "
+            f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms | | "
+            f"p99 <= {lat['target_p99_ms']:.0f} ms: {ok(lat['p99_ms'] <= lat['target_p99_ms'])} |"
+        )
+    if "long" in s:
+        lg = s["long"]
+        print(
+            f"| long run ({lg['items']} detections) | {lg['items_per_s']:.1f} items/s, peak RSS "
+            f"{lg['peak_rss_mb']:.0f} MB, RSS at 10/50/90/100%: {lg['rss_mb_at_10_50_90_100_pct']} | | |"
+        )
+    ratios = ", ".join(f"{r:.3f}" for r in s["offline_ratio_by_round"])
+    print(f"\nOffline ratio per round: {ratios}")
+    ratios = ", ".join(f"{r:.3f}" for r in s["streaming_ratio_by_round"])
+    print(f"Streaming ratio per round: {ratios}\n")
+    print("Sweep (images/s):\n")
+    print("| batch | sessions | intra threads | images/s |")
+    print("|---|---|---|---|")
+    for r in sweep:
+        print(f"| {r['batch']} | {r['sessions']} | {r['intra_threads']} | {r['images_per_s']:.1f} |")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Prepares, on a machine with network access, everything scripts/gpu/run.sh needs on a GPU
+# machine that has none: the onnxruntime-gpu libraries (CUDA 13, cuDNN 9, from the PyPI wheel
+# of the ONNX Runtime version the CPU build uses), stripped release binaries of radiogate and
+# radiogate-bench, and the shared libraries they link (CFITSIO and its dependencies) in case
+# the GPU machine lacks them. Packed, compressed (xz) and split into pieces of at most PIECE_MB
+# (default 52 MiB: with the 9 MB working tree a piece fits one 64 MiB device call):
+#
+#   scripts/gpu/prepare.sh            # -> vendor/gpu/radiogate-gpu.tar.xz.part-NN + .sha256
+#   DEST=dir scripts/gpu/prepare.sh   # elsewhere (a gitignored folder of the repository)
+#
+# The GPU machine needs the CUDA 13 runtime, cuBLAS 13, cuRAND 10, cuFFT and cuDNN 9 (PyPI's
+# nvidia-* wheels, as PyTorch installs them) and an NVIDIA driver; run.sh finds them.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT="$PWD"
+DEST="${DEST:-vendor/gpu}"
+PIECE_MB="${PIECE_MB:-52}"
+log() { echo "gpu/prepare: $*" >&2; }
+
+cargo build --release --quiet --bin radiogate --bin radiogate-bench
+
+stage="$(mktemp -d)"
+pack="$stage.tar.xz"
+trap 'rm -rf "$stage" "$pack"' EXIT
+mkdir -p "$stage/bin" "$stage/syslibs"
+
+log "fetching onnxruntime-gpu"
+ORT_DEST="$stage/onnxruntime-gpu" scripts/fetch-onnxruntime.sh gpu >/dev/null
+for bin in radiogate radiogate-bench; do
+  strip -o "$stage/bin/$bin" "target/release/$bin"
+done
+
+# The binaries' shared libraries, except the C library itself (glibc: its version on the GPU
+# machine must be at least what the binaries were linked against, see below).
+ldd target/release/radiogate target/release/radiogate-bench |
+  awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u |
+  grep -Ev '/(libc|libm|libdl|librt|libpthread|libgcc_s|ld-linux[^/]*|libresolv)\.so' |
+  while read -r lib; do cp -L "$lib" "$stage/syslibs/"; done
+objdump -T target/release/radiogate | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1 >"$stage/GLIBC_NEEDED"
+{
+  echo "built $(date -u +%FT%TZ) on $(uname -srm), commit $(git rev-parse --short HEAD)$(git diff --quiet || echo +dirty)"
+  echo "onnxruntime-gpu $(grep -m1 '^ORT_VERSION=' scripts/fetch-onnxruntime.sh | cut -d'"' -f2)"
+  echo "needs $(cat "$stage/GLIBC_NEEDED") or newer"
+} >"$stage/BUILD"
+(cd "$stage" && find . -type f ! -name SHA256SUMS -print0 | sort -z | xargs -0 sha256sum >SHA256SUMS)
+
+mkdir -p "$DEST"
+rm -f "$DEST"/radiogate-gpu.tar.*
+log "packing into $DEST (pieces of at most $PIECE_MB MB)"
+# xz: tar and Python's standard library both read it, whatever else the GPU machine lacks.
+tar -C "$stage" -cf - . | xz -T0 -6 >"$pack"
+sha256sum "$pack" | awk '{print $1}' >"$DEST/radiogate-gpu.tar.xz.sha256"
+split -d -a 2 -b "${PIECE_MB}M" "$pack" "$DEST/radiogate-gpu.tar.xz.part-"
+ls -l "$DEST"/radiogate-gpu.tar.xz.* >&2
+log "carry each piece to the GPU machine (one per call if need be), then run scripts/gpu/run.sh there"

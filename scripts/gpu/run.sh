@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# The GPU benchmark, run ONCE from the repository root on a single-GPU machine without
+# network access, with the pieces that scripts/gpu/prepare.sh made (vendor/gpu by default):
+#
+#   scripts/gpu/run.sh                 # results under $OUT (default out/gpu/<UTC time>)
+#   QUICK=1 scripts/gpu/run.sh         # shorter sweep and end-to-end run (about 2 minutes)
+#
+# 1. reassembles and checks the pieces, unpacks ONNX Runtime's GPU build and the binaries;
+# 2. finds the CUDA 13 / cuDNN 9 libraries of the machine's Python packages (PyPI nvidia-*
+#    wheels, as PyTorch installs them) and puts them on LD_LIBRARY_PATH;
+# 3. checks that the CUDA execution provider really runs the model (ONNX Runtime's node
+#    placement log and the process on the GPU): it stops with an error otherwise;
+# 4. bare GPU inference over a sweep of batch sizes and sessions (radiogate-bench infer);
+# 5. offline end to end: `radiogate classify` over the bundled real FIRST cutouts repeated
+#    to ITEMS items (symlinks; the 20 files stay in the page cache, so the cutouts come
+#    from memory), with the best batch/sessions of the sweep and several cutout workers.
+#
+# Environment: SRC (vendor/gpu), OUT, ITEMS (200000; QUICK: 50000), WORKERS (cutout worker
+# counts to try, default "$(nproc)-2 and $(nproc)"), PYTHON (the Python whose `nvidia`
+# packages hold the CUDA libraries; default: the first of python3, python, conda's that
+# has them), DEVICE_ID (0).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT="$PWD"
+SRC="${SRC:-vendor/gpu}"
+QUICK="${QUICK:-0}"
+OUT="${OUT:-out/gpu/$(date -u +%Y%m%dT%H%M%SZ)}"
+PYTHON_GIVEN="${PYTHON:-}"
+PYTHON="${PYTHON:-python3}"
+DEVICE_ID="${DEVICE_ID:-0}"
+CORES="$(nproc)"
+if [[ "$QUICK" == 1 ]]; then
+  ITEMS="${ITEMS:-50000}"
+  SWEEP=(--batch 64,256,1024 --sessions 1,2 --threads 1 --seconds 2)
+else
+  ITEMS="${ITEMS:-200000}"
+  SWEEP=(--batch 32,128,256,512,1024,2048 --sessions 1,2,4 --threads 1 --seconds 3)
+fi
+WORKERS="${WORKERS:-$((CORES > 4 ? CORES - 2 : 2)) $CORES}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+log() { echo "gpu/run: $*" | tee -a "$OUT/run.log" >&2; }
+die() {
+  log "FAILED: $*"
+  exit 1
+}
+
+# 1. Reassemble and unpack.
+pieces=("$SRC"/radiogate-gpu.tar.xz.part-*)
+[[ -f "${pieces[0]}" ]] || die "no pieces in $SRC (run scripts/gpu/prepare.sh where there is network, carry $SRC here)"
+want="$(cat "$SRC/radiogate-gpu.tar.xz.sha256")"
+unpacked="$SRC/unpacked"
+if [[ ! -f "$unpacked/.sha256" || "$(cat "$unpacked/.sha256")" != "$want" ]]; then
+  log "reassembling ${#pieces[@]} pieces"
+  got="$(cat "${pieces[@]}" | sha256sum | awk '{print $1}')"
+  [[ "$got" == "$want" ]] || die "pieces do not add up (sha256 $got, expected $want): a piece is missing or damaged"
+  rm -rf "$unpacked"
+  mkdir -p "$unpacked"
+  cat "${pieces[@]}" | tar -C "$unpacked" -xJf - 2>/dev/null ||
+    cat "${pieces[@]}" | python3 -c '
+import sys, tarfile
+tarfile.open(fileobj=sys.stdin.buffer, mode="r|xz").extractall(sys.argv[1])' "$unpacked" ||
+    die "cannot unpack (neither tar with xz nor python3 worked)"
+  (cd "$unpacked" && sha256sum --quiet -c SHA256SUMS) || die "unpacked files do not match their checksums"
+  echo "$want" >"$unpacked/.sha256"
+fi
+cat "$unpacked/BUILD" | tee -a "$OUT/run.log" >&2
+ORT_DIR="$(cd "$unpacked/onnxruntime-gpu" && pwd)"
+RG="$(cd "$unpacked/bin" && pwd)/radiogate"
+RB="$(cd "$unpacked/bin" && pwd)/radiogate-bench"
+
+# 2. CUDA libraries from the Python packages: the first Python that has them.
+if [[ -z "$PYTHON_GIVEN" ]] && ! "$PYTHON" -c 'import nvidia' 2>/dev/null; then
+  for py in python3 python /opt/conda/bin/python /usr/local/bin/python3 /usr/bin/python3; do
+    if command -v "$py" >/dev/null && "$py" -c 'import nvidia' 2>/dev/null; then
+      PYTHON="$py"
+      break
+    fi
+  done
+fi
+log "Python with the nvidia-* packages: $PYTHON"
+nvidia_dirs="$("$PYTHON" - <<'PY' 2>/dev/null || true
+import os
+try:
+    import nvidia
+except ImportError:
+    raise SystemExit(0)
+dirs = set()
+for base in nvidia.__path__:
+    for here, _, files in os.walk(base):
+        if any(".so" in f for f in files) and os.path.basename(here) in ("lib", "lib64"):
+            dirs.add(here)
+print(":".join(sorted(dirs)))
+PY
+)"
+[[ -n "$nvidia_dirs" ]] || die "no nvidia-* library folders found through $PYTHON (import nvidia)"
+export LD_LIBRARY_PATH="$ORT_DIR:$nvidia_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export ORT_DYLIB_PATH="$ORT_DIR/libonnxruntime.so"
+if ldd "$RG" | grep -q 'not found'; then
+  log "using the bundled system libraries for: $(ldd "$RG" | awk '/not found/ {print $1}' | tr '\n' ' ')"
+  export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(cd "$unpacked/syslibs" && pwd)"
+fi
+missing="$(ldd "$RG" "$RB" "$ORT_DIR/libonnxruntime_providers_cuda.so" | awk '/not found/ {print $1}' | sort -u | tr '\n' ' ')"
+[[ -z "$missing" ]] || die "libraries not found: $missing"
+for lib in libcudnn.so.9 libcufft.so libnvrtc.so; do
+  found=""
+  IFS=: read -ra dirs <<<"$LD_LIBRARY_PATH"
+  for d in "${dirs[@]}"; do compgen -G "$d/$lib*" >/dev/null && found=1; done
+  [[ -n "$found" ]] || log "warning: $lib not found on LD_LIBRARY_PATH (the CUDA provider loads it on demand)"
+done
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  echo "cores: $CORES; load: $(uptime)"
+  echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+} | tee "$OUT/machine.txt" >&2
+
+export RADIOGATE__INFERENCE__EXECUTION_PROVIDER=cuda
+export RADIOGATE__INFERENCE__DEVICE_ID="$DEVICE_ID"
+PROVIDER=(--provider cuda --device-id "$DEVICE_ID")
+
+# 3. Which provider really runs: ONNX Runtime's verbose log names each node's provider,
+#    and the process must hold memory on the GPU while it runs.
+log "checking the CUDA execution provider"
+ORT_LOG=verbose "$RB" infer --inputs samples/first "${PROVIDER[@]}" --batch 64 --seconds 4 \
+  >"$OUT/provider-check.jsonl" 2>"$OUT/provider-check.log" &
+pid=$!
+on_gpu=""
+for _ in $(seq 1 60); do
+  sleep 0.5
+  if nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null | grep -qw "$pid"; then on_gpu=1; fi
+  kill -0 "$pid" 2>/dev/null || break
+done
+wait "$pid" || die "inference with the CUDA provider failed: see $OUT/provider-check.log"
+grep -E 'placed on \[|Node placements|assigned to' "$OUT/provider-check.log" | sort | uniq -c | tee -a "$OUT/run.log" >&2 || true
+grep -q 'CUDAExecutionProvider' "$OUT/provider-check.log" || die "ONNX Runtime never mentions CUDAExecutionProvider"
+if grep -qE 'placed on \[CUDAExecutionProvider\]|All nodes placed on \[CUDAExecutionProvider\]' "$OUT/provider-check.log"; then
+  log "nodes run on CUDAExecutionProvider"
+else
+  die "no node was placed on CUDAExecutionProvider (see $OUT/provider-check.log)"
+fi
+[[ -n "$on_gpu" ]] || log "warning: nvidia-smi did not list the process (containers often hide PIDs)"
+
+# 4. Bare inference sweep.
+log "bare inference sweep: ${SWEEP[*]}"
+"$RB" infer --inputs samples/first "${PROVIDER[@]}" "${SWEEP[@]}" | tee "$OUT/sweep.jsonl" >&2
+read -r BEST_BATCH BEST_SESSIONS < <("$PYTHON" -c '
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+b = max(rows, key=lambda r: r["images_per_s"])
+print(b["batch"], b["sessions"])' "$OUT/sweep.jsonl")
+log "best: batch $BEST_BATCH, $BEST_SESSIONS session(s)"
+
+# 5. Offline end to end.
+mkdir -p "$OUT/items"
+"$PYTHON" - "$ROOT/samples/first" "$OUT/items" "$ITEMS" <<'PY'
+import os, sys
+src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+files = sorted(f for f in os.listdir(src) if f.endswith(".fits"))
+for i in range(n):
+    f = files[i % len(files)]
+    os.symlink(os.path.join(src, f), os.path.join(dst, f"i{i:07d}_{f}"))
+PY
+cat samples/first/*.fits >/dev/null
+export RADIOGATE__BATCH__MAX_BATCH="$BEST_BATCH"
+export RADIOGATE__INFERENCE__SESSIONS="$BEST_SESSIONS"
+export RADIOGATE__INFERENCE__INTRA_THREADS=1
+export RADIOGATE__PIPELINE__QUEUE_CAPACITY=$((4 * BEST_BATCH * BEST_SESSIONS > 1024 ? 4 * BEST_BATCH * BEST_SESSIONS : 1024))
+for workers in $WORKERS; do
+  log "offline: $ITEMS items, $workers cutout workers"
+  # Wall time and peak RSS without GNU time (it may not be installed there).
+  RADIOGATE__CUTOUT__WORKERS="$workers" "$PYTHON" -c '
+import resource, subprocess, sys, time
+t = time.monotonic()
+rc = subprocess.call(sys.argv[2:], stderr=open(sys.argv[1] + ".log", "w"))
+wall = time.monotonic() - t
+open(sys.argv[1] + ".time", "w").write(f"{wall} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}\n")
+sys.exit(rc)' "$OUT/offline-$workers" "$RG" classify --quiet --out "$OUT/offline-$workers.jsonl" "$OUT/items" ||
+    die "classify failed: see $OUT/offline-$workers.log"
+  read -r wall peak_kb <"$OUT/offline-$workers.time"
+  "$PYTHON" - "$OUT/offline-$workers.jsonl" "$workers" "$wall" "$peak_kb" >>"$OUT/offline.jsonl" <<'PY'
+import json, sys
+from datetime import datetime
+path, workers, wall, peak_kb = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+first, last, n, rejected, provider = float("inf"), float("-inf"), 0, 0, set()
+for line in open(path):
+    rec = json.loads(line)
+    n += 1
+    if rec["kind"] != "classification":
+        rejected += 1
+        continue
+    provider.add(rec["model"]["execution_provider"])
+    t = datetime.fromisoformat(rec["classified_at"].replace("Z", "+00:00")).timestamp()
+    first = min(first, t - rec["timings_us"]["total"] / 1e6)
+    last = max(last, t)
+print(json.dumps({"bench": "offline", "workers": workers, "items": n, "rejected": rejected,
+                  "providers": sorted(provider), "wall_s": wall, "items_per_s_wall": n / wall,
+                  "span_s": last - first, "items_per_s": n / (last - first),
+                  "peak_rss_mb": peak_kb / 1024}))
+PY
+  tail -1 "$OUT/offline.jsonl" >&2
+  rm -f "$OUT/offline-$workers.jsonl"
+done
+rm -rf "$OUT/items"
+
+"$PYTHON" - "$OUT" <<'PY' | tee "$OUT/summary.md"
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+sweep = [json.loads(l) for l in (out / "sweep.jsonl").read_text().splitlines() if l.strip()]
+offline = [json.loads(l) for l in (out / "offline.jsonl").read_text().splitlines() if l.strip()]
+best = max(sweep, key=lambda r: r["images_per_s"])
+e2e = max(offline, key=lambda r: r["items_per_s"])
+print(f"# radiogate on the GPU\n\n{(out / 'machine.txt').read_text().splitlines()[0]}\n")
+print(f"- bare inference: {best['images_per_s']:.0f} images/s (batch {best['batch']}, "
+      f"{best['sessions']} sessions); target >= 50,000: {'met' if best['images_per_s'] >= 5e4 else 'NOT met'}")
+print(f"- offline end to end: {e2e['items_per_s']:.0f} cutouts/s ({e2e['workers']} cutout workers, "
+      f"{e2e['items']} items, {e2e['rejected']} rejected, peak RSS {e2e['peak_rss_mb']:.0f} MB); "
+      f"target >= 20,000: {'met' if e2e['items_per_s'] >= 2e4 else 'NOT met'}\n")
+print("| batch | sessions | images/s | ms per batch |\n|---|---|---|---|")
+for r in sweep:
+    print(f"| {r['batch']} | {r['sessions']} | {r['images_per_s']:.0f} | {r['ms_per_batch']:.2f} |")
+PY

@@ -1,0 +1,400 @@
+//! `radiogate-bench`: the measuring tools behind `scripts/bench/run.sh` and
+//! `scripts/gpu/run.sh`. Not part of the worker; it uses the worker's own library, so the
+//! runtime, the session settings and the preprocessing are the ones the worker runs.
+//!
+//! - `infer`: the limit. Bare inference throughput of a model on ready-made input tensors
+//!   (real cutouts, preprocessed once before timing) through `radiogate::infer`, over a
+//!   sweep of batch sizes, sessions and intra-op threads. One JSON line per setting.
+//! - `topics`: creates (or deletes) the benchmark's own Kafka topics; results topics use
+//!   the broker's clock (`message.timestamp.type=LogAppendTime`) for publication times.
+//! - `collect`: reads a results topic from its beginning until it holds the expected
+//!   number of records, and reports end-to-end throughput (first consume to last
+//!   publication) and latency percentiles (detection time to publication) as JSON.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use prost::Message as _;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Message, Timestamp};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use radiogate::config::{CutoutConfig, ExecutionProvider, InferenceConfig, SourceConfig};
+use radiogate::cutout::Cutter;
+use radiogate::infer::Inference;
+use radiogate::{preprocess, proto, source};
+
+#[derive(Parser)]
+#[command(name = "radiogate-bench", about = "radiogate's benchmark tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Infer(InferArgs),
+    Topics(TopicsArgs),
+    Collect(CollectArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Provider {
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+/// Bare inference throughput over a sweep of settings (one JSON line per setting).
+#[derive(clap::Args)]
+struct InferArgs {
+    #[arg(long, default_value = "models/agcnn-mirabest-confident.onnx")]
+    model: PathBuf,
+    /// FITS cutouts (files or folders) preprocessed once into the ready-made inputs.
+    #[arg(long, required = true)]
+    inputs: Vec<PathBuf>,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
+    batch: Vec<usize>,
+    /// Sessions (each on its own thread), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    sessions: Vec<usize>,
+    /// ONNX Runtime intra-op threads per session, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "2")]
+    threads: Vec<usize>,
+    /// Seconds measured per setting (after one warm-up batch per session).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    #[arg(long, value_enum, default_value = "cpu")]
+    provider: Provider,
+    #[arg(long, default_value_t = 0)]
+    device_id: i32,
+}
+
+/// Creates or deletes topics (`NAME:PARTITIONS`; a `:logappend` suffix makes the broker
+/// stamp each record with its append time).
+#[derive(clap::Args)]
+struct TopicsArgs {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long)]
+    delete: bool,
+    #[arg(required = true)]
+    topics: Vec<String>,
+}
+
+/// Waits for `expect` records on a results topic and reports throughput and latency.
+#[derive(clap::Args)]
+struct CollectArgs {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    expect: usize,
+    /// Give up after this many seconds without a new record.
+    #[arg(long, default_value_t = 120.0)]
+    idle_timeout: f64,
+    /// Label copied into the JSON output.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Infer(args) => infer(&args),
+        Command::Topics(args) => topics(&args),
+        Command::Collect(args) => collect(&args),
+    }
+}
+
+/// Cuts and preprocesses every input once: the tensors the sweep reuses.
+fn ready_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<Vec<f32>>> {
+    let cutter = Cutter::new(&CutoutConfig {
+        mosaics: Vec::new(),
+        workers: 1,
+    })?;
+    let detections = source::open(&SourceConfig::Files {
+        inputs: inputs.to_vec(),
+        survey: "FIRST".into(),
+    })?;
+    let mut images = Vec::new();
+    for detection in detections.flatten() {
+        let Ok(cutout) = cutter.cut(&detection.message) else {
+            continue;
+        };
+        if let Ok(prepared) = preprocess::prepare(&cutout.pixels) {
+            images.push(prepared.input);
+        }
+    }
+    if images.is_empty() {
+        bail!("no input could be cut and preprocessed");
+    }
+    Ok(images)
+}
+
+fn infer(args: &InferArgs) -> anyhow::Result<()> {
+    let images = ready_inputs(&args.inputs)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    for &sessions in &args.sessions {
+        for &threads in &args.threads {
+            let cfg = InferenceConfig {
+                model: args.model.clone(),
+                model_name: "bench".into(),
+                runtime_library: None,
+                execution_provider: match args.provider {
+                    Provider::Cpu => ExecutionProvider::Cpu,
+                    Provider::Cuda => ExecutionProvider::Cuda {
+                        device_id: args.device_id,
+                    },
+                    Provider::Tensorrt => ExecutionProvider::TensorRt {
+                        device_id: args.device_id,
+                    },
+                },
+                sessions,
+                intra_threads: threads,
+            };
+            let (inference, info) = Inference::start(&cfg)
+                .with_context(|| format!("starting inference ({sessions} sessions)"))?;
+            for &batch in &args.batch {
+                let (done, elapsed) = rt.block_on(sweep_point(
+                    &inference,
+                    &images,
+                    batch,
+                    sessions,
+                    args.seconds,
+                ))?;
+                let rate = done as f64 / elapsed.as_secs_f64();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "bench": "infer",
+                        "provider": info.execution_provider,
+                        "batch": batch,
+                        "sessions": sessions,
+                        "intra_threads": threads,
+                        "images": done,
+                        "seconds": elapsed.as_secs_f64(),
+                        "images_per_s": rate,
+                        "ms_per_batch": 1e3 * elapsed.as_secs_f64() * sessions as f64
+                            / (done as f64 / batch as f64),
+                    })
+                );
+            }
+            inference.join();
+        }
+    }
+    Ok(())
+}
+
+/// Keeps `2 * sessions` batches in flight for `seconds`; returns images done and the time.
+async fn sweep_point(
+    inference: &Inference,
+    images: &[Vec<f32>],
+    batch: usize,
+    sessions: usize,
+    seconds: f64,
+) -> anyhow::Result<(usize, Duration)> {
+    let make = |k: usize| -> Vec<Vec<f32>> {
+        (0..batch)
+            .map(|i| images[(k * batch + i) % images.len()].clone())
+            .collect()
+    };
+    // Warm-up: one batch per session (first runs allocate and tune).
+    let warm: Vec<_> = (0..sessions)
+        .map(|k| {
+            let (inference, b) = (inference.clone(), make(k));
+            tokio::spawn(async move { inference.infer(b).await })
+        })
+        .collect();
+    for w in warm {
+        w.await??;
+    }
+    let start = Instant::now();
+    let limit = Duration::from_secs_f64(seconds);
+    // Two callers per session: while a session runs one batch the next one waits in the
+    // queue, as in the pipeline, so a session never idles between batches.
+    let tasks: Vec<_> = (0..2 * sessions)
+        .map(|k| {
+            let inference = inference.clone();
+            let mut batches: Vec<_> = (0..4).map(|j| make(k * 4 + j)).collect();
+            tokio::spawn(async move {
+                let mut done = 0usize;
+                let mut j = 0;
+                while start.elapsed() < limit {
+                    // The clone stands for the copy the pipeline moves into each job.
+                    let b = batches[j % batches.len()].clone();
+                    j += 1;
+                    done += inference.infer(b).await?.len();
+                }
+                batches.clear();
+                Ok::<_, radiogate::infer::InferError>(done)
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for t in tasks {
+        done += t.await??;
+    }
+    Ok((done, start.elapsed()))
+}
+
+fn admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?)
+}
+
+fn topics(args: &TopicsArgs) -> anyhow::Result<()> {
+    let admin = admin(&args.brokers)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    if args.delete {
+        let names: Vec<&str> = args
+            .topics
+            .iter()
+            .map(|t| t.split(':').next().unwrap_or(t))
+            .collect();
+        for result in rt.block_on(admin.delete_topics(&names, &options))? {
+            if let Err((name, e)) = result {
+                eprintln!("delete {name}: {e}");
+            }
+        }
+        return Ok(());
+    }
+    let mut specs = Vec::new();
+    for spec in &args.topics {
+        let mut parts = spec.split(':');
+        let name = parts.next().unwrap_or(spec);
+        let partitions: i32 = match parts.next() {
+            Some(p) => p.parse().with_context(|| format!("partitions in {spec}"))?,
+            None => 1,
+        };
+        let logappend = parts.next() == Some("logappend");
+        specs.push((name, partitions, logappend));
+    }
+    let new: Vec<NewTopic> = specs
+        .iter()
+        .map(|&(name, partitions, logappend)| {
+            let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1))
+                .set("max.message.bytes", "4194304");
+            if logappend {
+                topic.set("message.timestamp.type", "LogAppendTime")
+            } else {
+                topic
+            }
+        })
+        .collect();
+    for result in rt.block_on(admin.create_topics(&new, &options))? {
+        if let Err((name, e)) = result {
+            bail!("create {name}: {e}");
+        }
+    }
+    Ok(())
+}
+
+fn millis(t: &prost_types::Timestamp) -> f64 {
+    t.seconds as f64 * 1e3 + f64::from(t.nanos) / 1e6
+}
+
+fn collect(args: &CollectArgs) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set(
+            "group.id",
+            format!("radiogate-bench-collect-{}", args.topic),
+        )
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    for topic in metadata.topics() {
+        for p in topic.partitions() {
+            assignment.add_partition_offset(&args.topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    if assignment.count() == 0 {
+        bail!("topic {} has no partitions", args.topic);
+    }
+    consumer.assign(&assignment)?;
+
+    let (mut first_received, mut last_published) = (f64::INFINITY, f64::NEG_INFINITY);
+    let mut latencies = Vec::with_capacity(args.expect);
+    let (mut records, mut undecodable, mut without_detected_at) = (0usize, 0usize, 0usize);
+    let mut last_new = Instant::now();
+    let idle = Duration::from_secs_f64(args.idle_timeout);
+    while records < args.expect {
+        if last_new.elapsed() > idle {
+            bail!(
+                "only {records} of {} records on {} after {idle:?} without a new one",
+                args.expect,
+                args.topic
+            );
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message?;
+        last_new = Instant::now();
+        records += 1;
+        let published = match message.timestamp() {
+            Timestamp::LogAppendTime(ms) | Timestamp::CreateTime(ms) => ms as f64,
+            Timestamp::NotAvailable => bail!("record without a timestamp"),
+        };
+        last_published = last_published.max(published);
+        let Ok(c) = proto::Classification::decode(message.payload().unwrap_or_default()) else {
+            undecodable += 1;
+            continue;
+        };
+        if let (Some(classified), Some(timings)) = (&c.classified_at, &c.timings) {
+            first_received =
+                first_received.min(millis(classified) - f64::from(timings.total_us) / 1e3);
+        }
+        match &c.detected_at {
+            Some(detected) => latencies.push(published - millis(detected)),
+            None => without_detected_at += 1,
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |q: f64| -> Option<f64> {
+        (!latencies.is_empty()).then(|| {
+            latencies[((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1]
+        })
+    };
+    let span_s = (last_published - first_received) / 1e3;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1e3)
+        .unwrap_or(0.0);
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "collect",
+            "label": args.label,
+            "topic": args.topic,
+            "records": records,
+            "undecodable": undecodable,
+            "span_s": span_s,
+            "items_per_s": records as f64 / span_s,
+            "latency_ms": {
+                "n": latencies.len(),
+                "without_detected_at": without_detected_at,
+                "p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0),
+            },
+            "collected_at_ms": now_ms,
+        })
+    );
+    Ok(())
+}
