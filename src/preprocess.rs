@@ -478,29 +478,3 @@ mod tests {
         assert!(prepare(&small).is_err());
     }
 }
-
-#[cfg(test)]
-mod timing {
-    use super::*;
-
-    /// `cargo test --release --lib prepare_timing -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn prepare_timing() {
-        let window = Array2::from_shape_fn((300, 300), |(y, x)| {
-            let i = (y * 300 + x) as u64;
-            let noise = ((i.wrapping_mul(2_654_435_761) % 100_003) as f32 / 100_003.0 - 0.5) * 1e-3;
-            if (140..160).contains(&x) && (140..160).contains(&y) {
-                0.01
-            } else {
-                noise
-            }
-        });
-        let rounds = 200;
-        let start = std::time::Instant::now();
-        for _ in 0..rounds {
-            std::hint::black_box(prepare(&window).expect("prepared"));
-        }
-        println!("prepare: {:?} per 300x300 window", start.elapsed() / rounds);
-    }
-}
