@@ -670,7 +670,7 @@ struct RawBatch {
 impl Default for RawBatch {
     fn default() -> Self {
         Self {
-            max_batch: 32,
+            max_batch: 4,
             max_wait: "20ms".into(),
         }
     }
@@ -777,7 +777,7 @@ struct RawPipeline {
 impl Default for RawPipeline {
     fn default() -> Self {
         Self {
-            queue_capacity: 256,
+            queue_capacity: 64,
             drain_timeout: "30s".into(),
         }
     }
@@ -1267,7 +1267,7 @@ mod tests {
                 survey: "FIRST".into()
             }
         );
-        assert_eq!(config.batch.max_batch, 32);
+        assert_eq!(config.batch.max_batch, 4);
         assert_eq!(config.batch.max_wait, Duration::from_millis(20));
         assert_eq!(config.inference.model, PathBuf::from(DEFAULT_MODEL));
         assert_eq!(config.inference.model_name, "agcnn-mirabest-confident");
@@ -1292,7 +1292,7 @@ mod tests {
                 format: OutputFormat::Jsonl
             }
         );
-        assert_eq!(config.pipeline.queue_capacity, 256);
+        assert_eq!(config.pipeline.queue_capacity, 64);
         assert_eq!(config.pipeline.drain_timeout, Duration::from_secs(30));
         assert_eq!(
             config.telemetry,
