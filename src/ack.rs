@@ -292,8 +292,17 @@ impl Acks {
     /// The source took this record: it will be acknowledged when delivered. Returns the
     /// generation of its partition's assignment, None when the partition is not assigned.
     pub fn register(&self, topic: &str, partition: i32, offset: i64) -> Option<u64> {
-        self.tracker()
-            .register(&(topic.to_string(), partition), offset)
+        let partition = (topic.to_string(), partition);
+        if let Some(transaction) = &self.shared.transaction
+            && lock(transaction)
+                .rewinds
+                .iter()
+                .any(|(p, _)| *p == partition)
+        {
+            // Read before the rewind's seek: read again after it.
+            return None;
+        }
+        self.tracker().register(&partition, offset)
     }
 
     /// `at_least_once`: the result of this record was delivered; store its partition's
@@ -379,13 +388,11 @@ impl Acks {
         match self.commit_transaction(&consumer, &[]) {
             Err(AckError::Fenced(e)) => Err(AckError::Fenced(e)),
             Err(e) => {
-                tracing::warn!(error = %e, "transaction not committed; it is retried");
+                tracing::warn!(error = %e, "transaction aborted; its records are read again");
+                self.rewind_aborted();
                 Ok(())
             }
-            Ok(()) => {
-                self.apply_rewinds(&consumer);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
         }
     }
 
@@ -468,9 +475,13 @@ impl Acks {
         }
     }
 
-    /// Seeks the consumer back to where aborted transactions began.
-    fn apply_rewinds(&self, consumer: &AckConsumer) {
-        let Some(transaction) = &self.shared.transaction else {
+    /// Seeks the consumer back to where aborted transactions began (call from the polling
+    /// thread; a transaction aborted in a rebalance callback leaves its rewinds for this).
+    /// Until then, records of those partitions are not registered (their outcomes are
+    /// dropped), so nothing read past the aborted range can commit over it.
+    pub fn rewind_aborted(&self) {
+        let (Some(transaction), Some(consumer)) = (&self.shared.transaction, self.consumer())
+        else {
             return;
         };
         let rewinds = std::mem::take(&mut lock(transaction).rewinds);

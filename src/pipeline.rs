@@ -524,6 +524,8 @@ fn consume(
             }
             held.push_back(item);
         }
+        // After registering: a record polled before the seek was refused registration.
+        acks.rewind_aborted();
         if last_commit.elapsed() >= COMMIT_INTERVAL {
             if let Err(e) = acks.commit_periodic() {
                 tracing::error!(error = %e, "stopping intake");
