@@ -204,6 +204,7 @@ def agreement(images_u8: np.ndarray, labels: np.ndarray, gate_maps: list[np.ndar
             "images": len(idx),
             "on_emission": stats(on_emission[idx]),
             "uniform_baseline": stats(area[idx]),
+            "enrichment": stats(on_emission[idx] / area[idx]),
             "near_emission": stats(on_near[idx]),
             "near_uniform_baseline": stats(near_area[idx]),
             "bright_points_per_image": stats([r["bright"] for r in rows]),
@@ -310,7 +311,8 @@ def describe(test_set: str, grid: int, rows: list[dict]) -> dict:
             "emission": "pixels above 0 in the released 8-bit image: MiraBest set every pixel at or below "
             "3 sigma (sigma-clipped rms) to 0 before scaling, so this is the worker's clipping mask less "
             "the clipped emission fainter than 1/255 of the image's peak, which 8 bits truncated to 0",
-            "on_emission": "share of the combined map on emission pixels; uniform baseline = emission area fraction",
+            "on_emission": "share of the combined map on emission pixels; uniform baseline = emission area fraction; "
+            "enrichment = the share over that baseline, per image (1: no better than uniform)",
             "near_emission": f"share of the combined map within {BEAM_PX:g} pixels (the 5.4 arcsec FIRST beam) "
             "of an emission pixel, since the coarsest gate's cells are 4 pixels wide; uniform baseline = that "
             "area's fraction",
@@ -351,15 +353,16 @@ def render_section(result: dict) -> str:
         f"- Distance baselines: {d['baselines']}.",
         "",
         "| model | normalisation | training | test accuracy | class | images | attention on emission "
-        "| uniform attention (emission area) | attention near emission | uniform attention (near area) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| uniform attention (emission area) | enrichment | attention near emission | uniform attention (near area) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in result["models"]:
         for name, c in m["classes"].items():
             lines.append(
                 f"| {m['model']} | {m['normalisation']} | {m['training']} | {100 * m['test_accuracy']:.1f}% "
                 f"| {name} | {c['images']} | {_q(c['on_emission'], '{:.3f}')} "
-                f"| {_q(c['uniform_baseline'], '{:.3f}')} | {_q(c['near_emission'], '{:.3f}')} "
+                f"| {_q(c['uniform_baseline'], '{:.3f}')} | {_q(c['enrichment'], '{:.1f}')} "
+                f"| {_q(c['near_emission'], '{:.3f}')} "
                 f"| {_q(c['near_uniform_baseline'], '{:.3f}')} |"
             )
     lines += [

@@ -56,6 +56,7 @@ def test_attention_all_on_the_blob_gives_fraction_one():
     assert fri["on_emission"]["median"] == pytest.approx(1.0, abs=1e-12)
     assert fri["near_emission"]["median"] == pytest.approx(1.0, abs=1e-12)
     assert fri["uniform_baseline"]["median"] == pytest.approx(emission.mean())
+    assert fri["enrichment"]["median"] == pytest.approx(1 / emission.mean())
 
 
 def test_uniform_attention_gives_the_area_fraction():
@@ -67,6 +68,7 @@ def test_uniform_attention_gives_the_area_fraction():
     for label, name in enumerate(("FRI", "FRII")):
         area = (images[label] > 0).mean()
         assert result[name]["on_emission"]["median"] == pytest.approx(area, rel=1e-9)
+        assert result[name]["enrichment"]["median"] == pytest.approx(1.0, rel=1e-9)
         assert result[name]["near_emission"]["median"] == pytest.approx(
             result[name]["near_uniform_baseline"]["median"], rel=1e-9
         )
