@@ -185,3 +185,41 @@ def test_variants_must_share_the_shipped_recipe():
     assert ag.recipe_differences(card, run) == ""
     run["train"]["lr"] = card["training"]["config"]["lr"] / 3
     assert ag.recipe_differences(card, run).startswith("lr ")
+
+
+def test_command_compares_a_trained_variant_and_updates_the_card(data_dir, tmp_path):
+    """End to end: a (very short) variant run with the shipped recipe, exported on demand,
+    measured beside the shipped model; a run with another recipe is refused."""
+    from radiogate_model.model import ModelConfig
+    from radiogate_model.train import TrainConfig, train
+
+    stem = tmp_path / "agcnn-mirabest-confident"
+    for suffix in (".onnx", ".card.json", ".card.md"):
+        shutil.copy(REPO / "models" / f"agcnn-mirabest-confident{suffix}", tmp_path / f"{stem.name}{suffix}")
+    card = json.loads((REPO / "models" / "agcnn-mirabest-confident.card.json").read_text())
+    t, arch = card["training"]["config"], card["architecture"]
+    recipe = {k: t[k] for k in ag.RECIPE_TRAIN}
+    run = tmp_path / "softmax-s1"
+    train(
+        TrainConfig(**recipe, epochs=1, seed=1, max_batches=2),
+        ModelConfig(**{k: arch[k] for k in ag.RECIPE_MODEL}, normalisation="softmax"),
+        data_dir,
+        run,
+    )
+    ag.main(["--model", str(stem), "--variants", str(run), "--data-dir", str(data_dir), "--update-card"])
+    assert (run / "model.onnx").exists()
+    result = json.loads(stem.with_suffix(".card.json").read_text())["attention_agreement"]
+    assert [(m["model"], m["normalisation"]) for m in result["models"]] == [
+        (stem.name, arch["normalisation"]),
+        ("softmax-s1", "softmax"),
+    ]
+    assert all(set(m["classes"]) == {"FRI", "FRII"} for m in result["models"])
+    assert "| softmax-s1 | softmax |" in stem.with_suffix(".card.md").read_text()
+
+    other = tmp_path / "other-lr"
+    shutil.copytree(run, other)
+    training = json.loads((other / "training.json").read_text())
+    training["train"]["lr"] = t["lr"] / 10
+    (other / "training.json").write_text(json.dumps(training))
+    with pytest.raises(SystemExit, match="shipped recipe"):
+        ag.main(["--model", str(stem), "--variants", str(other), "--data-dir", str(data_dir)])
