@@ -15,7 +15,8 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs-agree}
 EPOCHS=${EPOCHS:-20}
 SEED=${SEED:-1}
-NORMALISATIONS=${NORMALISATIONS:-"softmax sigmoid std_mean_norm"}
+# Empty: no variants (only the shipped models).
+NORMALISATIONS=${NORMALISATIONS-"softmax sigmoid std_mean_norm"}
 PYTHON=${PYTHON:-python3}
 card=models/agcnn-mirabest-confident
 mkdir -p "$RUNS"
@@ -43,7 +44,11 @@ PY
 variants=()
 for n in $NORMALISATIONS; do
   run=$RUNS/mirabest_confident-$n-s$SEED
-  if [[ ! -f $run/training.json ]]; then
+  if [[ -e $run && ! -f $run/training.json ]]; then
+    echo "$run is incomplete (still training, or interrupted): wait for it, or remove it to retrain" >&2
+    exit 1
+  fi
+  if [[ ! -e $run ]]; then
     echo "training $run ($recipe --epochs $EPOCHS), log in $run.log"
     # shellcheck disable=SC2086
     (cd python && nice -n 15 "$PYTHON" -m radiogate_model.train --subset mirabest_confident --seed "$SEED" \
