@@ -317,7 +317,8 @@ def describe(test_set: str, grid: int, rows: list[dict]) -> dict:
             "of an emission pixel, since the coarsest gate's cells are 4 pixels wide; uniform baseline = that "
             "area's fraction",
             "peaks": f"the {PEAKS} strongest local maxima (8 neighbours) of the combined map on a {grid}x{grid} "
-            "grid, as the worker reports its peaks",
+            "grid, as the worker reports its peaks with summary.grid = "
+            f"{grid} (its default of 30 puts them at the centres of 5-pixel cells)",
             "bright_emission": f"pixels that are the maximum of their {BRIGHT_WINDOW}x{BRIGHT_WINDOW} "
             f"neighbourhood and at least {BRIGHT_FRACTION:g} of the image's peak (cores, hotspots)",
             "baselines": "random pixel: distance from every pixel of the image to the nearest bright "
@@ -342,8 +343,13 @@ def render_section(result: dict) -> str:
         SECTION,
         "",
         f"Does the attention fall on the radio emission? Measured on the {result['test_set']}; medians with "
-        "the interquartile range in brackets. The shipped model and single-seed variants trained with the "
-        "other attention normalisations (same recipe otherwise, shorter training) are compared.",
+        "the interquartile range in brackets."
+        + (
+            " The shipped model is compared with single-seed variants trained with the other attention "
+            "normalisations (the shipped recipe otherwise, with the epochs shown)."
+            if len(result["models"]) > 1
+            else ""
+        ),
         "",
         f"- Combined map: {d['combined_map']}.",
         f"- Emission: {d['emission']}.",
