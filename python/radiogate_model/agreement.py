@@ -29,6 +29,7 @@ Definitions (the card repeats them):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -229,8 +230,6 @@ def _onnx_of_run(run: Path) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
