@@ -22,7 +22,7 @@ setup-python:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --quiet -- -D warnings
-	cd python && ruff format --check . ../scripts && ruff check . ../scripts
+	cd python && ruff format --check . ../scripts ../examples && ruff check . ../scripts ../examples
 
 ## The Kafka tests need a broker: start one (scripts/kafka/broker.sh), stop it even on failure.
 test-rust:
