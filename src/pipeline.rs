@@ -23,7 +23,9 @@
 //! With Kafka on both ends the same stages run between a consumer and a producer, plus the
 //! acknowledgement path (`ack`): the source thread registers each offset it takes, delivery
 //! reports release them in partition order, and stored offsets are committed every
-//! [`COMMIT_INTERVAL`], on revocation and at shutdown (after the producer has flushed).
+//! [`COMMIT_INTERVAL`], on revocation and at shutdown (after the producer has flushed). In
+//! `exactly_once` the sink sends inside the acknowledgement path's transaction instead, and
+//! the source thread commits the transaction, with the offsets, on the same schedule.
 //! Back-pressure: when the first queue is full the source thread pauses its partitions and
 //! keeps polling (heartbeats, rebalances), so it never exceeds `max.poll.interval.ms`;
 //! it resumes them when there is room. The stream has no end: a Kafka run ends on `shutdown`.
