@@ -91,6 +91,15 @@ impl Rejected {
     }
 }
 
+/// The name of a label: "FRI", "FRII" (metric labels, summaries, pictures).
+pub fn label_name(label: proto::Label) -> &'static str {
+    match label {
+        proto::Label::Fri => "FRI",
+        proto::Label::Frii => "FRII",
+        proto::Label::Unspecified => "unspecified",
+    }
+}
+
 /// Short, bounded names of rejection reasons (metric labels, summaries, JSON).
 pub fn reason_name(reason: proto::RejectReason) -> &'static str {
     use proto::RejectReason as R;

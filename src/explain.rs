@@ -20,7 +20,7 @@ use ndarray::Array2;
 
 use crate::config::{Config, OutputFormat, SinkConfig, SourceConfig};
 use crate::cutout::Cutter;
-use crate::domain::{ItemError, MODEL_SIZE, Prepared};
+use crate::domain::{ItemError, MODEL_SIZE, label_name};
 use crate::pipeline::{self, PipelineError, RunOptions};
 use crate::preprocess;
 use crate::proto::{self, source_detection::Pixels};
@@ -495,53 +495,6 @@ fn overlay<'a>(crop: &'a [f32], stretch: Stretch, levels: &[f32], map: Map<'a>) 
         stretch,
         attention: Some(map),
         contours: Some((crop, levels.to_vec())),
-    }
-}
-
-/// The report's overlay of a result in flight: the model's 8-bit input (asinh stretch,
-/// softened at the dimmest emission level), the combined attention map of the result, and
-/// the outline of the emission (pixels above the clipping threshold). `size` x `size`.
-pub fn thumbnail(
-    c: &proto::Classification,
-    prepared: &Prepared,
-    size: u32,
-) -> Result<RgbImage, ExplainError> {
-    let attention = c
-        .attention
-        .as_ref()
-        .ok_or_else(|| ExplainError::Incomplete(c.source_id.clone(), "attention summary"))?;
-    let combined = summary::decode_map(attention)?;
-    let image: Vec<f32> = prepared.image_u8.iter().map(|&u| f32::from(u)).collect();
-    let mask: Vec<f32> = prepared
-        .emission
-        .iter()
-        .map(|&e| if e { 1.0 } else { 0.0 })
-        .collect();
-    let dimmest = prepared
-        .image_u8
-        .iter()
-        .zip(&prepared.emission)
-        .filter(|(_, e)| **e)
-        .map(|(u, _)| f32::from(*u))
-        .fold(f32::INFINITY, f32::min);
-    let scene = Scene {
-        image: &image,
-        side: MODEL_SIZE,
-        stretch: Stretch::for_values(&image, dimmest.max(1.0)),
-        attention: Some(Map {
-            values: &combined,
-            side: attention.grid as usize,
-        }),
-        contours: Some((&mask, vec![0.5])),
-    };
-    Ok(render::panel(&scene, size)?)
-}
-
-pub fn label_name(label: proto::Label) -> &'static str {
-    match label {
-        proto::Label::Fri => "FRI",
-        proto::Label::Frii => "FRII",
-        proto::Label::Unspecified => "unspecified",
     }
 }
 

@@ -198,7 +198,7 @@ fn explain(cli: &Cli, args: &cli::ExplainArgs) -> ExitCode {
             eprintln!(
                 "radiogate: {} ({} {:.3}) drawn to {} ({}x{})",
                 done.source_id,
-                radiogate::explain::label_name(done.label),
+                radiogate::domain::label_name(done.label),
                 done.confidence,
                 args.out.display(),
                 done.width,

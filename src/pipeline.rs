@@ -47,7 +47,9 @@ use crate::ack::{Ack, AckContext, AckError, Acks};
 use crate::batch;
 use crate::config::{Config, DeliveryMode, SinkConfig, SourceConfig};
 use crate::cutout::{CutoutSetupError, Cutter};
-use crate::domain::{Cutout, Detection, ItemError, ModelOutput, Prepared, Rejected, SkyProjection};
+use crate::domain::{
+    Cutout, Detection, ItemError, ModelOutput, Prepared, Rejected, SkyProjection, label_name,
+};
 use crate::infer::{InferError, Inference, StartError};
 use crate::preprocess;
 use crate::proto::{self, RejectReason};
@@ -863,14 +865,6 @@ pub fn rejection(rejected: &Rejected) -> proto::Rejection {
         stream: rejected.origin.stream_position(),
         input: rejected.origin.input(),
         rejected_at: Some(SystemTime::now().into()),
-    }
-}
-
-fn label_name(label: proto::Label) -> &'static str {
-    match label {
-        proto::Label::Fri => "FRI",
-        proto::Label::Frii => "FRII",
-        proto::Label::Unspecified => "unspecified",
     }
 }
 

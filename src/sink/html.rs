@@ -9,7 +9,7 @@
 //! memory stays bounded whatever the run's size (a thumbnail is 150x150, a few KB). Every
 //! string from the input is escaped before it goes into the HTML.
 //!
-//! It owns the page; the pictures come from [`crate::explain::thumbnail`].
+//! It owns the page and its thumbnails; the drawing is [`crate::render`]'s.
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -19,11 +19,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use html_escape::encode_quoted_attribute as esc;
 
+use image::RgbImage;
+
 use super::SinkError;
-use crate::domain::{Prepared, reason_name};
-use crate::explain;
+use crate::domain::{MODEL_SIZE, Prepared, label_name, reason_name};
 use crate::proto;
-use crate::render;
+use crate::render::{self, Map, RenderError, Scene, Stretch};
+use crate::summary::{self, DecodeError};
 
 /// Side of the thumbnails in pixels.
 pub const THUMBNAIL: u32 = 150;
@@ -121,8 +123,7 @@ impl HtmlReport {
         if self.model.is_none() {
             self.model = c.model.as_ref().map(|m| m.name.clone());
         }
-        let picture =
-            explain::thumbnail(c, prepared, THUMBNAIL).and_then(|img| Ok(render::png(&img)?));
+        let picture = thumbnail(c, prepared, THUMBNAIL).and_then(|img| Ok(render::png(&img)?));
         let image = match picture {
             Ok(png) => format!(
                 r#"<img alt="attention overlay of {id}" width="{THUMBNAIL}" height="{THUMBNAIL}" src="data:image/png;base64,{data}">"#,
@@ -140,7 +141,7 @@ impl HtmlReport {
         };
         let attention = c.attention.as_ref();
         let emission = attention.map_or(f32::NAN, |a| a.on_emission_fraction);
-        let label = explain::label_name(c.label());
+        let label = label_name(c.label());
         let card = format!(
             r#"<figure class="card" data-seq="{seq}" data-id="{id}" data-label="{label}" data-confidence="{conf:.6}" data-entropy="{entropy:.6}" data-emission="{emission:.6}">
 {image}
@@ -238,6 +239,56 @@ impl HtmlReport {
             source,
         }
     }
+}
+
+/// Why a card has no overlay.
+#[derive(Debug, thiserror::Error)]
+enum ThumbnailError {
+    #[error("the result of '{0}' has no attention summary")]
+    NoAttention(String),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+}
+
+/// The report's overlay of a result in flight: the model's 8-bit input (asinh stretch,
+/// softened at the dimmest emission level), the combined attention map of the result, and
+/// the outline of the emission (pixels above the clipping threshold). `size` x `size`.
+fn thumbnail(
+    c: &proto::Classification,
+    prepared: &Prepared,
+    size: u32,
+) -> Result<RgbImage, ThumbnailError> {
+    let attention = c
+        .attention
+        .as_ref()
+        .ok_or_else(|| ThumbnailError::NoAttention(c.source_id.clone()))?;
+    let combined = summary::decode_map(attention)?;
+    let image: Vec<f32> = prepared.image_u8.iter().map(|&u| f32::from(u)).collect();
+    let mask: Vec<f32> = prepared
+        .emission
+        .iter()
+        .map(|&e| if e { 1.0 } else { 0.0 })
+        .collect();
+    let dimmest = prepared
+        .image_u8
+        .iter()
+        .zip(&prepared.emission)
+        .filter(|(_, e)| **e)
+        .map(|(u, _)| f32::from(*u))
+        .fold(f32::INFINITY, f32::min);
+    let scene = Scene {
+        image: &image,
+        side: MODEL_SIZE,
+        stretch: Stretch::for_values(&image, dimmest.max(1.0)),
+        attention: Some(Map {
+            values: &combined,
+            side: attention.grid as usize,
+        }),
+        contours: Some((&mask, vec![0.5])),
+    };
+    Ok(render::panel(&scene, size)?)
 }
 
 #[cfg(test)]

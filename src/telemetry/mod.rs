@@ -23,7 +23,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::domain::reason_name;
+use crate::domain::{label_name, reason_name};
 use crate::proto::{self, Label, RejectReason};
 
 /// Every metric name [`Metrics`] registers: the contract with the alert rules and dashboards
@@ -84,15 +84,6 @@ impl Stage {
             Stage::Inference => "inference",
             Stage::Publish => "publish",
         }
-    }
-}
-
-/// The label value of a classification: "FRI" or "FRII".
-fn label_value(label: Label) -> &'static str {
-    match label {
-        Label::Fri => "FRI",
-        Label::Frii => "FRII",
-        Label::Unspecified => "unspecified",
     }
 }
 
@@ -264,7 +255,7 @@ impl Metrics {
         for label in [Label::Fri, Label::Frii] {
             metrics
                 .classifications
-                .with_label_values(&[label_value(label)]);
+                .with_label_values(&[label_name(label)]);
         }
         for reason in reasons() {
             metrics.rejections.with_label_values(&[reason_name(reason)]);
@@ -290,7 +281,7 @@ impl Metrics {
     /// pipeline took its detection in (the latency's start when it has no `detected_at`).
     pub fn classified(&self, c: &proto::Classification, publish: Duration, received: Instant) {
         self.classifications
-            .with_label_values(&[label_value(c.label())])
+            .with_label_values(&[label_name(c.label())])
             .inc();
         self.in_flight.dec();
         if let Some(t) = &c.timings {

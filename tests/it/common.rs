@@ -79,16 +79,17 @@ pub fn files_config(inputs: Vec<PathBuf>, out: &Path) -> Config {
 
 /// Runs the pipeline to the end of its input.
 pub fn run(config: Config) -> RunSummary {
+    run_with(config, RunOptions::default())
+}
+
+/// Runs the pipeline to the end of its input with `options`.
+pub fn run_with(config: Config, options: RunOptions) -> RunSummary {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
     runtime
-        .block_on(pipeline::run(
-            config,
-            RunOptions::default(),
-            std::future::pending(),
-        ))
+        .block_on(pipeline::run(config, options, std::future::pending()))
         .expect("the run succeeds")
 }
 

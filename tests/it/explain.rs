@@ -7,7 +7,7 @@ use std::process::Command;
 
 use radiogate::config::{Config, OutputFormat, SinkConfig};
 use radiogate::explain::{self, ExplainError, FigureOptions, Target};
-use radiogate::pipeline::{self, RunOptions, RunSummary};
+use radiogate::pipeline::{RunOptions, RunSummary};
 use radiogate::proto;
 use radiogate::sink::record::{LabelName, Record};
 
@@ -35,20 +35,13 @@ fn decode_png(path: &Path) -> image::RgbImage {
 }
 
 fn run_with_report(config: Config, report: &Path) -> RunSummary {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    runtime
-        .block_on(pipeline::run(
-            config,
-            RunOptions {
-                report: Some(report.to_path_buf()),
-                ..RunOptions::default()
-            },
-            std::future::pending(),
-        ))
-        .expect("the run succeeds")
+    common::run_with(
+        config,
+        RunOptions {
+            report: Some(report.to_path_buf()),
+            ..RunOptions::default()
+        },
+    )
 }
 
 #[test]
