@@ -17,16 +17,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use prost::Message as _;
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Message, Timestamp};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use radiogate::config::{CutoutConfig, ExecutionProvider, InferenceConfig, SourceConfig};
 use radiogate::cutout::Cutter;
 use radiogate::infer::Inference;
+use radiogate::sink::kafka::{TopicSpec, create_topics, delete_topics};
+use radiogate::source::kafka::TopicReader;
 use radiogate::{preprocess, proto, source};
 
 #[derive(Parser)]
@@ -250,26 +246,16 @@ async fn sweep_point(
     Ok((done, start.elapsed()))
 }
 
-fn admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?)
-}
-
 fn topics(args: &TopicsArgs) -> anyhow::Result<()> {
-    let admin = admin(&args.brokers)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     if args.delete {
         let names: Vec<&str> = args
             .topics
             .iter()
             .map(|t| t.split(':').next().unwrap_or(t))
             .collect();
-        for result in rt.block_on(admin.delete_topics(&names, &options))? {
-            if let Err((name, e)) = result {
-                eprintln!("delete {name}: {e}");
-            }
+        for failure in rt.block_on(delete_topics(&args.brokers, &names))? {
+            eprintln!("delete {failure}");
         }
         return Ok(());
     }
@@ -281,26 +267,13 @@ fn topics(args: &TopicsArgs) -> anyhow::Result<()> {
             Some(p) => p.parse().with_context(|| format!("partitions in {spec}"))?,
             None => 1,
         };
-        let logappend = parts.next() == Some("logappend");
-        specs.push((name, partitions, logappend));
+        specs.push(TopicSpec {
+            name: name.to_string(),
+            partitions,
+            broker_timestamps: parts.next() == Some("logappend"),
+        });
     }
-    let new: Vec<NewTopic> = specs
-        .iter()
-        .map(|&(name, partitions, logappend)| {
-            let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1))
-                .set("max.message.bytes", "4194304");
-            if logappend {
-                topic.set("message.timestamp.type", "LogAppendTime")
-            } else {
-                topic
-            }
-        })
-        .collect();
-    for result in rt.block_on(admin.create_topics(&new, &options))? {
-        if let Err((name, e)) = result {
-            bail!("create {name}: {e}");
-        }
-    }
+    rt.block_on(create_topics(&args.brokers, &specs))?;
     Ok(())
 }
 
@@ -309,26 +282,11 @@ fn millis(t: &prost_types::Timestamp) -> f64 {
 }
 
 fn collect(args: &CollectArgs) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
-        .set(
-            "group.id",
-            format!("radiogate-bench-collect-{}", args.topic),
-        )
-        .set("enable.auto.commit", "false")
-        .set("fetch.max.bytes", "52428800")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(10))?;
-    let mut assignment = TopicPartitionList::new();
-    for topic in metadata.topics() {
-        for p in topic.partitions() {
-            assignment.add_partition_offset(&args.topic, p.id(), Offset::Beginning)?;
-        }
-    }
-    if assignment.count() == 0 {
-        bail!("topic {} has no partitions", args.topic);
-    }
-    consumer.assign(&assignment)?;
+    let reader = TopicReader::open(
+        &args.brokers,
+        &args.topic,
+        &format!("radiogate-bench-collect-{}", args.topic),
+    )?;
 
     let (mut first_received, mut last_published) = (f64::INFINITY, f64::NEG_INFINITY);
     let mut latencies = Vec::with_capacity(args.expect);
@@ -343,18 +301,17 @@ fn collect(args: &CollectArgs) -> anyhow::Result<()> {
                 args.topic
             );
         }
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+        let Some(record) = reader.poll(Duration::from_millis(200)) else {
             continue;
         };
-        let message = message?;
+        let (timestamp, payload) = record?;
         last_new = Instant::now();
         records += 1;
-        let published = match message.timestamp() {
-            Timestamp::LogAppendTime(ms) | Timestamp::CreateTime(ms) => ms as f64,
-            Timestamp::NotAvailable => bail!("record without a timestamp"),
+        let Some(published) = timestamp.map(|ms| ms as f64) else {
+            bail!("record without a timestamp");
         };
         last_published = last_published.max(published);
-        let Ok(c) = proto::Classification::decode(message.payload().unwrap_or_default()) else {
+        let Ok(c) = proto::Classification::decode(payload.as_slice()) else {
             undecodable += 1;
             continue;
         };

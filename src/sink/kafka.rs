@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use prost::Message;
 use rdkafka::ClientConfig;
-use rdkafka::client::ClientContext;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
@@ -397,6 +398,67 @@ impl Publisher {
         }
         Ok(self.sent)
     }
+}
+
+/// A topic for [`create_topics`]: its name, partitions, and whether the broker stamps its
+/// records with its own clock (`message.timestamp.type=LogAppendTime`, for publication times).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub broker_timestamps: bool,
+}
+
+/// Creates topics (replication 1: test and benchmark brokers), taking messages up to an
+/// inline rejection's size. Fails on the first topic that could not be created.
+pub async fn create_topics(brokers: &str, topics: &[TopicSpec]) -> Result<(), SinkError> {
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| {
+            let topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1))
+                .set("max.message.bytes", "4194304");
+            if t.broker_timestamps {
+                topic.set("message.timestamp.type", "LogAppendTime")
+            } else {
+                topic
+            }
+        })
+        .collect();
+    let results = admin(brokers)?
+        .create_topics(&new, &admin_options())
+        .await
+        .map_err(kafka_error("creating topics"))?;
+    for result in results {
+        if let Err((name, code)) = result {
+            return Err(kafka_error(format!("creating topic {name}"))(
+                KafkaError::AdminOp(code),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Deletes topics; returns the ones that could not be deleted, with why.
+pub async fn delete_topics(brokers: &str, names: &[&str]) -> Result<Vec<String>, SinkError> {
+    let results = admin(brokers)?
+        .delete_topics(names, &admin_options())
+        .await
+        .map_err(kafka_error("deleting topics"))?;
+    Ok(results
+        .into_iter()
+        .filter_map(|r| r.err().map(|(name, code)| format!("{name}: {code}")))
+        .collect())
+}
+
+fn admin(brokers: &str) -> Result<AdminClient<DefaultClientContext>, SinkError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(kafka_error("cannot create the admin client"))
+}
+
+fn admin_options() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))
 }
 
 #[cfg(test)]

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message as _;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::KafkaSourceConfig;
 use crate::domain::{Detection, Origin, Rejected};
@@ -221,6 +221,81 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
     /// Whether the assigned partitions are paused.
     pub fn is_paused(&self) -> bool {
         self.paused
+    }
+}
+
+/// One record read by a [`TopicReader`]: its timestamp in ms since the epoch (the broker's
+/// append time or the producer's create time; None when it has none) and its payload.
+pub type TopicRecord = (Option<i64>, Vec<u8>);
+
+/// Reads every partition of a topic from its beginning, outside any group's progress
+/// (benchmarks and tools read results topics with it): each record's timestamp and payload.
+pub struct TopicReader {
+    consumer: BaseConsumer,
+    brokers: String,
+    topic: String,
+}
+
+impl std::fmt::Debug for TopicReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicReader")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TopicReader {
+    /// Assigns every partition of `topic` from its first record.
+    pub fn open(brokers: &str, topic: &str, group_id: &str) -> Result<Self, Box<ConsumerError>> {
+        let error = |source| {
+            Box::new(ConsumerError {
+                brokers: brokers.to_string(),
+                topic: topic.to_string(),
+                source,
+            })
+        };
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("fetch.max.bytes", "52428800")
+            .create()
+            .map_err(error)?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), CONNECT_TIMEOUT)
+            .map_err(error)?;
+        let mut assignment = TopicPartitionList::new();
+        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            assignment
+                .add_partition_offset(topic, p.id(), Offset::Beginning)
+                .map_err(error)?;
+        }
+        if assignment.count() == 0 {
+            return Err(error(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            )));
+        }
+        consumer.assign(&assignment).map_err(error)?;
+        Ok(Self {
+            consumer,
+            brokers: brokers.to_string(),
+            topic: topic.to_string(),
+        })
+    }
+
+    /// The next record within `timeout`.
+    pub fn poll(&self, timeout: Duration) -> Option<Result<TopicRecord, Box<ConsumerError>>> {
+        Some(match self.consumer.poll(timeout)? {
+            Ok(message) => Ok((
+                message.timestamp().to_millis(),
+                message.payload().unwrap_or_default().to_vec(),
+            )),
+            Err(source) => Err(Box::new(ConsumerError {
+                brokers: self.brokers.clone(),
+                topic: self.topic.clone(),
+                source,
+            })),
+        })
     }
 }
 

@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use radiogate::config::{Config, OutputFormat, SinkConfig, SourceConfig};
 use radiogate::pipeline::{self, RunOptions, RunSummary};
+use radiogate::sink::kafka::{self, TopicSpec};
 use radiogate::sink::record::Record;
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -155,27 +153,20 @@ pub fn unique(prefix: &str) -> String {
 
 /// Creates topics with `partitions` partitions each on the test broker.
 pub fn create_topics(names: &[&str], partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic> = names
+    let specs: Vec<TopicSpec> = names
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .map(|name| TopicSpec {
+            name: name.to_string(),
+            partitions,
+            broker_timestamps: false,
+        })
         .collect();
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
-    let created = runtime
-        .block_on(admin.create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        ))
-        .expect("the broker answers (is it running? scripts/kafka/broker.sh start)");
-    for result in created {
-        result.expect("topic created");
-    }
+        .expect("runtime")
+        .block_on(kafka::create_topics(&brokers(), &specs))
+        .expect("topics created (is the broker running? scripts/kafka/broker.sh start)");
 }
 
 /// A port nobody listens on now.
