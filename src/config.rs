@@ -670,7 +670,7 @@ struct RawBatch {
 impl Default for RawBatch {
     fn default() -> Self {
         Self {
-            max_batch: 4,
+            max_batch: 1,
             max_wait: "20ms".into(),
         }
     }
@@ -705,8 +705,8 @@ impl Default for RawInference {
             runtime_library: None,
             execution_provider: RawProvider::Cpu,
             device_id: None,
-            sessions: 1,
-            intra_threads: 2,
+            sessions: 2,
+            intra_threads: 1,
         }
     }
 }
@@ -1267,14 +1267,14 @@ mod tests {
                 survey: "FIRST".into()
             }
         );
-        assert_eq!(config.batch.max_batch, 4);
+        assert_eq!(config.batch.max_batch, 1);
         assert_eq!(config.batch.max_wait, Duration::from_millis(20));
         assert_eq!(config.inference.model, PathBuf::from(DEFAULT_MODEL));
         assert_eq!(config.inference.model_name, "agcnn-mirabest-confident");
         assert_eq!(config.inference.execution_provider, ExecutionProvider::Cpu);
         assert_eq!(config.inference.runtime_library, None);
-        assert_eq!(config.inference.sessions, 1);
-        assert_eq!(config.inference.intra_threads, 2);
+        assert_eq!(config.inference.sessions, 2);
+        assert_eq!(config.inference.intra_threads, 1);
         assert_eq!(
             config.summary,
             SummaryConfig {

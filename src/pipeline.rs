@@ -26,9 +26,10 @@
 //! [`COMMIT_INTERVAL`], on revocation and at shutdown (after the producer has flushed). In
 //! `exactly_once` the sink sends inside the acknowledgement path's transaction instead, and
 //! the source thread commits the transaction, with the offsets, on the same schedule.
-//! Back-pressure: when the first queue is full the source thread pauses its partitions and
-//! keeps polling (heartbeats, rebalances), so it never exceeds `max.poll.interval.ms`;
-//! it resumes them when there is room. The stream has no end: a Kafka run ends on `shutdown`.
+//! Back-pressure: when the first queue stays full for [`FULL_QUEUE_WAIT`] the source thread
+//! pauses its partitions and keeps polling (heartbeats, rebalances), so it never exceeds
+//! `max.poll.interval.ms`; it resumes them when there is room. It does not pause at every
+//! full queue: librdkafka drops a paused partition's prefetched records. The stream has no end: a Kafka run ends on `shutdown`.
 
 // A `Rejected` (128 bytes) travels by value through the queues beside the larger
 // `Detection`; boxing it in the few functions that return it would buy nothing.
@@ -119,6 +120,9 @@ pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// How long a poll waits while the partitions are paused (downstream full).
 const PAUSED_POLL_TIMEOUT: Duration = Duration::from_millis(10);
+/// How long the source thread waits for room in a full queue before it pauses the
+/// partitions; it does not poll meanwhile (rebalances wait that long at most).
+const FULL_QUEUE_WAIT: Duration = Duration::from_millis(250);
 
 /// Where detections come from: an iterator that ends, or a Kafka consumer that does not.
 enum Intake {
@@ -359,11 +363,23 @@ pub async fn run(
             model: model.clone(),
             permits: Arc::new(tokio::sync::Semaphore::new(config.cutout.workers.max(1))),
         });
+        // Batches in flight at once: one running and one waiting per session, so that no
+        // session idles between batches (the sink restores input order).
+        let in_flight = 2 * config.inference.sessions.max(1);
         tokio::spawn(async move {
+            let mut running = tokio::task::JoinSet::new();
             while let Some(batch) = batches_rx.recv().await {
+                while running.len() >= in_flight {
+                    running.join_next().await;
+                }
                 metrics.batch(batch.len());
-                infer_batch(&inference, batch, &outcomes_tx, &finish).await;
+                let (inference, outcomes_tx, finish) =
+                    (inference.clone(), outcomes_tx.clone(), finish.clone());
+                running.spawn(async move {
+                    infer_batch(&inference, batch, &outcomes_tx, &finish).await;
+                });
             }
+            while running.join_next().await.is_some() {}
         })
     };
     drop(outcomes_tx);
@@ -476,16 +492,22 @@ fn consume(
     let mut last_commit = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         while let Some(item) = held.pop_front() {
-            match detections_tx.try_send(Numbered { seq, item }) {
+            // A full queue is the normal state of a worker with a backlog: wait a moment for
+            // room rather than pause at once, since pausing makes librdkafka drop the records
+            // it has prefetched (they are fetched again on resume, and the pipeline starves
+            // meanwhile). Pause only when downstream stays full (a slow sink).
+            match detections_tx.send_timeout(Numbered { seq, item }, FULL_QUEUE_WAIT) {
                 Ok(()) => {
                     seq += 1;
                     metrics.consumed();
                 }
-                Err(crossbeam_channel::TrySendError::Full(Numbered { item, .. })) => {
+                Err(crossbeam_channel::SendTimeoutError::Timeout(Numbered { item, .. })) => {
                     held.push_front(item);
                     break;
                 }
-                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return (source, Ok(())),
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => {
+                    return (source, Ok(()));
+                }
             }
         }
         if held.is_empty() {

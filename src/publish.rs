@@ -36,7 +36,7 @@ pub struct PublishSummary {
 
 /// Sends the detections of `plan.source` to a topic and waits for their delivery.
 pub fn publish(plan: &PublishPlan) -> Result<PublishSummary, PipelineError> {
-    let mut publisher = Publisher::create(&plan.brokers, &plan.topic)?;
+    let mut publisher = Publisher::create(&plan.brokers, &plan.topic, plan.rate.is_some())?;
     let mut skipped = 0;
     let started = Instant::now();
     let mut paced = 0u32;

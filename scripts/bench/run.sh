@@ -141,20 +141,31 @@ dead_letter_topic = "$5"
 EOF
 }
 
-# Runs a command; writes its wall time (s) and peak RSS (KB) to $1.
+# Runs a command; writes its wall time (s), peak RSS (KB) and CPU time (s, user + system)
+# to $1.
 timed() {
   python3 -c '
 import resource, subprocess, sys, time
 t = time.monotonic()
 rc = subprocess.call(sys.argv[2:])
 wall = time.monotonic() - t
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-open(sys.argv[1], "w").write(f"{wall:.3f} {peak}\n")
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(f"{wall:.3f} {u.ru_maxrss} {u.ru_utime + u.ru_stime:.3f}\n")
 sys.exit(rc)' "$@"
 }
 
 # Peak (VmHWM) and current (VmRSS) resident memory of a process, in MB.
 rss_mb() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+# CPU time (s, user + system) of a running process; 0 when there is none.
+cpu_s() {
+  if [[ -n "$1" && -r "/proc/$1/stat" ]]; then
+    awk -v tck="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / tck }' "/proc/$1/stat"
+  else
+    echo 0
+  fi
+}
+# The local test broker's pid (its CPU is counted beside the worker's), if it runs here.
+BROKER_PID="$(cat "vendor/kafka/run-${BROKERS##*:}/broker.pid" 2>/dev/null || true)"
 
 stop_worker() {
   kill -TERM "$WORKER_PID"
@@ -170,11 +181,11 @@ for ((r = 1; r <= REPEATS; r++)); do
 
   log "round $r/$REPEATS: offline classify"
   timed "$W/offline-time" "$RG" classify --quiet --out "$W/offline-$r.jsonl" "$W/items" 2>>"$OUT/offline.log"
-  read -r wall peak_kb <"$W/offline-time"
-  python3 - "$W/offline-$r.jsonl" "$r" "$wall" "$peak_kb" >>"$OUT/offline.jsonl" <<'PY'
+  read -r wall peak_kb cpu <"$W/offline-time"
+  python3 - "$W/offline-$r.jsonl" "$r" "$wall" "$peak_kb" "$cpu" >>"$OUT/offline.jsonl" <<'PY'
 import json, sys
 from datetime import datetime
-path, rnd, wall, peak_kb = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+path, rnd, wall, peak_kb, cpu = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 first, last, n, rejected = float("inf"), float("-inf"), 0, 0
 for line in open(path):
     rec = json.loads(line)
@@ -188,7 +199,7 @@ for line in open(path):
 print(json.dumps({"bench": "offline", "round": rnd, "items": n, "rejected": rejected,
                   "wall_s": wall, "items_per_s_wall": n / wall,
                   "span_s": last - first, "items_per_s": n / (last - first),
-                  "peak_rss_mb": peak_kb / 1024}))
+                  "peak_rss_mb": peak_kb / 1024, "cpu_s": cpu, "cpu_ms_per_item": 1e3 * cpu / n}))
 PY
   rm -f "$W/offline-$r.jsonl"
 
@@ -197,12 +208,16 @@ PY
   TOPICS+=("$results" "$PREFIX.dead-$r")
   "$RB" topics --brokers "$BROKERS" "$results:1:logappend" "$PREFIX.dead-$r:1"
   worker_config "$W/worker-$r.toml" "$DETECTIONS" "$PREFIX-group-$r" "$results" "$PREFIX.dead-$r"
+  broker_cpu="$(cpu_s "$BROKER_PID")"
   "$RG" run --config "$W/worker-$r.toml" 2>"$OUT/worker-$r.log" &
   WORKER_PID=$!
   "$RB" collect --brokers "$BROKERS" --topic "$results" --expect "$ITEMS" --label "round $r" >"$W/collect"
   peak="$(rss_mb "$WORKER_PID" VmHWM)"
+  # CPU of the whole run (start-up and the collector's idle wait included) and of the broker.
+  cpu="$(cpu_s "$WORKER_PID")"
+  broker_cpu="$(awk -v a="$broker_cpu" -v b="$(cpu_s "$BROKER_PID")" 'BEGIN { printf "%.2f", b - a }')"
   stop_worker
-  sed "s/^{/{\"round\":$r,\"peak_rss_mb\":$peak,/" "$W/collect" >>"$OUT/streaming.jsonl"
+  sed "s/^{/{\"round\":$r,\"peak_rss_mb\":$peak,\"cpu_s\":$cpu,\"broker_cpu_s\":$broker_cpu,/" "$W/collect" >>"$OUT/streaming.jsonl"
 done
 
 # 4. Latency at about half the streaming rate.

@@ -55,6 +55,18 @@ def main(out: Path) -> None:
     }
     s["offline_ratio"] = s["offline_items_per_s"] / limit
     s["streaming_ratio"] = s["streaming_items_per_s"] / limit
+    # Where the cores went (rows of runs made before run.sh recorded CPU time lack it).
+    # Bare inference keeps every core busy: its CPU per image is cores / images per second.
+    cpu = {"bare_ms_per_image": 1e3 * start["cpus"] / limit}
+    if all("cpu_s" in r for r in offline):
+        cpu["offline_ms_per_item"] = median(offline, "cpu_ms_per_item")
+        cpu["offline_cores_busy"] = statistics.median(r["cpu_s"] / r["wall_s"] for r in offline)
+    if all("cpu_s" in r for r in streaming):
+        cpu["streaming_worker_ms_per_item"] = statistics.median(1e3 * r["cpu_s"] / r["records"] for r in streaming)
+        cpu["streaming_broker_ms_per_item"] = statistics.median(
+            1e3 * r["broker_cpu_s"] / r["records"] for r in streaming
+        )
+    s["cpu"] = cpu
     if latency:
         lat = latency[0]
         s["latency"] = {
@@ -125,6 +137,21 @@ def main(out: Path) -> None:
             f"| long run ({lg['items']} detections) | {lg['items_per_s']:.1f} items/s, peak RSS "
             f"{lg['peak_rss_mb']:.0f} MB, RSS at 10/50/90/100%: {lg['rss_mb_at_10_50_90_100_pct']} | | |"
         )
+    c = s["cpu"]
+    print(f"\nCPU time per item (user + system, medians): bare inference {c['bare_ms_per_image']:.2f} ms", end="")
+    if "offline_ms_per_item" in c:
+        print(
+            f"; offline {c['offline_ms_per_item']:.2f} ms "
+            f"({c['offline_cores_busy']:.2f} of {start['cpus']} cores busy, start-up included)",
+            end="",
+        )
+    if "streaming_worker_ms_per_item" in c:
+        print(
+            f"; streaming {c['streaming_worker_ms_per_item']:.2f} ms in the worker "
+            f"+ {c['streaming_broker_ms_per_item']:.2f} ms in the broker on the same cores",
+            end="",
+        )
+    print(".")
     ratios = ", ".join(f"{r:.3f}" for r in s["offline_ratio_by_round"])
     print(f"\nOffline ratio per round: {ratios}")
     ratios = ", ".join(f"{r:.3f}" for r in s["streaming_ratio_by_round"])

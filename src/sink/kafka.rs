@@ -337,9 +337,15 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// A producer to `topic` on `brokers`.
-    pub fn create(brokers: &str, topic: &str) -> Result<Self, SinkError> {
-        let properties = producer_properties(brokers, &Default::default());
+    /// A producer to `topic` on `brokers`; `paced`: each detection leaves at once instead
+    /// of waiting up to `linger.ms` for others (a paced stream stands for live detections,
+    /// whose latency is measured from their send time).
+    pub fn create(brokers: &str, topic: &str, paced: bool) -> Result<Self, SinkError> {
+        let mut extra = std::collections::BTreeMap::new();
+        if paced {
+            extra.insert("linger.ms".to_string(), "0".to_string());
+        }
+        let properties = producer_properties(brokers, &extra);
         let mut client = ClientConfig::new();
         for (key, value) in properties {
             client.set(key, value);

@@ -289,7 +289,7 @@ fn positions(
 }
 
 fn publish(topic: &str, detections: &[proto::SourceDetection]) {
-    let mut publisher = Publisher::create(&brokers(), topic).expect("publisher");
+    let mut publisher = Publisher::create(&brokers(), topic, false).expect("publisher");
     for d in detections {
         publisher.send(d).expect("queued");
     }

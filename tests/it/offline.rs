@@ -84,13 +84,17 @@ fn centre_from_name(id: &str) -> (f64, f64) {
 }
 
 #[test]
-fn batch_composition_does_not_change_results() {
+fn batch_composition_and_concurrent_sessions_do_not_change_results() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut by_batch = Vec::new();
-    for max_batch in [1, 7, 32] {
-        let out = dir.path().join(format!("b{max_batch}.jsonl"));
+    // (max_batch, sessions): one batch at a time, then several batches in flight at once
+    // (up to two per session), whose results the sink puts back in input order.
+    for (max_batch, sessions) in [(1, 1), (7, 1), (32, 1), (1, 3), (2, 2)] {
+        let out = dir.path().join(format!("b{max_batch}-s{sessions}.jsonl"));
         let mut config = common::files_config(vec![common::sample_dir()], &out);
         config.batch.max_batch = max_batch;
+        config.inference.sessions = sessions;
+        config.inference.intra_threads = 1;
         common::run(config);
         let results: Vec<_> = common::read(&out)
             .into_iter()
@@ -105,8 +109,10 @@ fn batch_composition_does_not_change_results() {
             .collect();
         by_batch.push(results);
     }
-    assert_eq!(by_batch[0], by_batch[1]);
-    assert_eq!(by_batch[0], by_batch[2]);
+    assert_eq!(by_batch[0].len(), 20);
+    for other in &by_batch[1..] {
+        assert_eq!(&by_batch[0], other);
+    }
 }
 
 #[test]
