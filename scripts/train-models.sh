@@ -15,7 +15,7 @@ SEEDS=${SEEDS:-"1 2 3"}
 PARALLEL=${PARALLEL:-2}
 RUNS=${RUNS:-runs}
 # The recipe of the shipped models (see their cards).
-TRAIN_ARGS=${TRAIN_ARGS:-"--epochs 30 --lr 3e-3 --aggregation concat --normalisation range_norm"}
+TRAIN_ARGS=${TRAIN_ARGS:-"--epochs 60 --lr 3e-3 --aggregation concat --normalisation range_norm"}
 mkdir -p "$RUNS"
 
 jobs_file=$(mktemp)

@@ -29,7 +29,8 @@
 //! Back-pressure: when the first queue stays full for [`FULL_QUEUE_WAIT`] the source thread
 //! pauses its partitions and keeps polling (heartbeats, rebalances), so it never exceeds
 //! `max.poll.interval.ms`; it resumes them when there is room. It does not pause at every
-//! full queue: librdkafka drops a paused partition's prefetched records. The stream has no end: a Kafka run ends on `shutdown`.
+//! full queue: librdkafka drops a paused partition's prefetched records. The stream has no
+//! end: a Kafka run ends on `shutdown`.
 
 // A `Rejected` (128 bytes) travels by value through the queues beside the larger
 // `Detection`; boxing it in the few functions that return it would buy nothing.

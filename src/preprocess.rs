@@ -37,9 +37,8 @@ struct Scratch {
     /// Order-preserving integer keys of the finite pixels, radix-sorted.
     keys: Vec<u32>,
     tmp: Vec<u32>,
-    /// The sorted finite pixels (float32: half the memory traffic of float64; every sum
-    /// widens them to float64 as it reads them).
-    sorted: Vec<f32>,
+    /// The sorted finite pixels as float64.
+    sorted: Vec<f64>,
 }
 
 /// Prepares one window (normally `CUTOUT_SIZE` x `CUTOUT_SIZE`, at least `MODEL_SIZE` on
@@ -149,7 +148,8 @@ fn clipped_std(values: impl Iterator<Item = f32>, s: &mut Scratch) -> Option<f64
     }
     radix_sort(&mut s.keys, &mut s.tmp, &counts);
     s.sorted.clear();
-    s.sorted.extend(s.keys.iter().map(|&k| from_key(k)));
+    s.sorted
+        .extend(s.keys.iter().map(|&k| f64::from(from_key(k))));
     let sorted = &s.sorted[..];
     let (mut a, mut b) = (0, sorted.len());
     for _ in 0..CLIP_MAXITERS {
@@ -159,8 +159,8 @@ fn clipped_std(values: impl Iterator<Item = f32>, s: &mut Scratch) -> Option<f64
         let (lo, hi) = (centre - CLIP_SIGMA * spread, centre + CLIP_SIGMA * spread);
         // Kept: lo <= v <= hi, a contiguous run of the sorted range.
         let (na, nb) = (
-            a + range.partition_point(|&v| f64::from(v) < lo),
-            a + range.partition_point(|&v| f64::from(v) <= hi),
+            a + range.partition_point(|&v| v < lo),
+            a + range.partition_point(|&v| v <= hi),
         );
         if (na, nb) == (a, b) || na >= nb {
             // Converged (or nothing would be left): the std of the range kept is the one
@@ -173,12 +173,12 @@ fn clipped_std(values: impl Iterator<Item = f32>, s: &mut Scratch) -> Option<f64
 }
 
 /// numpy's median of sorted values: the middle one, or the mean of the two middle ones.
-fn sorted_median<T: Copy + Into<f64>>(sorted: &[T]) -> f64 {
+fn sorted_median(sorted: &[f64]) -> f64 {
     let n = sorted.len();
     if n % 2 == 1 {
-        sorted[n / 2].into()
+        sorted[n / 2]
     } else {
-        (sorted[n / 2 - 1].into() + sorted[n / 2].into()) / 2.0
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
     }
 }
 
@@ -251,19 +251,15 @@ fn radix_counts(keys: &[u32]) -> [[u32; RADIX_BUCKETS]; RADIX_PASSES] {
 }
 
 /// Population standard deviation (ddof 0) with numpy's two-pass formula and pairwise sums.
-fn population_std<T: Copy + Into<f64>>(values: &[T]) -> f64 {
+fn population_std(values: &[f64]) -> f64 {
     let n = values.len() as f64;
-    let mean = pairwise_sum(values, Into::into) / n;
-    let squared_deviation = |v: T| {
-        let d = v.into() - mean;
-        d * d
-    };
-    (pairwise_sum(values, squared_deviation) / n).sqrt()
+    let mean = pairwise_sum(values, |v| v) / n;
+    (pairwise_sum(values, |v| (v - mean) * (v - mean)) / n).sqrt()
 }
 
 /// Pairwise summation as numpy does it (blocks of 128 summed with 8 accumulators): the
 /// same rounding behaviour, and accurate for 90 000 terms.
-fn pairwise_sum<T: Copy>(values: &[T], f: impl Fn(T) -> f64 + Copy) -> f64 {
+fn pairwise_sum(values: &[f64], f: impl Fn(f64) -> f64 + Copy) -> f64 {
     const BLOCK: usize = 128;
     if values.len() < 8 {
         return values.iter().fold(0.0, |s, &v| s + f(v));

@@ -50,6 +50,15 @@ def _mean_std(rows: list[dict]) -> dict:
     }
 
 
+def train_command(subset: str, seeds: list[int], config: dict, architecture: dict) -> str:
+    """The scripts/train-models.sh call that trains these seeds with this recipe and writes the card."""
+    args = (
+        f"--epochs {config['epochs']} --lr {config['lr']} --gates {architecture['gates']} "
+        f"--aggregation {architecture['aggregation']} --normalisation {architecture['normalisation']}"
+    )
+    return f'SUBSETS={subset} SEEDS="{" ".join(map(str, seeds))}" TRAIN_ARGS="{args}" scripts/train-models.sh'
+
+
 def build_card(subset: str, runs: list[Path], out_stem: Path, data_dir: Path, tta: int) -> dict:
     per_seed = []
     for run in runs:
@@ -159,7 +168,12 @@ def build_card(subset: str, runs: list[Path], out_stem: Path, data_dir: Path, tt
             "paper": PAPER[subset],
         },
         "reproduce": {
-            "train": "scripts/train-models.sh",
+            "train": train_command(
+                subset,
+                [r["training"]["train"]["seed"] for r in per_seed],
+                train_cfg,
+                shipped["training"]["model"],
+            ),
             "evaluate": f"cd python && python -m radiogate_model.evaluate --model ../models/{model_path.name} "
             f"--subset {subset} --tta {tta}",
         },
