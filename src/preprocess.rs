@@ -52,8 +52,7 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
             format!("window is {ny}x{nx}, preprocessing needs at least {MODEL_SIZE}x{MODEL_SIZE}"),
         ));
     }
-    let std = SCRATCH.with_borrow_mut(|scratch| clipped_std(pixels.iter().copied(), scratch));
-    let std = std.ok_or_else(|| {
+    let std = sigma_clipped_std(pixels).ok_or_else(|| {
         ItemError::new(RejectReason::EmptyCutout, "no finite pixel in the window")
     })?;
     let threshold = THRESHOLD_SIGMA * std;
@@ -64,19 +63,18 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
             "window smaller than the model input",
         )
     })?;
-    let mut kept = Vec::with_capacity(MODEL_SIZE * MODEL_SIZE);
-    let mut emission = Vec::with_capacity(MODEL_SIZE * MODEL_SIZE);
-    let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
-    for &v in crop.iter() {
+    // NaN compares false: it is zeroed like every pixel at or below the threshold.
+    let kept = |v: f32| {
         let v = f64::from(v);
-        // NaN compares false: it is zeroed like every pixel at or below the threshold.
-        let above = v > threshold;
-        let v = if above { v } else { 0.0 };
-        min = min.min(v);
-        max = max.max(v);
-        kept.push(v);
-        emission.push(above);
-    }
+        if v > threshold { v } else { 0.0 }
+    };
+    let emission: Vec<bool> = crop.iter().map(|&v| f64::from(v) > threshold).collect();
+    let (min, max) = crop
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(min, max), &v| {
+            let v = kept(v);
+            (min.min(v), max.max(v))
+        });
     if max <= min {
         return Err(ItemError::new(
             RejectReason::EmptyCutout,
@@ -86,16 +84,15 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
         ));
     }
     let range = max - min;
-    let image_u8: Vec<u8> = kept
-        .iter()
+    let mut image_u8 = Vec::with_capacity(MODEL_SIZE * MODEL_SIZE);
+    let mut input = Vec::with_capacity(MODEL_SIZE * MODEL_SIZE);
+    for &v in crop.iter() {
         // PIL's float to 'L': the float64 array becomes float32 ('F'), then truncates
         // toward zero and clamps to 0..255 (`as u8` from f32 does both).
-        .map(|&v| (255.0 * (v - min) / range) as f32 as u8)
-        .collect();
-    let input = image_u8
-        .iter()
-        .map(|&u| (f32::from(u) / 255.0 - 0.5) / 0.5)
-        .collect();
+        let u = (255.0 * (kept(v) - min) / range) as f32 as u8;
+        image_u8.push(u);
+        input.push((f32::from(u) / 255.0 - 0.5) / 0.5);
+    }
     Ok(Prepared {
         input,
         image_u8,
@@ -119,7 +116,12 @@ pub fn model_crop(pixels: &Array2<f32>) -> Option<ndarray::ArrayView2<'_, f32>> 
 /// Step 1 alone: the sigma-clipped std of a window's finite pixels (None when there are
 /// none), as [`prepare`] computes it. For benchmarks and diagnostics.
 pub fn sigma_clipped_std(pixels: &Array2<f32>) -> Option<f64> {
-    SCRATCH.with_borrow_mut(|scratch| clipped_std(pixels.iter().copied(), scratch))
+    SCRATCH.with_borrow_mut(|scratch| match pixels.as_slice() {
+        // A contiguous window (every cutout) reads as a plain slice: several times faster
+        // than ndarray's general element iterator in this loop.
+        Some(values) => clipped_std(values.iter().copied(), scratch),
+        None => clipped_std(pixels.iter().copied(), scratch),
+    })
 }
 
 /// astropy `sigma_clipped_stats(data, sigma=3, maxiters=5)[2]` over the finite `values`;

@@ -215,9 +215,10 @@ fn decode(map_zstd: &[u8], cells: usize, scale: f32) -> Result<Vec<f32>, DecodeE
 fn combine(maps: &[AttentionMap]) -> Vec<f64> {
     let mut combined = vec![0.0; PIXELS];
     let gates = maps.len() as f64;
-    UPSAMPLED.with_borrow_mut(|up| {
+    SCRATCH.with_borrow_mut(|scratch| {
         for map in maps {
-            bilinear_into(&map.values, map.side, MODEL_SIZE, up);
+            bilinear_into(&map.values, map.side, MODEL_SIZE, scratch);
+            let up = &scratch.resized;
             let sum: f64 = up.iter().sum();
             if sum > 0.0 {
                 for (c, &v) in combined.iter_mut().zip(up.iter()) {
@@ -235,8 +236,8 @@ fn combine(maps: &[AttentionMap]) -> Vec<f64> {
 }
 
 thread_local! {
-    /// One upsampled gate map (`MODEL_SIZE`^2 values), reused across calls.
-    static UPSAMPLED: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The bilinear resize's buffers, reused across calls.
+    static SCRATCH: std::cell::RefCell<Resize> = const { std::cell::RefCell::new(Resize::new()) };
     /// zstd compression contexts by level: creating one costs more than compressing 900 bytes.
     static COMPRESSORS: std::cell::RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> =
         const { std::cell::RefCell::new(Vec::new()) };
@@ -258,27 +259,53 @@ fn unit_sum(mut map: Vec<f64>) -> Vec<f64> {
     map
 }
 
+/// Buffers of [`bilinear_into`]: the source rows resized along x, and the result.
+struct Resize {
+    rows: Vec<f64>,
+    resized: Vec<f64>,
+}
+
+impl Resize {
+    const fn new() -> Self {
+        Self {
+            rows: Vec::new(),
+            resized: Vec::new(),
+        }
+    }
+}
+
 /// Bilinear resize of a square map from `side` to `out` as PyTorch's
 /// `F.interpolate(mode="bilinear", align_corners=False)` does it (zeroing as
 /// [`bilinear_into`]).
 #[cfg(test)]
 fn bilinear(values: &[f32], side: usize, out: usize) -> Vec<f64> {
-    let mut resized = Vec::new();
-    bilinear_into(values, side, out, &mut resized);
-    resized
+    let mut scratch = Resize::new();
+    bilinear_into(values, side, out, &mut scratch);
+    scratch.resized
 }
 
-/// The bilinear resize (PyTorch's `align_corners=False`) into `resized` (cleared first), each value that is negative or not
-/// finite written as zero (the `unit_sum` rule).
-fn bilinear_into(values: &[f32], side: usize, out: usize, resized: &mut Vec<f64>) {
+/// The bilinear resize (PyTorch's `align_corners=False`) into `scratch.resized`, each value
+/// that is negative or not finite written as zero (the `unit_sum` rule).
+///
+/// Separable: every source row is resized along x once (`side` rows, not two per output
+/// row), then each output row mixes two of them. The arithmetic per value, and its order,
+/// is the same as interpolating each output pixel from its four neighbours.
+fn bilinear_into(values: &[f32], side: usize, out: usize, scratch: &mut Resize) {
     let taps = bilinear_taps(side, out);
+    let Resize { rows, resized } = scratch;
+    rows.clear();
+    rows.reserve(side * out);
+    for row in values.chunks_exact(side) {
+        rows.extend(
+            taps.iter()
+                .map(|&(x0, x1, wx)| f64::from(row[x0]) * (1.0 - wx) + f64::from(row[x1]) * wx),
+        );
+    }
     resized.clear();
     resized.reserve(out * out);
     for &(y0, y1, wy) in &taps {
-        let (row0, row1) = (&values[y0 * side..][..side], &values[y1 * side..][..side]);
-        resized.extend(taps.iter().map(|&(x0, x1, wx)| {
-            let top = f64::from(row0[x0]) * (1.0 - wx) + f64::from(row0[x1]) * wx;
-            let bottom = f64::from(row1[x0]) * (1.0 - wx) + f64::from(row1[x1]) * wx;
+        let (top, bottom) = (&rows[y0 * out..][..out], &rows[y1 * out..][..out]);
+        resized.extend(top.iter().zip(bottom).map(|(&top, &bottom)| {
             let v = top * (1.0 - wy) + bottom * wy;
             // `!finite || v < 0` becomes 0; -0.0 stays -0.0 as it did.
             if v.is_finite() && v >= 0.0 { v } else { 0.0 }

@@ -10,12 +10,15 @@
 #    wheels, as PyTorch installs them) and puts them on LD_LIBRARY_PATH;
 # 3. checks that the CUDA execution provider really runs the model (ONNX Runtime's node
 #    placement log and the process on the GPU): it stops with an error otherwise;
+#    Then the same cutouts through `radiogate classify` on the GPU and on the CPU (the GPU
+#    build's own CPU provider): labels must agree, and the largest probability difference
+#    is recorded (parity.json);
 # 4. bare GPU inference over a sweep of batch sizes and sessions (radiogate-bench infer);
 # 5. offline end to end: `radiogate classify` over the bundled real FIRST cutouts repeated
 #    to ITEMS items (symlinks; the 20 files stay in the page cache, so the cutouts come
 #    from memory), with the best batch/sessions of the sweep and several cutout workers.
 #
-# Environment: SRC (vendor/gpu), OUT, ITEMS (200000; QUICK: 50000), WORKERS (cutout worker
+# Environment: SRC (vendor/gpu), OUT, ITEMS (100000; QUICK: 50000), WORKERS (cutout worker
 # counts to try, default "$(nproc)-2 and $(nproc)"), PYTHON (the Python whose `nvidia`
 # packages hold the CUDA libraries; default: the first of python3, python, conda's that
 # has them), DEVICE_ID (0).
@@ -33,8 +36,8 @@ if [[ "$QUICK" == 1 ]]; then
   ITEMS="${ITEMS:-50000}"
   SWEEP=(--batch 64,256,1024 --sessions 1,2 --threads 1 --seconds 2)
 else
-  ITEMS="${ITEMS:-200000}"
-  SWEEP=(--batch 32,128,256,512,1024,2048 --sessions 1,2,4 --threads 1 --seconds 3)
+  ITEMS="${ITEMS:-100000}"
+  SWEEP=(--batch 64,256,512,1024,2048 --sessions 1,2,4 --threads 1 --seconds 2)
 fi
 WORKERS="${WORKERS:-$((CORES > 4 ? CORES - 2 : 2)) $CORES}"
 mkdir -p "$OUT"
@@ -140,6 +143,31 @@ else
 fi
 [[ -n "$on_gpu" ]] || log "warning: nvidia-smi did not list the process (containers often hide PIDs)"
 
+# GPU and CPU results on the bundled cutouts: same labels, probabilities within 1e-4.
+for provider in cuda cpu; do
+  with=(env)
+  # The CPU takes no device id (the config refuses one).
+  [[ "$provider" == cpu ]] && with=(env -u RADIOGATE__INFERENCE__DEVICE_ID RADIOGATE__INFERENCE__EXECUTION_PROVIDER=cpu)
+  "${with[@]}" "$RG" classify --quiet \
+    --out "$OUT/parity-$provider.jsonl" samples/first 2>"$OUT/parity-$provider.log" ||
+    die "classify with the $provider provider failed: see $OUT/parity-$provider.log"
+done
+"$PYTHON" - "$OUT" <<'PY' | tee "$OUT/parity.json" >&2 || die "GPU and CPU results differ (parity.json)"
+import json, sys
+out = sys.argv[1]
+def load(p):
+    return {r["source_id"]: r for r in map(json.loads, open(f"{out}/parity-{p}.jsonl"))
+            if r["kind"] == "classification"}
+gpu, cpu = load("cuda"), load("cpu")
+diff = max(abs(gpu[k]["probabilities"][c] - cpu[k]["probabilities"][c])
+           for k in cpu for c in ("FRI", "FRII"))
+same = sorted(gpu) == sorted(cpu) and all(gpu[k]["label"] == cpu[k]["label"] for k in cpu)
+providers = sorted({r["model"]["execution_provider"] for r in gpu.values()})
+print(json.dumps({"items": len(cpu), "labels_agree": same, "max_prob_diff": diff,
+                  "gpu_providers": providers}))
+sys.exit(0 if same and diff < 1e-4 and len(cpu) > 0 else 1)
+PY
+
 # 4. Bare inference sweep.
 log "bare inference sweep: ${SWEEP[*]}"
 "$RB" infer --inputs samples/first "${PROVIDER[@]}" "${SWEEP[@]}" | tee "$OUT/sweep.jsonl" >&2
@@ -173,14 +201,17 @@ import resource, subprocess, sys, time
 t = time.monotonic()
 rc = subprocess.call(sys.argv[2:], stderr=open(sys.argv[1] + ".log", "w"))
 wall = time.monotonic() - t
-open(sys.argv[1] + ".time", "w").write(f"{wall} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}\n")
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1] + ".time", "w").write(f"{wall} {ru.ru_maxrss} {ru.ru_utime + ru.ru_stime}\n")
 sys.exit(rc)' "$OUT/offline-$workers" "$RG" classify --quiet --out "$OUT/offline-$workers.jsonl" "$OUT/items" ||
     die "classify failed: see $OUT/offline-$workers.log"
-  read -r wall peak_kb <"$OUT/offline-$workers.time"
-  "$PYTHON" - "$OUT/offline-$workers.jsonl" "$workers" "$wall" "$peak_kb" >>"$OUT/offline.jsonl" <<'PY'
+  read -r wall peak_kb cpu_s <"$OUT/offline-$workers.time"
+  "$PYTHON" - "$OUT/offline-$workers.jsonl" "$workers" "$wall" "$peak_kb" "$cpu_s" >>"$OUT/offline.jsonl" <<'PY'
 import json, sys
 from datetime import datetime
 path, workers, wall, peak_kb = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+cpu_s = float(sys.argv[5])
+stages = {"cutout": 0, "preprocess": 0, "queue": 0, "inference": 0, "total": 0}
 first, last, n, rejected, provider = float("inf"), float("-inf"), 0, 0, set()
 for line in open(path):
     rec = json.loads(line)
@@ -189,13 +220,17 @@ for line in open(path):
         rejected += 1
         continue
     provider.add(rec["model"]["execution_provider"])
+    for k in stages:
+        stages[k] += rec["timings_us"][k]
     t = datetime.fromisoformat(rec["classified_at"].replace("Z", "+00:00")).timestamp()
     first = min(first, t - rec["timings_us"]["total"] / 1e6)
     last = max(last, t)
 print(json.dumps({"bench": "offline", "workers": workers, "items": n, "rejected": rejected,
                   "providers": sorted(provider), "wall_s": wall, "items_per_s_wall": n / wall,
                   "span_s": last - first, "items_per_s": n / (last - first),
-                  "peak_rss_mb": peak_kb / 1024}))
+                  "peak_rss_mb": peak_kb / 1024, "cpu_ms_per_item": 1e3 * cpu_s / n,
+                  "cores_busy": cpu_s / wall,
+                  "mean_stage_us": {k: v / max(n - rejected, 1) for k, v in stages.items()}}))
 PY
   tail -1 "$OUT/offline.jsonl" >&2
   rm -f "$OUT/offline-$workers.jsonl"
@@ -213,8 +248,15 @@ e2e = max(offline, key=lambda r: r["items_per_s"])
 print(f"# radiogate on the GPU\n\n{(out / 'machine.txt').read_text().splitlines()[0]}\n")
 print(f"- bare inference: {best['images_per_s']:.0f} images/s (batch {best['batch']}, "
       f"{best['sessions']} sessions); target >= 50,000: {'met' if best['images_per_s'] >= 5e4 else 'NOT met'}")
-print(f"- offline end to end: {e2e['items_per_s']:.0f} cutouts/s ({e2e['workers']} cutout workers, "
-      f"{e2e['items']} items, {e2e['rejected']} rejected, peak RSS {e2e['peak_rss_mb']:.0f} MB); "
+parity = json.loads((out / "parity.json").read_text())
+print(f"- GPU vs CPU on the {parity['items']} bundled cutouts: labels agree: {parity['labels_agree']}, "
+      f"largest probability difference {parity['max_prob_diff']:.2e}")
+for r in offline:
+    print(f"- offline end to end, {r['workers']} cutout workers: {r['items_per_s']:.0f} cutouts/s "
+          f"({r['items']} items, {r['rejected']} rejected, peak RSS {r['peak_rss_mb']:.0f} MB, "
+          f"{r['cpu_ms_per_item']:.3f} ms CPU per item, {r['cores_busy']:.1f} cores busy; mean us per "
+          f"item: " + ", ".join(f"{k} {v:.0f}" for k, v in r["mean_stage_us"].items()) + ")")
+print(f"- best offline end to end: {e2e['items_per_s']:.0f} cutouts/s; "
       f"target >= 20,000: {'met' if e2e['items_per_s'] >= 2e4 else 'NOT met'}\n")
 print("| batch | sessions | images/s | ms per batch |\n|---|---|---|---|")
 for r in sweep:
