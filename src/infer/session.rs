@@ -41,6 +41,8 @@ pub(super) struct Worker {
     /// `[capacity, 1, 150, 150]`, grown to the largest batch seen; a batch of n uses the
     /// first n images, a contiguous prefix.
     input: Array4<f32>,
+    /// Whether batches run padded to a power of two (GPU providers, see [`Worker::run`]).
+    pad_batches: bool,
 }
 
 impl Worker {
@@ -88,7 +90,15 @@ impl Worker {
             session,
             contract,
             input: Array4::zeros((0, 1, MODEL_SIZE, MODEL_SIZE)),
+            pad_batches: cfg.execution_provider != ExecutionProvider::Cpu,
         })
+    }
+
+    /// Pads batches as on a GPU, whatever the provider (for tests on the CPU).
+    #[cfg(test)]
+    pub fn padding_batches(mut self) -> Self {
+        self.pad_batches = true;
+        self
     }
 
     pub fn contract(&self) -> Contract {
@@ -115,10 +125,23 @@ impl Worker {
     }
 
     /// Runs one batch; images must each be `IMAGE_LEN` long.
-    fn run(&mut self, images: &[Vec<f32>]) -> Result<Vec<ModelOutput>, InferError> {
+    ///
+    /// On a GPU the batch runs padded to the next power of two (the rows past the batch's
+    /// own images hold earlier images or zeros, and their outputs are dropped; every image
+    /// is computed on its own, so this changes no result). cuDNN picks its convolution
+    /// algorithms by benchmarking each new input shape, and a pipeline's partial batches
+    /// would otherwise bring a new shape, with its search and its memory, almost every run:
+    /// on an H100, batches of varying size ran five times slower than full ones and ran the
+    /// GPU out of memory.
+    pub(super) fn run(&mut self, images: &[Vec<f32>]) -> Result<Vec<ModelOutput>, InferError> {
         let n = images.len();
-        if self.input.len_of(Axis(0)) < n {
-            self.input = Array4::zeros((n, 1, MODEL_SIZE, MODEL_SIZE));
+        let rows = if self.pad_batches {
+            n.next_power_of_two()
+        } else {
+            n
+        };
+        if self.input.len_of(Axis(0)) < rows {
+            self.input = Array4::zeros((rows, 1, MODEL_SIZE, MODEL_SIZE));
         }
         let flat = self
             .input
@@ -127,13 +150,13 @@ impl Worker {
         for (slot, image) in flat.chunks_exact_mut(IMAGE_LEN).zip(images) {
             slot.copy_from_slice(image);
         }
-        let batch = self.input.slice(s![..n, .., .., ..]);
+        let batch = self.input.slice(s![..rows, .., .., ..]);
         let tensor = TensorRef::from_array_view(batch).map_err(InferError::Run)?;
         let outputs = self
             .session
             .run(ort::inputs![contract::INPUT => tensor])
             .map_err(InferError::Run)?;
-        split(&outputs, n, self.contract.gates)
+        split(&outputs, rows, n, self.contract.gates)
     }
 }
 
@@ -142,26 +165,28 @@ impl Worker {
 fn providers(provider: ExecutionProvider) -> Vec<ExecutionProviderDispatch> {
     match provider {
         ExecutionProvider::Cpu => Vec::new(),
-        ExecutionProvider::Cuda { device_id } => {
-            vec![
-                ep::CUDA::default()
-                    .with_device_id(device_id)
-                    .build()
-                    .error_on_failure(),
-            ]
-        }
+        ExecutionProvider::Cuda { device_id } => vec![cuda(device_id)],
         // TensorRT leaves the nodes it cannot take to CUDA, as ONNX Runtime recommends.
         ExecutionProvider::TensorRt { device_id } => vec![
             ep::TensorRT::default()
                 .with_device_id(device_id)
                 .build()
                 .error_on_failure(),
-            ep::CUDA::default()
-                .with_device_id(device_id)
-                .build()
-                .error_on_failure(),
+            cuda(device_id),
         ],
     }
+}
+
+/// The CUDA provider: full float32 arithmetic (TF32 convolutions moved probabilities by
+/// up to 1.3e-4 against the CPU on the bundled cutouts), and a memory arena that grows by
+/// what is asked for rather than by powers of two (several sessions share one GPU).
+fn cuda(device_id: i32) -> ExecutionProviderDispatch {
+    ep::CUDA::default()
+        .with_device_id(device_id)
+        .with_tf32(false)
+        .with_arena_extend_strategy(ep::ArenaExtendStrategy::SameAsRequested)
+        .build()
+        .error_on_failure()
 }
 
 fn declared(outlet: &Outlet) -> Declared {
@@ -181,24 +206,26 @@ fn declared(outlet: &Outlet) -> Declared {
     }
 }
 
-/// Splits a batch's outputs into one [`ModelOutput`] per image, checking the shapes the
-/// contract could only declare (batch size, square maps).
+/// Splits the outputs of a batch of `rows` into one [`ModelOutput`] for each of its first
+/// `n` images, checking the shapes the contract could only declare (batch size, square
+/// maps).
 fn split(
     outputs: &SessionOutputs<'_>,
+    rows: usize,
     n: usize,
     gates: usize,
 ) -> Result<Vec<ModelOutput>, InferError> {
     let probs = extract(outputs, PROBS)?;
-    if probs.shape() != [n, 2] {
-        return Err(bad_shape(PROBS, probs.shape(), &format!("[{n}, 2]")));
+    if probs.shape() != [rows, 2] {
+        return Err(bad_shape(PROBS, probs.shape(), &format!("[{rows}, 2]")));
     }
     let mut maps = Vec::with_capacity(gates);
     for gate in 1..=gates {
         let name = format!("{ATTENTION_PREFIX}{gate}");
         let map = extract(outputs, &name)?;
         match *map.shape() {
-            [m, 1, h, w] if m == n && h == w && h > 0 => maps.push(map),
-            _ => return Err(bad_shape(&name, map.shape(), &format!("[{n}, 1, H, H]"))),
+            [m, 1, h, w] if m == rows && h == w && h > 0 => maps.push(map),
+            _ => return Err(bad_shape(&name, map.shape(), &format!("[{rows}, 1, H, H]"))),
         }
     }
     Ok((0..n)

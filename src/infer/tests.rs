@@ -137,6 +137,35 @@ async fn an_image_gives_the_same_outputs_alone_and_in_a_batch_of_32() {
     assert!(max_abs_diff(&alone[0], &batched[3]) > 1e-3);
 }
 
+/// GPU sessions pad a batch to the next power of two with whatever their input buffer
+/// held (here: the images of a larger batch before): the padding changes no output.
+#[test]
+fn padded_batches_give_the_same_outputs() {
+    let images: Vec<Vec<f32>> = mirabest_sample().iter().map(|s| s.input()).collect();
+    let cfg = test_config(1);
+    let runtime = runtime::runtime(cfg.runtime_library.as_deref()).expect("runtime");
+    let model = std::fs::read(&cfg.model).expect("test model");
+    let load = || session::Worker::load(runtime, &cfg, &model).expect("session");
+    let (mut plain, mut padded) = (load(), load().padding_batches());
+    padded.run(&images[..8]).expect("a batch of 8");
+    for n in [5, 3, 1] {
+        let batch = &images[8..8 + n];
+        let (want, got) = (
+            plain.run(batch).expect("unpadded"),
+            padded.run(batch).expect("padded"),
+        );
+        assert_eq!(got.len(), n);
+        for (w, g) in want.iter().zip(&got) {
+            let diff = max_abs_diff(w, g);
+            assert!(
+                diff <= 1e-6,
+                "padding to {} changed an output by {diff}",
+                n.next_power_of_two()
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn concurrent_batches_on_two_sessions_keep_their_order() {
     let sample = mirabest_sample();
