@@ -19,7 +19,7 @@
 #    from memory), with the best batch/sessions of the sweep and several cutout workers.
 #
 # Environment: SRC (vendor/gpu), OUT, ITEMS (100000; QUICK: 50000), WORKERS (cutout worker
-# counts to try, default "$(nproc)-2 and $(nproc)"), PYTHON (the Python whose `nvidia`
+# counts to try, default "$(nproc)-2 and $(nproc)"), SWEEP_ARGS (the sweep's settings), PYTHON (the Python whose `nvidia`
 # packages hold the CUDA libraries; default: the first of python3, python, conda's that
 # has them), DEVICE_ID (0).
 set -euo pipefail
@@ -41,6 +41,8 @@ else
   # 64-channel 150x150 gate tensor): 1,024 is the largest power of two that runs.
   SWEEP=(--batch 64,128,256,512 --sessions 1,2,4,8 --threads 1 --seconds 2)
 fi
+# SWEEP_ARGS replaces the sweep's settings (radiogate-bench infer options).
+if [[ -n "${SWEEP_ARGS:-}" ]]; then read -ra SWEEP <<<"$SWEEP_ARGS"; fi
 WORKERS="${WORKERS:-$((CORES > 4 ? CORES - 2 : 2)) $CORES}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -176,7 +178,7 @@ log "bare inference sweep: ${SWEEP[*]}"
 read -r BEST_BATCH BEST_SESSIONS < <("$PYTHON" -c '
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-b = max(rows, key=lambda r: r["images_per_s"])
+b = max((r for r in rows if "images_per_s" in r), key=lambda r: r["images_per_s"])
 print(b["batch"], b["sessions"])' "$OUT/sweep.jsonl")
 log "best: batch $BEST_BATCH, $BEST_SESSIONS session(s)"
 
@@ -257,7 +259,7 @@ from pathlib import Path
 out = Path(sys.argv[1])
 sweep = [json.loads(l) for l in (out / "sweep.jsonl").read_text().splitlines() if l.strip()]
 offline = [json.loads(l) for l in (out / "offline.jsonl").read_text().splitlines() if l.strip()]
-best = max(sweep, key=lambda r: r["images_per_s"])
+best = max((r for r in sweep if "images_per_s" in r), key=lambda r: r["images_per_s"])
 e2e = max(offline, key=lambda r: r["items_per_s"])
 print(f"# radiogate on the GPU\n\n{(out / 'machine.txt').read_text().splitlines()[0]}\n")
 print(f"- bare inference: {best['images_per_s']:.0f} images/s (batch {best['batch']}, "
@@ -278,5 +280,8 @@ print(f"- best offline end to end: {e2e['items_per_s']:.0f} cutouts/s; "
       f"target >= 20,000: {'met' if e2e['items_per_s'] >= 2e4 else 'NOT met'}\n")
 print("| batch | sessions | images/s | ms per batch |\n|---|---|---|---|")
 for r in sweep:
-    print(f"| {r['batch']} | {r['sessions']} | {r['images_per_s']:.0f} | {r['ms_per_batch']:.2f} |")
+    if "error" in r:
+        print(f"| {r['batch']} | {r['sessions']} | failed: {r['error'][-120:]} | |")
+    else:
+        print(f"| {r['batch']} | {r['sessions']} | {r['images_per_s']:.0f} | {r['ms_per_batch']:.2f} |")
 PY

@@ -161,16 +161,41 @@ fn infer(args: &InferArgs) -> anyhow::Result<()> {
                 sessions,
                 intra_threads: threads,
             };
-            let (inference, info) = Inference::start(&cfg)
-                .with_context(|| format!("starting inference ({sessions} sessions)"))?;
+            // A setting that fails (a GPU out of memory, say) is reported and the sweep
+            // goes on with the next one.
+            let failed = |batch: Option<usize>, e: anyhow::Error| {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "bench": "infer", "batch": batch, "sessions": sessions,
+                        "intra_threads": threads, "error": format!("{e:#}"),
+                    })
+                );
+            };
+            let (inference, info) = match Inference::start(&cfg)
+                .with_context(|| format!("starting inference ({sessions} sessions)"))
+            {
+                Ok(started) => started,
+                Err(e) => {
+                    failed(None, e);
+                    continue;
+                }
+            };
             for &batch in &args.batch {
-                let (done, elapsed) = rt.block_on(sweep_point(
+                let point = rt.block_on(sweep_point(
                     &inference,
                     &images,
                     batch,
                     sessions,
                     args.seconds,
-                ))?;
+                ));
+                let (done, elapsed) = match point {
+                    Ok(point) => point,
+                    Err(e) => {
+                        failed(Some(batch), e);
+                        continue;
+                    }
+                };
                 let rate = done as f64 / elapsed.as_secs_f64();
                 println!(
                     "{}",
