@@ -844,6 +844,11 @@ impl Checker {
     }
 }
 
+/// The largest `batch.max_batch` on a GPU: GPU sessions pad a batch to the next power of
+/// two, and on an H100 a batch of 2,048 failed in the CUDA Resize kernel (its 32-bit element
+/// count overflows for the 64-channel 150x150 gate tensor from ~1,490 images).
+const MAX_GPU_BATCH: usize = 1024;
+
 impl RawConfig {
     fn resolve(self) -> Result<Config, Vec<FieldError>> {
         let mut check = Checker::default();
@@ -879,6 +884,17 @@ impl RawConfig {
             },
             telemetry: self.telemetry.resolve(&mut check),
         };
+        if config.inference.execution_provider != ExecutionProvider::Cpu
+            && config.batch.max_batch > MAX_GPU_BATCH
+        {
+            check.fail(
+                "batch.max_batch",
+                format!(
+                    "at most {MAX_GPU_BATCH} with a GPU provider, got {} (batches run padded to a power of two, and from ~1,490 images the CUDA Resize of the AG-CNN's gates overflows; BENCHMARKS.md)",
+                    config.batch.max_batch
+                ),
+            );
+        }
         if matches!(config.source, SourceConfig::Kafka(_))
             && !matches!(config.sink, SinkConfig::Kafka(_))
         {
@@ -1470,6 +1486,15 @@ mod tests {
             config.inference.execution_provider,
             ExecutionProvider::Cuda { device_id: 0 }
         );
+        // Batches above 1024 fail on a GPU; the CPU takes up to 4096.
+        let gpu = "[inference]\nexecution_provider = \"cuda\"\n[batch]\nmax_batch = ";
+        assert!(from_toml(&format!("{gpu}1024\n")).is_ok());
+        let msg = field_error(from_toml(&format!("{gpu}1025\n")));
+        assert!(
+            msg.starts_with("batch.max_batch: at most 1024 with a GPU"),
+            "{msg}"
+        );
+        assert!(from_toml("[batch]\nmax_batch = 4096\n").is_ok());
     }
 
     #[test]
