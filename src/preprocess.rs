@@ -117,8 +117,8 @@ pub fn model_crop(pixels: &Array2<f32>) -> Option<ndarray::ArrayView2<'_, f32>> 
 /// none), as [`prepare`] computes it. For benchmarks and diagnostics.
 pub fn sigma_clipped_std(pixels: &Array2<f32>) -> Option<f64> {
     SCRATCH.with_borrow_mut(|scratch| match pixels.as_slice() {
-        // A contiguous window (every cutout) reads as a plain slice: several times faster
-        // than ndarray's general element iterator in this loop.
+        // A contiguous window (every cutout) reads as a plain slice, which this loop runs
+        // faster than through ndarray's general element iterator (clipping 421 -> 398 us).
         Some(values) => clipped_std(values.iter().copied(), scratch),
         None => clipped_std(pixels.iter().copied(), scratch),
     })
