@@ -43,6 +43,10 @@ pub(super) struct Worker {
     input: Array4<f32>,
     /// Whether batches run padded to a power of two (GPU providers, see [`Worker::run`]).
     pad_batches: bool,
+    /// Tests: batches of more rows than this fail as ONNX Runtime fails when a GPU runs out
+    /// of memory.
+    #[cfg(test)]
+    fail_above: Option<usize>,
 }
 
 impl Worker {
@@ -91,6 +95,8 @@ impl Worker {
             contract,
             input: Array4::zeros((0, 1, MODEL_SIZE, MODEL_SIZE)),
             pad_batches: cfg.execution_provider != ExecutionProvider::Cpu,
+            #[cfg(test)]
+            fail_above: None,
         })
     }
 
@@ -98,6 +104,13 @@ impl Worker {
     #[cfg(test)]
     pub fn padding_batches(mut self) -> Self {
         self.pad_batches = true;
+        self
+    }
+
+    /// Fails every batch of more than `rows` rows, as a GPU out of memory does (tests).
+    #[cfg(test)]
+    pub fn failing_above(mut self, rows: usize) -> Self {
+        self.fail_above = Some(rows);
         self
     }
 
@@ -118,9 +131,30 @@ impl Worker {
             if job.reply.is_closed() {
                 continue; // the caller stopped waiting: skip the work
             }
-            let result = self.run(&job.images);
+            let result = self.run_halving(&job.images);
             // An error here only means the caller stopped waiting meanwhile.
             let _ = job.reply.send(result);
+        }
+    }
+
+    /// Runs a batch; when ONNX Runtime fails on it (on an H100, a batch too large for the
+    /// GPU's free memory did), runs its two halves instead, and theirs, so that a failure
+    /// that depends on the batch's size costs time rather than results. The first half is
+    /// tried first all the way down: an error that remains for a single image is the
+    /// batch's error, after about log2(n) runs.
+    pub(super) fn run_halving(
+        &mut self,
+        images: &[Vec<f32>],
+    ) -> Result<Vec<ModelOutput>, InferError> {
+        match self.run(images) {
+            Err(InferError::Run(e)) if images.len() > 1 => {
+                tracing::warn!(error = %e, images = images.len(), "batch failed; running it in halves");
+                let (first, second) = images.split_at(images.len() / 2);
+                let mut outputs = self.run_halving(first)?;
+                outputs.extend(self.run_halving(second)?);
+                Ok(outputs)
+            }
+            result => result,
         }
     }
 
@@ -140,6 +174,12 @@ impl Worker {
         } else {
             n
         };
+        #[cfg(test)]
+        if self.fail_above.is_some_and(|limit| rows > limit) {
+            return Err(InferError::Run(ort::Error::new(format!(
+                "test: {rows} rows do not fit"
+            ))));
+        }
         if self.input.len_of(Axis(0)) < rows {
             self.input = Array4::zeros((rows, 1, MODEL_SIZE, MODEL_SIZE));
         }

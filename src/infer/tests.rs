@@ -166,6 +166,29 @@ fn padded_batches_give_the_same_outputs() {
     }
 }
 
+/// A batch that fails for its size (a GPU out of memory) runs in halves: the same outputs,
+/// in order. A failure that remains for one image is the batch's error.
+#[test]
+fn a_batch_that_fails_runs_in_halves() {
+    let images: Vec<Vec<f32>> = mirabest_sample().iter().map(|s| s.input()).collect();
+    let cfg = test_config(1);
+    let runtime = runtime::runtime(cfg.runtime_library.as_deref()).expect("runtime");
+    let model = std::fs::read(&cfg.model).expect("test model");
+    let load = || session::Worker::load(runtime, &cfg, &model).expect("session");
+    let batch = &images[..11];
+    let want = load().run(batch).expect("the whole batch");
+    let got = load()
+        .failing_above(3)
+        .run_halving(batch)
+        .expect("halves of at most 3");
+    assert_eq!(got.len(), want.len());
+    for (w, g) in want.iter().zip(&got) {
+        assert!(max_abs_diff(w, g) <= 1e-6);
+    }
+    let always = load().failing_above(0).run_halving(batch);
+    assert!(matches!(always, Err(InferError::Run(_))));
+}
+
 #[tokio::test]
 async fn concurrent_batches_on_two_sessions_keep_their_order() {
     let sample = mirabest_sample();
