@@ -38,6 +38,14 @@ fn start(sessions: usize) -> (Inference, proto::ModelInfo) {
     Inference::start(&test_config(sessions)).expect("the test model starts")
 }
 
+/// One session of the test model, driven directly (no job queue).
+fn worker() -> session::Worker {
+    let cfg = test_config(1);
+    let runtime = runtime::runtime(cfg.runtime_library.as_deref()).expect("runtime");
+    let model = std::fs::read(&cfg.model).expect("test model");
+    session::Worker::load(runtime, &cfg, &model).expect("session")
+}
+
 fn max_abs_diff(a: &ModelOutput, b: &ModelOutput) -> f32 {
     assert_eq!(a.attention.len(), b.attention.len());
     let probs = a.probs.iter().zip(&b.probs).map(|(x, y)| (x - y).abs());
@@ -142,11 +150,7 @@ async fn an_image_gives_the_same_outputs_alone_and_in_a_batch_of_32() {
 #[test]
 fn padded_batches_give_the_same_outputs() {
     let images: Vec<Vec<f32>> = mirabest_sample().iter().map(|s| s.input()).collect();
-    let cfg = test_config(1);
-    let runtime = runtime::runtime(cfg.runtime_library.as_deref()).expect("runtime");
-    let model = std::fs::read(&cfg.model).expect("test model");
-    let load = || session::Worker::load(runtime, &cfg, &model).expect("session");
-    let (mut plain, mut padded) = (load(), load().padding_batches());
+    let (mut plain, mut padded) = (worker(), worker().padding_batches());
     padded.run(&images[..8]).expect("a batch of 8");
     for n in [5, 3, 1] {
         let batch = &images[8..8 + n];
@@ -171,13 +175,9 @@ fn padded_batches_give_the_same_outputs() {
 #[test]
 fn a_batch_that_fails_runs_in_halves() {
     let images: Vec<Vec<f32>> = mirabest_sample().iter().map(|s| s.input()).collect();
-    let cfg = test_config(1);
-    let runtime = runtime::runtime(cfg.runtime_library.as_deref()).expect("runtime");
-    let model = std::fs::read(&cfg.model).expect("test model");
-    let load = || session::Worker::load(runtime, &cfg, &model).expect("session");
     let batch = &images[..11];
-    let want = load().run(batch).expect("the whole batch");
-    let got = load()
+    let want = worker().run(batch).expect("the whole batch");
+    let got = worker()
         .failing_above(3)
         .run_halving(batch)
         .expect("halves of at most 3");
@@ -185,7 +185,7 @@ fn a_batch_that_fails_runs_in_halves() {
     for (w, g) in want.iter().zip(&got) {
         assert!(max_abs_diff(w, g) <= 1e-6);
     }
-    let always = load().failing_above(0).run_halving(batch);
+    let always = worker().failing_above(0).run_halving(batch);
     assert!(matches!(always, Err(InferError::Run(_))));
 }
 
