@@ -6,14 +6,17 @@
 #   scripts/train-models.sh                 # both subsets, seeds 1 2 3
 #   SUBSETS=mirabest PARALLEL=1 scripts/train-models.sh
 #
-# Training options go in TRAIN_ARGS (default: the shipped recipe).
-# PARALLEL runs that many trainings at once (each single-threaded).
+# Training options go in TRAIN_ARGS (default: the shipped recipe; add `--device cuda` to train
+# on a GPU). PARALLEL runs that many trainings at once (each single-threaded). CARDS=0 trains
+# only (a candidate recipe, compared with others by radiogate_model.select before a card is
+# written: see README, "The model").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUBSETS=${SUBSETS:-"mirabest_confident mirabest"}
 SEEDS=${SEEDS:-"1 2 3"}
 PARALLEL=${PARALLEL:-2}
 RUNS=${RUNS:-runs}
+CARDS=${CARDS:-1}
 # The recipe of the shipped models (see their cards).
 TRAIN_ARGS=${TRAIN_ARGS:-"--epochs 60 --lr 3e-3 --aggregation concat --normalisation range_norm"}
 mkdir -p "$RUNS"
@@ -28,6 +31,7 @@ done
 xargs -P "$PARALLEL" -L 1 bash -c 'cd python && python3 -m radiogate_model.train --subset "$0" --seed "$1" \
   --out "../'"$RUNS"'/$0-s$1" '"$TRAIN_ARGS"' > "../'"$RUNS"'/$0-s$1.log" 2>&1 && echo "trained $0 seed $1"' <"$jobs_file"
 rm -f "$jobs_file"
+[[ "$CARDS" == 1 ]] || exit 0
 
 for subset in $SUBSETS; do
   runs=()

@@ -22,6 +22,7 @@ def random_affine(
 ) -> torch.Tensor:
     """images [N,1,H,W] in [0,1] -> the same, each rotated, shifted, scaled (bilinear)."""
     n, _, h, w = images.shape
+    # The draws come from the (CPU) generator whatever the images' device.
     opts = {"generator": generator, "dtype": images.dtype}
     angle = (torch.rand(n, **opts) * 2 - 1) * math.radians(degrees)
     # translate is a fraction of the image size; affine_grid works in [-1, 1] (2 units wide).
@@ -40,7 +41,7 @@ def random_affine(
         ],
         dim=1,
     )
-    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    grid = F.affine_grid(theta.to(images.device), [n, 1, h, w], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

@@ -5,8 +5,11 @@ write its model card (JSON and Markdown) with every number computed here.
         --runs runs/mirabest_confident-s1 runs/mirabest_confident-s2 runs/mirabest_confident-s3 \
         --out ../models/agcnn-mirabest-confident
 
-Each run is exported and evaluated on the test batch (single pass and rotation TTA); the
-shipped run is the one with the lowest best validation loss: test numbers never choose.
+Each run is exported and evaluated on the test batch (single pass and rotation TTA). The
+shipped run is the one with the lowest best validation loss among those whose attention on
+their validation images is on the emission (radiogate_model.select): test numbers never
+choose. With `--selection` (radiogate_model.select's JSON), the card also shows how the
+recipe was chosen, and the runs must be that comparison's chosen recipe.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import statistics
 from pathlib import Path
 
@@ -24,7 +26,8 @@ import torch
 from .data import default_data_dir
 from .evaluate import evaluate
 from .export import OPSET, export
-from .train import load_checkpoint
+from .select import measure_run, render, shipped_run
+from .train import load_checkpoint, machine_of
 
 # Bowles et al. 2021, range_norm + ft, 3 gates (their table of test results).
 PAPER = {
@@ -56,18 +59,32 @@ def train_command(subset: str, seeds: list[int], config: dict, architecture: dic
         f"--epochs {config['epochs']} --lr {config['lr']} --gates {architecture['gates']} "
         f"--aggregation {architecture['aggregation']} --normalisation {architecture['normalisation']}"
     )
+    if config.get("device", "cpu") != "cpu":
+        args += f" --device {config['device']}"
     return f'SUBSETS={subset} SEEDS="{" ".join(map(str, seeds))}" TRAIN_ARGS="{args}" scripts/train-models.sh'
 
 
-def build_card(subset: str, runs: list[Path], out_stem: Path, data_dir: Path, tta: int) -> dict:
+def build_card(
+    subset: str, runs: list[Path], out_stem: Path, data_dir: Path, tta: int, selection: dict | None = None
+) -> dict:
+    if selection is not None:
+        if selection["chosen"] is None:
+            raise SystemExit("the selection chose no recipe")
+        chosen = next(r for r in selection["recipes"] if r["recipe"] == selection["chosen"])
+        if sorted(r["run"] for r in chosen["runs"]) != sorted(run.name for run in runs):
+            raise SystemExit(f"the runs are not those of the selection's chosen recipe ({selection['chosen']})")
     per_seed = []
     for run in runs:
         training = json.loads((run / "training.json").read_text())
         onnx_path = run / "model.onnx"
         digest = export(load_checkpoint(run), onnx_path)
         result = evaluate(onnx_path, subset, data_dir, tta)
-        per_seed.append({"run": run.name, "training": training, "sha256": digest, "evaluation": result})
-    shipped = min(per_seed, key=lambda r: r["training"]["best"]["val_loss"])
+        validation = measure_run(run, data_dir)
+        per_seed.append(
+            {"run": run.name, "training": training, "sha256": digest, "evaluation": result, "validation": validation}
+        )
+    ship, on_source = shipped_run([r["validation"] for r in per_seed])
+    shipped = next(r for r in per_seed if r["run"] == ship["run"])
     model_path = out_stem.with_suffix(".onnx")
     model_path.parent.mkdir(parents=True, exist_ok=True)
     model_path.write_bytes((Path(shipped["evaluation"]["model"])).read_bytes())
@@ -124,7 +141,14 @@ def build_card(subset: str, runs: list[Path], out_stem: Path, data_dir: Path, tt
             "onto one class early in training."
         ),
         "training": {
-            "selection": "lowest validation loss over epochs; shipped seed = lowest best validation loss",
+            "selection": "lowest validation loss over epochs; shipped seed = lowest best validation loss "
+            + (
+                "among the seeds whose attention on their validation images is on the emission (median "
+                "enrichment above 1 in FRI and FRII)"
+                if on_source
+                else "(no seed's attention on its validation images was on the emission)"
+            ),
+            **({"recipe_selection": selection} if selection is not None else {}),
             "shipped_seed": train_cfg["seed"],
             "shipped_epoch": shipped["training"]["best"]["epoch"],
             "config": train_cfg,
@@ -133,7 +157,7 @@ def build_card(subset: str, runs: list[Path], out_stem: Path, data_dir: Path, tt
             "seeds": [r["training"]["train"]["seed"] for r in per_seed],
             "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__,
-            "machine": f"{platform.machine()} CPU, {train_cfg['threads']} thread(s)",
+            "machine": machine_of(shipped["training"]),
         },
         "data": {
             "dataset": "MiraBest (Porter & Scaife), CC BY 4.0; images from the FIRST survey "
@@ -150,6 +174,7 @@ def build_card(subset: str, runs: list[Path], out_stem: Path, data_dir: Path, tt
                 {
                     "seed": r["training"]["train"]["seed"],
                     "best_val_loss": r["training"]["best"]["val_loss"],
+                    "val_attention_enrichment": r["validation"]["val_enrichment"],
                     "single_pass": _row(r["evaluation"]["single_pass"]),
                     "rotation_tta": (
                         _row(r["evaluation"]["rotation_tta"]) if "rotation_tta" in r["evaluation"] else None
@@ -234,15 +259,30 @@ def render_markdown(card: dict) -> str:
         f"FRII {single['FRII']['precision']:.3f}; recall FRI {single['FRI']['recall']:.3f}, "
         f"FRII {single['FRII']['recall']:.3f}; expected calibration error {single['ece']:.3f}.",
         "",
-        "| seed | best val loss | single-pass accuracy | AUC | TTA accuracy |",
-        "|---|---|---|---|---|",
+        "| seed | best val loss | val attention enrichment FRI / FRII | single-pass accuracy | AUC | TTA accuracy |",
+        "|---|---|---|---|---|---|",
         *[
-            f"| {s['seed']} | {s['best_val_loss']:.4f} | {_pct(s['single_pass']['accuracy'])} | "
+            f"| {s['seed']} | {s['best_val_loss']:.4f} | {s['val_attention_enrichment']['FRI']:.2f} / "
+            f"{s['val_attention_enrichment']['FRII']:.2f} | {_pct(s['single_pass']['accuracy'])} | "
             f"{s['single_pass']['roc_auc']:.3f} | "
             f"{_pct(s['rotation_tta']['accuracy']) if s['rotation_tta'] else '-'} |"
             for s in m["seeds"]
         ],
         "",
+        *(
+            [
+                "## How the recipe was chosen",
+                "",
+                f"On the validation images only: {sel['rule']}. Enrichment: the median over images of the share "
+                "of the combined attention map on emission pixels over the emission's share of the image "
+                "(1: no better than uniform attention).",
+                "",
+                render(sel),
+                "",
+            ]
+            if (sel := card["training"].get("recipe_selection"))
+            else []
+        ),
         "## Departures from the authors' code",
         "",
         f"- {card['per_image_normalisation']}",
@@ -272,8 +312,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True, help="output stem, e.g. ../models/agcnn-mirabest")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--tta", type=int, default=36)
+    p.add_argument("--selection", type=Path, help="radiogate_model.select's comparison of recipes (JSON)")
     a = p.parse_args(argv)
-    card = build_card(a.subset, a.runs, a.out, a.data_dir or default_data_dir(), a.tta)
+    selection = json.loads(a.selection.read_text()) if a.selection else None
+    card = build_card(a.subset, a.runs, a.out, a.data_dir or default_data_dir(), a.tta, selection)
     print(render_markdown(card))
 
 

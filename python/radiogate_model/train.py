@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import platform
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +36,9 @@ class TrainConfig:
     warmup_epochs: int = 2
     hflip: bool = True
     threads: int = 1
+    # "cpu", or "cuda" / "cuda:N" to train on a GPU (augmentation draws stay on the CPU generator,
+    # so a seed draws the same augmentations on either).
+    device: str = "cpu"
     # Training images whose statistics replace BatchNorm's running ones after each epoch.
     precise_bn_images: int = 320
     # For tests: stop an epoch after this many batches (0 = the whole epoch).
@@ -46,7 +50,15 @@ def set_seed(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # Full float32 convolutions on a GPU, as on the CPU (cuDNN would use TF32 on recent GPUs).
+    torch.backends.cudnn.allow_tf32 = False
     return torch.Generator().manual_seed(seed)
+
+
+def describe_machine(device: torch.device, threads: int) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return f"{platform.machine()} CPU, {threads} thread(s)"
 
 
 def _lr_at(cfg: TrainConfig, epoch_progress: float) -> float:
@@ -106,12 +118,13 @@ def validation_loss(model: AGCNN, images: torch.Tensor, labels: torch.Tensor) ->
 
 def train(cfg: TrainConfig, model_cfg: ModelConfig, data_dir: Path, out_dir: Path) -> dict:
     torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
     gen = set_seed(cfg.seed)
     train_split, val_split = train_val_split(load_split(data_dir, cfg.subset, train=True), seed=cfg.seed)
-    x_train, y_train = _unit(train_split.images), torch.from_numpy(train_split.labels)
-    x_val, y_val = _unit(val_split.images), torch.from_numpy(val_split.labels)
+    x_train, y_train = _unit(train_split.images).to(device), torch.from_numpy(train_split.labels).to(device)
+    x_val, y_val = _unit(val_split.images).to(device), torch.from_numpy(val_split.labels).to(device)
 
-    model = AGCNN(model_cfg).to(memory_format=torch.channels_last)
+    model = AGCNN(model_cfg).to(device, memory_format=torch.channels_last)
     head = head_parameters(model)
     body = [p for p in model.parameters() if all(p is not h for h in head)]
     opt = torch.optim.AdamW(
@@ -160,6 +173,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_dir: Path, out_dir: Pat
         "train": asdict(cfg),
         "model": asdict(model_cfg),
         "parameters": count_parameters(model),
+        "machine": describe_machine(device, cfg.threads),
         "n_train": len(train_split),
         "n_val": len(val_split),
         "best": best,
@@ -168,6 +182,12 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_dir: Path, out_dir: Pat
     }
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def machine_of(training: dict) -> str:
+    """What a run trained on (training.json; runs from before it recorded this were all
+    single-threaded CPU runs)."""
+    return training.get("machine") or describe_machine(torch.device("cpu"), training["train"]["threads"])
 
 
 def load_checkpoint(run_dir: Path) -> AGCNN:
@@ -190,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--head-lr-mult", type=float, default=TrainConfig.head_lr_mult)
     p.add_argument("--no-hflip", action="store_true")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default=TrainConfig.device, help='"cpu" or "cuda" (a GPU)')
     p.add_argument("--max-batches", type=int, default=0)
     p.add_argument("--precise-bn-images", type=int, default=TrainConfig.precise_bn_images)
     p.add_argument("--gates", type=int, default=3)
@@ -206,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         head_lr_mult=a.head_lr_mult,
         hflip=not a.no_hflip,
         threads=a.threads,
+        device=a.device,
         max_batches=a.max_batches,
         precise_bn_images=a.precise_bn_images,
     )

@@ -26,6 +26,7 @@ def test_short_training_run_writes_best_checkpoint(trained_run):
     assert (out / "best.pt").exists()
     recorded = json.loads((out / "training.json").read_text())
     assert recorded["parameters"] == 101_447
+    assert recorded["machine"].endswith("CPU, 1 thread(s)")
     assert len(recorded["history"]) == 2
     assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in recorded["history"])
     assert summary["best"]["val_loss"] == min(r["val_loss"] for r in recorded["history"])
