@@ -34,6 +34,8 @@ PAPER = {
     "mirabest_confident": {"accuracy": 0.917, "roc_auc": 0.964, "f1_fri": 0.914, "f1_frii": 0.919},
     "mirabest": {"accuracy": 0.844, "roc_auc": 0.920, "f1_fri": 0.823, "f1_frii": 0.860},
 }
+# The side of gate k's attention map (gate 1 on the coarsest block), for a 150x150 input.
+GATE_SIDES = (37, 75, 150)
 SUBSET_TITLES = {"mirabest_confident": "MiraBest* (confident only)", "mirabest": "MiraBest (confident + uncertain)"}
 
 
@@ -104,8 +106,11 @@ def build_card(
         "export": {
             "opset": OPSET,
             "input": "image float32 [N,1,150,150], uint8/255 normalised with mean 0.5, std 0.5",
-            "outputs": "probs [N,2] softmax (FRI, FRII); attention_1 [N,1,37,37], attention_2 [N,1,75,75], "
-            "attention_3 [N,1,150,150]",
+            "outputs": "probs [N,2] softmax (FRI, FRII); "
+            + ", ".join(
+                f"attention_{k} [N,1,{side},{side}]"
+                for k, side in enumerate(GATE_SIDES[: shipped["training"]["model"]["gates"]], start=1)
+            ),
         },
         "per_image_normalisation": (
             "Every attention normalisation is computed per image. The authors' range_norm took its min and max "
@@ -121,7 +126,7 @@ def build_card(
             "a parameter-free BatchNorm (the sums run over mostly empty sky, so the class signal is a small change "
             "on a large offset, in units that differ 400-fold between gates, which is why the authors needed an lr "
             "of 5e-5 and hours of training); export folds its fixed statistics into the head's first linear "
-            "layer, so the shipped graph is exactly the sum-pooling network with the paper's parameter count."
+            "layer, so the shipped graph is exactly the sum-pooling network, parameter for parameter."
         ),
         "training_changes": (
             "The paper trained with Adam at a fixed lr of 5e-5 for about 8 hours per model on a GPU. Here: "
@@ -201,6 +206,7 @@ def build_card(
             ),
             "evaluate": f"cd python && python -m radiogate_model.evaluate --model ../models/{model_path.name} "
             f"--subset {subset} --tta {tta}",
+            **({"select": f"cd python && {selection['command']}"} if selection and "command" in selection else {}),
         },
     }
     out_stem.with_suffix(".card.json").write_text(json.dumps(card, indent=2) + "\n")
@@ -300,6 +306,7 @@ def render_markdown(card: dict) -> str:
         "",
         f"- Train all seeds and write this card: `{card['reproduce']['train']}`",
         f"- Evaluate the shipped file: `{card['reproduce']['evaluate']}`",
+        f"- Compare the recipes: `{card['reproduce']['select']}`" if "select" in card["reproduce"] else None,
         "",
     ]
     return "\n".join(x for x in lines if x is not None) + "\n"

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     data_dir = a.data_dir or default_data_dir()
     rows = [measure_run(run, data_dir) for run in a.runs]
     result = select(rows, a.min_seeds)
+    result["command"] = shlex.join(
+        ["python", "-m", "radiogate_model.select", *(sys.argv[1:] if argv is None else argv)]
+    )
     if a.report_test:
         # After the choice, for the record.
         accuracy = {}

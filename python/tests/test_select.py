@@ -106,3 +106,4 @@ def test_the_command_writes_the_comparison_and_reports_test_accuracy_after_it(da
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in recipe["runs"])
     assert recipe["test_accuracy"]["mean"] == pytest.approx(sum(r["test_accuracy"] for r in recipe["runs"]) / 2)
     assert "test accuracy (not used to choose)" in capsys.readouterr().out
+    assert result["command"].startswith("python -m radiogate_model.select --runs ")

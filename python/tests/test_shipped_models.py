@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from radiogate_model.evaluate import evaluate
+from radiogate_model.model import AGCNN, ModelConfig, count_parameters
 
 from .conftest import REPO
 
@@ -36,8 +37,10 @@ def test_card_matches_file_and_contract(card_path):
     assert hashlib.sha256(model.read_bytes()).hexdigest() == card["sha256"]
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["image"]
-    assert [o.name for o in sess.get_outputs()] == ["probs", "attention_1", "attention_2", "attention_3"]
-    assert card["parameters"] > 100_000
+    gates = card["architecture"]["gates"]
+    assert [o.name for o in sess.get_outputs()] == ["probs"] + [f"attention_{k}" for k in range(1, gates + 1)]
+    arch = ModelConfig(**{k: card["architecture"][k] for k in ("gates", "normalisation", "aggregation", "dropout")})
+    assert card["parameters"] == count_parameters(AGCNN(arch))
     assert card["training"]["selection"].startswith("lowest validation loss")
 
 
