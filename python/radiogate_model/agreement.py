@@ -218,7 +218,7 @@ def agreement(images_u8: np.ndarray, labels: np.ndarray, gate_maps: list[np.ndar
     return classes
 
 
-def _onnx_of_run(run: Path) -> Path:
+def onnx_of_run(run: Path) -> Path:
     """A training run's ONNX file, exported (as card.py does) when missing or stale."""
     onnx_path = run / "model.onnx"
     if not onnx_path.exists() or onnx_path.stat().st_mtime < (run / "best.pt").stat().st_mtime:
@@ -287,7 +287,7 @@ def build(model_stem: Path, variants: list[Path], data_dir: Path, grid: int) -> 
                 "model": run.name,
                 "normalisation": training["model"]["normalisation"],
                 "training": f"variant (seed {training['train']['seed']}, {training['train']['epochs']} epochs)",
-                **measure(_onnx_of_run(run), test.images, test.labels, grid),
+                **measure(onnx_of_run(run), test.images, test.labels, grid),
             }
         )
     return describe(f"official test_batch, {subset} ({len(test)} images)", grid, rows)

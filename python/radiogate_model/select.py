@@ -1,6 +1,6 @@
 """Choose a training recipe on the validation split, never on the test batch.
 
-    python -m radiogate_model.select --runs ../runs/mirabest-s1 ... --out ../models/agcnn-mirabest.selection.json
+    python -m radiogate_model.select --runs ../runs/mirabest-s1 ... --report-test --out ../out/mirabest-selection.json
 
 A recipe is everything a run was trained with except its seed (and the threads or device it
 ran on). Each run is measured on its own validation images (the seeded 20% of the training
@@ -12,8 +12,8 @@ batches it never trained on):
 
 The recipe: of those with at least `--min-seeds` runs, the lowest mean best validation loss.
 Where attention falls is a property of a trained model more than of its recipe: with the same
-recipe, some seeds put their attention on the source (median enrichment 2-5) and others on the
-sky around it (0.5-0.8, below uniform). So it chooses the shipped checkpoint, not the recipe:
+recipe, some seeds put their attention on the source (median enrichment 2-9) and others on the
+sky around it (0.5-0.8, below uniform). So attention chooses the shipped checkpoint, not the recipe:
 `shipped_run` is the run with the lowest best validation loss among those whose attention is
 on the emission (median enrichment above 1 in both classes), since the worker publishes
 attention summaries that must point at the source (the paper's point). A recipe none of whose
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .agreement import IMAGE_SIZE, _onnx_of_run, agreement, attention_maps
+from .agreement import IMAGE_SIZE, agreement, attention_maps, onnx_of_run
 from .data import CLASS_NAMES, default_data_dir, load_split, train_val_split
 from .evaluate import evaluate
 from .train import machine_of
@@ -60,7 +60,7 @@ def _measure(run: Path, data_dir: Path) -> dict:
     training = json.loads((run / "training.json").read_text())
     subset, seed = training["train"]["subset"], training["train"]["seed"]
     _, val = train_val_split(load_split(data_dir, subset, train=True), seed=seed)
-    probs, gate_maps = attention_maps(_onnx_of_run(run), val.images)
+    probs, gate_maps = attention_maps(onnx_of_run(run), val.images)
     classes = agreement(val.images, val.labels, gate_maps, IMAGE_SIZE)
     return {
         "run": run.name,
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         # After the choice, for the record.
         accuracy = {}
         for run, row in zip(a.runs, rows, strict=True):
-            evaluation = evaluate(_onnx_of_run(run), row["recipe"]["subset"], data_dir, tta=0)
+            evaluation = evaluate(onnx_of_run(run), row["recipe"]["subset"], data_dir, tta=0)
             accuracy[row["run"], json.dumps(row["recipe"], sort_keys=True)] = evaluation["single_pass"]["accuracy"]
         for s in result["recipes"]:
             for r in s["runs"]:
