@@ -778,8 +778,9 @@ fn a_zombie_is_fenced_by_its_successor_and_nothing_repeats() {
 fn a_throttled_results_topic_pauses_the_worker_without_loss_or_growth() {
     let files = sample_files();
     let topics = Topics::create("throttle");
-    // Inline cutouts (about 360 KB each): reading them all in would take 180 MB.
-    let n = 500;
+    // Inline cutouts (about 360 KB each): reading them all in would take 360 MB, and keeping
+    // what flows after the throttle more than 300 MB.
+    let n = 1000;
     let detections: Vec<_> = (0..n)
         .map(|i| {
             let (stem, bytes) = &files[i % files.len()];
@@ -839,10 +840,13 @@ fn a_throttled_results_topic_pauses_the_worker_without_loss_or_growth() {
         rss_throttled / 1024,
         rss_end / 1024
     );
-    // Flat: the records that flowed after the throttle grew nothing. (The absolute memory
-    // targets are the benchmarks': BENCHMARKS.md.)
+    // Flat: the records that flowed after the throttle (over 300 MB of cutouts) grew nothing.
+    // The allowance is for what moves the peak between runs without growing with the records:
+    // allocator arenas and ONNX Runtime's buffers for the largest batch a session has run (up to
+    // 66 MB seen with 500 records). (The absolute memory targets are the benchmarks':
+    // BENCHMARKS.md.)
     assert!(
-        rss_end <= rss_throttled + 64 * 1024,
+        rss_end <= rss_throttled + 128 * 1024,
         "memory grew after the throttle: {} MB -> {} MB",
         rss_throttled / 1024,
         rss_end / 1024
