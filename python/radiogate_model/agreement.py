@@ -162,13 +162,18 @@ def attention_maps(model: Path, images_u8: np.ndarray, batch: int = 64) -> tuple
     return merged[0], merged[1:]
 
 
+def emission_shares(combined: np.ndarray, emission: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the combined map's share on emission pixels, and the share uniform attention
+    would put there (the emission's area fraction). Their ratio is the enrichment."""
+    return (combined * emission).sum(axis=(1, 2)), emission.mean(axis=(1, 2))
+
+
 def agreement(images_u8: np.ndarray, labels: np.ndarray, gate_maps: list[np.ndarray], grid: int) -> dict:
     """Per-class agreement tables (classes with images only) for one model's attention maps
     over these images."""
     combined = combine(gate_maps)
     emission = emission_mask(images_u8)
-    on_emission = (combined * emission).sum(axis=(1, 2))
-    area = emission.mean(axis=(1, 2))
+    on_emission, area = emission_shares(combined, emission)
     near = near_emission(emission)
     on_near = (combined * near).sum(axis=(1, 2))
     near_area = near.mean(axis=(1, 2))

@@ -8,7 +8,8 @@ batches it never trained on):
 
 - its best validation loss (from training.json: the checkpoint it keeps);
 - where its attention falls: the share of the combined attention map on emission pixels over
-  the share that uniform attention would put there (`agreement.agreement`, per class).
+  the share that uniform attention would put there (`agreement.emission_shares`; the median
+  per class).
 
 The recipe: of those with at least `--min-seeds` runs, the lowest mean best validation loss.
 Where attention falls is a property of a trained model more than of its recipe: with the same
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .agreement import IMAGE_SIZE, agreement, attention_maps, onnx_of_run
+from .agreement import attention_maps, combine, emission_mask, emission_shares, onnx_of_run
 from .data import CLASS_NAMES, default_data_dir, load_split, train_val_split
 from .evaluate import evaluate
 from .train import machine_of
@@ -61,7 +62,8 @@ def _measure(run: Path, data_dir: Path) -> dict:
     subset, seed = training["train"]["subset"], training["train"]["seed"]
     _, val = train_val_split(load_split(data_dir, subset, train=True), seed=seed)
     probs, gate_maps = attention_maps(onnx_of_run(run), val.images)
-    classes = agreement(val.images, val.labels, gate_maps, IMAGE_SIZE)
+    on_emission, area = emission_shares(combine(gate_maps), emission_mask(val.images))
+    enrichment = on_emission / area
     return {
         "run": run.name,
         "seed": seed,
@@ -69,7 +71,9 @@ def _measure(run: Path, data_dir: Path) -> dict:
         "best_epoch": training["best"]["epoch"],
         "val_loss": training["best"]["val_loss"],
         "val_accuracy": float((probs.argmax(1) == val.labels).mean()),
-        "val_enrichment": {name: classes[name]["enrichment"]["median"] for name in CLASS_NAMES},
+        "val_enrichment": {
+            name: float(np.median(enrichment[val.labels == label])) for label, name in enumerate(CLASS_NAMES)
+        },
         "recipe": recipe_of(training),
     }
 
