@@ -277,7 +277,11 @@ fn split(
                     let image = map.index_axis(Axis(0), i);
                     AttentionMap {
                         side: map.shape()[2],
-                        values: image.iter().copied().collect(),
+                        // A standard-layout output copies as one slice (ndarray's general
+                        // iterator over a dynamic-rank view costs ~0.5% of a worker's CPU).
+                        values: image
+                            .as_slice()
+                            .map_or_else(|| image.iter().copied().collect(), <[f32]>::to_vec),
                     }
                 })
                 .collect(),
