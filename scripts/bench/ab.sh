@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Offline A/B: `radiogate classify` variants alternated over the same items in one sitting,
+# so that a change is compared with what it replaces under the same load. Prints each
+# variant's median items/s (wall time, start-up included) and checks that every variant
+# wrote the same results (all but timestamps and timings).
+#
+#   scripts/bench/ab.sh old=/tmp/radiogate-old new=target/release/radiogate \
+#       'one-worker=target/release/radiogate RADIOGATE__CUTOUT__WORKERS=1'
+#
+# A variant is NAME=BINARY, then any VAR=VALUE words for its environment.
+# Environment: ROUNDS (5), COPIES (32 -> 5,024 items), CUTOUTS (the MiraBest test cutouts),
+# OUT (out/ab/<UTC time>).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+ROUNDS="${ROUNDS:-5}"
+COPIES="${COPIES:-32}"
+CUTOUTS="${CUTOUTS:-$ROOT/../shared/data/first-cutouts/mirabest-test}"
+OUT="${OUT:-$ROOT/out/ab/$(date -u +%Y%m%dT%H%M%SZ)}"
+[ "$#" -ge 2 ] || { echo "usage: $0 NAME=BINARY [VAR=VALUE ...] NAME=BINARY ..." >&2; exit 2; }
+
+mkdir -p "$OUT/items"
+for c in $(seq "$COPIES"); do
+  for f in "$CUTOUTS"/*.fits; do ln -sf "$f" "$OUT/items/c${c}_$(basename "$f")"; done
+done
+items=$(find "$OUT/items" -name '*.fits' | wc -l)
+echo "ab: $items items, $ROUNDS rounds, load: $(uptime | sed 's/.*load/load/')" | tee "$OUT/summary.txt"
+
+for r in $(seq "$ROUNDS"); do
+  for variant in "$@"; do
+    read -r spec envs <<<"$variant"
+    name="${spec%%=*}" bin="${spec#*=}"
+    start=$(date +%s.%N)
+    # shellcheck disable=SC2086 # $envs is a list of VAR=VALUE words
+    env $envs "$bin" classify --quiet --out "$OUT/$name-$r.jsonl" "$OUT/items" 2>>"$OUT/$name.log"
+    end=$(date +%s.%N)
+    echo "{\"variant\":\"$name\",\"round\":$r,\"items\":$items,\"start\":$start,\"end\":$end}" >>"$OUT/rounds.jsonl"
+  done
+done
+
+python3 - "$OUT" "$@" <<'EOF' | tee -a "$OUT/summary.txt"
+import json, statistics, sys
+from pathlib import Path
+out, names = Path(sys.argv[1]), [v.split("=", 1)[0] for v in sys.argv[2:]]
+rows = [json.loads(l) for l in (out / "rounds.jsonl").read_text().splitlines()]
+
+def results(path):
+    kept = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        r.pop("classified_at", None), r.pop("timings_us", None)
+        kept[json.dumps(r, sort_keys=True)] = None
+    return set(kept)
+
+reference = results(out / f"{names[0]}-1.jsonl")
+for name in names:
+    rates = [r["items"] / (r["end"] - r["start"]) for r in rows if r["variant"] == name]
+    same = all(results(p) == reference for p in sorted(out.glob(f"{name}-*.jsonl")))
+    print(f"{name}: median {statistics.median(rates):.1f} items/s over {len(rates)} rounds "
+          f"({', '.join(f'{x:.1f}' for x in rates)}); results {'identical' if same else 'DIFFER'}")
+EOF
+echo "ab: load at end: $(uptime | sed 's/.*load/load/')" | tee -a "$OUT/summary.txt"
