@@ -34,6 +34,7 @@ args = {
     "--weight-decay": t["weight_decay"],
     "--head-lr-mult": t["head_lr_mult"],
     "--precise-bn-images": t["precise_bn_images"],
+    "--ema-decay": t.get("ema_decay", 0.0),
     "--gates": a["gates"],
     "--aggregation": a["aggregation"],
 }

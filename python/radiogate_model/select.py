@@ -38,27 +38,31 @@ from .train import machine_of
 
 # Options that do not make a different recipe.
 NOT_RECIPE = ("seed", "threads", "device", "max_batches")
+# Options added after some runs were trained, at the value that means what those runs did.
+ADDED_LATER = {"ema_decay": 0.0}
 MIN_ENRICHMENT = 1.0
 
 
 def recipe_of(training: dict) -> dict:
-    train = {k: v for k, v in training["train"].items() if k not in NOT_RECIPE}
+    train = {k: v for k, v in {**ADDED_LATER, **training["train"]}.items() if k not in NOT_RECIPE}
     return {**train, **{f"model.{k}": v for k, v in training["model"].items()}}
 
 
 def measure_run(run: Path, data_dir: Path) -> dict:
     """The run's validation measures, kept in its validation.json (remeasured when the
-    checkpoint is newer)."""
+    checkpoint is newer). Its recipe is read from training.json every time, so that runs
+    measured before an option existed group by today's rule."""
+    training = json.loads((run / "training.json").read_text())
     cached = run / "validation.json"
     if cached.exists() and cached.stat().st_mtime >= (run / "best.pt").stat().st_mtime:
-        return json.loads(cached.read_text())
-    measured = _measure(run, data_dir)
-    cached.write_text(json.dumps(measured, indent=2) + "\n")
-    return measured
+        measured = json.loads(cached.read_text())
+    else:
+        measured = _measure(run, training, data_dir)
+        cached.write_text(json.dumps(measured, indent=2) + "\n")
+    return {**measured, "recipe": recipe_of(training)}
 
 
-def _measure(run: Path, data_dir: Path) -> dict:
-    training = json.loads((run / "training.json").read_text())
+def _measure(run: Path, training: dict, data_dir: Path) -> dict:
     subset, seed = training["train"]["subset"], training["train"]["seed"]
     _, val = train_val_split(load_split(data_dir, subset, train=True), seed=seed)
     probs, gate_maps = attention_maps(onnx_of_run(run), val.images)
@@ -74,7 +78,6 @@ def _measure(run: Path, data_dir: Path) -> dict:
         "val_enrichment": {
             name: float(np.median(enrichment[val.labels == label])) for label, name in enumerate(CLASS_NAMES)
         },
-        "recipe": recipe_of(training),
     }
 
 

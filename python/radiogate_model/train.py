@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .augment import random_affine
 from .data import SUBSETS, data_checksums, default_data_dir, load_split, train_val_split
@@ -41,6 +42,9 @@ class TrainConfig:
     device: str = "cpu"
     # Training images whose statistics replace BatchNorm's running ones after each epoch.
     precise_bn_images: int = 320
+    # Keep an exponential moving average of the weights (this decay per step; 0 = off) and
+    # validate, checkpoint and ship the average instead of the raw weights.
+    ema_decay: float = 0.0
     # For tests: stop an epoch after this many batches (0 = the whole epoch).
     max_batches: int = 0
 
@@ -132,6 +136,15 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_dir: Path, out_dir: Pat
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
     )
+    # The model that is validated and checkpointed: the raw weights, or their moving average
+    # (whose BatchNorm statistics precise BN then measures under the averaged weights).
+    # Without precise BN, the average keeps averages of the running statistics too.
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=not cfg.precise_bn_images)
+        if cfg.ema_decay
+        else None
+    )
+    kept = ema.module if ema else model
     out_dir.mkdir(parents=True, exist_ok=True)
     best = {"val_loss": float("inf")}
     history = []
@@ -153,10 +166,12 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_dir: Path, out_dir: Pat
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema:
+                ema.update_parameters(model)
             total += loss.item() * len(idx)
         if cfg.precise_bn_images:
-            recompute_batchnorm(model, x_train, gen, cfg.precise_bn_images, cfg.hflip)
-        val_loss, val_acc = validation_loss(model, x_val, y_val)
+            recompute_batchnorm(kept, x_train, gen, cfg.precise_bn_images, cfg.hflip)
+        val_loss, val_acc = validation_loss(kept, x_val, y_val)
         row = {
             "epoch": epoch + 1,
             "train_loss": total / min(len(x_train), steps_per_epoch * cfg.batch_size),
@@ -168,7 +183,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data_dir: Path, out_dir: Pat
         print(json.dumps(row), flush=True)
         if val_loss < best["val_loss"]:
             best = {"val_loss": val_loss, "val_acc": val_acc, "epoch": epoch + 1}
-            torch.save(model.state_dict(), out_dir / "best.pt")
+            torch.save(kept.state_dict(), out_dir / "best.pt")
     summary = {
         "train": asdict(cfg),
         "model": asdict(model_cfg),
@@ -213,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default=TrainConfig.device, help='"cpu" or "cuda" (a GPU)')
     p.add_argument("--max-batches", type=int, default=0)
     p.add_argument("--precise-bn-images", type=int, default=TrainConfig.precise_bn_images)
+    p.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay)
     p.add_argument("--gates", type=int, default=3)
     p.add_argument("--normalisation", choices=NORMALISATIONS, default="range_norm")
     p.add_argument("--aggregation", choices=AGGREGATIONS, default="ft")
@@ -230,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         device=a.device,
         max_batches=a.max_batches,
         precise_bn_images=a.precise_bn_images,
+        ema_decay=a.ema_decay,
     )
     model_cfg = ModelConfig(gates=a.gates, normalisation=a.normalisation, aggregation=a.aggregation)
     summary = train(cfg, model_cfg, a.data_dir or default_data_dir(), a.out)

@@ -6,7 +6,7 @@ import pytest
 
 from radiogate_model.card import build_card
 from radiogate_model.model import ModelConfig
-from radiogate_model.select import main, measure_run, render, select, shipped_run
+from radiogate_model.select import main, measure_run, recipe_of, render, select, shipped_run
 from radiogate_model.train import TrainConfig, train
 
 
@@ -76,6 +76,10 @@ def test_a_run_is_measured_on_its_own_validation_images(data_dir, short_runs):
     assert all(v > 0 for v in measured["val_enrichment"].values())
     assert measured["recipe"]["epochs"] == 1
     assert "seed" not in measured["recipe"]
+    # The cache keeps what was measured; the recipe always comes from training.json.
+    cached = short_runs[0] / "validation.json"
+    cached.write_text(json.dumps({**json.loads(cached.read_text()), "recipe": {"stale": True}}))
+    assert measure_run(short_runs[0], data_dir) == measured
 
 
 def test_the_card_ships_the_selections_run_and_refuses_other_runs(data_dir, short_runs, tmp_path):
@@ -107,3 +111,10 @@ def test_the_command_writes_the_comparison_and_reports_test_accuracy_after_it(da
     assert recipe["test_accuracy"]["mean"] == pytest.approx(sum(r["test_accuracy"] for r in recipe["runs"]) / 2)
     assert "test accuracy (not used to choose)" in capsys.readouterr().out
     assert result["command"].startswith("python -m radiogate_model.select --runs ")
+
+
+def test_runs_from_before_an_option_existed_share_a_recipe_with_runs_that_leave_it_off():
+    old = {"train": {"seed": 1, "epochs": 60, "lr": 3e-3}, "model": {"gates": 2}}
+    new = {"train": {"seed": 2, "epochs": 60, "lr": 3e-3, "ema_decay": 0.0}, "model": {"gates": 2}}
+    averaged = {"train": {"seed": 3, "epochs": 60, "lr": 3e-3, "ema_decay": 0.998}, "model": {"gates": 2}}
+    assert recipe_of(old) == recipe_of(new) != recipe_of(averaged)

@@ -7,10 +7,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from radiogate_model.data import load_split, normalise
+from radiogate_model.data import load_split, normalise, train_val_split
 from radiogate_model.export import export
 from radiogate_model.model import AGCNN, ExportWrapper, ModelConfig
-from radiogate_model.train import TrainConfig, load_checkpoint, train
+from radiogate_model.train import TrainConfig, load_checkpoint, train, validation_loss
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,16 @@ def test_training_is_reproducible(data_dir, trained_run, tmp_path):
     cfg = TrainConfig(subset="mirabest_confident", seed=3, epochs=2, max_batches=3, threads=1)
     again = train(cfg, ModelConfig(), data_dir, tmp_path)
     assert [r["val_loss"] for r in again["history"]] == pytest.approx([r["val_loss"] for r in first["history"]])
+
+
+def test_a_moving_average_run_checkpoints_the_weights_it_validated(data_dir, tmp_path):
+    cfg = TrainConfig(subset="mirabest", seed=2, epochs=2, max_batches=3, threads=1, ema_decay=0.9)
+    summary = train(cfg, ModelConfig(gates=2, aggregation="concat"), data_dir, tmp_path)
+    assert summary["train"]["ema_decay"] == 0.9
+    _, val = train_val_split(load_split(data_dir, "mirabest", train=True), seed=2)
+    x = torch.from_numpy(val.images.astype(np.float32) / 255.0)[:, None]
+    loss, _ = validation_loss(load_checkpoint(tmp_path), x, torch.from_numpy(val.labels))
+    assert loss == pytest.approx(summary["best"]["val_loss"], abs=1e-5)
 
 
 def test_onnx_matches_pytorch_and_is_batch_independent(data_dir, trained_run, tmp_path):
