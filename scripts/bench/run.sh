@@ -19,8 +19,9 @@
 #
 # Environment: REPEATS (3; QUICK: 1), COPIES (32 -> 5,024 items; QUICK: 8), BROKERS
 # (127.0.0.1:9092), CUTOUTS (the MiraBest test cutouts), OUT (out/bench/<UTC time>),
-# CARGO_TARGET_DIR (where cargo builds), LONG_ITEMS (100000), RATE_SECONDS (20; QUICK: 10), QUEUE_CAPACITY (pipeline.queue_capacity
-# of every run, default 64: the shipped 256 holds up to ~350 MB of inline cutouts in flight).
+# CARGO_TARGET_DIR (where cargo builds), LONG_ITEMS (100000), RATE_SECONDS (20; QUICK: 10),
+# QUEUE_CAPACITY (pipeline.queue_capacity of every run, default 64: the shipped 256 holds up
+# to ~350 MB of inline cutouts in flight).
 # Needs the broker (scripts/kafka/broker.sh start) and python3. Prints a summary and writes
 # everything to $OUT (summary.json, summary.md, raw JSON lines, logs).
 set -euo pipefail
