@@ -67,6 +67,12 @@ impl Worker {
             .with_intra_op_spinning(false)
             .map_err(options)?
             .with_inter_op_spinning(false)
+            .map_err(options)?
+            // ONNX Runtime plans and keeps one memory pattern per input shape, and a pipeline
+            // runs every batch size up to max_batch: on the CPU each plan stays allocated
+            // (peak RSS of `classify`, 2 sessions: 740 -> 433 MB at max_batch 8, 147 -> 109 MB
+            // at 1, same speed; BENCHMARKS.md). GPU sessions keep it until measured there.
+            .with_memory_pattern(!matches!(cfg.execution_provider, ExecutionProvider::Cpu))
             .map_err(options)?;
         let mut builder = builder
             .with_execution_providers(providers(cfg.execution_provider))
