@@ -17,7 +17,7 @@ SEEDS=${SEEDS:-"1 2 3"}
 PARALLEL=${PARALLEL:-2}
 RUNS=${RUNS:-runs}
 CARDS=${CARDS:-1}
-# The recipe of the shipped models (see their cards).
+# The MiraBest* recipe (each card's "Reproduce" line gives the TRAIN_ARGS of its model).
 TRAIN_ARGS=${TRAIN_ARGS:-"--epochs 60 --lr 3e-3 --aggregation concat --normalisation range_norm"}
 mkdir -p "$RUNS"
 

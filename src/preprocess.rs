@@ -167,27 +167,30 @@ fn clipped_std(values: impl Iterator<Item = f32>, s: &mut Scratch) -> Option<f64
     for _ in 0..CLIP_MAXITERS {
         let range = &sorted[a..b];
         let centre = sorted_median(range);
-        // Kept: lo <= v <= hi, a contiguous run of the sorted range.
+        // Kept: lo <= v <= hi, a contiguous run of the sorted range, for a std that may lie
+        // `slack` from the exact one; None when a value lies within that of a bound.
         let kept = |spread: f64, slack: f64| {
             let (lo, hi) = (centre - CLIP_SIGMA * spread, centre + CLIP_SIGMA * spread);
             let first = range.partition_point(|&v| v < lo - slack);
             let end = range.partition_point(|&v| v <= hi - slack);
-            let unambiguous = slack == 0.0
-                || (first == range.partition_point(|&v| v < lo + slack)
-                    && end == range.partition_point(|&v| v <= hi + slack));
-            unambiguous.then_some((a + first, a + end))
+            (first == range.partition_point(|&v| v < lo + slack)
+                && end == range.partition_point(|&v| v <= hi + slack))
+            .then_some((a + first, a + end))
         };
+        let mut exact = None;
         let (na, nb) = match sums.std(centre).and_then(|(spread, err)| kept(spread, err)) {
             Some(bounds) => bounds,
             None => {
                 #[cfg(test)]
                 EXACT_ROUNDS.set(EXACT_ROUNDS.get() + 1);
-                kept(population_std(range), 0.0).unwrap_or((a, b))
+                let spread = population_std(range);
+                exact = Some(spread);
+                kept(spread, 0.0).unwrap_or((a, b))
             }
         };
         if (na, nb) == (a, b) || na >= nb {
             // Converged (or nothing would be left): the std of the range kept.
-            return Some(population_std(range));
+            return Some(exact.unwrap_or_else(|| population_std(range)));
         }
         sums.remove(&sorted[a..na]);
         sums.remove(&sorted[nb..b]);
