@@ -156,18 +156,51 @@ pub struct BatchConfig {
     pub max_wait: Duration,
 }
 
-/// The ONNX Runtime execution provider (`inference.execution_provider`, `device_id`).
+/// The ONNX Runtime execution provider (`inference.execution_provider`, `device_id`,
+/// `gpu_wait`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecutionProvider {
     Cpu,
     /// CUDA on GPU `device_id`.
     Cuda {
         device_id: i32,
+        wait: GpuWait,
     },
     /// TensorRT on GPU `device_id`.
     TensorRt {
         device_id: i32,
+        wait: GpuWait,
     },
+}
+
+/// How a session thread waits for the GPU to finish a batch (`inference.gpu_wait`): the
+/// scheduling flag of the device's primary CUDA context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuWait {
+    /// Leave the flag to CUDA, whose heuristic spins whenever the process has fewer CUDA
+    /// contexts than the machine has cores: every waiting session thread holds a core.
+    Auto,
+    /// Spin on the CPU (lowest wake-up latency, one core per waiting thread).
+    Spin,
+    /// Spin, yielding the core to other threads between polls.
+    Yield,
+    /// Sleep until the GPU signals completion: the cores stay free for cutting and
+    /// preprocessing.
+    #[default]
+    Blocking,
+}
+
+impl GpuWait {
+    /// The name used in the configuration and in logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            GpuWait::Auto => "auto",
+            GpuWait::Spin => "spin",
+            GpuWait::Yield => "yield",
+            GpuWait::Blocking => "blocking",
+        }
+    }
 }
 
 impl ExecutionProvider {
@@ -177,6 +210,15 @@ impl ExecutionProvider {
             ExecutionProvider::Cpu => "cpu",
             ExecutionProvider::Cuda { .. } => "cuda",
             ExecutionProvider::TensorRt { .. } => "tensorrt",
+        }
+    }
+
+    /// The GPU and how its session threads wait; None on the CPU.
+    pub fn gpu(&self) -> Option<(i32, GpuWait)> {
+        match *self {
+            ExecutionProvider::Cpu => None,
+            ExecutionProvider::Cuda { device_id, wait }
+            | ExecutionProvider::TensorRt { device_id, wait } => Some((device_id, wait)),
         }
     }
 }
@@ -693,6 +735,7 @@ struct RawInference {
     runtime_library: Option<PathBuf>,
     execution_provider: RawProvider,
     device_id: Option<i64>,
+    gpu_wait: Option<GpuWait>,
     sessions: i64,
     intra_threads: i64,
 }
@@ -705,6 +748,7 @@ impl Default for RawInference {
             runtime_library: None,
             execution_provider: RawProvider::Cpu,
             device_id: None,
+            gpu_wait: None,
             sessions: 2,
             intra_threads: 1,
         }
@@ -1071,18 +1115,24 @@ impl RawInference {
             Some(id) => i32::try_from(id).unwrap_or_default(),
             None => 0,
         };
+        let wait = self.gpu_wait.unwrap_or_default();
         let execution_provider = match self.execution_provider {
             RawProvider::Cpu => {
-                if self.device_id.is_some() {
-                    check.fail(
-                        "inference.device_id",
-                        "only used with execution_provider \"cuda\" or \"tensorrt\"",
-                    );
+                for (field, given) in [
+                    ("inference.device_id", self.device_id.is_some()),
+                    ("inference.gpu_wait", self.gpu_wait.is_some()),
+                ] {
+                    if given {
+                        check.fail(
+                            field,
+                            "only used with execution_provider \"cuda\" or \"tensorrt\"",
+                        );
+                    }
                 }
                 ExecutionProvider::Cpu
             }
-            RawProvider::Cuda => ExecutionProvider::Cuda { device_id },
-            RawProvider::TensorRt => ExecutionProvider::TensorRt { device_id },
+            RawProvider::Cuda => ExecutionProvider::Cuda { device_id, wait },
+            RawProvider::TensorRt => ExecutionProvider::TensorRt { device_id, wait },
         };
         InferenceConfig {
             model: self.model,
@@ -1393,6 +1443,11 @@ mod tests {
             "{msg}"
         );
 
+        let msg = field_error(from_toml("[inference]\ngpu_wait = \"spin\"\n"));
+        assert!(
+            msg.starts_with("inference.gpu_wait: only used with"),
+            "{msg}"
+        );
         let msg = field_error(from_toml("[inference]\ndevice_id = 1\n"));
         assert!(
             msg.starts_with("inference.device_id: only used with"),
@@ -1479,12 +1534,26 @@ mod tests {
             from_toml("[inference]\nexecution_provider = \"tensorrt\"\ndevice_id = 1\n").unwrap();
         assert_eq!(
             config.inference.execution_provider,
-            ExecutionProvider::TensorRt { device_id: 1 }
+            ExecutionProvider::TensorRt {
+                device_id: 1,
+                wait: GpuWait::Blocking
+            }
         );
-        let config = from_toml("[inference]\nexecution_provider = \"cuda\"\n").unwrap();
+        let config =
+            from_toml("[inference]\nexecution_provider = \"cuda\"\ngpu_wait = \"spin\"\n").unwrap();
         assert_eq!(
             config.inference.execution_provider,
-            ExecutionProvider::Cuda { device_id: 0 }
+            ExecutionProvider::Cuda {
+                device_id: 0,
+                wait: GpuWait::Spin
+            }
+        );
+        let msg = field_error(from_toml(
+            "[inference]\nexecution_provider = \"cuda\"\ngpu_wait = \"busy\"\n",
+        ));
+        assert!(
+            msg.starts_with("inference.gpu_wait: unknown variant `busy`"),
+            "{msg}"
         );
         // Batches above 1024 fail on a GPU; the CPU takes up to 4096.
         let gpu = "[inference]\nexecution_provider = \"cuda\"\n[batch]\nmax_batch = ";

@@ -22,3 +22,40 @@ pub mod sink;
 pub mod source;
 pub mod summary;
 pub mod telemetry;
+
+/// An error and its causes, one line. A cause whose text the line already ends with (an
+/// error that shows its source in its own message) is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    enum Inner {
+        #[error("inner")]
+        Io(#[source] std::io::Error),
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("outer: {0}")]
+        Shows(#[from] Inner),
+    }
+
+    #[test]
+    fn error_chain_gives_every_cause_once() {
+        let e = Outer::from(Inner::Io(std::io::Error::other("disk on fire")));
+        assert_eq!(super::error_chain(&e), "outer: inner: disk on fire");
+    }
+}

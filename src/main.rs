@@ -93,8 +93,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!(error = %e, "run failed");
-            eprintln!("radiogate: {e}");
+            let why = radiogate::error_chain(&e);
+            tracing::error!(error = %why, "run failed");
+            eprintln!("radiogate: {why}");
             match e {
                 PipelineError::Source(_) | PipelineError::Mosaics(_) | PipelineError::Model(_) => {
                     ExitCode::from(2)

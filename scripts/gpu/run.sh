@@ -16,12 +16,14 @@
 # 4. bare GPU inference over a sweep of batch sizes and sessions (radiogate-bench infer);
 # 5. offline end to end: `radiogate classify` over the bundled real FIRST cutouts repeated
 #    to ITEMS items (symlinks; the 20 files stay in the page cache, so the cutouts come
-#    from memory), with the best batch/sessions of the sweep and several cutout workers.
+#    from memory), with the best batch/sessions of the sweep and several cutout workers,
+#    once for each GPU_WAITS setting (how session threads wait for the GPU: "blocking"
+#    sleeps, "auto" is CUDA's default, which spins a core per waiting session).
 #
 # Environment: SRC (vendor/gpu), OUT, ITEMS (100000; QUICK: 50000), WORKERS (cutout worker
 # counts to try, default "$(nproc)-2 and $(nproc)"), SWEEP_ARGS (the sweep's settings), PYTHON (the Python whose `nvidia`
 # packages hold the CUDA libraries; default: the first of python3, python, conda's that
-# has them), DEVICE_ID (0).
+# has them), DEVICE_ID (0), GPU_WAITS ("blocking auto"; inference.gpu_wait values).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -44,6 +46,7 @@ fi
 # SWEEP_ARGS replaces the sweep's settings (radiogate-bench infer options).
 if [[ -n "${SWEEP_ARGS:-}" ]]; then read -ra SWEEP <<<"$SWEEP_ARGS"; fi
 WORKERS="${WORKERS:-$((CORES > 4 ? CORES - 2 : 2)) $CORES}"
+GPU_WAITS="${GPU_WAITS:-blocking auto}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 log() { echo "gpu/run: $*" | tee -a "$OUT/run.log" >&2; }
@@ -189,6 +192,20 @@ smi=$!
   --threads 1 --seconds 4 >"$OUT/best.jsonl"
 kill "$smi" 2>/dev/null || true
 wait "$smi" 2>/dev/null || true
+# The best setting once per wait, with the CPU time the process took (spinning shows there).
+for wait in $GPU_WAITS; do
+  "$PYTHON" -c '
+import json, resource, subprocess, sys
+out = subprocess.run(sys.argv[2:], check=True, capture_output=True, text=True).stdout
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+for line in out.splitlines():
+    r = json.loads(line)
+    r.update(gpu_wait=sys.argv[1], cpu_s=ru.ru_utime + ru.ru_stime)
+    print(json.dumps(r))' "$wait" "$RB" infer --inputs samples/first "${PROVIDER[@]}" --batch "$BEST_BATCH" \
+    --sessions "$BEST_SESSIONS" --threads 1 --seconds 4 --gpu-wait "$wait" >>"$OUT/waits.jsonl" ||
+    die "bare inference with gpu_wait $wait failed"
+  tail -1 "$OUT/waits.jsonl" >&2
+done
 
 # End to end, every session's batch can be in flight twice: keep the rows on the GPU at
 # once within what the sweep ran (a batch of 512 holds ~12 GB of intermediate tensors).
@@ -209,8 +226,10 @@ export RADIOGATE__BATCH__MAX_BATCH="$BEST_BATCH"
 export RADIOGATE__INFERENCE__SESSIONS="$BEST_SESSIONS"
 export RADIOGATE__INFERENCE__INTRA_THREADS=1
 export RADIOGATE__PIPELINE__QUEUE_CAPACITY=$((2 * BEST_BATCH * BEST_SESSIONS > 1024 ? 2 * BEST_BATCH * BEST_SESSIONS : 1024))
-for workers in $WORKERS; do
-  log "offline: $ITEMS items, $workers cutout workers"
+for wait in $GPU_WAITS; do for workers in $WORKERS; do
+  log "offline: $ITEMS items, $workers cutout workers, gpu_wait $wait"
+  export RADIOGATE__INFERENCE__GPU_WAIT="$wait"
+  run="$wait-$workers"
   # Wall time and peak RSS without GNU time (it may not be installed there).
   RADIOGATE__CUTOUT__WORKERS="$workers" "$PYTHON" -c '
 import resource, subprocess, sys, time
@@ -219,14 +238,14 @@ rc = subprocess.call(sys.argv[2:], stderr=open(sys.argv[1] + ".log", "w"))
 wall = time.monotonic() - t
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 open(sys.argv[1] + ".time", "w").write(f"{wall} {ru.ru_maxrss} {ru.ru_utime + ru.ru_stime}\n")
-sys.exit(rc)' "$OUT/offline-$workers" "$RG" classify --quiet --out "$OUT/offline-$workers.jsonl" "$OUT/items" ||
-    die "classify failed: see $OUT/offline-$workers.log"
-  read -r wall peak_kb cpu_s <"$OUT/offline-$workers.time"
-  "$PYTHON" - "$OUT/offline-$workers.jsonl" "$workers" "$wall" "$peak_kb" "$cpu_s" >>"$OUT/offline.jsonl" <<'PY'
+sys.exit(rc)' "$OUT/offline-$run" "$RG" classify --quiet --out "$OUT/offline-$run.jsonl" "$OUT/items" ||
+    die "classify failed: see $OUT/offline-$run.log"
+  read -r wall peak_kb cpu_s <"$OUT/offline-$run.time"
+  "$PYTHON" - "$OUT/offline-$run.jsonl" "$workers" "$wall" "$peak_kb" "$cpu_s" "$wait" >>"$OUT/offline.jsonl" <<'PY'
 import json, sys
 from datetime import datetime
 path, workers, wall, peak_kb = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-cpu_s = float(sys.argv[5])
+cpu_s, wait = float(sys.argv[5]), sys.argv[6]
 stages = {"cutout": 0, "preprocess": 0, "queue": 0, "inference": 0, "total": 0}
 first, last, n, rejected, provider = float("inf"), float("-inf"), 0, 0, set()
 for line in open(path):
@@ -241,7 +260,7 @@ for line in open(path):
     t = datetime.fromisoformat(rec["classified_at"].replace("Z", "+00:00")).timestamp()
     first = min(first, t - rec["timings_us"]["total"] / 1e6)
     last = max(last, t)
-print(json.dumps({"bench": "offline", "workers": workers, "items": n, "rejected": rejected,
+print(json.dumps({"bench": "offline", "gpu_wait": wait, "workers": workers, "items": n, "rejected": rejected,
                   "providers": sorted(provider), "wall_s": wall, "items_per_s_wall": n / wall,
                   "span_s": last - first, "items_per_s": n / (last - first),
                   "peak_rss_mb": peak_kb / 1024, "cpu_ms_per_item": 1e3 * cpu_s / n,
@@ -249,8 +268,9 @@ print(json.dumps({"bench": "offline", "workers": workers, "items": n, "rejected"
                   "mean_stage_us": {k: v / max(n - rejected, 1) for k, v in stages.items()}}))
 PY
   tail -1 "$OUT/offline.jsonl" >&2
-  rm -f "$OUT/offline-$workers.jsonl"
-done
+  rm -f "$OUT/offline-$run.jsonl"
+done; done
+unset RADIOGATE__INFERENCE__GPU_WAIT
 rm -rf "$OUT/items"
 
 "$PYTHON" - "$OUT" <<'PY' | tee "$OUT/summary.md"
@@ -271,8 +291,11 @@ print(f"- GPU utilisation at that setting (nvidia-smi, median of {len(util)} sam
 parity = json.loads((out / "parity.json").read_text())
 print(f"- GPU vs CPU on the {parity['items']} bundled cutouts: labels agree: {parity['labels_agree']}, "
       f"largest probability difference {parity['max_prob_diff']:.2e}")
+for r in map(json.loads, (out / "waits.jsonl").read_text().splitlines()):
+    print(f"- bare inference at that setting, gpu_wait {r['gpu_wait']}: {r['images_per_s']:.0f} images/s, "
+          f"{r['cpu_s']:.1f} s of CPU in all")
 for r in offline:
-    print(f"- offline end to end, {r['workers']} cutout workers: {r['items_per_s']:.0f} cutouts/s "
+    print(f"- offline end to end, gpu_wait {r['gpu_wait']}, {r['workers']} cutout workers: {r['items_per_s']:.0f} cutouts/s "
           f"({r['items']} items, {r['rejected']} rejected, peak RSS {r['peak_rss_mb']:.0f} MB, "
           f"{r['cpu_ms_per_item']:.3f} ms CPU per item, {r['cores_busy']:.1f} cores busy; mean us per "
           f"item: " + ", ".join(f"{k} {v:.0f}" for k, v in r["mean_stage_us"].items()) + ")")

@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use prost::Message as _;
 
-use radiogate::config::{CutoutConfig, ExecutionProvider, InferenceConfig, SourceConfig};
+use radiogate::config::{CutoutConfig, ExecutionProvider, GpuWait, InferenceConfig, SourceConfig};
 use radiogate::cutout::Cutter;
 use radiogate::infer::Inference;
 use radiogate::sink::kafka::{TopicSpec, create_topics, delete_topics};
@@ -70,6 +70,9 @@ struct InferArgs {
     provider: Provider,
     #[arg(long, default_value_t = 0)]
     device_id: i32,
+    /// How session threads wait for the GPU (inference.gpu_wait).
+    #[arg(long, value_enum, default_value = "blocking")]
+    gpu_wait: GpuWait,
 }
 
 /// Creates or deletes topics (`NAME:PARTITIONS`; a `:logappend` suffix makes the broker
@@ -142,6 +145,7 @@ fn ready_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<Vec<f32>>> {
 
 fn infer(args: &InferArgs) -> anyhow::Result<()> {
     let images = ready_inputs(&args.inputs)?;
+    let wait = args.gpu_wait;
     let rt = tokio::runtime::Runtime::new()?;
     for &sessions in &args.sessions {
         for &threads in &args.threads {
@@ -153,9 +157,11 @@ fn infer(args: &InferArgs) -> anyhow::Result<()> {
                     Provider::Cpu => ExecutionProvider::Cpu,
                     Provider::Cuda => ExecutionProvider::Cuda {
                         device_id: args.device_id,
+                        wait,
                     },
                     Provider::Tensorrt => ExecutionProvider::TensorRt {
                         device_id: args.device_id,
+                        wait,
                     },
                 },
                 sessions,

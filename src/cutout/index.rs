@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::{CutoutSetupError, Image, error_chain};
+use super::{CutoutSetupError, Image};
+use crate::error_chain;
 
 /// One indexed image.
 #[derive(Debug)]

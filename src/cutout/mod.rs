@@ -27,6 +27,7 @@ use ndarray::Array2;
 
 use crate::config::CutoutConfig;
 use crate::domain::{CUTOUT_SIZE, Cutout, ItemError, SkyProjection};
+use crate::error_chain;
 use crate::proto::{self, RejectReason, source_detection::Pixels};
 
 use self::fits::{FitsError, Storage};
@@ -77,18 +78,6 @@ impl OpenError {
         };
         ItemError::new(reason, format!("{what}: {}", error_chain(&self)))
     }
-}
-
-/// An error and its causes, one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Cuts windows around detections. Shared by the worker threads (`Send + Sync`): the index

@@ -13,6 +13,7 @@
 //! threads; [`Inference::join`] waits for that.
 
 mod contract;
+mod gpu;
 mod runtime;
 mod session;
 #[cfg(test)]
@@ -28,9 +29,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 pub use self::contract::Violations;
+pub use self::gpu::{DRIVER_LIBRARY, GpuWaitError};
 pub use self::runtime::{FETCH_SCRIPT, VENDOR_LIBRARY};
 use self::session::{IMAGE_LEN, Job, SharedJobs, Worker};
-use crate::config::InferenceConfig;
+use crate::config::{GpuWait, InferenceConfig};
 use crate::domain::{MODEL_SIZE, ModelOutput};
 use crate::proto;
 
@@ -64,6 +66,16 @@ pub enum StartError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error(
+        "cannot make session threads on GPU {device_id} wait by `{wait}` (inference.gpu_wait; \
+         \"auto\" leaves CUDA's default)"
+    )]
+    GpuWait {
+        device_id: i32,
+        wait: &'static str,
+        #[source]
+        source: GpuWaitError,
     },
     #[error("cannot set the ONNX Runtime session options")]
     SessionOptions(#[source] ort::Error),
@@ -148,6 +160,15 @@ impl Inference {
             execution_provider: cfg.execution_provider.name().to_string(),
         };
 
+        // Before the first session creates the GPU's CUDA context.
+        if let Some((device_id, wait)) = cfg.execution_provider.gpu() {
+            gpu::set_wait(device_id, wait).map_err(|source| StartError::GpuWait {
+                device_id,
+                wait: wait.name(),
+                source,
+            })?;
+        }
+
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(cfg.sessions);
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -168,6 +189,9 @@ impl Inference {
                 Ok(Err(e)) => return Err(stop(jobs_tx, threads, e)),
                 Err(_) => return Err(stop(jobs_tx, threads, StartError::ThreadDied)),
             }
+        }
+        if let Some((device_id, asked)) = cfg.execution_provider.gpu() {
+            log_gpu_wait(device_id, asked);
         }
         let shared = Shared {
             jobs_tx,
@@ -278,6 +302,29 @@ fn stop(jobs_tx: mpsc::Sender<Job>, threads: Vec<JoinHandle<()>>, error: StartEr
         let _ = thread.join(); // a panic here changes nothing: we are already failing
     }
     error
+}
+
+/// Logs how the GPU's session threads really wait, as CUDA reports it once the sessions
+/// hold the context (ONNX Runtime or a library it loads could have set other flags).
+fn log_gpu_wait(device_id: i32, asked: GpuWait) {
+    match gpu::wait_in_effect(device_id) {
+        Ok(effect) if asked == GpuWait::Auto || effect == asked => tracing::info!(
+            device_id,
+            gpu_wait = effect.name(),
+            "session threads wait for the GPU"
+        ),
+        Ok(effect) => tracing::warn!(
+            device_id,
+            asked = asked.name(),
+            gpu_wait = effect.name(),
+            "session threads do not wait for the GPU as configured (inference.gpu_wait)"
+        ),
+        Err(e) => tracing::warn!(
+            device_id,
+            error = %e,
+            "cannot read how session threads wait for the GPU"
+        ),
+    }
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {

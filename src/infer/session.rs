@@ -211,9 +211,9 @@ impl Worker {
 fn providers(provider: ExecutionProvider) -> Vec<ExecutionProviderDispatch> {
     match provider {
         ExecutionProvider::Cpu => Vec::new(),
-        ExecutionProvider::Cuda { device_id } => vec![cuda(device_id)],
+        ExecutionProvider::Cuda { device_id, .. } => vec![cuda(device_id)],
         // TensorRT leaves the nodes it cannot take to CUDA, as ONNX Runtime recommends.
-        ExecutionProvider::TensorRt { device_id } => vec![
+        ExecutionProvider::TensorRt { device_id, .. } => vec![
             ep::TensorRT::default()
                 .with_device_id(device_id)
                 .build()

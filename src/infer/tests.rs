@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::testing::{TEST_MODEL, mirabest_sample, repo_path, test_config};
 use super::*;
-use crate::config::ExecutionProvider;
+use crate::config::{ExecutionProvider, GpuWait};
 
 /// What Python onnxruntime said about the sample (`scripts/infer-golden.py`).
 #[derive(Deserialize)]
@@ -287,11 +287,13 @@ fn zero_sessions_is_refused() {
 }
 
 /// The CPU-only runtime has neither provider: asking for one must stop the worker.
+/// (`auto` leaves the CUDA driver alone, so the provider is what fails.)
 #[test]
 fn an_unavailable_gpu_provider_is_an_error_not_a_cpu_fallback() {
+    let wait = GpuWait::Auto;
     for provider in [
-        ExecutionProvider::Cuda { device_id: 0 },
-        ExecutionProvider::TensorRt { device_id: 0 },
+        ExecutionProvider::Cuda { device_id: 0, wait },
+        ExecutionProvider::TensorRt { device_id: 0, wait },
     ] {
         let cfg = InferenceConfig {
             execution_provider: provider,
@@ -310,6 +312,41 @@ fn an_unavailable_gpu_provider_is_an_error_not_a_cpu_fallback() {
         );
         assert!(msg.contains(provider.name()), "{msg}");
     }
+}
+
+/// Every other wait sets the context's flag through the CUDA driver before any session
+/// starts: without the driver, that is the startup error, and it names the setting.
+#[test]
+fn a_gpu_wait_that_cannot_be_set_stops_the_start() {
+    let cfg = InferenceConfig {
+        execution_provider: ExecutionProvider::Cuda {
+            device_id: 0,
+            wait: GpuWait::Blocking,
+        },
+        ..test_config(1)
+    };
+    let err = Inference::start(&cfg).expect_err("no CUDA provider in the CPU runtime");
+    // SAFETY: only probes whether this machine has the driver.
+    if unsafe { libloading::Library::new(DRIVER_LIBRARY) }.is_ok() {
+        // A GPU machine: the flag is set, and the CPU-only runtime's provider fails.
+        assert!(matches!(err, StartError::Provider { .. }), "{err}");
+        return;
+    }
+    assert!(
+        matches!(
+            &err,
+            StartError::GpuWait {
+                source: GpuWaitError::Load { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("inference.gpu_wait") && msg.contains("`blocking`"),
+        "{msg}"
+    );
 }
 
 #[test]
