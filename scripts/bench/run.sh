@@ -30,6 +30,8 @@ ROOT="$PWD"
 
 QUICK="${QUICK:-0}"
 LONG="${LONG:-0}"
+# The commas below are radiogate-bench's list syntax, not array separators.
+# shellcheck disable=SC2054
 if [[ "$QUICK" == 1 ]]; then
   REPEATS="${REPEATS:-1}" COPIES="${COPIES:-8}" RATE_SECONDS="${RATE_SECONDS:-10}"
   SWEEP=(--batch 1,4,32 --sessions 1 --threads 1,2 --seconds 2)
@@ -96,10 +98,11 @@ for i in range(n):
     os.symlink(os.path.join(src, f), os.path.join(dst, f"{prefix}{i // len(files):06d}_{f}"))
 PY
 }
-ITEMS=$((COPIES * $(ls "$CUTOUTS"/*.fits | wc -l)))
+CUTOUT_FILES=("$CUTOUTS"/*.fits)
+ITEMS=$((COPIES * ${#CUTOUT_FILES[@]}))
 links "$W/items" "$ITEMS" c
 cat "$CUTOUTS"/*.fits >/dev/null # page cache
-log "$ITEMS items ($COPIES copies of $(ls "$CUTOUTS"/*.fits | wc -l) cutouts)"
+log "$ITEMS items ($COPIES copies of ${#CUTOUT_FILES[@]} cutouts)"
 
 # 1. The limit: sweep, pick the best setting.
 log "bare inference sweep: ${SWEEP[*]}"

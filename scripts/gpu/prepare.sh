@@ -13,7 +13,6 @@
 # nvidia-* wheels, as PyTorch installs them) and an NVIDIA driver; run.sh finds them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROOT="$PWD"
 DEST="${DEST:-vendor/gpu}"
 PIECE_MB="${PIECE_MB:-52}"
 log() { echo "gpu/prepare: $*" >&2; }
@@ -43,6 +42,7 @@ objdump -T target/release/radiogate | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail 
   echo "onnxruntime-gpu $(grep -m1 '^ORT_VERSION=' scripts/fetch-onnxruntime.sh | cut -d'"' -f2)"
   echo "needs $(cat "$stage/GLIBC_NEEDED") or newer"
 } >"$stage/BUILD"
+# shellcheck disable=SC2094 # find leaves SHA256SUMS out
 (cd "$stage" && find . -type f ! -name SHA256SUMS -print0 | sort -z | xargs -0 sha256sum >SHA256SUMS)
 
 mkdir -p "$DEST"

@@ -34,6 +34,8 @@ PYTHON_GIVEN="${PYTHON:-}"
 PYTHON="${PYTHON:-python3}"
 DEVICE_ID="${DEVICE_ID:-0}"
 CORES="$(nproc)"
+# The commas below are radiogate-bench's list syntax, not array separators.
+# shellcheck disable=SC2054
 if [[ "$QUICK" == 1 ]]; then
   ITEMS="${ITEMS:-50000}"
   SWEEP=(--batch 64,256 --sessions 2,4 --threads 1 --seconds 2)
@@ -74,7 +76,7 @@ tarfile.open(fileobj=sys.stdin.buffer, mode="r|xz").extractall(sys.argv[1])' "$u
   (cd "$unpacked" && sha256sum --quiet -c SHA256SUMS) || die "unpacked files do not match their checksums"
   echo "$want" >"$unpacked/.sha256"
 fi
-cat "$unpacked/BUILD" | tee -a "$OUT/run.log" >&2
+tee -a "$OUT/run.log" <"$unpacked/BUILD" >&2
 ORT_DIR="$(cd "$unpacked/onnxruntime-gpu" && pwd)"
 RG="$(cd "$unpacked/bin" && pwd)/radiogate"
 RB="$(cd "$unpacked/bin" && pwd)/radiogate-bench"
@@ -108,7 +110,8 @@ export LD_LIBRARY_PATH="$ORT_DIR:$nvidia_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PAT
 export ORT_DYLIB_PATH="$ORT_DIR/libonnxruntime.so"
 if ldd "$RG" | grep -q 'not found'; then
   log "using the bundled system libraries for: $(ldd "$RG" | awk '/not found/ {print $1}' | tr '\n' ' ')"
-  export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(cd "$unpacked/syslibs" && pwd)"
+  syslibs="$(cd "$unpacked/syslibs" && pwd)"
+  export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$syslibs"
 fi
 missing="$(ldd "$RG" "$RB" "$ORT_DIR/libonnxruntime_providers_cuda.so" | awk '/not found/ {print $1}' | sort -u | tr '\n' ' ')"
 [[ -z "$missing" ]] || die "libraries not found: $missing"

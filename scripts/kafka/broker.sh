@@ -112,6 +112,7 @@ start() {
   fi
   java_run kafka.tools.StorageTool format -t "$(cat "$dir/cluster.id")" \
     -c "$dir/server.properties" --ignore-formatted >>"$log_file" 2>&1
+  # shellcheck disable=SC2086 # heap holds several flags
   nohup java $heap -Dlog4j2.configurationFile="$PWD/$dir/log4j2.properties" -cp "$lib/*" \
     kafka.Kafka "$dir/server.properties" >>"$log_file" 2>&1 </dev/null &
   echo $! >"$pid_file"
