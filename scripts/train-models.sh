@@ -27,7 +27,8 @@ for subset in $SUBSETS; do
     echo "$subset $seed" >>"$jobs_file"
   done
 done
-# shellcheck disable=SC2086
+# The single quotes are the inner shell's script: $0 and $1 expand there, not here.
+# shellcheck disable=SC2016,SC2086
 xargs -P "$PARALLEL" -L 1 bash -c 'cd python && python3 -m radiogate_model.train --subset "$0" --seed "$1" \
   --out "../'"$RUNS"'/$0-s$1" '"$TRAIN_ARGS"' > "../'"$RUNS"'/$0-s$1.log" 2>&1 && echo "trained $0 seed $1"' <"$jobs_file"
 rm -f "$jobs_file"
