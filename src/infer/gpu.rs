@@ -18,8 +18,14 @@ use crate::config::GpuWait;
 /// The CUDA driver library (the NVIDIA driver installs it; no toolkit needed).
 pub const DRIVER_LIBRARY: &str = "libcuda.so.1";
 
-/// The scheduling bits of a context's flags (`CU_CTX_SCHED_MASK`).
+/// The scheduling bits of a context's flags (`CU_CTX_SCHED_MASK`), and each wait's value
+/// there (`CU_CTX_SCHED_SPIN`, `_YIELD`, `_BLOCKING_SYNC`; 0 is `_AUTO`).
 const SCHED_MASK: c_uint = 0x07;
+const SCHED: [(GpuWait, c_uint); 3] = [
+    (GpuWait::Spin, 0x01),
+    (GpuWait::Yield, 0x02),
+    (GpuWait::Blocking, 0x04),
+];
 
 type CuResult = c_int;
 type CuDevice = c_int;
@@ -140,12 +146,10 @@ unsafe fn symbol<'a, T>(
 
 /// The scheduling flag for `wait`; None for `auto`, which leaves the context alone.
 fn sched_flag(wait: GpuWait) -> Option<c_uint> {
-    match wait {
-        GpuWait::Auto => None,
-        GpuWait::Spin => Some(0x01),
-        GpuWait::Yield => Some(0x02),
-        GpuWait::Blocking => Some(0x04),
-    }
+    SCHED
+        .iter()
+        .find(|(w, _)| *w == wait)
+        .map(|&(_, flag)| flag)
 }
 
 /// Makes session threads on GPU `device_id` wait as `wait` says, keeping the context's other
@@ -168,12 +172,11 @@ pub fn set_wait(device_id: i32, wait: GpuWait) -> Result<(), GpuWaitError> {
 pub fn wait_in_effect(device_id: i32) -> Result<GpuWait, GpuWaitError> {
     let driver = Driver::get()?;
     let device = driver.device(device_id)?;
-    Ok(match flags(driver, device)? & SCHED_MASK {
-        0x01 => GpuWait::Spin,
-        0x02 => GpuWait::Yield,
-        0x04 => GpuWait::Blocking,
-        _ => GpuWait::Auto,
-    })
+    let sched = flags(driver, device)? & SCHED_MASK;
+    Ok(SCHED
+        .iter()
+        .find(|&&(_, flag)| flag == sched)
+        .map_or(GpuWait::Auto, |&(wait, _)| wait))
 }
 
 /// The primary context's flags.
