@@ -215,24 +215,55 @@ fn decode(map_zstd: &[u8], cells: usize, scale: f32) -> Result<Vec<f32>, DecodeE
 fn combine(maps: &[AttentionMap]) -> Vec<f64> {
     let mut combined = vec![0.0; PIXELS];
     let gates = maps.len() as f64;
-    SCRATCH.with_borrow_mut(|scratch| {
-        for map in maps {
-            bilinear_into(&map.values, map.side, MODEL_SIZE, scratch);
-            let up = &scratch.resized;
-            let sum: f64 = up.iter().sum();
-            if sum > 0.0 {
-                for (c, &v) in combined.iter_mut().zip(up.iter()) {
-                    *c += v / sum / gates;
-                }
-            } else {
-                let uniform = 1.0 / up.len() as f64;
-                for c in combined.iter_mut() {
-                    *c += uniform / gates;
+    SCRATCH.with_borrow_mut(
+        |Resize {
+             rows,
+             maps: upsampled,
+         }| {
+            if upsampled.len() < maps.len() {
+                upsampled.resize_with(maps.len(), Vec::new);
+            }
+            let upsampled = &mut upsampled[..maps.len()];
+            for (map, up) in maps.iter().zip(upsampled.iter_mut()) {
+                bilinear_into(&map.values, map.side, MODEL_SIZE, rows, up);
+            }
+            for (up, sum) in upsampled.iter().zip(sums_in_order(upsampled)) {
+                if sum > 0.0 {
+                    for (c, &v) in combined.iter_mut().zip(up.iter()) {
+                        *c += v / sum / gates;
+                    }
+                } else {
+                    let uniform = 1.0 / up.len() as f64;
+                    for c in combined.iter_mut() {
+                        *c += uniform / gates;
+                    }
                 }
             }
-        }
-    });
+        },
+    );
     combined
+}
+
+/// Each map's sum, its values added in order (as `Iterator::sum` does). Each sum is a chain
+/// of additions that each wait for the one before, so four maps' chains run side by side
+/// (a group of fewer maps repeats its first to fill the lanes).
+fn sums_in_order(maps: &[Vec<f64>]) -> Vec<f64> {
+    const LANES: usize = 4;
+    let mut sums = Vec::with_capacity(maps.len());
+    for group in maps.chunks(LANES) {
+        let lanes: [&[f64]; LANES] =
+            std::array::from_fn(|lane| group.get(lane).unwrap_or(&group[0]).as_slice());
+        let len = lanes.iter().map(|m| m.len()).min().unwrap_or(0);
+        let lanes = lanes.map(|m| &m[..len]);
+        let mut acc = [-0.0f64; LANES];
+        for i in 0..len {
+            for (a, m) in acc.iter_mut().zip(lanes) {
+                *a += m[i];
+            }
+        }
+        sums.extend_from_slice(&acc[..group.len()]);
+    }
+    sums
 }
 
 thread_local! {
@@ -259,17 +290,17 @@ fn unit_sum(mut map: Vec<f64>) -> Vec<f64> {
     map
 }
 
-/// Buffers of [`bilinear_into`]: the source rows resized along x, and the result.
+/// Buffers of [`combine`]: the source rows resized along x, and each gate's upsampled map.
 struct Resize {
     rows: Vec<f64>,
-    resized: Vec<f64>,
+    maps: Vec<Vec<f64>>,
 }
 
 impl Resize {
     const fn new() -> Self {
         Self {
             rows: Vec::new(),
-            resized: Vec::new(),
+            maps: Vec::new(),
         }
     }
 }
@@ -279,20 +310,25 @@ impl Resize {
 /// [`bilinear_into`]).
 #[cfg(test)]
 fn bilinear(values: &[f32], side: usize, out: usize) -> Vec<f64> {
-    let mut scratch = Resize::new();
-    bilinear_into(values, side, out, &mut scratch);
-    scratch.resized
+    let (mut rows, mut resized) = (Vec::new(), Vec::new());
+    bilinear_into(values, side, out, &mut rows, &mut resized);
+    resized
 }
 
-/// The bilinear resize (PyTorch's `align_corners=False`) into `scratch.resized`, each value
+/// The bilinear resize (PyTorch's `align_corners=False`) into `resized`, each value
 /// that is negative or not finite written as zero (the `unit_sum` rule).
 ///
 /// Separable: every source row is resized along x once (`side` rows, not two per output
 /// row), then each output row mixes two of them. The arithmetic per value, and its order,
 /// is the same as interpolating each output pixel from its four neighbours.
-fn bilinear_into(values: &[f32], side: usize, out: usize, scratch: &mut Resize) {
+fn bilinear_into(
+    values: &[f32],
+    side: usize,
+    out: usize,
+    rows: &mut Vec<f64>,
+    resized: &mut Vec<f64>,
+) {
     let taps = bilinear_taps(side, out);
-    let Resize { rows, resized } = scratch;
     rows.clear();
     rows.reserve(side * out);
     for row in values.chunks_exact(side) {
