@@ -204,6 +204,15 @@ impl GpuWait {
 }
 
 impl ExecutionProvider {
+    /// The provider `kind`; a GPU one on `device_id`, its session threads waiting as `wait`.
+    pub fn new(kind: ProviderKind, device_id: i32, wait: GpuWait) -> Self {
+        match kind {
+            ProviderKind::Cpu => ExecutionProvider::Cpu,
+            ProviderKind::Cuda => ExecutionProvider::Cuda { device_id, wait },
+            ProviderKind::TensorRt => ExecutionProvider::TensorRt { device_id, wait },
+        }
+    }
+
     /// The provider's name as reported in results, logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {
@@ -718,12 +727,15 @@ impl Default for RawBatch {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+/// The execution provider by name (`inference.execution_provider`; also a command-line
+/// value of `radiogate-bench`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-enum RawProvider {
+pub enum ProviderKind {
     #[default]
     Cpu,
     Cuda,
+    #[value(name = "tensorrt")]
     TensorRt,
 }
 
@@ -733,7 +745,7 @@ struct RawInference {
     model: PathBuf,
     model_name: Option<String>,
     runtime_library: Option<PathBuf>,
-    execution_provider: RawProvider,
+    execution_provider: ProviderKind,
     device_id: Option<i64>,
     gpu_wait: Option<GpuWait>,
     sessions: i64,
@@ -746,7 +758,7 @@ impl Default for RawInference {
             model: PathBuf::from(DEFAULT_MODEL),
             model_name: None,
             runtime_library: None,
-            execution_provider: RawProvider::Cpu,
+            execution_provider: ProviderKind::Cpu,
             device_id: None,
             gpu_wait: None,
             sessions: 2,
@@ -1116,24 +1128,20 @@ impl RawInference {
             None => 0,
         };
         let wait = self.gpu_wait.unwrap_or_default();
-        let execution_provider = match self.execution_provider {
-            RawProvider::Cpu => {
-                for (field, given) in [
-                    ("inference.device_id", self.device_id.is_some()),
-                    ("inference.gpu_wait", self.gpu_wait.is_some()),
-                ] {
-                    if given {
-                        check.fail(
-                            field,
-                            "only used with execution_provider \"cuda\" or \"tensorrt\"",
-                        );
-                    }
+        if self.execution_provider == ProviderKind::Cpu {
+            for (field, given) in [
+                ("inference.device_id", self.device_id.is_some()),
+                ("inference.gpu_wait", self.gpu_wait.is_some()),
+            ] {
+                if given {
+                    check.fail(
+                        field,
+                        "only used with execution_provider \"cuda\" or \"tensorrt\"",
+                    );
                 }
-                ExecutionProvider::Cpu
             }
-            RawProvider::Cuda => ExecutionProvider::Cuda { device_id, wait },
-            RawProvider::TensorRt => ExecutionProvider::TensorRt { device_id, wait },
-        };
+        }
+        let execution_provider = ExecutionProvider::new(self.execution_provider, device_id, wait);
         InferenceConfig {
             model: self.model,
             model_name,

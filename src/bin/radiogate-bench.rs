@@ -15,10 +15,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use prost::Message as _;
 
-use radiogate::config::{CutoutConfig, ExecutionProvider, GpuWait, InferenceConfig, SourceConfig};
+use radiogate::config::{
+    CutoutConfig, ExecutionProvider, GpuWait, InferenceConfig, ProviderKind, SourceConfig,
+};
 use radiogate::cutout::Cutter;
 use radiogate::infer::Inference;
 use radiogate::sink::kafka::{TopicSpec, create_topics, delete_topics};
@@ -37,13 +39,6 @@ enum Command {
     Infer(InferArgs),
     Topics(TopicsArgs),
     Collect(CollectArgs),
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Provider {
-    Cpu,
-    Cuda,
-    Tensorrt,
 }
 
 /// Bare inference throughput over a sweep of settings (one JSON line per setting).
@@ -67,7 +62,7 @@ struct InferArgs {
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
     #[arg(long, value_enum, default_value = "cpu")]
-    provider: Provider,
+    provider: ProviderKind,
     #[arg(long, default_value_t = 0)]
     device_id: i32,
     /// How session threads wait for the GPU (inference.gpu_wait).
@@ -145,7 +140,6 @@ fn ready_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<Vec<f32>>> {
 
 fn infer(args: &InferArgs) -> anyhow::Result<()> {
     let images = ready_inputs(&args.inputs)?;
-    let wait = args.gpu_wait;
     let rt = tokio::runtime::Runtime::new()?;
     for &sessions in &args.sessions {
         for &threads in &args.threads {
@@ -153,17 +147,11 @@ fn infer(args: &InferArgs) -> anyhow::Result<()> {
                 model: args.model.clone(),
                 model_name: "bench".into(),
                 runtime_library: None,
-                execution_provider: match args.provider {
-                    Provider::Cpu => ExecutionProvider::Cpu,
-                    Provider::Cuda => ExecutionProvider::Cuda {
-                        device_id: args.device_id,
-                        wait,
-                    },
-                    Provider::Tensorrt => ExecutionProvider::TensorRt {
-                        device_id: args.device_id,
-                        wait,
-                    },
-                },
+                execution_provider: ExecutionProvider::new(
+                    args.provider,
+                    args.device_id,
+                    args.gpu_wait,
+                ),
                 sessions,
                 intra_threads: threads,
             };
