@@ -13,15 +13,17 @@
 #   2. offline: `radiogate classify` over the MiraBest test cutouts repeated COPIES times
 #      (symlinks with distinct names, so distinct source ids; files in page cache);
 #   3. streaming: `radiogate run` draining the same detections, published beforehand with
-#      `radiogate publish --inline`, from the Kafka broker to a results topic (first consume
-#      to last publication, broker clock);
+#      `radiogate publish --inline` (FITS bytes in each message), from the Kafka broker to a
+#      results topic (first consume to last publication, broker clock); then the same with
+#      detections that name their cutout file (`radiogate publish` without --inline);
 #   4. latency at about half the streaming rate (`radiogate publish --rate`), peak RSS.
 #
 # Environment: REPEATS (3; QUICK: 1), COPIES (32 -> 5,024 items; QUICK: 8), BROKERS
 # (127.0.0.1:9092), CUTOUTS (the MiraBest test cutouts), OUT (out/bench/<UTC time>),
 # CARGO_TARGET_DIR (where cargo builds), LONG_ITEMS (100000), RATE_SECONDS (20; QUICK: 10),
 # QUEUE_CAPACITY (pipeline.queue_capacity of every run, default 64: the shipped 256 holds up
-# to ~350 MB of inline cutouts in flight).
+# to ~350 MB of inline cutouts in flight), SINK_PROPERTIES (the streaming workers'
+# `sink.properties`, a TOML inline table, e.g. '{ "linger.ms" = "50" }').
 # Needs the broker (scripts/kafka/broker.sh start) and python3. Prints a summary and writes
 # everything to $OUT (summary.json, summary.md, raw JSON lines, logs).
 set -euo pipefail
@@ -44,6 +46,7 @@ fi
 BROKERS="${BROKERS:-127.0.0.1:9092}"
 CUTOUTS="${CUTOUTS:-/work/shared/data/first-cutouts/mirabest-test}"
 LONG_ITEMS="${LONG_ITEMS:-100000}"
+SINK_PROPERTIES="${SINK_PROPERTIES:-}"
 MODEL="models/agcnn-mirabest-confident.onnx"
 RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT="${OUT:-out/bench/$RUN_ID}"
@@ -122,12 +125,16 @@ export RADIOGATE__INFERENCE__INTRA_THREADS="$BEST_THREADS"
 export RADIOGATE__INFERENCE__MODEL="$MODEL"
 export RADIOGATE__PIPELINE__QUEUE_CAPACITY="${QUEUE_CAPACITY:-64}"
 
-# Streaming input: published once, read by every round with a fresh consumer group.
+# Streaming input: published once, read by every round with a fresh consumer group. The
+# same items twice: each detection carrying its cutout's FITS bytes (inline, ~360 KB), and
+# each naming its cutout file (by reference, a few hundred bytes; the worker reads the file).
 DETECTIONS="$PREFIX.detections"
-TOPICS+=("$DETECTIONS")
-"$RB" topics --brokers "$BROKERS" "$DETECTIONS:4"
-log "publishing $ITEMS inline detections to $DETECTIONS"
+REFS="$PREFIX.refs"
+TOPICS+=("$DETECTIONS" "$REFS")
+"$RB" topics --brokers "$BROKERS" "$DETECTIONS:4" "$REFS:4"
+log "publishing $ITEMS inline detections to $DETECTIONS, and by reference to $REFS"
 "$RG" publish --brokers "$BROKERS" --topic "$DETECTIONS" --inline "$W/items" 2>>"$OUT/publish.log"
+"$RG" publish --brokers "$BROKERS" --topic "$REFS" "$W/items" 2>>"$OUT/publish.log"
 
 worker_config() { # $1: config path, $2: input topic, $3: group, $4: results topic, $5: dead letters
   cat >"$1" <<EOF
@@ -143,6 +150,7 @@ brokers = "$BROKERS"
 results_topic = "$4"
 dead_letter_topic = "$5"
 EOF
+  if [[ -n "$SINK_PROPERTIES" ]]; then echo "properties = $SINK_PROPERTIES" >>"$1"; fi
 }
 
 # Runs a command; writes its wall time (s), peak RSS (KB) and CPU time (s, user + system)
@@ -177,6 +185,27 @@ stop_worker() {
   WORKER_PID=""
 }
 
+# One streaming round: a fresh worker drains topic $2 to its own results topic.
+# $1: name (results and logs), $3: round; appends a line to $OUT/$1.jsonl.
+stream() {
+  local name="$1" topic="$2" r="$3"
+  local results="$PREFIX.$name-results-$r" dead="$PREFIX.$name-dead-$r"
+  TOPICS+=("$results" "$dead")
+  "$RB" topics --brokers "$BROKERS" "$results:1:logappend" "$dead:1"
+  worker_config "$W/$name-$r.toml" "$topic" "$PREFIX-$name-group-$r" "$results" "$dead"
+  local broker_cpu peak cpu
+  broker_cpu="$(cpu_s "$BROKER_PID")"
+  "$RG" run --config "$W/$name-$r.toml" 2>"$OUT/$name-worker-$r.log" &
+  WORKER_PID=$!
+  "$RB" collect --brokers "$BROKERS" --topic "$results" --expect "$ITEMS" --label "$name $r" >"$W/collect"
+  peak="$(rss_mb "$WORKER_PID" VmHWM)"
+  # CPU of the whole run (start-up and the collector's idle wait included) and of the broker.
+  cpu="$(cpu_s "$WORKER_PID")"
+  broker_cpu="$(awk -v a="$broker_cpu" -v b="$(cpu_s "$BROKER_PID")" 'BEGIN { printf "%.2f", b - a }')"
+  stop_worker
+  sed "s/^{/{\"round\":$r,\"peak_rss_mb\":$peak,\"cpu_s\":$cpu,\"broker_cpu_s\":$broker_cpu,/" "$W/collect" >>"$OUT/$name.jsonl"
+}
+
 for ((r = 1; r <= REPEATS; r++)); do
   log "round $r/$REPEATS: bare inference (best setting, ${BARE_SECONDS}s)"
   "$RB" infer --model "$MODEL" --inputs "$CUTOUTS" --batch "$BEST_BATCH" \
@@ -207,21 +236,10 @@ print(json.dumps({"bench": "offline", "round": rnd, "items": n, "rejected": reje
 PY
   rm -f "$W/offline-$r.jsonl"
 
-  log "round $r/$REPEATS: streaming"
-  results="$PREFIX.results-$r"
-  TOPICS+=("$results" "$PREFIX.dead-$r")
-  "$RB" topics --brokers "$BROKERS" "$results:1:logappend" "$PREFIX.dead-$r:1"
-  worker_config "$W/worker-$r.toml" "$DETECTIONS" "$PREFIX-group-$r" "$results" "$PREFIX.dead-$r"
-  broker_cpu="$(cpu_s "$BROKER_PID")"
-  "$RG" run --config "$W/worker-$r.toml" 2>"$OUT/worker-$r.log" &
-  WORKER_PID=$!
-  "$RB" collect --brokers "$BROKERS" --topic "$results" --expect "$ITEMS" --label "round $r" >"$W/collect"
-  peak="$(rss_mb "$WORKER_PID" VmHWM)"
-  # CPU of the whole run (start-up and the collector's idle wait included) and of the broker.
-  cpu="$(cpu_s "$WORKER_PID")"
-  broker_cpu="$(awk -v a="$broker_cpu" -v b="$(cpu_s "$BROKER_PID")" 'BEGIN { printf "%.2f", b - a }')"
-  stop_worker
-  sed "s/^{/{\"round\":$r,\"peak_rss_mb\":$peak,\"cpu_s\":$cpu,\"broker_cpu_s\":$broker_cpu,/" "$W/collect" >>"$OUT/streaming.jsonl"
+  log "round $r/$REPEATS: streaming (inline cutouts)"
+  stream streaming "$DETECTIONS" "$r"
+  log "round $r/$REPEATS: streaming (cutouts by reference)"
+  stream streaming-refs "$REFS" "$r"
 done
 
 # 4. Latency at about half the streaming rate.

@@ -28,6 +28,7 @@ def main(out: Path) -> None:
     bare = lines(out / "bare.jsonl")
     offline = lines(out / "offline.jsonl")
     streaming = lines(out / "streaming.jsonl")
+    refs = lines(out / "streaming-refs.jsonl")  # runs before 2026-11-27 lack it
     latency = lines(out / "latency.jsonl")
     long = lines(out / "long.jsonl")
 
@@ -55,17 +56,23 @@ def main(out: Path) -> None:
     }
     s["offline_ratio"] = s["offline_items_per_s"] / limit
     s["streaming_ratio"] = s["streaming_items_per_s"] / limit
+    if refs:
+        s["streaming_refs_items_per_s"] = median(refs, "items_per_s")
+        s["streaming_refs_peak_rss_mb"] = max(r["peak_rss_mb"] for r in refs)
+        s["streaming_refs_ratio"] = s["streaming_refs_items_per_s"] / limit
+        s["streaming_refs_ratio_by_round"] = [
+            t["items_per_s"] / b["images_per_s"] for t, b in zip(refs, bare, strict=True)
+        ]
     # Where the cores went (rows of runs made before run.sh recorded CPU time lack it).
     # Bare inference keeps every core busy: its CPU per image is cores / images per second.
     cpu = {"bare_ms_per_image": 1e3 * start["cpus"] / limit}
     if all("cpu_s" in r for r in offline):
         cpu["offline_ms_per_item"] = median(offline, "cpu_ms_per_item")
         cpu["offline_cores_busy"] = statistics.median(r["cpu_s"] / r["wall_s"] for r in offline)
-    if all("cpu_s" in r for r in streaming):
-        cpu["streaming_worker_ms_per_item"] = statistics.median(1e3 * r["cpu_s"] / r["records"] for r in streaming)
-        cpu["streaming_broker_ms_per_item"] = statistics.median(
-            1e3 * r["broker_cpu_s"] / r["records"] for r in streaming
-        )
+    for name, rows in (("streaming", streaming), ("streaming_refs", refs)):
+        if rows and all("cpu_s" in r for r in rows):
+            cpu[f"{name}_worker_ms_per_item"] = statistics.median(1e3 * r["cpu_s"] / r["records"] for r in rows)
+            cpu[f"{name}_broker_ms_per_item"] = statistics.median(1e3 * r["broker_cpu_s"] / r["records"] for r in rows)
     s["cpu"] = cpu
     if latency:
         lat = latency[0]
@@ -121,9 +128,14 @@ def main(out: Path) -> None:
         f"| streaming `run` | {s['streaming_items_per_s']:.1f} items/s | "
         f"{s['streaming_ratio']:.3f} | >= 0.85: {ok(s['streaming_ratio'] >= 0.85)} |"
     )
-    peak = max(s["offline_peak_rss_mb"], s["streaming_peak_rss_mb"])
-    print(f"| peak RSS (offline / streaming) | {s['offline_peak_rss_mb']:.0f} / ", end="")
-    print(f"{s['streaming_peak_rss_mb']:.0f} MB | | <= 300 MB: {ok(peak <= 300)} |")
+    if refs:
+        print(
+            f"| streaming `run`, cutouts by reference | {s['streaming_refs_items_per_s']:.1f} items/s | "
+            f"{s['streaming_refs_ratio']:.3f} | >= 0.85: {ok(s['streaming_refs_ratio'] >= 0.85)} |"
+        )
+    peaks = [s["offline_peak_rss_mb"], s["streaming_peak_rss_mb"]] + ([s["streaming_refs_peak_rss_mb"]] if refs else [])
+    label = "offline / streaming" + (" / by reference" if refs else "")
+    print(f"| peak RSS ({label}) | {' / '.join(f'{p:.0f}' for p in peaks)} MB | | <= 300 MB: {ok(max(peaks) <= 300)} |")
     if "latency" in s:
         lat = s["latency"]
         print(
@@ -145,17 +157,22 @@ def main(out: Path) -> None:
             f"({c['offline_cores_busy']:.2f} of {start['cpus']} cores busy, start-up included)",
             end="",
         )
-    if "streaming_worker_ms_per_item" in c:
-        print(
-            f"; streaming {c['streaming_worker_ms_per_item']:.2f} ms in the worker "
-            f"+ {c['streaming_broker_ms_per_item']:.2f} ms in the broker on the same cores",
-            end="",
-        )
+    for name, what in (("streaming", "streaming"), ("streaming_refs", "by reference")):
+        if f"{name}_worker_ms_per_item" in c:
+            print(
+                f"; {what} {c[f'{name}_worker_ms_per_item']:.2f} ms in the worker "
+                f"+ {c[f'{name}_broker_ms_per_item']:.2f} ms in the broker on the same cores",
+                end="",
+            )
     print(".")
     ratios = ", ".join(f"{r:.3f}" for r in s["offline_ratio_by_round"])
     print(f"\nOffline ratio per round: {ratios}")
     ratios = ", ".join(f"{r:.3f}" for r in s["streaming_ratio_by_round"])
-    print(f"Streaming ratio per round: {ratios}\n")
+    print(f"Streaming ratio per round: {ratios}")
+    if refs:
+        ratios = ", ".join(f"{r:.3f}" for r in s["streaming_refs_ratio_by_round"])
+        print(f"Streaming ratio per round, cutouts by reference: {ratios}")
+    print()
     print("Sweep (images/s):\n")
     print("| batch | sessions | intra threads | images/s |")
     print("|---|---|---|---|")
