@@ -26,6 +26,9 @@
 //! [`COMMIT_INTERVAL`], on revocation and at shutdown (after the producer has flushed). In
 //! `exactly_once` the sink sends inside the acknowledgement path's transaction instead, and
 //! the source thread commits the transaction, with the offsets, on the same schedule.
+//! The producer batches results for up to `linger.ms` while detections wait to enter the
+//! pipeline (a backlog: fewer, larger produce requests), and the sink sends what it has at
+//! once ([`Output::idle`]) whenever none wait (a live stream: no batching delay).
 //! Back-pressure: when the first queue stays full for [`FULL_QUEUE_WAIT`] the source thread
 //! pauses its partitions and keeps polling (heartbeats, rebalances), so it never exceeds
 //! `max.poll.interval.ms`; it resumes them when there is room. It does not pause at every
@@ -39,7 +42,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -158,6 +161,13 @@ impl Output {
         }
     }
 
+    /// Nothing waits to enter the pipeline: sends what was written without waiting for more.
+    fn idle(&mut self) {
+        if let Output::Kafka(sink) = self {
+            sink.send_now();
+        }
+    }
+
     /// Makes everything written durable (file) or delivered (Kafka, within `timeout`).
     fn finish(self, timeout: Duration) -> Result<(), SinkError> {
         match self {
@@ -198,6 +208,30 @@ fn open_ends(config: &Config) -> Result<(Intake, Output, Option<Acks>), Pipeline
 }
 
 /// A detection on its way through the pipeline, numbered in input order.
+/// Detections the source has queued for the cutout workers, and those a worker has taken:
+/// the difference is the backlog waiting to enter the pipeline.
+#[derive(Debug, Default)]
+struct Backlog {
+    queued: AtomicU64,
+    taken: AtomicU64,
+}
+
+impl Backlog {
+    fn queued(&self) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn taken(&self) {
+        self.taken.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// True when no detection waits for a cutout worker (a worker may count one taken
+    /// before the source counts it queued).
+    fn is_empty(&self) -> bool {
+        self.taken.load(Ordering::Relaxed) >= self.queued.load(Ordering::Relaxed)
+    }
+}
+
 struct Numbered<T> {
     seq: u64,
     item: T,
@@ -295,8 +329,10 @@ pub async fn run(
     // Workers (rejections) and inference (results) -> sink.
     let (outcomes_tx, outcomes_rx) = mpsc::channel::<Numbered<Outcome>>(capacity);
 
+    let backlog = Arc::new(Backlog::default());
     let source_thread = {
         let (stop, acks, metrics) = (stop.clone(), acks.clone(), metrics.clone());
+        let backlog = backlog.clone();
         std::thread::Builder::new()
             .name("radiogate-source".into())
             .spawn(move || match intake {
@@ -307,6 +343,7 @@ pub async fn run(
                         {
                             break;
                         }
+                        backlog.queued();
                         metrics.consumed();
                     }
                     None
@@ -314,7 +351,14 @@ pub async fn run(
                 Intake::Kafka(source) => {
                     let acks = acks
                         .expect("a Kafka intake is opened together with its acknowledgement path");
-                    Some(consume(source, &acks, &detections_tx, &stop, &metrics))
+                    Some(consume(
+                        source,
+                        &acks,
+                        &detections_tx,
+                        &stop,
+                        &backlog,
+                        &metrics,
+                    ))
                 }
             })
             .map_err(|e| PipelineError::Thread(e.to_string()))?
@@ -322,16 +366,18 @@ pub async fn run(
 
     let mut workers = Vec::with_capacity(config.cutout.workers.max(1));
     for index in 0..config.cutout.workers.max(1) {
-        let (detections_rx, ready_tx, outcomes_tx, cutter) = (
+        let (detections_rx, ready_tx, outcomes_tx, cutter, backlog) = (
             detections_rx.clone(),
             ready_tx.clone(),
             outcomes_tx.clone(),
             cutter.clone(),
+            backlog.clone(),
         );
         let worker = std::thread::Builder::new()
             .name(format!("radiogate-cutout-{index}"))
             .spawn(move || {
                 for Numbered { seq, item } in detections_rx {
+                    backlog.taken();
                     let sent = match item.and_then(|detection| cut_and_prepare(&cutter, detection))
                     {
                         Ok(ready) => ready_tx
@@ -396,6 +442,7 @@ pub async fn run(
                     report,
                     &config,
                     options.progress,
+                    &backlog,
                     &metrics,
                 )
             })
@@ -484,6 +531,7 @@ fn consume(
     acks: &Acks,
     detections_tx: &crossbeam_channel::Sender<Numbered<Result<Detection, Rejected>>>,
     stop: &AtomicBool,
+    backlog: &Backlog,
     metrics: &Metrics,
 ) -> (KafkaSource<AckContext>, Result<(), PipelineError>) {
     // Records polled but not yet queued. While it is non-empty the partitions are paused on
@@ -500,6 +548,7 @@ fn consume(
             match detections_tx.send_timeout(Numbered { seq, item }, FULL_QUEUE_WAIT) {
                 Ok(()) => {
                     seq += 1;
+                    backlog.queued();
                     metrics.consumed();
                 }
                 Err(crossbeam_channel::SendTimeoutError::Timeout(Numbered { item, .. })) => {
@@ -700,6 +749,7 @@ fn write_outcomes(
     mut report: Option<HtmlReport>,
     config: &Config,
     progress: bool,
+    backlog: &Backlog,
     metrics: &Metrics,
 ) -> (RunSummary, Result<(), SinkError>) {
     let mut summary = RunSummary::default();
@@ -709,12 +759,18 @@ fn write_outcomes(
     let mut waiting: HashMap<u64, Numbered<Outcome>> = HashMap::new();
     let mut next = 0u64;
     let result = (|| {
+        let mut unsent = false;
         while let Some(outcome) = outcomes_rx.blocking_recv() {
             waiting.insert(outcome.seq, outcome);
             while let Some(Numbered { item, .. }) = waiting.remove(&next) {
                 next += 1;
                 write_outcome(item, &mut sink, report.as_mut(), &mut summary, metrics)?;
                 progress.inc(1);
+                unsent = true;
+            }
+            if unsent && backlog.is_empty() {
+                sink.idle();
+                unsent = false;
             }
         }
         // Every sequence number arrives unless a stage died; never drop what did arrive.

@@ -369,6 +369,33 @@ fn two_thousand_detections_give_two_thousand_classifications_matching_offline() 
     );
 }
 
+/// A live stream does not wait for the producer's batching: with `linger.ms` far longer
+/// than the test allows, each detection that arrives alone is answered at once (the sink
+/// sends whenever no detection waits to enter the pipeline).
+#[test]
+fn lone_detections_are_answered_without_waiting_for_the_producers_linger() {
+    const LINGER: Duration = Duration::from_secs(120);
+    let topics = Topics::create("lone");
+    let mut config = topics.config();
+    let SinkConfig::Kafka(sink) = &mut config.sink else {
+        unreachable!("Topics::config writes to Kafka")
+    };
+    sink.properties
+        .insert("linger.ms".into(), LINGER.as_millis().to_string());
+    let verdicts = offline_verdicts();
+    let mut reader = Reader::new(&[&topics.results]);
+    let worker = Worker::start(config);
+    for (i, detection) in positions("lone", 3, &verdicts).into_iter().enumerate() {
+        let sent = Instant::now();
+        publish(&topics.input, &[detection]);
+        // The first one waits for the worker to join its group too.
+        reader.wait_for(i + 1, LINGER / 4);
+        eprintln!("detection {i} answered in {:?}", sent.elapsed());
+    }
+    let summary = worker.stop();
+    assert_eq!((summary.classified, summary.rejected), (3, 0));
+}
+
 #[test]
 fn poison_messages_become_dead_letters_and_offsets_reach_the_end() {
     let verdicts = offline_verdicts();
