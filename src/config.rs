@@ -865,6 +865,15 @@ impl Checker {
         });
     }
 
+    /// Records `why` against each of `fields` that was given (a value for another mode).
+    fn unused<const N: usize>(&mut self, fields: [(&str, bool); N], why: &str) {
+        for (field, given) in fields {
+            if given {
+                self.fail(field, why);
+            }
+        }
+    }
+
     /// `value` within `lo..=hi`, as usize; on failure records the error and returns `lo`.
     fn range(&mut self, field: &str, value: i64, lo: i64, hi: i64) -> usize {
         if (lo..=hi).contains(&value) {
@@ -987,19 +996,15 @@ impl RawSource {
         if self.kind == RawSourceKind::Kafka {
             return self.resolve_kafka(check);
         }
-        for (field, given) in [
-            ("source.brokers", self.brokers.is_some()),
-            ("source.group_id", self.group_id.is_some()),
-            ("source.topic", self.topic.is_some()),
-            ("source.properties", !self.properties.is_empty()),
-        ] {
-            if given {
-                check.fail(
-                    field,
-                    format!("only used when source.kind = \"kafka\", not \"{kind}\""),
-                );
-            }
-        }
+        check.unused(
+            [
+                ("source.brokers", self.brokers.is_some()),
+                ("source.group_id", self.group_id.is_some()),
+                ("source.topic", self.topic.is_some()),
+                ("source.properties", !self.properties.is_empty()),
+            ],
+            &format!("only used when source.kind = \"kafka\", not \"{kind}\""),
+        );
         let survey_given = self.survey.is_some();
         let survey = match self.survey {
             Some(s) if s.trim().is_empty() => {
@@ -1054,15 +1059,14 @@ impl RawSource {
 
 impl RawSource {
     fn resolve_kafka(self, check: &mut Checker) -> SourceConfig {
-        for (field, given) in [
-            ("source.inputs", !self.inputs.is_empty()),
-            ("source.path", self.path.is_some()),
-            ("source.survey", self.survey.is_some()),
-        ] {
-            if given {
-                check.fail(field, "not used when source.kind = \"kafka\"");
-            }
-        }
+        check.unused(
+            [
+                ("source.inputs", !self.inputs.is_empty()),
+                ("source.path", self.path.is_some()),
+                ("source.survey", self.survey.is_some()),
+            ],
+            "not used when source.kind = \"kafka\"",
+        );
         SourceConfig::Kafka(KafkaSourceConfig {
             brokers: required(check, "source.brokers", self.brokers, "kafka"),
             group_id: required(check, "source.group_id", self.group_id, "kafka"),
@@ -1129,17 +1133,13 @@ impl RawInference {
         };
         let wait = self.gpu_wait.unwrap_or_default();
         if self.execution_provider == ProviderKind::Cpu {
-            for (field, given) in [
-                ("inference.device_id", self.device_id.is_some()),
-                ("inference.gpu_wait", self.gpu_wait.is_some()),
-            ] {
-                if given {
-                    check.fail(
-                        field,
-                        "only used with execution_provider \"cuda\" or \"tensorrt\"",
-                    );
-                }
-            }
+            check.unused(
+                [
+                    ("inference.device_id", self.device_id.is_some()),
+                    ("inference.gpu_wait", self.gpu_wait.is_some()),
+                ],
+                "only used with execution_provider \"cuda\" or \"tensorrt\"",
+            );
         }
         let execution_provider = ExecutionProvider::new(self.execution_provider, device_id, wait);
         InferenceConfig {
@@ -1185,18 +1185,17 @@ impl RawSink {
         if let RawSinkKind::Kafka = self.kind {
             return self.resolve_kafka(check);
         }
-        for (field, given) in [
-            ("sink.brokers", self.brokers.is_some()),
-            ("sink.results_topic", self.results_topic.is_some()),
-            ("sink.dead_letter_topic", self.dead_letter_topic.is_some()),
-            ("sink.delivery", self.delivery.is_some()),
-            ("sink.transactional_id", self.transactional_id.is_some()),
-            ("sink.properties", !self.properties.is_empty()),
-        ] {
-            if given {
-                check.fail(field, "only used when sink.kind = \"kafka\", not \"file\"");
-            }
-        }
+        check.unused(
+            [
+                ("sink.brokers", self.brokers.is_some()),
+                ("sink.results_topic", self.results_topic.is_some()),
+                ("sink.dead_letter_topic", self.dead_letter_topic.is_some()),
+                ("sink.delivery", self.delivery.is_some()),
+                ("sink.transactional_id", self.transactional_id.is_some()),
+                ("sink.properties", !self.properties.is_empty()),
+            ],
+            "only used when sink.kind = \"kafka\", not \"file\"",
+        );
         let path = match self.path {
             Some(p) if p.as_os_str() == "-" => None,
             Some(p) if p.as_os_str().is_empty() => {
@@ -1222,17 +1221,13 @@ impl RawSink {
     }
 
     fn resolve_kafka(self, check: &mut Checker) -> SinkConfig {
-        for (field, given) in [
-            ("sink.path", self.path.is_some()),
-            ("sink.format", self.format.is_some()),
-        ] {
-            if given {
-                check.fail(
-                    field,
-                    "not used when sink.kind = \"kafka\" (messages are protobuf)",
-                );
-            }
-        }
+        check.unused(
+            [
+                ("sink.path", self.path.is_some()),
+                ("sink.format", self.format.is_some()),
+            ],
+            "not used when sink.kind = \"kafka\" (messages are protobuf)",
+        );
         let delivery = match self.delivery.unwrap_or_default() {
             RawDelivery::AtLeastOnce => DeliveryMode::AtLeastOnce,
             RawDelivery::ExactlyOnce => DeliveryMode::ExactlyOnce,

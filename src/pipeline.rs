@@ -207,7 +207,6 @@ fn open_ends(config: &Config) -> Result<(Intake, Output, Option<Acks>), Pipeline
     Ok((intake, output, acks))
 }
 
-/// A detection on its way through the pipeline, numbered in input order.
 /// Detections the source has queued for the cutout workers, and those a worker has taken:
 /// the difference is the backlog waiting to enter the pipeline.
 #[derive(Debug, Default)]
@@ -232,6 +231,7 @@ impl Backlog {
     }
 }
 
+/// A detection on its way through the pipeline, numbered in input order.
 struct Numbered<T> {
     seq: u64,
     item: T,

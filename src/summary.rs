@@ -215,32 +215,31 @@ fn decode(map_zstd: &[u8], cells: usize, scale: f32) -> Result<Vec<f32>, DecodeE
 fn combine(maps: &[AttentionMap]) -> Vec<f64> {
     let mut combined = vec![0.0; PIXELS];
     let gates = maps.len() as f64;
-    SCRATCH.with_borrow_mut(
-        |Resize {
-             rows,
-             maps: upsampled,
-         }| {
-            if upsampled.len() < maps.len() {
-                upsampled.resize_with(maps.len(), Vec::new);
-            }
-            let upsampled = &mut upsampled[..maps.len()];
-            for (map, up) in maps.iter().zip(upsampled.iter_mut()) {
-                bilinear_into(&map.values, map.side, MODEL_SIZE, rows, up);
-            }
-            for (up, sum) in upsampled.iter().zip(sums_in_order(upsampled)) {
-                if sum > 0.0 {
-                    for (c, &v) in combined.iter_mut().zip(up.iter()) {
-                        *c += v / sum / gates;
-                    }
-                } else {
-                    let uniform = 1.0 / up.len() as f64;
-                    for c in combined.iter_mut() {
-                        *c += uniform / gates;
-                    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        let Resize {
+            rows,
+            maps: upsampled,
+        } = scratch;
+        if upsampled.len() < maps.len() {
+            upsampled.resize_with(maps.len(), Vec::new);
+        }
+        let upsampled = &mut upsampled[..maps.len()];
+        for (map, up) in maps.iter().zip(upsampled.iter_mut()) {
+            bilinear_into(&map.values, map.side, MODEL_SIZE, rows, up);
+        }
+        for (up, sum) in upsampled.iter().zip(sums_in_order(upsampled)) {
+            if sum > 0.0 {
+                for (c, &v) in combined.iter_mut().zip(up.iter()) {
+                    *c += v / sum / gates;
+                }
+            } else {
+                let uniform = 1.0 / up.len() as f64;
+                for c in combined.iter_mut() {
+                    *c += uniform / gates;
                 }
             }
-        },
-    );
+        }
+    });
     combined
 }
 
