@@ -40,7 +40,7 @@ const INIT_TRANSACTIONS_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a send waits between tries while librdkafka's local queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
-/// How long [`KafkaSink::send_now`] waits for the broker to take what was queued.
+/// How long a [`Flusher`] waits for the broker to take what was queued.
 const SEND_NOW_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Properties the delivery guarantees depend on: set after the user's.
@@ -167,9 +167,63 @@ fn send<C: ProducerContext<DeliveryOpaque = Input> + 'static>(
 /// How a sink's messages go out.
 enum Producing {
     /// `at_least_once`: straight to the producer; delivery reports acknowledge.
-    Direct(ThreadedProducer<DeliveryContext>),
+    Direct(Arc<ThreadedProducer<DeliveryContext>>, Flusher),
     /// `exactly_once`: inside the acknowledgement path's transaction.
     Transactional(Acks),
+}
+
+/// Has a producer send what it holds at once, on a thread of its own so that the caller
+/// never waits for the broker.
+///
+/// librdkafka ignores `linger.ms` only while a flush waits (`rd_kafka_flush`, up to
+/// [`SEND_NOW_TIMEOUT`] for the broker to take what was queued), and everything queued
+/// meanwhile goes out at once too. rdkafka's own `Producer::flush` will not do: it calls
+/// librdkafka with no wait (so the broker threads may not see the flush before it ends and
+/// keep lingering), then polls for delivery reports that the producer's own thread takes,
+/// waiting out its timeout.
+struct Flusher {
+    /// One pending request at most: a flush that starts after a message was queued sends it.
+    wake: crossbeam_channel::Sender<()>,
+}
+
+impl Flusher {
+    fn start(producer: Arc<ThreadedProducer<DeliveryContext>>) -> Result<Self, SinkError> {
+        let (wake, requests) = crossbeam_channel::bounded::<()>(1);
+        let timeout_ms = i32::try_from(SEND_NOW_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
+        std::thread::Builder::new()
+            .name("radiogate-flush".into())
+            .spawn(move || {
+                // Ends when the sink, and with it the sender, is dropped.
+                for () in requests {
+                    // SAFETY: the handle is the live producer's (this thread holds it), which
+                    // `rd_kafka_flush` may use from any thread. Delivery reports are events
+                    // here (rdkafka's producers enable them), so the call only waits for the
+                    // producer's own thread to serve them; it runs no callback.
+                    let err = unsafe {
+                        rdkafka::bindings::rd_kafka_flush(
+                            producer.client().native_ptr(),
+                            timeout_ms,
+                        )
+                    };
+                    if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                        tracing::debug!(
+                            error = %RDKafkaErrorCode::from(err),
+                            "results not all delivered yet; delivery goes on"
+                        );
+                    }
+                }
+            })
+            .map_err(|source| SinkError::Thread {
+                name: "radiogate-flush",
+                source,
+            })?;
+        Ok(Self { wake })
+    }
+
+    fn request(&self) {
+        // Full: a flush is already pending, and it will send what is queued now.
+        let _ = self.wake.try_send(());
+    }
 }
 
 /// Writes results and rejections to their topics.
@@ -213,10 +267,11 @@ impl KafkaSink {
             (DeliveryMode::AtLeastOnce, acks) => {
                 let context =
                     acks.map_or_else(DeliveryContext::without_acks, Acks::delivery_context);
-                Producing::Direct(producer(
+                let producer = Arc::new(producer(
                     producer_properties(&config.brokers, &config.properties),
                     context,
-                )?)
+                )?);
+                Producing::Direct(producer.clone(), Flusher::start(producer)?)
             }
         };
         Ok(Self {
@@ -266,7 +321,7 @@ impl KafkaSink {
             Topic::DeadLetter => self.dead_letter_topic.as_str(),
         };
         match &self.producing {
-            Producing::Direct(producer) => {
+            Producing::Direct(producer, _) => {
                 send(producer, topic, key, &self.scratch, ack).map(|()| true)
             }
             Producing::Transactional(acks) => acks
@@ -280,33 +335,12 @@ impl KafkaSink {
         }
     }
 
-    /// `at_least_once`: sends every queued message now instead of after `linger.ms`, and
-    /// waits (up to [`SEND_NOW_TIMEOUT`]) until the broker has taken them. librdkafka
-    /// ignores `linger.ms` only while a flush waits, so this waits too (the caller has
-    /// nothing else to do). A timeout is not an error: delivery goes on, and its reports
-    /// are handled as always. `exactly_once`: nothing; results become visible when the
-    /// transaction commits.
-    ///
-    /// librdkafka's own `rd_kafka_flush`, not rdkafka's `Producer::flush`: that one calls it
-    /// with no wait (so the broker threads may not see the flush before it ends and keep
-    /// lingering) and then polls for delivery reports that the producer's own thread takes,
-    /// waiting out its timeout.
+    /// `at_least_once`: has the producer send every queued message now instead of after
+    /// `linger.ms` ([`Flusher`]); returns at once. `exactly_once`: nothing; results become
+    /// visible when the transaction commits.
     pub fn send_now(&self) {
-        let Producing::Direct(producer) = &self.producing else {
-            return;
-        };
-        let timeout_ms = i32::try_from(SEND_NOW_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: the handle is the live producer's, which `rd_kafka_flush` may use from any
-        // thread. Delivery reports are events here (rdkafka's producers enable them), so the
-        // call only waits for the producer's thread to serve them; it runs no callback.
-        let err = unsafe {
-            rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), timeout_ms)
-        };
-        if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-            tracing::debug!(
-                error = %RDKafkaErrorCode::from(err),
-                "results not all delivered yet; delivery goes on"
-            );
+        if let Producing::Direct(_, flusher) = &self.producing {
+            flusher.request();
         }
     }
 
@@ -318,7 +352,7 @@ impl KafkaSink {
     /// `at_least_once`: waits up to `timeout` for every queued message's delivery report.
     /// `exactly_once`: nothing; the final commit of the transaction delivers them.
     pub fn finish(self, timeout: Duration) -> Result<SinkCounts, SinkError> {
-        if let Producing::Direct(producer) = &self.producing {
+        if let Producing::Direct(producer, _) = &self.producing {
             producer
                 .flush(timeout)
                 .map_err(kafka_error("delivering the last results"))?;

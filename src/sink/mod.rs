@@ -55,6 +55,13 @@ pub enum SinkError {
     /// delivered in time.
     #[error(transparent)]
     Kafka(#[from] kafka::KafkaSinkError),
+    /// A thread of the sink could not be started.
+    #[error("cannot start the {name} thread: {source}")]
+    Thread {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// A message could not be sent in the open transaction (`exactly_once`).
     #[error("kafka transaction: {0}")]
     Transaction(String),
