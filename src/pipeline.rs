@@ -26,9 +26,9 @@
 //! [`COMMIT_INTERVAL`], on revocation and at shutdown (after the producer has flushed). In
 //! `exactly_once` the sink sends inside the acknowledgement path's transaction instead, and
 //! the source thread commits the transaction, with the offsets, on the same schedule.
-//! The producer batches results for up to `linger.ms` while detections wait to enter the
-//! pipeline (a backlog: fewer, larger produce requests), and the sink sends what it has at
-//! once ([`Output::idle`]) whenever none wait (a live stream: no batching delay).
+//! The producer batches results for up to `linger.ms` while detections queue (a backlog:
+//! fewer, larger produce requests), and the sink has it send at once ([`Output::idle`])
+//! whenever none do (a live stream: no batching delay).
 //! Back-pressure: when the first queue stays full for [`FULL_QUEUE_WAIT`] the source thread
 //! pauses its partitions and keeps polling (heartbeats, rebalances), so it never exceeds
 //! `max.poll.interval.ms`; it resumes them when there is room. It does not pause at every
@@ -161,7 +161,7 @@ impl Output {
         }
     }
 
-    /// Nothing waits to enter the pipeline: sends what was written without waiting for more.
+    /// Nothing queues upstream: sends what was written without waiting for more.
     fn idle(&mut self) {
         if let Output::Kafka(sink) = self {
             sink.send_now();
@@ -207,27 +207,34 @@ fn open_ends(config: &Config) -> Result<(Intake, Output, Option<Acks>), Pipeline
     Ok((intake, output, acks))
 }
 
-/// Detections the source has queued for the cutout workers, and those a worker has taken:
-/// the difference is the backlog waiting to enter the pipeline.
-#[derive(Debug, Default)]
-struct Backlog {
-    queued: AtomicU64,
-    taken: AtomicU64,
+/// How many detections the source has let into the pipeline (numbered 0 to n - 1), against
+/// how many the stages work on at once: beyond that, detections queue.
+#[derive(Debug)]
+struct Admitted {
+    count: AtomicU64,
+    at_once: u64,
 }
 
-impl Backlog {
-    fn queued(&self) {
-        self.queued.fetch_add(1, Ordering::Relaxed);
+impl Admitted {
+    /// Cutout workers, plus the batches inference keeps in flight (two per session).
+    fn new(config: &Config) -> Self {
+        let at_once = config.cutout.workers.max(1)
+            + 2 * config.inference.sessions.max(1) * config.batch.max_batch.max(1);
+        Self {
+            count: AtomicU64::new(0),
+            at_once: u64::try_from(at_once).unwrap_or(u64::MAX),
+        }
     }
 
-    fn taken(&self) {
-        self.taken.fetch_add(1, Ordering::Relaxed);
+    fn one(&self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// True when no detection waits for a cutout worker (a worker may count one taken
-    /// before the source counts it queued).
-    fn is_empty(&self) -> bool {
-        self.taken.load(Ordering::Relaxed) >= self.queued.load(Ordering::Relaxed)
+    /// True when, with `written` outcomes written, nothing queues: the detections still in
+    /// flight are no more than the stages work on at once (a live stream), so their results
+    /// are not worth waiting for; a backlog fills the queues far beyond that.
+    fn nothing_queued(&self, written: u64) -> bool {
+        self.count.load(Ordering::Relaxed).saturating_sub(written) <= self.at_once
     }
 }
 
@@ -329,10 +336,10 @@ pub async fn run(
     // Workers (rejections) and inference (results) -> sink.
     let (outcomes_tx, outcomes_rx) = mpsc::channel::<Numbered<Outcome>>(capacity);
 
-    let backlog = Arc::new(Backlog::default());
+    let admitted = Arc::new(Admitted::new(&config));
     let source_thread = {
         let (stop, acks, metrics) = (stop.clone(), acks.clone(), metrics.clone());
-        let backlog = backlog.clone();
+        let admitted = admitted.clone();
         std::thread::Builder::new()
             .name("radiogate-source".into())
             .spawn(move || match intake {
@@ -343,7 +350,7 @@ pub async fn run(
                         {
                             break;
                         }
-                        backlog.queued();
+                        admitted.one();
                         metrics.consumed();
                     }
                     None
@@ -356,7 +363,7 @@ pub async fn run(
                         &acks,
                         &detections_tx,
                         &stop,
-                        &backlog,
+                        &admitted,
                         &metrics,
                     ))
                 }
@@ -366,18 +373,16 @@ pub async fn run(
 
     let mut workers = Vec::with_capacity(config.cutout.workers.max(1));
     for index in 0..config.cutout.workers.max(1) {
-        let (detections_rx, ready_tx, outcomes_tx, cutter, backlog) = (
+        let (detections_rx, ready_tx, outcomes_tx, cutter) = (
             detections_rx.clone(),
             ready_tx.clone(),
             outcomes_tx.clone(),
             cutter.clone(),
-            backlog.clone(),
         );
         let worker = std::thread::Builder::new()
             .name(format!("radiogate-cutout-{index}"))
             .spawn(move || {
                 for Numbered { seq, item } in detections_rx {
-                    backlog.taken();
                     let sent = match item.and_then(|detection| cut_and_prepare(&cutter, detection))
                     {
                         Ok(ready) => ready_tx
@@ -442,7 +447,7 @@ pub async fn run(
                     report,
                     &config,
                     options.progress,
-                    &backlog,
+                    &admitted,
                     &metrics,
                 )
             })
@@ -531,7 +536,7 @@ fn consume(
     acks: &Acks,
     detections_tx: &crossbeam_channel::Sender<Numbered<Result<Detection, Rejected>>>,
     stop: &AtomicBool,
-    backlog: &Backlog,
+    admitted: &Admitted,
     metrics: &Metrics,
 ) -> (KafkaSource<AckContext>, Result<(), PipelineError>) {
     // Records polled but not yet queued. While it is non-empty the partitions are paused on
@@ -548,7 +553,7 @@ fn consume(
             match detections_tx.send_timeout(Numbered { seq, item }, FULL_QUEUE_WAIT) {
                 Ok(()) => {
                     seq += 1;
-                    backlog.queued();
+                    admitted.one();
                     metrics.consumed();
                 }
                 Err(crossbeam_channel::SendTimeoutError::Timeout(Numbered { item, .. })) => {
@@ -749,7 +754,7 @@ fn write_outcomes(
     mut report: Option<HtmlReport>,
     config: &Config,
     progress: bool,
-    backlog: &Backlog,
+    admitted: &Admitted,
     metrics: &Metrics,
 ) -> (RunSummary, Result<(), SinkError>) {
     let mut summary = RunSummary::default();
@@ -768,7 +773,7 @@ fn write_outcomes(
                 progress.inc(1);
                 unsent = true;
             }
-            if unsent && backlog.is_empty() {
+            if unsent && admitted.nothing_queued(next) {
                 sink.idle();
                 unsent = false;
             }
