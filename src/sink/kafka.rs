@@ -69,7 +69,7 @@ pub fn producer_properties(
         ("bootstrap.servers", brokers),
         // Batching while a backlog waits (fewer, larger produce requests: a third of the
         // broker's CPU per result at 5 ms); a live stream does not wait for it, the pipeline
-        // sends at once whenever nothing waits to enter it (`KafkaSink::send_now`).
+        // sends at once whenever no detection queues (`KafkaSink::send_now`).
         ("linger.ms", "50"),
         // A rejection carries its original message, up to an inline cutout (about 360 KB).
         ("message.max.bytes", "4194304"),

@@ -371,7 +371,7 @@ fn two_thousand_detections_give_two_thousand_classifications_matching_offline() 
 
 /// A live stream does not wait for the producer's batching: with `linger.ms` far longer
 /// than the test allows, each detection that arrives alone is answered at once (the sink
-/// sends whenever no detection waits to enter the pipeline).
+/// sends whenever no detection queues in the worker).
 #[test]
 fn lone_detections_are_answered_without_waiting_for_the_producers_linger() {
     const LINGER: Duration = Duration::from_secs(120);
