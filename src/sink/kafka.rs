@@ -184,13 +184,14 @@ enum Producing {
 struct Flusher {
     /// One pending request at most: a flush that starts after a message was queued sends it.
     wake: crossbeam_channel::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Flusher {
     fn start(producer: Arc<ThreadedProducer<DeliveryContext>>) -> Result<Self, SinkError> {
         let (wake, requests) = crossbeam_channel::bounded::<()>(1);
         let timeout_ms = i32::try_from(SEND_NOW_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("radiogate-flush".into())
             .spawn(move || {
                 // Ends when the sink, and with it the sender, is dropped.
@@ -217,12 +218,27 @@ impl Flusher {
                 name: "radiogate-flush",
                 source,
             })?;
-        Ok(Self { wake })
+        Ok(Self {
+            wake,
+            thread: Some(thread),
+        })
     }
 
     fn request(&self) {
         // Full: a flush is already pending, and it will send what is queued now.
         let _ = self.wake.try_send(());
+    }
+}
+
+impl Drop for Flusher {
+    /// Closes the requests and waits for the thread (at most a flush under way), so that it
+    /// no longer holds the producer.
+    fn drop(&mut self) {
+        let (closed, _) = crossbeam_channel::bounded(0);
+        drop(std::mem::replace(&mut self.wake, closed));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -352,7 +368,8 @@ impl KafkaSink {
     /// `at_least_once`: waits up to `timeout` for every queued message's delivery report.
     /// `exactly_once`: nothing; the final commit of the transaction delivers them.
     pub fn finish(self, timeout: Duration) -> Result<SinkCounts, SinkError> {
-        if let Producing::Direct(producer, _) = &self.producing {
+        if let Producing::Direct(producer, flusher) = self.producing {
+            drop(flusher);
             producer
                 .flush(timeout)
                 .map_err(kafka_error("delivering the last results"))?;
