@@ -14,6 +14,8 @@ use crate::proto;
 pub const CUTOUT_SIZE: usize = 300;
 /// Side of the model input (pixels): the central crop of the cutout.
 pub const MODEL_SIZE: usize = 150;
+/// Pixels of one model input (`MODEL_SIZE` x `MODEL_SIZE`).
+pub const MODEL_PIXELS: usize = MODEL_SIZE * MODEL_SIZE;
 
 /// Where a detection came from, so that its result or rejection can say so and,
 /// for streams, so that its offset can be acknowledged.

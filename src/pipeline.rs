@@ -127,6 +127,9 @@ const PAUSED_POLL_TIMEOUT: Duration = Duration::from_millis(10);
 /// How long the source thread waits for room in a full queue before it pauses the
 /// partitions; it does not poll meanwhile (rebalances wait that long at most).
 const FULL_QUEUE_WAIT: Duration = Duration::from_millis(250);
+/// Batches the inference task keeps in flight per session: one running and one waiting, so
+/// that no session idles between batches (the sink restores input order).
+const BATCHES_PER_SESSION: usize = 2;
 
 /// Where detections come from: an iterator that ends, or a Kafka consumer that does not.
 enum Intake {
@@ -216,10 +219,12 @@ struct Admitted {
 }
 
 impl Admitted {
-    /// Cutout workers, plus the batches inference keeps in flight (two per session).
+    /// Cutout workers, plus the batches inference keeps in flight.
     fn new(config: &Config) -> Self {
         let at_once = config.cutout.workers.max(1)
-            + 2 * config.inference.sessions.max(1) * config.batch.max_batch.max(1);
+            + BATCHES_PER_SESSION
+                * config.inference.sessions.max(1)
+                * config.batch.max_batch.max(1);
         Self {
             count: AtomicU64::new(0),
             at_once: u64::try_from(at_once).unwrap_or(u64::MAX),
@@ -415,9 +420,7 @@ pub async fn run(
             model: model.clone(),
             permits: Arc::new(tokio::sync::Semaphore::new(config.cutout.workers.max(1))),
         });
-        // Batches in flight at once: one running and one waiting per session, so that no
-        // session idles between batches (the sink restores input order).
-        let in_flight = 2 * config.inference.sessions.max(1);
+        let in_flight = BATCHES_PER_SESSION * config.inference.sessions.max(1);
         tokio::spawn(async move {
             let mut running = tokio::task::JoinSet::new();
             while let Some(batch) = batches_rx.recv().await {

@@ -17,7 +17,7 @@ use std::cell::RefCell;
 
 use ndarray::Array2;
 
-use crate::domain::{ItemError, MODEL_SIZE, Prepared};
+use crate::domain::{ItemError, MODEL_PIXELS, MODEL_SIZE, Prepared};
 use crate::proto::RejectReason;
 
 /// astropy's defaults as MiraBest used them.
@@ -25,7 +25,6 @@ const CLIP_SIGMA: f64 = 3.0;
 const CLIP_MAXITERS: usize = 5;
 /// Pixels at or below this many clipped std are zeroed.
 const THRESHOLD_SIGMA: f64 = 3.0;
-const PIXELS: usize = MODEL_SIZE * MODEL_SIZE;
 
 thread_local! {
     /// Scratch buffers for the clipping statistics, reused so that the hot path does not
@@ -65,13 +64,14 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
         )
     })?;
     // Which crop pixels are emission, and the crop with every other pixel zeroed (NaN
-    // compares false: it is zeroed like every pixel at or below the threshold). The kept
-    // values stay float32: each is a pixel or 0, exact in either width.
-    let mut emission = vec![false; PIXELS];
-    let mut kept = vec![0.0f32; PIXELS];
+    // compares false: it is zeroed like every pixel at or below the threshold), written into
+    // the model input's buffer, which the second pass turns into the input in place. The
+    // kept values stay float32: each is a pixel or 0, exact in either width.
+    let mut emission = vec![false; MODEL_PIXELS];
+    let mut input = vec![0.0f32; MODEL_PIXELS];
     let rows = emission
         .chunks_exact_mut(MODEL_SIZE)
-        .zip(kept.chunks_exact_mut(MODEL_SIZE));
+        .zip(input.chunks_exact_mut(MODEL_SIZE));
     for (row, (emission, kept)) in crop.rows().into_iter().zip(rows) {
         for ((&v, on), kept) in row.iter().zip(emission).zip(kept) {
             *on = f64::from(v) > threshold;
@@ -80,7 +80,7 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
     }
     // No kept value is NaN or -0.0 (each is 0 or above a threshold >= 0), so the extremes do
     // not depend on the order they are taken in: eight lanes, then across them.
-    let (min, max) = extremes(&kept);
+    let (min, max) = extremes(&input);
     if max <= min {
         return Err(ItemError::new(
             RejectReason::EmptyCutout,
@@ -90,14 +90,13 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
         ));
     }
     let range = max - min;
-    let mut image_u8 = vec![0u8; PIXELS];
-    let mut input = vec![0.0f32; PIXELS];
-    for ((&kept, u8), input) in kept.iter().zip(&mut image_u8).zip(&mut input) {
+    let mut image_u8 = vec![0u8; MODEL_PIXELS];
+    for (value, u8) in input.iter_mut().zip(&mut image_u8) {
         // PIL's float to 'L': the float64 array becomes float32 ('F'), then truncates
         // toward zero and clamps to 0..255 (`as u8` from f32 does both).
-        let u = (255.0 * (f64::from(kept) - min) / range) as f32 as u8;
+        let u = (255.0 * (f64::from(*value) - min) / range) as f32 as u8;
         *u8 = u;
-        *input = (f32::from(u) / 255.0 - 0.5) / 0.5;
+        *value = (f32::from(u) / 255.0 - 0.5) / 0.5;
     }
     Ok(Prepared {
         input,
@@ -607,7 +606,7 @@ mod tests {
     fn prepared_image_is_scaled_thresholded_and_normalised() {
         let window = synthetic();
         let p = prepare(&window).expect("prepared");
-        let n = MODEL_SIZE * MODEL_SIZE;
+        let n = MODEL_PIXELS;
         assert_eq!(
             (p.input.len(), p.image_u8.len(), p.emission.len()),
             (n, n, n)

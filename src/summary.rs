@@ -20,7 +20,9 @@
 use std::io;
 
 use crate::config::SummaryConfig;
-use crate::domain::{AttentionMap, CUTOUT_SIZE, MODEL_SIZE, ModelOutput, Prepared, SkyProjection};
+use crate::domain::{
+    AttentionMap, CUTOUT_SIZE, MODEL_PIXELS, MODEL_SIZE, ModelOutput, Prepared, SkyProjection,
+};
 use crate::proto;
 
 /// Offset of the model input within the cutout window: the 150x150 crop starts at pixel
@@ -28,8 +30,6 @@ use crate::proto;
 pub const CROP_OFFSET: f64 = ((CUTOUT_SIZE - MODEL_SIZE) / 2) as f64;
 /// How many attention peaks a summary reports, strongest first.
 pub const PEAKS: usize = 3;
-
-const PIXELS: usize = MODEL_SIZE * MODEL_SIZE;
 
 /// Why an attention summary could not be built: the inputs break the shapes the other
 /// stages promise, or the configuration is out of range.
@@ -45,7 +45,7 @@ pub enum SummaryError {
         side: usize,
         len: usize,
     },
-    #[error("emission mask has {0} pixels, expected {PIXELS}")]
+    #[error("emission mask has {0} pixels, expected {MODEL_PIXELS}")]
     Emission(usize),
     #[error("zstd compression failed")]
     Compress(#[source] io::Error),
@@ -97,7 +97,7 @@ pub fn attention_summary(
         .ok()
         .filter(|g| (1..=MODEL_SIZE).contains(g))
         .ok_or(SummaryError::Grid(cfg.grid))?;
-    if prepared.emission.len() != PIXELS {
+    if prepared.emission.len() != MODEL_PIXELS {
         return Err(SummaryError::Emission(prepared.emission.len()));
     }
     if output.attention.is_empty() {
@@ -213,7 +213,7 @@ fn decode(map_zstd: &[u8], cells: usize, scale: f32) -> Result<Vec<f32>, DecodeE
 /// zeroed, their sum in pixel order, then `combined += (v / sum) / gates`. Only the
 /// allocations are gone (one scratch buffer per thread) and the passes are fused.
 fn combine(maps: &[AttentionMap]) -> Vec<f64> {
-    let mut combined = vec![0.0; PIXELS];
+    let mut combined = vec![0.0; MODEL_PIXELS];
     let gates = maps.len() as f64;
     SCRATCH.with_borrow_mut(|scratch| {
         let Resize {
@@ -469,9 +469,9 @@ mod tests {
 
     fn prepared(emission: impl Fn(usize, usize) -> bool) -> Prepared {
         Prepared {
-            input: vec![0.0; PIXELS],
-            image_u8: vec![0; PIXELS],
-            emission: (0..PIXELS)
+            input: vec![0.0; MODEL_PIXELS],
+            image_u8: vec![0; MODEL_PIXELS],
+            emission: (0..MODEL_PIXELS)
                 .map(|i| emission(i % MODEL_SIZE, i / MODEL_SIZE))
                 .collect(),
             rms: 1.0,
@@ -540,7 +540,7 @@ mod tests {
                 })
                 .collect();
             let emission = (case % 7) as f64 / 7.0;
-            let mask: Vec<bool> = (0..PIXELS).map(|_| next() < emission).collect();
+            let mask: Vec<bool> = (0..MODEL_PIXELS).map(|_| next() < emission).collect();
             let prepared = prepared(|x, y| mask[y * MODEL_SIZE + x]);
             let out = output(maps);
             for (grid, level, per_gate) in [
@@ -606,7 +606,7 @@ mod tests {
 
     #[test]
     fn area_sum_keeps_the_total_for_grids_that_do_not_divide_150() {
-        let map: Vec<f64> = (0..PIXELS).map(|i| (i % 7) as f64).collect();
+        let map: Vec<f64> = (0..MODEL_PIXELS).map(|i| (i % 7) as f64).collect();
         let total: f64 = map.iter().sum();
         for grid in [1, 7, 32, 50, 149, 150] {
             let cells = area_sum(&map, MODEL_SIZE, grid);
@@ -617,7 +617,7 @@ mod tests {
             );
         }
         // Uniform pixels give equal cells when the grid divides the side.
-        let cells = area_sum(&vec![1.0; PIXELS], MODEL_SIZE, 50);
+        let cells = area_sum(&vec![1.0; MODEL_PIXELS], MODEL_SIZE, 50);
         assert!(cells.iter().all(|&c| (c - 9.0).abs() < 1e-12));
     }
 
@@ -736,7 +736,7 @@ mod tests {
             &config(50),
         )
         .expect("summary");
-        let want = (37.0 * 140.0 + 150.0 * 10.0) / PIXELS as f64;
+        let want = (37.0 * 140.0 + 150.0 * 10.0) / MODEL_PIXELS as f64;
         assert!((f64::from(summary.on_emission_fraction) - want).abs() < 1e-6);
     }
 

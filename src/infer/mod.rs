@@ -31,9 +31,9 @@ use tokio::sync::{mpsc, oneshot};
 pub use self::contract::Violations;
 pub use self::gpu::{DRIVER_LIBRARY, GpuWaitError};
 pub use self::runtime::{FETCH_SCRIPT, VENDOR_LIBRARY};
-use self::session::{IMAGE_LEN, Job, SharedJobs, Worker};
+use self::session::{Job, SharedJobs, Worker};
 use crate::config::{GpuWait, InferenceConfig};
-use crate::domain::{MODEL_SIZE, ModelOutput};
+use crate::domain::{MODEL_PIXELS, MODEL_SIZE, ModelOutput};
 use crate::proto;
 
 /// Why inference could not start. Every variant stops the worker.
@@ -109,7 +109,7 @@ pub enum StartError {
 /// (except for [`InferError::Stopped`], which means inference is gone).
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
-    #[error("image {index} has {len} values, expected {MODEL_SIZE}x{MODEL_SIZE} = {IMAGE_LEN}")]
+    #[error("image {index} has {len} values, expected {MODEL_SIZE}x{MODEL_SIZE} = {MODEL_PIXELS}")]
     BadInput { index: usize, len: usize },
     #[error("ONNX Runtime failed to run the batch")]
     Run(#[source] ort::Error),
@@ -217,7 +217,7 @@ impl Inference {
         if let Some((index, image)) = images
             .iter()
             .enumerate()
-            .find(|(_, image)| image.len() != IMAGE_LEN)
+            .find(|(_, image)| image.len() != MODEL_PIXELS)
         {
             return Err(InferError::BadInput {
                 index,

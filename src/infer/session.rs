@@ -17,14 +17,11 @@ use super::contract::{self, ATTENTION_PREFIX, Contract, Declared, PROBS};
 use super::runtime::Runtime;
 use super::{InferError, StartError};
 use crate::config::{ExecutionProvider, InferenceConfig};
-use crate::domain::{AttentionMap, MODEL_SIZE, ModelOutput};
-
-/// Values in one model input image.
-pub(super) const IMAGE_LEN: usize = MODEL_SIZE * MODEL_SIZE;
+use crate::domain::{AttentionMap, MODEL_PIXELS, MODEL_SIZE, ModelOutput};
 
 /// One batch to run and where its answer goes.
 pub(super) struct Job {
-    /// Each `IMAGE_LEN` long (checked before queueing).
+    /// Each `MODEL_PIXELS` long (checked before queueing).
     pub images: Vec<Vec<f32>>,
     /// Answers the caller awaiting [`super::Inference::infer`].
     pub reply: oneshot::Sender<Result<Vec<ModelOutput>, InferError>>,
@@ -164,7 +161,7 @@ impl Worker {
         }
     }
 
-    /// Runs one batch; images must each be `IMAGE_LEN` long.
+    /// Runs one batch; images must each be `MODEL_PIXELS` long.
     ///
     /// On a GPU the batch runs padded to the next power of two (the rows past the batch's
     /// own images hold earlier images or zeros, and their outputs are dropped; every image
@@ -193,7 +190,7 @@ impl Worker {
             .input
             .as_slice_mut()
             .expect("an owned Array4 built by zeros() is contiguous");
-        for (slot, image) in flat.chunks_exact_mut(IMAGE_LEN).zip(images) {
+        for (slot, image) in flat.chunks_exact_mut(MODEL_PIXELS).zip(images) {
             slot.copy_from_slice(image);
         }
         let batch = self.input.slice(s![..rows, .., .., ..]);

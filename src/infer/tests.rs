@@ -239,7 +239,7 @@ async fn join_returns_once_every_handle_is_gone() {
 #[tokio::test]
 async fn wrong_input_sizes_are_refused_before_the_model_runs() {
     let (inference, _) = start(1);
-    let images = vec![vec![0.0; IMAGE_LEN], vec![0.0; 100]];
+    let images = vec![vec![0.0; MODEL_PIXELS], vec![0.0; 100]];
     match inference.infer(images).await {
         Err(InferError::BadInput { index: 1, len: 100 }) => {}
         other => panic!("expected BadInput for image 1, got {other:?}"),

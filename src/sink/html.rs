@@ -294,9 +294,7 @@ fn thumbnail(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::MODEL_SIZE;
-
-    const PIXELS: usize = MODEL_SIZE * MODEL_SIZE;
+    use crate::domain::{MODEL_PIXELS, MODEL_SIZE};
 
     fn prepared() -> Prepared {
         // A bright square in the middle of the model input.
@@ -306,10 +304,10 @@ mod tests {
         };
         Prepared {
             input: Vec::new(),
-            image_u8: (0..PIXELS)
+            image_u8: (0..MODEL_PIXELS)
                 .map(|i| if inside(i) { 200 } else { 0 })
                 .collect(),
-            emission: (0..PIXELS).map(inside).collect(),
+            emission: (0..MODEL_PIXELS).map(inside).collect(),
             rms: 1.0,
             threshold: 3.0,
         }

@@ -182,8 +182,9 @@ enum Producing {
 /// keep lingering), then polls for delivery reports that the producer's own thread takes,
 /// waiting out its timeout.
 struct Flusher {
-    /// One pending request at most: a flush that starts after a message was queued sends it.
-    wake: crossbeam_channel::Sender<()>,
+    /// One pending request at most: a flush that starts after a message was queued sends
+    /// it. None once dropped (which ends the thread).
+    wake: Option<crossbeam_channel::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -219,14 +220,16 @@ impl Flusher {
                 source,
             })?;
         Ok(Self {
-            wake,
+            wake: Some(wake),
             thread: Some(thread),
         })
     }
 
     fn request(&self) {
         // Full: a flush is already pending, and it will send what is queued now.
-        let _ = self.wake.try_send(());
+        if let Some(wake) = &self.wake {
+            let _ = wake.try_send(());
+        }
     }
 }
 
@@ -234,8 +237,7 @@ impl Drop for Flusher {
     /// Closes the requests and waits for the thread (at most a flush under way), so that it
     /// no longer holds the producer.
     fn drop(&mut self) {
-        let (closed, _) = crossbeam_channel::bounded(0);
-        drop(std::mem::replace(&mut self.wake, closed));
+        self.wake = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

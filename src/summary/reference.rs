@@ -1,8 +1,9 @@
 //! The attention summary exactly as it was before the hot-path work (commit 28e50e4), kept
 //! only to pin the optimised code to it: results must stay bit for bit the same.
 
-use super::{CROP_OFFSET, PEAKS, PIXELS, SummaryError, local_maxima};
+use super::{CROP_OFFSET, PEAKS, SummaryError, local_maxima};
 use crate::config::SummaryConfig;
+use crate::domain::MODEL_PIXELS as PIXELS;
 use crate::domain::{AttentionMap, MODEL_SIZE, ModelOutput, Prepared, SkyProjection};
 use crate::proto;
 
