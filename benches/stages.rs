@@ -68,7 +68,7 @@ fn stages(c: &mut Criterion) {
     c.bench_function("sigma clipping (300x300)", |b| {
         b.iter(|| {
             i = (i + 1) % n;
-            black_box(preprocess::sigma_clipped_std(&cutouts[i].pixels))
+            black_box(preprocess::sigma_clipped_bounds(&cutouts[i].pixels))
         })
     });
     c.bench_function("prepare (clip, threshold, crop, scale, normalise)", |b| {

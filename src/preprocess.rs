@@ -15,7 +15,7 @@
 
 use std::cell::RefCell;
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 
 use crate::domain::{ItemError, MODEL_PIXELS, MODEL_SIZE, Prepared};
 use crate::proto::RejectReason;
@@ -28,17 +28,8 @@ const THRESHOLD_SIGMA: f64 = 3.0;
 
 thread_local! {
     /// Scratch buffers for the clipping statistics, reused so that the hot path does not
-    /// allocate about 1.5 MB per call.
+    /// allocate about 1 MB per call.
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
-}
-
-#[derive(Default)]
-struct Scratch {
-    /// Order-preserving integer keys of the finite pixels, radix-sorted.
-    keys: Vec<u32>,
-    tmp: Vec<u32>,
-    /// The sorted finite pixels as float64.
-    sorted: Vec<f64>,
 }
 
 /// Prepares one window (normally `CUTOUT_SIZE` x `CUTOUT_SIZE`, at least `MODEL_SIZE` on
@@ -52,59 +43,84 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
             format!("window is {ny}x{nx}, preprocessing needs at least {MODEL_SIZE}x{MODEL_SIZE}"),
         ));
     }
-    let std = sigma_clipped_std(pixels).ok_or_else(|| {
-        ItemError::new(RejectReason::EmptyCutout, "no finite pixel in the window")
-    })?;
-    let threshold = THRESHOLD_SIGMA * std;
-
     let crop = model_crop(pixels).ok_or_else(|| {
         ItemError::new(
             RejectReason::Unspecified,
             "window smaller than the model input",
         )
     })?;
-    // Which crop pixels are emission, and the crop with every other pixel zeroed (NaN
-    // compares false: it is zeroed like every pixel at or below the threshold), written into
-    // the model input's buffer, which the second pass turns into the input in place. The
-    // kept values stay float32: each is a pixel or 0, exact in either width.
+    with_window(pixels, |values, scratch| {
+        let mut clipped = clip(values, scratch).ok_or_else(|| {
+            ItemError::new(RejectReason::EmptyCutout, "no finite pixel in the window")
+        })?;
+        // The std's bounds decide every crop pixel and the recorded values almost always;
+        // when they do not, the exact std does.
+        let (emission, mut input) = loop {
+            if let Some(kept) = keep_emission(crop, clipped.spread) {
+                break kept;
+            }
+            #[cfg(test)]
+            EXACT_FINALS.set(EXACT_FINALS.get() + 1);
+            clipped.exact_std();
+        };
+        // No kept value is NaN or -0.0 (each is 0 or above a threshold >= 0), so the
+        // extremes do not depend on the order they are taken in: eight lanes, then across.
+        let (min, max) = extremes(&input);
+        if max <= min {
+            let threshold = THRESHOLD_SIGMA * clipped.exact_std();
+            return Err(ItemError::new(
+                RejectReason::EmptyCutout,
+                format!(
+                    "central {MODEL_SIZE}x{MODEL_SIZE} crop is constant ({min}) after zeroing pixels <= 3 std ({threshold:e})"
+                ),
+            ));
+        }
+        let range = max - min;
+        let mut image_u8 = vec![0u8; MODEL_PIXELS];
+        for (value, u8) in input.iter_mut().zip(&mut image_u8) {
+            // PIL's float to 'L': the float64 array becomes float32 ('F'), then truncates
+            // toward zero and clamps to 0..255 (`as u8` from f32 does both).
+            let u = (255.0 * (f64::from(*value) - min) / range) as f32 as u8;
+            *u8 = u;
+            *value = (f32::from(u) / 255.0 - 0.5) / 0.5;
+        }
+        let std = clipped.spread.estimate;
+        Ok(Prepared {
+            input,
+            image_u8,
+            emission,
+            rms: std as f32,
+            threshold: (THRESHOLD_SIGMA * std) as f32,
+        })
+    })
+}
+
+/// Step 2 on the crop: which pixels are emission (above 3 std; NaN is not), and the crop
+/// with every other pixel zeroed, in the model input's own buffer (the kept values stay
+/// float32: each is a pixel or 0, exact in either width). None when `spread` is not exact
+/// and the exact std might decide otherwise: a pixel between the thresholds of its bounds,
+/// or bounds whose std or threshold round to different float32 values for the record.
+fn keep_emission(crop: ArrayView2<'_, f32>, spread: Spread) -> Option<(Vec<bool>, Vec<f32>)> {
+    let (lo, hi) = (THRESHOLD_SIGMA * spread.lo(), THRESHOLD_SIGMA * spread.hi());
+    if !spread.is_exact() && (spread.lo() as f32 != spread.hi() as f32 || lo as f32 != hi as f32) {
+        return None;
+    }
+    let threshold = THRESHOLD_SIGMA * spread.estimate;
     let mut emission = vec![false; MODEL_PIXELS];
     let mut input = vec![0.0f32; MODEL_PIXELS];
+    let mut undecided = false;
     let rows = emission
         .chunks_exact_mut(MODEL_SIZE)
         .zip(input.chunks_exact_mut(MODEL_SIZE));
     for (row, (emission, kept)) in crop.rows().into_iter().zip(rows) {
         for ((&v, on), kept) in row.iter().zip(emission).zip(kept) {
-            *on = f64::from(v) > threshold;
+            let v64 = f64::from(v);
+            *on = v64 > threshold;
             *kept = if *on { v } else { 0.0 };
+            undecided |= lo <= v64 && v64 <= hi;
         }
     }
-    // No kept value is NaN or -0.0 (each is 0 or above a threshold >= 0), so the extremes do
-    // not depend on the order they are taken in: eight lanes, then across them.
-    let (min, max) = extremes(&input);
-    if max <= min {
-        return Err(ItemError::new(
-            RejectReason::EmptyCutout,
-            format!(
-                "central {MODEL_SIZE}x{MODEL_SIZE} crop is constant ({min}) after zeroing pixels <= 3 std ({threshold:e})"
-            ),
-        ));
-    }
-    let range = max - min;
-    let mut image_u8 = vec![0u8; MODEL_PIXELS];
-    for (value, u8) in input.iter_mut().zip(&mut image_u8) {
-        // PIL's float to 'L': the float64 array becomes float32 ('F'), then truncates
-        // toward zero and clamps to 0..255 (`as u8` from f32 does both).
-        let u = (255.0 * (f64::from(*value) - min) / range) as f32 as u8;
-        *u8 = u;
-        *value = (f32::from(u) / 255.0 - 0.5) / 0.5;
-    }
-    Ok(Prepared {
-        input,
-        image_u8,
-        emission,
-        rms: std as f32,
-        threshold: threshold as f32,
-    })
+    (spread.is_exact() || !undecided).then_some((emission, input))
 }
 
 /// The smallest and largest of `values` (none NaN) as float64.
@@ -129,111 +145,296 @@ fn extremes(values: &[f32]) -> (f64, f64) {
 
 /// The central `MODEL_SIZE` x `MODEL_SIZE` crop of a window (rows and columns
 /// `n/2 - 75 .. n/2 + 75`), the pixels the model sees; None when the window is smaller.
-pub fn model_crop(pixels: &Array2<f32>) -> Option<ndarray::ArrayView2<'_, f32>> {
+pub fn model_crop(pixels: &Array2<f32>) -> Option<ArrayView2<'_, f32>> {
     let (ny, nx) = pixels.dim();
     if ny < MODEL_SIZE || nx < MODEL_SIZE {
         return None;
     }
-    let (r0, c0) = (ny / 2 - MODEL_SIZE / 2, nx / 2 - MODEL_SIZE / 2);
-    Some(pixels.slice(ndarray::s![r0..r0 + MODEL_SIZE, c0..c0 + MODEL_SIZE]))
+    let (y0, x0) = (ny / 2 - MODEL_SIZE / 2, nx / 2 - MODEL_SIZE / 2);
+    Some(pixels.slice(ndarray::s![y0..y0 + MODEL_SIZE, x0..x0 + MODEL_SIZE]))
 }
 
 /// Step 1 alone: the sigma-clipped std of a window's finite pixels (None when there are
-/// none), as [`prepare`] computes it. For benchmarks and diagnostics.
+/// none), exactly. For tests and diagnostics ([`prepare`] mostly needs only its bounds).
 pub fn sigma_clipped_std(pixels: &Array2<f32>) -> Option<f64> {
-    SCRATCH.with_borrow_mut(|scratch| match pixels.as_slice() {
-        // A contiguous window (every cutout) is read as a plain slice.
-        Some(values) => clipped_std(values, scratch),
-        None => clipped_std(&pixels.iter().copied().collect::<Vec<_>>(), scratch),
+    with_window(pixels, |values, scratch| {
+        clip(values, scratch).map(|mut c| c.exact_std())
     })
+}
+
+/// Step 1 as [`prepare`] first takes it: bounds that hold the exact sigma-clipped std (equal
+/// when the rounds computed it exactly). For benchmarks.
+pub fn sigma_clipped_bounds(pixels: &Array2<f32>) -> Option<(f64, f64)> {
+    with_window(pixels, |values, scratch| {
+        clip(values, scratch).map(|c| (c.spread.lo(), c.spread.hi()))
+    })
+}
+
+/// Runs `f` on the window's pixels as one slice (a contiguous window, every cutout, is read
+/// in place) with this thread's scratch buffers.
+fn with_window<R>(pixels: &Array2<f32>, f: impl FnOnce(&[f32], &mut Scratch) -> R) -> R {
+    SCRATCH.with_borrow_mut(|scratch| match pixels.as_slice() {
+        Some(values) => f(values, scratch),
+        None => f(&pixels.iter().copied().collect::<Vec<_>>(), scratch),
+    })
+}
+
+/// A std, exact (`err` 0) or within `err` of the exact one.
+#[derive(Clone, Copy, Debug)]
+struct Spread {
+    estimate: f64,
+    err: f64,
+}
+
+impl Spread {
+    fn exact(std: f64) -> Self {
+        Spread {
+            estimate: std,
+            err: 0.0,
+        }
+    }
+
+    fn is_exact(self) -> bool {
+        self.err == 0.0
+    }
+
+    fn lo(self) -> f64 {
+        self.estimate - self.err
+    }
+
+    fn hi(self) -> f64 {
+        self.estimate + self.err
+    }
+}
+
+/// The clipping's outcome: the ranks of the values kept, and their std.
+struct Clipped<'s> {
+    set: &'s mut Scratch,
+    kept: (usize, usize),
+    spread: Spread,
+}
+
+impl Clipped<'_> {
+    /// The exact std of the values kept (computed once, when the bounds did not do).
+    fn exact_std(&mut self) -> f64 {
+        if !self.spread.is_exact() {
+            let (a, b) = self.kept;
+            self.spread = Spread::exact(self.set.exact_std(a, b));
+        }
+        self.spread.estimate
+    }
 }
 
 /// astropy `sigma_clipped_stats(data, sigma=3, maxiters=5)[2]` over the finite `values`;
 /// None when there are none.
 ///
-/// Clipping only ever removes the tails of the set, so the values are sorted once (radix
-/// sort on order-preserving keys, linear time) and each round is then a median read at the
-/// middle of a range, a std over that range, and two binary searches for the new bounds.
-/// The result is the same set arithmetic as astropy's; only the order of the float64
-/// sums differs (parity on the MiraBest test set: 157 of 157 images identical).
+/// Clipping only ever removes the tails of the set, so each round is a median read at the
+/// middle of a range of ranks, a std over that range, and two counts for the new bounds.
+/// The result is the same set arithmetic as astropy's, with the std of the sorted values
+/// kept (parity on the MiraBest test set: 157 of 157 images identical). Ranks need no full
+/// sort ([`Scratch::group`]): the few buckets that a median or a bound falls in are sorted.
 ///
-/// Only the last std is returned; the rounds before it only choose bounds. Their std comes
-/// from running sums (the whole set's, less what each round clips), with an error bound:
-/// where no value lies within that bound of either clipping bound, the exact std would clip
-/// the same values, and the round needs no pass over its range. Otherwise (rare) the round
-/// takes the exact std. So the bits are those of exact rounds, at two passes in all.
-fn clipped_std(values: &[f32], s: &mut Scratch) -> Option<f64> {
-    // The keys and the radix histograms in one read of the window, written through a
-    // plain slice (a `Vec::push` per key reloads and stores the vector's header each time).
-    s.keys.resize(values.len(), 0);
-    let mut counts = [[0u32; RADIX_BUCKETS]; RADIX_PASSES];
-    let mut n = 0;
-    let keys = s.keys.as_mut_slice();
-    for &v in values {
-        if v.is_finite() {
-            let k = sort_key(v);
-            for (pass, c) in counts.iter_mut().enumerate() {
-                c[radix_digit(k, pass)] += 1;
-            }
-            keys[n] = k;
-            n += 1;
-        }
-    }
-    s.keys.truncate(n);
-    if s.keys.is_empty() {
+/// The stds come from running sums (the whole set's, less what each round clips), with an
+/// error bound: where no value lies within that bound of either clipping bound, the exact
+/// std would clip the same values, and the round needs no pass over its range. Otherwise
+/// (rare) the round takes the exact std. So the kept values are those of exact rounds, and
+/// their std is returned as bounds around the exact one, for the caller to decide with.
+fn clip<'s>(values: &[f32], set: &'s mut Scratch) -> Option<Clipped<'s>> {
+    let n = set.group(values);
+    if n == 0 {
         return None;
     }
-    radix_sort(&mut s.keys, &mut s.tmp, &counts);
-    s.sorted.clear();
-    s.sorted
-        .extend(s.keys.iter().map(|&k| f64::from(from_key(k))));
-    let sorted = &s.sorted[..];
-    let mut sums = RunningSums::new(sorted);
-    let (mut a, mut b) = (0, sorted.len());
-    for _ in 0..CLIP_MAXITERS {
-        let range = &sorted[a..b];
-        let centre = sorted_median(range);
-        // Kept: lo <= v <= hi, a contiguous run of the sorted range, for a std that may lie
-        // `slack` from the exact one; None when a value lies within that of a bound.
-        let kept = |spread: f64, slack: f64| {
-            let (lo, hi) = (centre - CLIP_SIGMA * spread, centre + CLIP_SIGMA * spread);
-            let first = range.partition_point(|&v| v < lo - slack);
-            let end = range.partition_point(|&v| v <= hi - slack);
-            (first == range.partition_point(|&v| v < lo + slack)
-                && end == range.partition_point(|&v| v <= hi + slack))
-            .then_some((a + first, a + end))
-        };
-        let mut exact = None;
-        let (na, nb) = match sums.std(centre).and_then(|(spread, err)| kept(spread, err)) {
-            Some(bounds) => bounds,
-            None => {
+    let shift = set.median(0, n);
+    let mut sums = RunningSums::new(&set.keys, shift);
+    let (mut a, mut b) = (0, n);
+    let spread = 'rounds: {
+        for _ in 0..CLIP_MAXITERS {
+            let centre = set.median(a, b);
+            let mut spread = sums.spread();
+            let mut bounds = spread.and_then(|s| {
+                // How far the clipping bounds may lie from those of the exact std.
+                let slack = CLIP_SIGMA * s.err
+                    + 8.0 * f64::EPSILON * (centre.abs() + CLIP_SIGMA * s.estimate);
+                set.kept((a, b), centre, s.estimate, slack)
+            });
+            if bounds.is_none() {
                 #[cfg(test)]
                 EXACT_ROUNDS.set(EXACT_ROUNDS.get() + 1);
-                let spread = population_std(range);
-                exact = Some(spread);
-                kept(spread, 0.0).unwrap_or((a, b))
+                let exact = set.exact_std(a, b);
+                spread = Some(Spread::exact(exact));
+                bounds = set.kept((a, b), centre, exact, 0.0);
             }
-        };
-        if (na, nb) == (a, b) || na >= nb {
-            // Converged (or nothing would be left): the std of the range kept.
-            return Some(exact.unwrap_or_else(|| population_std(range)));
+            let (na, nb) = bounds.unwrap_or((a, b));
+            if (na, nb) == (a, b) || na >= nb {
+                // Converged (or nothing would be left): the std of the range kept.
+                break 'rounds spread;
+            }
+            sums.remove(&set.keys[a..na]);
+            sums.remove(&set.keys[nb..b]);
+            (a, b) = (na, nb);
         }
-        sums.remove(&sorted[a..na]);
-        sums.remove(&sorted[nb..b]);
-        (a, b) = (na, nb);
-    }
-    Some(population_std(&sorted[a..b]))
+        sums.spread()
+    };
+    let spread = match spread {
+        Some(spread) => spread,
+        None => Spread::exact(set.exact_std(a, b)),
+    };
+    Some(Clipped {
+        set,
+        kept: (a, b),
+        spread,
+    })
 }
 
 #[cfg(test)]
 thread_local! {
     /// Rounds that took the exact std (the tests check that real windows need none).
     static EXACT_ROUNDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Windows whose crop needed the exact final std.
+    static EXACT_FINALS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Sums of a sorted range's values (shifted by the whole set's median, against
-/// cancellation), kept as the whole set's sums less the tails clipped so far, with what
-/// bounds their rounding error.
+/// The finite pixels by rank, without a full sort: one pass makes their order-preserving
+/// keys and counts them by top digit, a second groups them by it (a bucket sort); a bucket
+/// is sorted only when a rank or a bound falls in it. Clipping reads a few ranks (medians)
+/// and counts below a few bounds: a few small buckets near the median and the bounds.
+#[derive(Default)]
+struct Scratch {
+    /// The keys, grouped by top digit (ascending), each group sorted once `sorted` says so.
+    keys: Vec<u32>,
+    tmp: Vec<u32>,
+    /// Where each group starts in `keys`, and where the last ends.
+    starts: Vec<u32>,
+    sorted: Vec<bool>,
+    /// A range's values as float64, for an exact std.
+    values: Vec<f64>,
+}
+
+impl Scratch {
+    /// Groups the keys of the finite `values`; returns how many there are.
+    fn group(&mut self, values: &[f32]) -> usize {
+        // The keys written through a plain slice (a `Vec::push` per key reloads and
+        // stores the vector's header each time).
+        self.tmp.resize(values.len(), 0);
+        let mut counts = [0u32; TOP_GROUPS];
+        let mut n = 0;
+        let tmp = self.tmp.as_mut_slice();
+        for &v in values {
+            if v.is_finite() {
+                // -0.0 becomes 0.0: an equal value, so one key for both.
+                let k = sort_key(v + 0.0);
+                counts[top_digit(k)] += 1;
+                tmp[n] = k;
+                n += 1;
+            }
+        }
+        self.starts.clear();
+        self.starts.push(0);
+        let mut next = [0u32; TOP_GROUPS];
+        let mut sum = 0;
+        for (slot, &count) in next.iter_mut().zip(&counts) {
+            *slot = sum;
+            sum += count;
+            self.starts.push(sum);
+        }
+        self.keys.resize(n, 0);
+        for &k in &self.tmp[..n] {
+            let d = top_digit(k);
+            self.keys[next[d] as usize] = k;
+            next[d] += 1;
+        }
+        self.sorted.clear();
+        self.sorted.resize(TOP_GROUPS, false);
+        n
+    }
+
+    /// The group that holds `rank` (< the number of keys).
+    fn group_of(&self, rank: usize) -> usize {
+        self.starts.partition_point(|&s| s as usize <= rank) - 1
+    }
+
+    fn sort_group(&mut self, d: usize) {
+        if !self.sorted[d] {
+            let (start, end) = (self.starts[d] as usize, self.starts[d + 1] as usize);
+            sort_lower_digits(&mut self.keys[start..end], &mut self.tmp);
+            self.sorted[d] = true;
+        }
+    }
+
+    /// The value of rank `rank`.
+    fn select(&mut self, rank: usize) -> f64 {
+        self.sort_group(self.group_of(rank));
+        f64::from(from_key(self.keys[rank]))
+    }
+
+    /// numpy's median of the values of ranks `a..b` (not empty): the middle one, or the
+    /// mean of the two middle ones.
+    fn median(&mut self, a: usize, b: usize) -> f64 {
+        let mid = a + (b - a) / 2;
+        if (b - a) % 2 == 1 {
+            self.select(mid)
+        } else {
+            (self.select(mid - 1) + self.select(mid)) / 2.0
+        }
+    }
+
+    /// How many keys are below `bound` (a key, or above every key).
+    fn count_below(&mut self, bound: u64) -> usize {
+        let Ok(bound) = u32::try_from(bound) else {
+            return self.keys.len();
+        };
+        let d = top_digit(bound);
+        self.sort_group(d);
+        let (start, end) = (self.starts[d] as usize, self.starts[d + 1] as usize);
+        start + self.keys[start..end].partition_point(|&k| k < bound)
+    }
+
+    /// The ranks in `a..b` whose values lie within `centre +- 3 spread`, for a spread that
+    /// may lie `slack` from the exact one; None when a value lies within that of a bound.
+    fn kept(
+        &mut self,
+        (a, b): (usize, usize),
+        centre: f64,
+        spread: f64,
+        slack: f64,
+    ) -> Option<(usize, usize)> {
+        let (lo, hi) = (centre - CLIP_SIGMA * spread, centre + CLIP_SIGMA * spread);
+        let mut rank = |bound: u64| self.count_below(bound).clamp(a, b);
+        let first = rank(key_at_or_above(lo - slack));
+        let end = rank(key_above(hi - slack));
+        (first == rank(key_at_or_above(lo + slack)) && end == rank(key_above(hi + slack)))
+            .then_some((first, end))
+    }
+
+    /// The std of the values of ranks `a..b` (not empty), summed in sorted order.
+    fn exact_std(&mut self, a: usize, b: usize) -> f64 {
+        for d in self.group_of(a)..=self.group_of(b - 1) {
+            self.sort_group(d);
+        }
+        self.values.clear();
+        self.values
+            .extend(self.keys[a..b].iter().map(|&k| f64::from(from_key(k))));
+        population_std(&self.values)
+    }
+}
+
+/// The smallest key whose value is at least `x`: the values below `x` have the keys below it.
+fn key_at_or_above(x: f64) -> u64 {
+    let y = x as f32 + 0.0;
+    let k = u64::from(sort_key(y));
+    if f64::from(y) >= x { k } else { k + 1 }
+}
+
+/// The smallest key whose value is above `x`: the values up to `x` have the keys below it.
+fn key_above(x: f64) -> u64 {
+    let y = x as f32 + 0.0;
+    let k = u64::from(sort_key(y));
+    if f64::from(y) > x { k } else { k + 1 }
+}
+
+/// Sums of a range's values (shifted by the whole set's median, against cancellation),
+/// kept as the whole set's sums less the tails clipped so far, with what bounds their
+/// rounding error.
 struct RunningSums {
     shift: f64,
     n: f64,
@@ -246,58 +447,53 @@ struct RunningSums {
 }
 
 impl RunningSums {
-    fn new(sorted: &[f64]) -> Self {
-        let mut sums = Self {
-            shift: sorted_median(sorted),
-            n: 0.0,
-            s1: 0.0,
-            s2: 0.0,
-            abs1: 0.0,
-            abs2: 0.0,
-            terms: 0.0,
-        };
+    fn new(keys: &[u32], shift: f64) -> Self {
         // Four partial sums each (independent chains): the error bound below holds for
         // any order of summation.
         const LANES: usize = 4;
         let (mut s1, mut s2, mut abs1) = ([0.0; LANES], [0.0; LANES], [0.0; LANES]);
-        let chunks = sorted.chunks_exact(LANES);
+        let chunks = keys.chunks_exact(LANES);
         let rest = chunks.remainder();
         for chunk in chunks {
             for lane in 0..LANES {
-                let y = chunk[lane] - sums.shift;
+                let y = f64::from(from_key(chunk[lane])) - shift;
                 s1[lane] += y;
                 s2[lane] += y * y;
                 abs1[lane] += y.abs();
             }
         }
-        for &v in rest {
-            let y = v - sums.shift;
+        for &k in rest {
+            let y = f64::from(from_key(k)) - shift;
             s1[0] += y;
             s2[0] += y * y;
             abs1[0] += y.abs();
         }
         let total = |p: [f64; LANES]| (p[0] + p[1]) + (p[2] + p[3]);
-        (sums.s1, sums.s2, sums.abs1) = (total(s1), total(s2), total(abs1));
-        sums.abs2 = sums.s2;
-        sums.n = sorted.len() as f64;
-        sums.terms = sums.n;
-        sums
+        let n = keys.len() as f64;
+        RunningSums {
+            shift,
+            n,
+            s1: total(s1),
+            s2: total(s2),
+            abs1: total(abs1),
+            abs2: total(s2),
+            terms: n,
+        }
     }
 
-    fn remove(&mut self, values: &[f64]) {
-        for &v in values {
-            let y = v - self.shift;
+    fn remove(&mut self, keys: &[u32]) {
+        for &k in keys {
+            let y = f64::from(from_key(k)) - self.shift;
             self.s1 -= y;
             self.s2 -= y * y;
         }
-        self.n -= values.len() as f64;
-        self.terms += values.len() as f64;
+        self.n -= keys.len() as f64;
+        self.terms += keys.len() as f64;
     }
 
-    /// The population std of the range, and a bound on how far the clipping bounds
-    /// `centre +- 3 std` from it can lie from those from the exact two-pass std (None when
-    /// the bound is not small against the std: the round then takes the exact std).
-    fn std(&self, centre: f64) -> Option<(f64, f64)> {
+    /// The population std of the range, within a bound of the exact two-pass std (None
+    /// when the bound is not small against the std: the caller then takes the exact std).
+    fn spread(&self) -> Option<Spread> {
         const U: f64 = f64::EPSILON;
         // Each sum's rounding error: at most (terms + 2) u times the sum of the absolute
         // values of its terms (sequential summation), doubled for the shift and squares.
@@ -315,21 +511,11 @@ impl RunningSums {
         if var.is_nan() || var <= 16.0 * var_err {
             return None;
         }
-        let spread = var.sqrt();
-        // |sqrt(x) - sqrt(y)| <= |x - y| / sqrt(min(x, y)), and min >= var - var_err.
-        let spread_err = var_err / (var - var_err).sqrt();
-        let slack = CLIP_SIGMA * spread_err + 8.0 * U * (centre.abs() + CLIP_SIGMA * spread);
-        Some((spread, slack))
-    }
-}
-
-/// numpy's median of sorted values: the middle one, or the mean of the two middle ones.
-fn sorted_median(sorted: &[f64]) -> f64 {
-    let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        let estimate = var.sqrt();
+        // |sqrt(x) - sqrt(y)| <= |x - y| / sqrt(min(x, y)), and min >= var - var_err; then
+        // the rounding of both square roots, and of the bounds made from this one.
+        let err = var_err / (var - var_err).sqrt() + 8.0 * U * estimate;
+        Some(Spread { estimate, err })
     }
 }
 
@@ -351,54 +537,51 @@ fn from_key(k: u32) -> f32 {
     })
 }
 
-/// Radix sort digits: 11, 11 and 10 bits (three passes over the keys, not four).
+/// Radix digits: 11, 11 and 10 bits. The top one (sign, exponent and one mantissa bit: a
+/// half octave of values) groups the keys; the two lower ones sort a large group.
 const RADIX_BITS: u32 = 11;
-const RADIX_PASSES: usize = 3;
 const RADIX_BUCKETS: usize = 1 << RADIX_BITS;
+const TOP_PASS: usize = 2;
+/// Groups: the values of the top digit (10 bits).
+const TOP_GROUPS: usize = 1 << (32 - RADIX_BITS as usize * TOP_PASS);
 
 fn radix_digit(key: u32, pass: usize) -> usize {
     ((key >> (RADIX_BITS as usize * pass)) as usize) & (RADIX_BUCKETS - 1)
 }
 
-/// LSD radix sort given the histograms of every digit (counted while the keys were made);
-/// a pass where every key has the same digit is skipped.
-fn radix_sort(
-    keys: &mut Vec<u32>,
-    tmp: &mut Vec<u32>,
-    counts: &[[u32; RADIX_BUCKETS]; RADIX_PASSES],
-) {
+fn top_digit(key: u32) -> usize {
+    radix_digit(key, TOP_PASS)
+}
+
+/// Sorts keys that share their top digit: a comparison sort for a few, else an LSD radix
+/// sort on the two lower digits (a pass where every key has the same digit is skipped).
+fn sort_lower_digits(keys: &mut [u32], tmp: &mut Vec<u32>) {
+    const SMALL: usize = 512;
+    if keys.len() <= SMALL {
+        keys.sort_unstable();
+        return;
+    }
     tmp.clear();
     tmp.resize(keys.len(), 0);
-    let n = u32::try_from(keys.len()).unwrap_or(u32::MAX);
-    for (pass, c) in counts.iter().enumerate() {
-        if c.contains(&n) {
+    for pass in 0..TOP_PASS {
+        let mut next = [0u32; RADIX_BUCKETS];
+        for &k in keys.iter() {
+            next[radix_digit(k, pass)] += 1;
+        }
+        if next.iter().any(|&c| c as usize == keys.len()) {
             continue;
         }
-        let mut next = [0u32; RADIX_BUCKETS];
         let mut sum = 0;
-        for (slot, &count) in next.iter_mut().zip(c) {
-            *slot = sum;
-            sum += count;
+        for slot in &mut next {
+            (*slot, sum) = (sum, sum + *slot);
         }
         for &k in keys.iter() {
             let bucket = radix_digit(k, pass);
             tmp[next[bucket] as usize] = k;
             next[bucket] += 1;
         }
-        std::mem::swap(keys, tmp);
+        keys.copy_from_slice(tmp);
     }
-}
-
-/// The histograms [`radix_sort`] needs, for keys that were not counted as they were made.
-#[cfg(test)]
-fn radix_counts(keys: &[u32]) -> [[u32; RADIX_BUCKETS]; RADIX_PASSES] {
-    let mut counts = [[0u32; RADIX_BUCKETS]; RADIX_PASSES];
-    for &k in keys {
-        for (pass, c) in counts.iter_mut().enumerate() {
-            c[radix_digit(k, pass)] += 1;
-        }
-    }
-    counts
 }
 
 /// Population standard deviation (ddof 0) with numpy's two-pass formula and pairwise sums.
@@ -466,11 +649,7 @@ mod tests {
         //   a[(x + y*3) % 1009 == 0] = 40; a[145:155, 140:160] = 5 + (x[145:155, 140:160] - 140) * 0.25
         //   a[(x*7 + y*13) % 997 == 0] = np.nan
         //   sigma_clipped_stats(a.astype(np.float64), sigma=3, maxiters=5)[2]
-        let std = clipped_std(
-            synthetic().as_slice().expect("contiguous"),
-            &mut Scratch::default(),
-        )
-        .expect("finite values");
+        let std = sigma_clipped_std(&synthetic()).expect("finite values");
         assert!(
             (std - ASTROPY_STD).abs() < 1e-12,
             "{std} vs astropy {ASTROPY_STD}"
@@ -479,25 +658,42 @@ mod tests {
     const ASTROPY_STD: f64 = 0.2915404253795988;
 
     #[test]
-    fn sorting_median_and_std_follow_numpy() {
+    fn ranks_median_and_std_follow_numpy() {
+        // Many values in one group (sorted by radix), few in others (comparison sort).
         let values: Vec<f32> = (0..5000u32)
             .map(|i| ((i.wrapping_mul(2_654_435_761) % 20011) as f32 - 10005.0) * 1.7e-3)
-            .chain([-0.0, 0.0, 1e-30, -1e30])
+            .chain([-0.0, 0.0, 1e-30, -1e30, f32::NAN, f32::INFINITY])
+            .chain((0..3000u32).map(|i| 1.0 + (i.wrapping_mul(40_503) % 3001) as f32 * 1e-4))
             .collect();
-        let mut keys: Vec<u32> = values.iter().map(|&v| sort_key(v)).collect();
-        let counts = radix_counts(&keys);
-        radix_sort(&mut keys, &mut Vec::new(), &counts);
-        let sorted: Vec<f32> = keys.iter().map(|&k| from_key(k)).collect();
-        let mut expected = values.clone();
+        let mut expected: Vec<f32> = values.iter().copied().filter(|v| v.is_finite()).collect();
         expected.sort_by(f32::total_cmp);
-        assert!(
-            sorted
-                .iter()
-                .zip(&expected)
-                .all(|(a, b)| a.to_bits() == b.to_bits())
+        let expected: Vec<f64> = expected.into_iter().map(|v| f64::from(v + 0.0)).collect();
+        let mut set = Scratch::default();
+        assert_eq!(set.group(&values), expected.len());
+        // Ranks read in an order that sorts groups one by one.
+        for rank in (0..expected.len())
+            .rev()
+            .step_by(7)
+            .chain(0..expected.len())
+        {
+            assert_eq!(
+                set.select(rank).to_bits(),
+                expected[rank].to_bits(),
+                "rank {rank}"
+            );
+        }
+        for x in [-1e31, -1.0, -0.0, 0.0, 1e-30, 1.0, 1.0001, 1.2, 3.0, 1e31] {
+            let below = expected.iter().filter(|&&v| v < x).count();
+            let up_to = expected.iter().filter(|&&v| v <= x).count();
+            assert_eq!(set.count_below(key_at_or_above(x)), below, "< {x}");
+            assert_eq!(set.count_below(key_above(x)), up_to, "<= {x}");
+        }
+        assert_eq!(set.median(0, 3), expected[1]);
+        assert_eq!(set.median(0, 4), (expected[1] + expected[2]) / 2.0);
+        assert_eq!(
+            set.exact_std(0, expected.len()).to_bits(),
+            population_std(&expected).to_bits()
         );
-        assert_eq!(sorted_median(&[1.0, 2.0, 3.0]), 2.0);
-        assert_eq!(sorted_median(&[1.0, 2.0, 3.0, 4.0]), 2.5);
         let v: Vec<f64> = (0..1000).map(|i| (i as f64 * 0.37).sin()).collect();
         let naive_mean = v.iter().sum::<f64>() / 1000.0;
         let naive = (v.iter().map(|x| (x - naive_mean).powi(2)).sum::<f64>() / 1000.0).sqrt();
@@ -505,8 +701,18 @@ mod tests {
         assert_eq!(pairwise_sum(&[1.0; 1001], |x| x), 1001.0);
     }
 
-    /// The clipping as first written: a comparison sort, then the same rounds. The radix
-    /// sort and the fused passes must give the same bits on real and synthetic windows.
+    /// numpy's median of sorted values: the middle one, or the mean of the two middle ones.
+    fn sorted_median(sorted: &[f64]) -> f64 {
+        let n = sorted.len();
+        if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        }
+    }
+
+    /// The clipping as first written: a comparison sort, then the same rounds. The grouped
+    /// ranks and the running sums must give the same bits on real and synthetic windows.
     fn reference_clipped_std(pixels: &Array2<f32>) -> Option<f64> {
         let mut sorted: Vec<f32> = pixels.iter().copied().filter(|v| v.is_finite()).collect();
         if sorted.is_empty() {
@@ -574,13 +780,67 @@ mod tests {
             ));
         }
         EXACT_ROUNDS.set(0);
+        EXACT_FINALS.set(0);
         for (k, window) in windows.iter().enumerate() {
+            let theirs = reference_clipped_std(window);
             let ours = sigma_clipped_std(window).map(f64::to_bits);
-            let theirs = reference_clipped_std(window).map(f64::to_bits);
-            assert_eq!(ours, theirs, "window {k}");
+            assert_eq!(ours, theirs.map(f64::to_bits), "window {k}");
+            // What `prepare` makes from the std's bounds is what the exact std makes.
+            let std = theirs.expect("finite pixels");
+            let threshold = THRESHOLD_SIGMA * std;
+            match prepare(window) {
+                Ok(p) => {
+                    assert_eq!((p.rms, p.threshold), (std as f32, threshold as f32));
+                    let crop = model_crop(window).expect("crop");
+                    assert!(
+                        crop.iter()
+                            .zip(&p.emission)
+                            .all(|(&v, &on)| on == (f64::from(v) > threshold)),
+                        "window {k}"
+                    );
+                }
+                Err(e) => assert!(e.detail.ends_with(&format!("({threshold:e})")), "{e:?}"),
+            }
+            if k == 19 {
+                // The real windows: their crops were decided by the bounds alone.
+                assert_eq!(EXACT_FINALS.get(), 0);
+            }
         }
         // The rounds before the last took their bounds from the running sums.
         assert_eq!(EXACT_ROUNDS.get(), 0);
+    }
+
+    #[test]
+    fn bounds_that_could_decide_otherwise_are_refused() {
+        let crop = Array2::from_shape_fn((MODEL_SIZE, MODEL_SIZE), |(y, x)| {
+            if (y, x) == (3, 4) { 3.0 } else { 0.5 }
+        });
+        let inexact = Spread {
+            estimate: 1.0,
+            err: 1e-9,
+        };
+        // A pixel between the bounds' thresholds (2.999999997 .. 3.000000003).
+        assert!(keep_emission(crop.view(), inexact).is_none());
+        // The exact std decides it (3.0 is not above 3 x 1.0).
+        let (emission, kept) = keep_emission(crop.view(), Spread::exact(1.0)).expect("exact");
+        assert!(!emission.iter().any(|&on| on) && kept.iter().all(|&v| v == 0.0));
+        // Nothing between the bounds' thresholds: decided, as the exact std would.
+        let (emission, _) = keep_emission(
+            crop.view(),
+            Spread {
+                estimate: 0.9,
+                err: 1e-9,
+            },
+        )
+        .expect("decided");
+        assert_eq!(emission.iter().filter(|&&on| on).count(), 1);
+        // Bounds on either side of a float32 rounding boundary: the recorded std is unknown.
+        let midpoint = 1.0 + f64::from(f32::EPSILON) / 2.0;
+        let straddling = Spread {
+            estimate: midpoint,
+            err: 1e-12,
+        };
+        assert!(keep_emission(crop.view(), straddling).is_none());
     }
 
     #[test]
