@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Offline A/B: `radiogate classify` variants alternated over the same items in one sitting,
 # so that a change is compared with what it replaces under the same load. Prints each
-# variant's median items/s (wall time, start-up included) and checks that every variant
+# variant's median items/s (wall time, start-up included) and CPU time (user + system) per
+# item, the measure that load on a shared machine disturbs least, and checks that every variant
 # wrote the same results (all but timestamps and timings).
 #
 #   scripts/bench/ab.sh old=/tmp/radiogate-old new=target/release/radiogate \
@@ -31,9 +32,11 @@ for r in $(seq "$ROUNDS"); do
     name="${spec%%=*}" bin="${spec#*=}"
     start=$(date +%s.%N)
     # shellcheck disable=SC2086 # $envs is a list of VAR=VALUE words
-    env $envs "$bin" classify --quiet --out "$OUT/$name-$r.jsonl" "$OUT/items" 2>>"$OUT/$name.log"
+    env $envs /usr/bin/time -f '%U %S' -o "$OUT/cpu.txt" \
+      "$bin" classify --quiet --out "$OUT/$name-$r.jsonl" "$OUT/items" 2>>"$OUT/$name.log"
     end=$(date +%s.%N)
-    echo "{\"variant\":\"$name\",\"round\":$r,\"items\":$items,\"start\":$start,\"end\":$end}" >>"$OUT/rounds.jsonl"
+    read -r user sys <"$OUT/cpu.txt"
+    echo "{\"variant\":\"$name\",\"round\":$r,\"items\":$items,\"start\":$start,\"end\":$end,\"user_s\":$user,\"sys_s\":$sys}" >>"$OUT/rounds.jsonl"
   done
 done
 
@@ -54,8 +57,11 @@ def results(path):
 reference = results(out / f"{names[0]}-1.jsonl")
 for name in names:
     rates = [r["items"] / (r["end"] - r["start"]) for r in rows if r["variant"] == name]
+    cpu = [1000 * (r["user_s"] + r["sys_s"]) / r["items"] for r in rows if r["variant"] == name]
     same = all(results(p) == reference for p in sorted(out.glob(f"{name}-*.jsonl")))
     print(f"{name}: median {statistics.median(rates):.1f} items/s over {len(rates)} rounds "
-          f"({', '.join(f'{x:.1f}' for x in rates)}); results {'identical' if same else 'DIFFER'}")
+          f"({', '.join(f'{x:.1f}' for x in rates)}); CPU per item median "
+          f"{statistics.median(cpu):.3f} ms ({', '.join(f'{x:.3f}' for x in cpu)}); "
+          f"results {'identical' if same else 'DIFFER'}")
 EOF
 echo "ab: load at end: $(uptime | sed 's/.*load/load/')" | tee -a "$OUT/summary.txt"
