@@ -171,13 +171,19 @@ fn cut_file(
     path: &Path,
     det: &proto::SourceDetection,
 ) -> Result<Result<Cutout, ItemError>, OpenError> {
-    let mut file = File::open(path)?;
-    if file.metadata()?.len() > READ_LIMIT {
+    let file = File::open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        // A device or a pipe would be read without end.
+        return Err(FitsError::NotFits("not a regular file".into()).into());
+    }
+    if metadata.len() > READ_LIMIT {
         return Ok(Image::map(&file, path)?.cut_for(det));
     }
     FILE_BYTES.with_borrow_mut(|bytes| {
         bytes.clear();
-        file.read_to_end(bytes)?;
+        // Bounded even if the file grew since.
+        file.take(READ_LIMIT).read_to_end(bytes)?;
         if bytes.is_empty() {
             return Err(FitsError::NotFits("empty file".into()).into());
         }

@@ -580,3 +580,45 @@ fn window_start_rounds_halves_up_within_tolerance() {
     assert_eq!(window_start(149.9999), 0); // 0.4999 -> 0
     assert_eq!(window_start(16.0), -133);
 }
+
+#[test]
+fn files_by_path_are_read_or_mapped_by_size_and_odd_paths_are_rejected() {
+    let cutter = no_mosaics();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Below and above the size up to which files are read rather than mapped: both cut
+    // what the same bytes sent inline cut.
+    for n in [64, 1100] {
+        let data: Vec<u8> = (0..n * n)
+            .flat_map(|i| ((i % 977) as f32 * 0.25).to_be_bytes())
+            .collect();
+        let bytes = small_image(-32, &tan_wcs(n), &data, n);
+        assert_eq!(bytes.len() as u64 > super::READ_LIMIT, n == 1100);
+        let path = dir.path().join(format!("{n}.fits"));
+        std::fs::write(&path, &bytes).expect("written");
+        let by_path = cutter.cut(&at_centre(path_pixels(&path))).expect("cuts");
+        let inline = cutter
+            .cut(&at_centre(Pixels::FitsCutout(bytes)))
+            .expect("cuts");
+        assert!(
+            by_path
+                .pixels
+                .iter()
+                .zip(&inline.pixels)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "side {n}"
+        );
+        assert_eq!(by_path.provenance.x0, inline.provenance.x0);
+    }
+    let empty = dir.path().join("empty.fits");
+    std::fs::write(&empty, b"").expect("written");
+    for path in [empty.as_path(), dir.path(), Path::new("/dev/zero")] {
+        let e = reject(&cutter, &at_centre(path_pixels(path)));
+        assert_eq!(
+            e.reason,
+            RejectReason::BadFits,
+            "{}: {}",
+            path.display(),
+            e.detail
+        );
+    }
+}
