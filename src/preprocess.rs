@@ -240,13 +240,8 @@ impl Clipped<'_> {
 /// (rare) the round takes the exact std. So the kept values are those of exact rounds, and
 /// their std is returned as bounds around the exact one, for the caller to decide with.
 fn clip<'s>(values: &[f32], set: &'s mut Scratch) -> Option<Clipped<'s>> {
-    let n = set.group(values);
-    if n == 0 {
-        return None;
-    }
-    let shift = set.median(0, n);
-    let mut sums = RunningSums::new(&set.keys, shift);
-    let (mut a, mut b) = (0, n);
+    let mut sums = set.group(values)?;
+    let (mut a, mut b) = (0, set.keys.len());
     let spread = 'rounds: {
         for _ in 0..CLIP_MAXITERS {
             let centre = set.median(a, b);
@@ -311,8 +306,8 @@ struct Scratch {
 }
 
 impl Scratch {
-    /// Groups the keys of the finite `values`; returns how many there are.
-    fn group(&mut self, values: &[f32]) -> usize {
+    /// Groups the keys of the finite `values`; returns their sums (None when there are none).
+    fn group(&mut self, values: &[f32]) -> Option<RunningSums> {
         // The keys written through a plain slice (a `Vec::push` per key reloads and
         // stores the vector's header each time).
         self.tmp.resize(values.len(), 0);
@@ -338,14 +333,33 @@ impl Scratch {
             self.starts.push(sum);
         }
         self.keys.resize(n, 0);
-        for &k in &self.tmp[..n] {
-            let d = top_digit(k);
-            self.keys[next[d] as usize] = k;
-            next[d] += 1;
-        }
         self.sorted.clear();
         self.sorted.resize(TOP_GROUPS, false);
-        n
+        if n == 0 {
+            return None;
+        }
+        // The sums of the first round are taken in the same pass (the arithmetic hides in
+        // the placing's wait), shifted against cancellation by a value of the median's
+        // group: within a half octave of the median.
+        let low_key = (self.group_of(n / 2) as u32) << (RADIX_BITS as usize * TOP_PASS);
+        let mut sums = LaneSums::new(f64::from(from_key(low_key)));
+        let keys = self.keys.as_mut_slice();
+        let mut place = |lane: usize, k: u32| {
+            let d = top_digit(k);
+            keys[next[d] as usize] = k;
+            next[d] += 1;
+            sums.add(lane, k);
+        };
+        let chunks = self.tmp[..n].chunks_exact(LANES);
+        for &k in chunks.remainder() {
+            place(0, k);
+        }
+        for chunk in chunks {
+            for (lane, &k) in chunk.iter().enumerate() {
+                place(lane, k);
+            }
+        }
+        Some(sums.finish(n))
     }
 
     /// The group that holds `rank` (< the number of keys).
@@ -432,9 +446,8 @@ fn key_above(x: f64) -> u64 {
     if f64::from(y) > x { k } else { k + 1 }
 }
 
-/// Sums of a range's values (shifted by the whole set's median, against cancellation),
-/// kept as the whole set's sums less the tails clipped so far, with what bounds their
-/// rounding error.
+/// Sums of a range's values (shifted, against cancellation), kept as the whole set's sums
+/// less the tails clipped so far, with what bounds their rounding error.
 struct RunningSums {
     shift: f64,
     n: f64,
@@ -447,40 +460,6 @@ struct RunningSums {
 }
 
 impl RunningSums {
-    fn new(keys: &[u32], shift: f64) -> Self {
-        // Four partial sums each (independent chains): the error bound below holds for
-        // any order of summation.
-        const LANES: usize = 4;
-        let (mut s1, mut s2, mut abs1) = ([0.0; LANES], [0.0; LANES], [0.0; LANES]);
-        let chunks = keys.chunks_exact(LANES);
-        let rest = chunks.remainder();
-        for chunk in chunks {
-            for lane in 0..LANES {
-                let y = f64::from(from_key(chunk[lane])) - shift;
-                s1[lane] += y;
-                s2[lane] += y * y;
-                abs1[lane] += y.abs();
-            }
-        }
-        for &k in rest {
-            let y = f64::from(from_key(k)) - shift;
-            s1[0] += y;
-            s2[0] += y * y;
-            abs1[0] += y.abs();
-        }
-        let total = |p: [f64; LANES]| (p[0] + p[1]) + (p[2] + p[3]);
-        let n = keys.len() as f64;
-        RunningSums {
-            shift,
-            n,
-            s1: total(s1),
-            s2: total(s2),
-            abs1: total(abs1),
-            abs2: total(s2),
-            terms: n,
-        }
-    }
-
     fn remove(&mut self, keys: &[u32]) {
         for &k in keys {
             let y = f64::from(from_key(k)) - self.shift;
@@ -516,6 +495,49 @@ impl RunningSums {
         // the rounding of both square roots, and of the bounds made from this one.
         let err = var_err / (var - var_err).sqrt() + 8.0 * U * estimate;
         Some(Spread { estimate, err })
+    }
+}
+
+/// Independent chains of the whole set's sums (`LANES` of each, so that no addition waits
+/// for the one before): the error bound of [`RunningSums`] holds for any order of summation.
+const LANES: usize = 4;
+
+struct LaneSums {
+    shift: f64,
+    s1: [f64; LANES],
+    s2: [f64; LANES],
+    abs1: [f64; LANES],
+}
+
+impl LaneSums {
+    fn new(shift: f64) -> Self {
+        LaneSums {
+            shift,
+            s1: [0.0; LANES],
+            s2: [0.0; LANES],
+            abs1: [0.0; LANES],
+        }
+    }
+
+    fn add(&mut self, lane: usize, key: u32) {
+        let y = f64::from(from_key(key)) - self.shift;
+        self.s1[lane] += y;
+        self.s2[lane] += y * y;
+        self.abs1[lane] += y.abs();
+    }
+
+    fn finish(self, n: usize) -> RunningSums {
+        let total = |p: [f64; LANES]| (p[0] + p[1]) + (p[2] + p[3]);
+        let n = n as f64;
+        RunningSums {
+            shift: self.shift,
+            n,
+            s1: total(self.s1),
+            s2: total(self.s2),
+            abs1: total(self.abs1),
+            abs2: total(self.s2),
+            terms: n,
+        }
     }
 }
 
@@ -669,7 +691,8 @@ mod tests {
         expected.sort_by(f32::total_cmp);
         let expected: Vec<f64> = expected.into_iter().map(|v| f64::from(v + 0.0)).collect();
         let mut set = Scratch::default();
-        assert_eq!(set.group(&values), expected.len());
+        assert!(set.group(&values).is_some());
+        assert_eq!(set.keys.len(), expected.len());
         // Ranks read in an order that sorts groups one by one.
         for rank in (0..expected.len())
             .rev()
