@@ -311,25 +311,34 @@ impl Scratch {
         // The keys written through a plain slice (a `Vec::push` per key reloads and
         // stores the vector's header each time).
         self.tmp.resize(values.len(), 0);
-        let mut counts = [0u32; TOP_GROUPS];
+        let mut counts = [[0u32; TOP_GROUPS]; LANES];
         let mut n = 0;
         let tmp = self.tmp.as_mut_slice();
-        for &v in values {
+        let mut key = |lane: usize, v: f32| {
             if v.is_finite() {
                 // -0.0 becomes 0.0: an equal value, so one key for both.
                 let k = sort_key(v + 0.0);
-                counts[top_digit(k)] += 1;
+                counts[lane][top_digit(k)] += 1;
                 tmp[n] = k;
                 n += 1;
+            }
+        };
+        let chunks = values.chunks_exact(LANES);
+        for &v in chunks.remainder() {
+            key(0, v);
+        }
+        for chunk in chunks {
+            for (lane, &v) in chunk.iter().enumerate() {
+                key(lane, v);
             }
         }
         self.starts.clear();
         self.starts.push(0);
         let mut next = [0u32; TOP_GROUPS];
         let mut sum = 0;
-        for (slot, &count) in next.iter_mut().zip(&counts) {
+        for (d, slot) in next.iter_mut().enumerate() {
             *slot = sum;
-            sum += count;
+            sum += counts.iter().map(|c| c[d]).sum::<u32>();
             self.starts.push(sum);
         }
         self.keys.resize(n, 0);
