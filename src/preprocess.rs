@@ -232,7 +232,7 @@ impl Clipped<'_> {
 /// middle of a range of ranks, a std over that range, and two counts for the new bounds.
 /// The result is the same set arithmetic as astropy's, with the std of the sorted values
 /// kept (parity on the MiraBest test set: 157 of 157 images identical). Ranks need no full
-/// sort ([`Scratch::group`]): the few buckets that a median or a bound falls in are sorted.
+/// sort ([`Scratch::group`]): the few groups that a median or a bound falls in are sorted.
 ///
 /// The stds come from running sums (the whole set's, less what each round clips), with an
 /// error bound: where no value lies within that bound of either clipping bound, the exact
@@ -290,9 +290,10 @@ thread_local! {
 }
 
 /// The finite pixels by rank, without a full sort: one pass makes their order-preserving
-/// keys and counts them by top digit, a second groups them by it (a bucket sort); a bucket
-/// is sorted only when a rank or a bound falls in it. Clipping reads a few ranks (medians)
-/// and counts below a few bounds: a few small buckets near the median and the bounds.
+/// keys and counts them by top digit, a second places them in groups by it (a bucket
+/// sort); a group is sorted only when a rank or a bound falls in it. Clipping reads a few
+/// ranks (medians) and counts below a few bounds: a few small groups near the median and
+/// the bounds.
 #[derive(Default)]
 struct Scratch {
     /// The keys, grouped by top digit (ascending), each group sorted once `sorted` says so.
