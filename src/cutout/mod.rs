@@ -9,9 +9,10 @@
 //! [`ItemError`] with its `RejectReason` (never a panic). It does not preprocess, batch or
 //! know any other stage.
 //!
-//! Plain images are memory-mapped and read straight from the byte slice (`fits.rs`), the
-//! same path that serves inline bytes; tile-compressed images go through CFITSIO
-//! (`compressed.rs`); the WCS is checked and evaluated in `wcs.rs`; the index in `index.rs`.
+//! Plain images are read straight from their bytes (`fits.rs`): inline bytes, a mosaic's
+//! memory map, or a detection's own file, read into a per-thread buffer (mapped when
+//! large); tile-compressed images go through CFITSIO (`compressed.rs`); the WCS is checked
+//! and evaluated in `wcs.rs`; the index in `index.rs`.
 
 mod compressed;
 mod fits;
