@@ -432,7 +432,10 @@ mod tests {
             properties: BTreeMap::from([
                 ("enable.auto.commit".to_string(), "true".to_string()),
                 ("session.timeout.ms".to_string(), "6000".to_string()),
-                ("max.partition.fetch.bytes".to_string(), "1048576".to_string()),
+                (
+                    "max.partition.fetch.bytes".to_string(),
+                    "1048576".to_string(),
+                ),
             ]),
         };
         let properties = consumer_properties(&config);
