@@ -58,7 +58,7 @@ pub enum Command {
     /// Run the pipeline named by a configuration file until its source ends or a signal.
     Run(RunArgs),
     /// Load and validate a configuration file (with environment overrides), print the
-    /// resolved configuration, and exit.
+    /// resolved configuration (secret-looking values redacted), and exit.
     CheckConfig(CheckConfigArgs),
     /// Send SourceDetection messages (key: source id) from FITS files or a catalogue to a
     /// Kafka topic: how to feed a test stream.

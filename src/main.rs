@@ -113,10 +113,11 @@ fn load(cli: &Cli) -> anyhow::Result<Option<(Config, bool)>> {
         Command::Classify(args) => (cli::classify_config(args)?, args.quiet),
         Command::Run(args) => (cli::file_config(&args.config)?, true),
         Command::CheckConfig(args) => {
-            config::load(Some(&args.config), std::env::vars()).with_context(|| {
+            let config = config::load(Some(&args.config), std::env::vars()).with_context(|| {
                 format!("{} is not a valid configuration", args.config.display())
             })?;
-            println!("{}: ok", args.config.display());
+            // Secret-looking property values are redacted by `Debug`.
+            println!("{}: ok\n{config:#?}", args.config.display());
             return Ok(None);
         }
         Command::Publish(_) | Command::Explain(_) => return Ok(None),

@@ -306,3 +306,40 @@ fn shutdown_stops_intake_and_drains_what_was_taken() {
     let records = common::read(&out);
     assert_eq!(records.len() as u64, summary.classified + summary.rejected);
 }
+
+#[test]
+fn check_config_prints_the_resolved_configuration_and_refuses_a_bad_field() {
+    let run = |env: &[(&str, &str)]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_radiogate"))
+            .args(["check-config", "config/kafka-worker.toml"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .envs(env.iter().copied())
+            .output()
+            .expect("radiogate runs")
+    };
+    let ok = run(&[
+        ("RADIOGATE__BATCH__MAX_BATCH", "8"),
+        (
+            "RADIOGATE__SOURCE__PROPERTIES",
+            r#"{ "sasl.password" = "hunter2", "fetch.wait.max.ms" = "250" }"#,
+        ),
+    ]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{stdout}");
+    assert!(
+        stdout.starts_with("config/kafka-worker.toml: ok"),
+        "{stdout}"
+    );
+    // The environment's overrides, the secret redacted.
+    assert!(stdout.contains("max_batch: 8"), "{stdout}");
+    assert!(stdout.contains(r#""fetch.wait.max.ms": "250""#), "{stdout}");
+    assert!(
+        stdout.contains("<redacted>") && !stdout.contains("hunter2"),
+        "{stdout}"
+    );
+
+    let bad = run(&[("RADIOGATE__BATCH__MAX_BATCH", "0")]);
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("batch.max_batch"), "{stderr}");
+}
