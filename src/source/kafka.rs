@@ -75,8 +75,8 @@ pub fn consumer_properties(config: &KafkaSourceConfig) -> Vec<(String, String)> 
         ("auto.offset.reset", "earliest"),
         ("enable.partition.eof", "false"),
         // An inline 300x300 float32 cutout is about 360 KB: fetch up to 8 MB (~22 of them) a
-        // request, also from one partition (librdkafka's 1 MB per partition meant a request
-        // for every two or three: twice the broker's CPU per item, BENCHMARKS.md).
+        // request, also from one partition (librdkafka's 1 MB per partition means a request
+        // for every two or three; BENCHMARKS.md: 11-19% less broker CPU per item).
         ("fetch.max.bytes", "8388608"),
         ("max.partition.fetch.bytes", "8388608"),
         ("queued.max.messages.kbytes", "16384"),
