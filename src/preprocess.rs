@@ -312,6 +312,8 @@ impl Scratch {
         // The keys written through a plain slice (a `Vec::push` per key reloads and
         // stores the vector's header each time).
         self.tmp.resize(values.len(), 0);
+        // One count table per position modulo `LANES`: neighbouring pixels mostly share a
+        // group, and their increments would otherwise wait on each other.
         let mut counts = [[0u32; TOP_GROUPS]; LANES];
         let mut n = 0;
         let tmp = self.tmp.as_mut_slice();
@@ -508,8 +510,9 @@ impl RunningSums {
     }
 }
 
-/// Independent chains of the whole set's sums (`LANES` of each, so that no addition waits
-/// for the one before): the error bound of [`RunningSums`] holds for any order of summation.
+/// Independent chains (of the group counts, and of the whole set's sums) so that no update
+/// waits for the one before; the error bound of [`RunningSums`] holds for any order of
+/// summation.
 const LANES: usize = 4;
 
 struct LaneSums {
