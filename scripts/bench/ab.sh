@@ -8,7 +8,8 @@
 #   scripts/bench/ab.sh old=/tmp/radiogate-old new=target/release/radiogate \
 #       'one-worker=target/release/radiogate RADIOGATE__CUTOUT__WORKERS=1'
 #
-# A variant is NAME=BINARY, then any VAR=VALUE words for its environment.
+# A variant is NAME=BINARY, then any VAR=VALUE words for its environment. Needs GNU time
+# (/usr/bin/time, Debian package `time`).
 # Environment: ROUNDS (5), COPIES (32 -> 5,024 items), CUTOUTS (the MiraBest test cutouts),
 # OUT (out/ab/<UTC time>).
 set -euo pipefail
