@@ -160,8 +160,9 @@ impl Cutter {
 /// Files up to this size that a detection names are read into a buffer each thread
 /// reuses, not mapped: for a cutout (360 KB for FIRST's 300x300) one copy costs less than
 /// mapping it, faulting its pages in and unmapping it, which also interrupts the other
-/// cores to flush their TLBs. Larger files are mapped, as mosaics are.
-const READ_LIMIT: u64 = 4 << 20;
+/// cores to flush their TLBs. Larger files are mapped, as mosaics are, so a thread keeps at
+/// most this much.
+const READ_LIMIT: u64 = 1 << 20;
 
 thread_local! {
     static FILE_BYTES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -172,7 +173,7 @@ fn cut_file(
     path: &Path,
     det: &proto::SourceDetection,
 ) -> Result<Result<Cutout, ItemError>, OpenError> {
-    let file = File::open(path)?;
+    let mut file = File::open(path)?;
     let metadata = file.metadata()?;
     if !metadata.is_file() {
         // A device or a pipe would be read without end.
@@ -182,9 +183,10 @@ fn cut_file(
         return Ok(Image::map(&file, path)?.cut_for(det));
     }
     FILE_BYTES.with_borrow_mut(|bytes| {
-        bytes.clear();
-        // Bounded even if the file grew since.
-        file.take(READ_LIMIT).read_to_end(bytes)?;
+        // The length the metadata gave (at most READ_LIMIT), in one read; the old contents
+        // are overwritten, only growth is zeroed.
+        bytes.resize(metadata.len() as usize, 0);
+        file.read_exact(bytes)?;
         if bytes.is_empty() {
             return Err(FitsError::NotFits("empty file".into()).into());
         }
