@@ -29,6 +29,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
 
 QUICK="${QUICK:-0}"
 LONG="${LONG:-0}"
@@ -136,23 +138,6 @@ log "publishing $ITEMS inline detections to $DETECTIONS, and by reference to $RE
 "$RG" publish --brokers "$BROKERS" --topic "$DETECTIONS" --inline "$W/items" 2>>"$OUT/publish.log"
 "$RG" publish --brokers "$BROKERS" --topic "$REFS" "$W/items" 2>>"$OUT/publish.log"
 
-worker_config() { # $1: config path, $2: input topic, $3: group, $4: results topic, $5: dead letters
-  cat >"$1" <<EOF
-[source]
-kind = "kafka"
-brokers = "$BROKERS"
-group_id = "$3"
-topic = "$2"
-
-[sink]
-kind = "kafka"
-brokers = "$BROKERS"
-results_topic = "$4"
-dead_letter_topic = "$5"
-EOF
-  if [[ -n "$SINK_PROPERTIES" ]]; then echo "properties = $SINK_PROPERTIES" >>"$1"; fi
-}
-
 # Runs a command; writes its wall time (s), peak RSS (KB) and CPU time (s, user + system)
 # to $1.
 timed() {
@@ -166,18 +151,7 @@ open(sys.argv[1], "w").write(f"{wall:.3f} {u.ru_maxrss} {u.ru_utime + u.ru_stime
 sys.exit(rc)' "$@"
 }
 
-# Peak (VmHWM) and current (VmRSS) resident memory of a process, in MB.
-rss_mb() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
-# CPU time (s, user + system) of a running process; 0 when there is none.
-cpu_s() {
-  if [[ -n "$1" && -r "/proc/$1/stat" ]]; then
-    awk -v tck="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / tck }' "/proc/$1/stat"
-  else
-    echo 0
-  fi
-}
-# The local test broker's pid (its CPU is counted beside the worker's), if it runs here.
-BROKER_PID="$(cat "vendor/kafka/run-${BROKERS##*:}/broker.pid" 2>/dev/null || true)"
+BROKER_PID="$(broker_pid)"
 
 stop_worker() {
   kill -TERM "$WORKER_PID"

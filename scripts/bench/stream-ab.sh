@@ -12,7 +12,8 @@
 # A variant is NAME=BINARY, then any VAR=VALUE words for its environment (no spaces in a
 # value). Needs the broker (scripts/kafka/broker.sh start). Environment: ROUNDS (3), COPIES
 # (8 -> 1,256 detections), INLINE (1: FITS bytes in each message; 0: by path), CUTOUTS (the
-# MiraBest test cutouts), BROKERS (127.0.0.1:9092), OUT (out/stream-ab/<UTC time>).
+# MiraBest test cutouts), BROKERS (127.0.0.1:9092), SINK_PROPERTIES (as in run.sh), OUT
+# (out/stream-ab/<UTC time>).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
@@ -24,8 +25,11 @@ BROKERS="${BROKERS:-127.0.0.1:9092}"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT="${OUT:-$ROOT/out/stream-ab/$STAMP}"
 RB=target/release/radiogate-bench
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
 [ "$#" -ge 2 ] || { echo "usage: $0 NAME=BINARY [VAR=VALUE ...] NAME=BINARY ..." >&2; exit 2; }
-BROKER_PID="$(pgrep -f 'kafka\.Kafka' | head -1)" || { echo "stream-ab: no broker running" >&2; exit 1; }
+BROKER_PID="$(broker_pid)"
+[ -n "$BROKER_PID" ] || { echo "stream-ab: no local broker (scripts/kafka/broker.sh start)" >&2; exit 1; }
 cargo build --release --quiet --bin radiogate-bench
 
 mkdir -p "$OUT/items"
@@ -43,7 +47,6 @@ publish=(target/release/radiogate publish --brokers "$BROKERS" --topic "$PREFIX.
 "${publish[@]}" "$OUT/items" 2>>"$OUT/publish.log"
 echo "stream-ab: $items detections (inline $INLINE), $ROUNDS rounds, load: $(uptime | sed 's/.*load/load/')" | tee "$OUT/summary.txt"
 
-cpu_s() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; }
 for r in $(seq "$ROUNDS"); do
   for variant in "$@"; do
     read -r spec envs <<<"$variant"
@@ -51,19 +54,7 @@ for r in $(seq "$ROUNDS"); do
     results="$PREFIX.$name-$r"
     TOPICS+=("$results" "$results.dead")
     "$RB" topics --brokers "$BROKERS" "$results:1:logappend" "$results.dead:1"
-    cat >"$OUT/$name-$r.toml" <<EOF
-[source]
-kind = "kafka"
-brokers = "$BROKERS"
-group_id = "$results"
-topic = "$PREFIX.detections"
-
-[sink]
-kind = "kafka"
-brokers = "$BROKERS"
-results_topic = "$results"
-dead_letter_topic = "$results.dead"
-EOF
+    worker_config "$OUT/$name-$r.toml" "$PREFIX.detections" "$results" "$results" "$results.dead"
     broker0="$(cpu_s "$BROKER_PID")"
     # shellcheck disable=SC2086 # $envs is a list of VAR=VALUE words
     env $envs "$bin" run --config "$OUT/$name-$r.toml" 2>>"$OUT/$name.log" &

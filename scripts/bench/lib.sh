@@ -1,0 +1,37 @@
+# shellcheck shell=bash
+# Helpers shared by the benchmark scripts (sourced; they use $BROKERS and, for the worker's
+# `sink.properties`, $SINK_PROPERTIES when set).
+
+# A streaming worker's configuration: $1 config path, $2 input topic, $3 group, $4 results
+# topic, $5 dead letters.
+worker_config() {
+  cat >"$1" <<CONFIG
+[source]
+kind = "kafka"
+brokers = "$BROKERS"
+group_id = "$3"
+topic = "$2"
+
+[sink]
+kind = "kafka"
+brokers = "$BROKERS"
+results_topic = "$4"
+dead_letter_topic = "$5"
+CONFIG
+  if [[ -n "${SINK_PROPERTIES:-}" ]]; then echo "properties = $SINK_PROPERTIES" >>"$1"; fi
+}
+
+# Peak (VmHWM) and current (VmRSS) resident memory of a process, in MB.
+rss_mb() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+
+# CPU time (s, user + system) of a running process; 0 when there is none.
+cpu_s() {
+  if [[ -n "$1" && -r "/proc/$1/stat" ]]; then
+    awk -v tck="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / tck }' "/proc/$1/stat"
+  else
+    echo 0
+  fi
+}
+
+# The local test broker's pid (its CPU is counted beside the worker's), if it runs here.
+broker_pid() { cat "vendor/kafka/run-${BROKERS##*:}/broker.pid" 2>/dev/null || true; }
