@@ -180,7 +180,7 @@ fn cut_file(
         return Err(FitsError::NotFits("not a regular file".into()).into());
     }
     if metadata.len() > READ_LIMIT {
-        return Ok(Image::map(&file, path)?.cut_for(det));
+        return Ok(Image::map(&file, metadata.len(), path)?.cut_for(det));
     }
     FILE_BYTES.with_borrow_mut(|bytes| {
         // The length the metadata gave (at most READ_LIMIT), in one read; the old contents
@@ -225,11 +225,14 @@ struct Image<D> {
 
 impl Image<Mmap> {
     fn open_path(path: &Path) -> Result<Self, OpenError> {
-        Image::map(&File::open(path)?, path)
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Image::map(&file, len, path)
     }
 
-    fn map(file: &File, path: &Path) -> Result<Self, OpenError> {
-        if file.metadata()?.len() == 0 {
+    /// Maps `file` (`len` bytes, as its metadata said).
+    fn map(file: &File, len: u64, path: &Path) -> Result<Self, OpenError> {
+        if len == 0 {
             return Err(FitsError::NotFits("empty file".into()).into());
         }
         // SAFETY: the map is read-only. Mosaics and cutouts are inputs nobody rewrites while
