@@ -50,7 +50,7 @@ use tokio::sync::mpsc;
 
 use crate::ack::{Ack, AckContext, AckError, Acks};
 use crate::batch;
-use crate::config::{Config, DeliveryMode, SinkConfig, SourceConfig};
+use crate::config::{Config, DeliveryMode, Scheduling, SinkConfig, SourceConfig};
 use crate::cutout::{CutoutSetupError, Cutter};
 use crate::domain::{
     Cutout, Detection, ItemError, ModelOutput, Prepared, Rejected, SkyProjection, label_name,
@@ -290,6 +290,29 @@ struct Finish {
     config: Config,
     model: proto::ModelInfo,
     permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// Gives the calling thread the scheduling `policy` (`pipeline.scheduling`); the threads it
+/// starts afterwards inherit it. So the `radiogate` command calls this first, before the
+/// async runtime, ONNX Runtime and librdkafka start threads of their own. Linux only;
+/// elsewhere it does nothing.
+pub fn schedule_threads(policy: Scheduling) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let policy = match policy {
+            Scheduling::Batch => libc::SCHED_BATCH,
+            Scheduling::Normal => libc::SCHED_OTHER,
+        };
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread, and the call only reads `param`, which
+        // outlives it.
+        if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = policy;
+    Ok(())
 }
 
 /// Runs the configured source to its end (or until `shutdown` fires) and writes every
@@ -957,4 +980,30 @@ pub fn rejection(rejected: &Rejected) -> proto::Rejection {
 
 fn micros(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_started_after_scheduling_inherit_the_policy() {
+        let policies = std::thread::spawn(|| {
+            // SAFETY (all three): sched_getscheduler(0) only reads the calling thread's policy.
+            schedule_threads(Scheduling::Batch).expect("SCHED_BATCH needs no privilege");
+            let own = unsafe { libc::sched_getscheduler(0) };
+            let started = std::thread::spawn(|| unsafe { libc::sched_getscheduler(0) })
+                .join()
+                .expect("the started thread reports");
+            schedule_threads(Scheduling::Normal).expect("back to the default");
+            let back = unsafe { libc::sched_getscheduler(0) };
+            (own, started, back)
+        })
+        .join()
+        .expect("the test thread reports");
+        assert_eq!(
+            policies,
+            (libc::SCHED_BATCH, libc::SCHED_BATCH, libc::SCHED_OTHER)
+        );
+    }
 }

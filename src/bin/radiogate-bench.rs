@@ -19,7 +19,8 @@ use clap::{Parser, Subcommand};
 use prost::Message as _;
 
 use radiogate::config::{
-    CutoutConfig, ExecutionProvider, GpuWait, InferenceConfig, ProviderKind, SourceConfig,
+    CutoutConfig, ExecutionProvider, GpuWait, InferenceConfig, ProviderKind, Scheduling,
+    SourceConfig,
 };
 use radiogate::cutout::Cutter;
 use radiogate::infer::Inference;
@@ -68,6 +69,9 @@ struct InferArgs {
     /// How session threads wait for the GPU (inference.gpu_wait).
     #[arg(long, value_enum, default_value = "blocking")]
     gpu_wait: GpuWait,
+    /// The threads' scheduling policy (pipeline.scheduling), the worker's default unless told.
+    #[arg(long, value_enum, default_value = "batch")]
+    scheduling: Scheduling,
 }
 
 /// Creates or deletes topics (`NAME:PARTITIONS`; a `:logappend` suffix makes the broker
@@ -139,6 +143,8 @@ fn ready_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<Vec<f32>>> {
 }
 
 fn infer(args: &InferArgs) -> anyhow::Result<()> {
+    radiogate::pipeline::schedule_threads(args.scheduling)
+        .context("cannot set the scheduling policy")?;
     let images = ready_inputs(&args.inputs)?;
     let rt = tokio::runtime::Runtime::new()?;
     for &sessions in &args.sessions {
