@@ -288,22 +288,24 @@ pub struct PipelineConfig {
     pub queue_capacity: usize,
     /// How long shutdown waits for in-flight work to be delivered.
     pub drain_timeout: Duration,
-    /// The Linux scheduling policy of every thread of the process.
+    /// The Linux scheduling policy of the process's threads.
     pub scheduling: Scheduling,
 }
 
-/// The Linux scheduling policy of the worker's threads (`pipeline.scheduling`); elsewhere
-/// the operating system's default.
+/// The Linux scheduling policy of the worker's threads (`pipeline.scheduling`; the module
+/// `scheduling` says what the policies trade); elsewhere the operating system's default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduling {
-    /// `SCHED_BATCH`: the kernel's policy for throughput work. A thread that wakes (a
-    /// cutout worker handed an item, the sink handed a result) does not preempt a running
-    /// one (inference), so inference loses fewer time slices and caches: 1-2% less CPU
-    /// per item on two busy cores (BENCHMARKS.md). Still fair: every thread keeps its share.
+    /// `batch` while detections queue (a backlog), `normal` while they do not (a live
+    /// stream).
     #[default]
+    Adaptive,
+    /// `SCHED_BATCH` throughout: a thread that wakes does not preempt a running one
+    /// (inference), which keeps its time slices and caches.
     Batch,
-    /// `SCHED_OTHER`, the default: a thread that wakes may preempt a running one at once.
+    /// `SCHED_OTHER` throughout, the kernel's default: a thread that wakes may preempt a
+    /// running one at once.
     Normal,
 }
 
@@ -1383,7 +1385,7 @@ mod tests {
         );
         assert_eq!(config.pipeline.queue_capacity, 64);
         assert_eq!(config.pipeline.drain_timeout, Duration::from_secs(30));
-        assert_eq!(config.pipeline.scheduling, Scheduling::Batch);
+        assert_eq!(config.pipeline.scheduling, Scheduling::Adaptive);
         assert_eq!(
             config.telemetry,
             TelemetryConfig {

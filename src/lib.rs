@@ -18,6 +18,7 @@ pub mod proto;
 pub mod publish;
 pub mod render;
 pub mod report;
+pub mod scheduling;
 pub mod sink;
 pub mod source;
 pub mod summary;

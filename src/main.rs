@@ -38,13 +38,6 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli, &config);
-    if let Err(e) = pipeline::schedule_threads(config.pipeline.scheduling) {
-        tracing::warn!(
-            error = %e,
-            scheduling = ?config.pipeline.scheduling,
-            "pipeline.scheduling: cannot set the threads' scheduling policy; they keep the default"
-        );
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -50,7 +50,7 @@ use tokio::sync::mpsc;
 
 use crate::ack::{Ack, AckContext, AckError, Acks};
 use crate::batch;
-use crate::config::{Config, DeliveryMode, Scheduling, SinkConfig, SourceConfig};
+use crate::config::{Config, DeliveryMode, SinkConfig, SourceConfig};
 use crate::cutout::{CutoutSetupError, Cutter};
 use crate::domain::{
     Cutout, Detection, ItemError, ModelOutput, Prepared, Rejected, SkyProjection, label_name,
@@ -58,6 +58,7 @@ use crate::domain::{
 use crate::infer::{InferError, Inference, StartError};
 use crate::preprocess;
 use crate::proto::{self, RejectReason};
+use crate::scheduling;
 use crate::sink::html::HtmlReport;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::{FileSink, SinkError};
@@ -239,7 +240,30 @@ impl Admitted {
     /// flight are no more than the stages work on at once (a live stream), so their results
     /// are not worth waiting for; a backlog fills the queues far beyond that.
     fn nothing_queued(&self, written: u64) -> bool {
-        self.count.load(Ordering::Relaxed).saturating_sub(written) <= self.at_once
+        self.in_flight(written) <= self.at_once
+    }
+
+    /// Detections taken in whose outcome is not among the `written`.
+    fn in_flight(&self, written: u64) -> u64 {
+        self.count.load(Ordering::Relaxed).saturating_sub(written)
+    }
+}
+
+/// The sink thread's view of the backlog: whether detections queue behind what it has
+/// written, and the threads' scheduling policy, which follows it (`pipeline.scheduling`).
+struct Backlog {
+    admitted: Arc<Admitted>,
+    scheduling: Option<scheduling::Adaptive>,
+}
+
+impl Backlog {
+    /// After `written` outcomes: switches the policy when the backlog crossed a threshold,
+    /// and tells whether nothing queues ([`Admitted::nothing_queued`]).
+    fn nothing_queued(&mut self, written: u64) -> bool {
+        if let Some(adaptive) = &mut self.scheduling {
+            adaptive.observe(self.admitted.in_flight(written));
+        }
+        self.admitted.nothing_queued(written)
     }
 }
 
@@ -292,29 +316,6 @@ struct Finish {
     permits: Arc<tokio::sync::Semaphore>,
 }
 
-/// Gives the calling thread the scheduling `policy` (`pipeline.scheduling`); the threads it
-/// starts afterwards inherit it. So the `radiogate` command calls this first, before the
-/// async runtime, ONNX Runtime and librdkafka start threads of their own. Linux only;
-/// elsewhere it does nothing.
-pub fn schedule_threads(policy: Scheduling) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        let policy = match policy {
-            Scheduling::Batch => libc::SCHED_BATCH,
-            Scheduling::Normal => libc::SCHED_OTHER,
-        };
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: pid 0 is the calling thread, and the call only reads `param`, which
-        // outlives it.
-        if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = policy;
-    Ok(())
-}
-
 /// Runs the configured source to its end (or until `shutdown` fires) and writes every
 /// result and rejection to the configured sink.
 pub async fn run(
@@ -365,6 +366,10 @@ pub async fn run(
     let (outcomes_tx, outcomes_rx) = mpsc::channel::<Numbered<Outcome>>(capacity);
 
     let admitted = Arc::new(Admitted::new(&config));
+    let backlog = Backlog {
+        admitted: admitted.clone(),
+        scheduling: scheduling::start(config.pipeline.scheduling, admitted.at_once),
+    };
     let source_thread = {
         let (stop, acks, metrics) = (stop.clone(), acks.clone(), metrics.clone());
         let admitted = admitted.clone();
@@ -473,7 +478,7 @@ pub async fn run(
                     report,
                     &config,
                     options.progress,
-                    &admitted,
+                    backlog,
                     &metrics,
                 )
             })
@@ -780,7 +785,7 @@ fn write_outcomes(
     mut report: Option<HtmlReport>,
     config: &Config,
     progress: bool,
-    admitted: &Admitted,
+    mut backlog: Backlog,
     metrics: &Metrics,
 ) -> (RunSummary, Result<(), SinkError>) {
     let mut summary = RunSummary::default();
@@ -799,7 +804,7 @@ fn write_outcomes(
                 progress.inc(1);
                 unsent = true;
             }
-            if unsent && admitted.nothing_queued(next) {
+            if backlog.nothing_queued(next) && unsent {
                 sink.idle();
                 unsent = false;
             }
@@ -980,30 +985,4 @@ pub fn rejection(rejected: &Rejected) -> proto::Rejection {
 
 fn micros(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn threads_started_after_scheduling_inherit_the_policy() {
-        let policies = std::thread::spawn(|| {
-            // SAFETY (all three): sched_getscheduler(0) only reads the calling thread's policy.
-            schedule_threads(Scheduling::Batch).expect("SCHED_BATCH needs no privilege");
-            let own = unsafe { libc::sched_getscheduler(0) };
-            let started = std::thread::spawn(|| unsafe { libc::sched_getscheduler(0) })
-                .join()
-                .expect("the started thread reports");
-            schedule_threads(Scheduling::Normal).expect("back to the default");
-            let back = unsafe { libc::sched_getscheduler(0) };
-            (own, started, back)
-        })
-        .join()
-        .expect("the test thread reports");
-        assert_eq!(
-            policies,
-            (libc::SCHED_BATCH, libc::SCHED_BATCH, libc::SCHED_OTHER)
-        );
-    }
 }

@@ -69,8 +69,9 @@ struct InferArgs {
     /// How session threads wait for the GPU (inference.gpu_wait).
     #[arg(long, value_enum, default_value = "blocking")]
     gpu_wait: GpuWait,
-    /// The threads' scheduling policy (pipeline.scheduling), the worker's default unless told.
-    #[arg(long, value_enum, default_value = "batch")]
+    /// The threads' scheduling policy (pipeline.scheduling); `adaptive` is `batch` here, as
+    /// in a worker with a backlog.
+    #[arg(long, value_enum, default_value = "adaptive")]
     scheduling: Scheduling,
 }
 
@@ -143,7 +144,7 @@ fn ready_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<Vec<f32>>> {
 }
 
 fn infer(args: &InferArgs) -> anyhow::Result<()> {
-    radiogate::pipeline::schedule_threads(args.scheduling)
+    radiogate::scheduling::set_process_policy(args.scheduling != Scheduling::Normal)
         .context("cannot set the scheduling policy")?;
     let images = ready_inputs(&args.inputs)?;
     let rt = tokio::runtime::Runtime::new()?;

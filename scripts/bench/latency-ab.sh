@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Latency A/B: `radiogate run` variants alternated in one sitting, each round a fresh worker
+# answering a paced stream (`radiogate publish --rate`) as `make bench` measures latency
+# (32 warm-up detections first; latency = the result's broker append time - the detection's
+# send time). Prints each variant's median p50, p99 and max over the rounds.
+#
+#   scripts/bench/latency-ab.sh new=target/release/radiogate \
+#       'normal=target/release/radiogate RADIOGATE__PIPELINE__SCHEDULING=normal'
+#
+# A variant is NAME=BINARY, then any VAR=VALUE words for its environment (no spaces in a
+# value). Needs the broker (scripts/kafka/broker.sh start). Environment: ROUNDS (3), RATE
+# (detections/s, 135: about half of what `make bench` measures here), SECONDS_PER_ROUND (20),
+# CUTOUTS (the MiraBest test cutouts), BROKERS (127.0.0.1:9092), SINK_PROPERTIES (as in
+# run.sh), OUT (out/latency-ab/<UTC time>).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$ROOT"
+ROUNDS="${ROUNDS:-3}"
+RATE="${RATE:-135}"
+SECONDS_PER_ROUND="${SECONDS_PER_ROUND:-20}"
+CUTOUTS="${CUTOUTS:-$ROOT/../shared/data/first-cutouts/mirabest-test}"
+BROKERS="${BROKERS:-127.0.0.1:9092}"
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+OUT="${OUT:-$ROOT/out/latency-ab/$STAMP}"
+RB=target/release/radiogate-bench
+RG=target/release/radiogate
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
+[ "$#" -ge 2 ] || { echo "usage: $0 NAME=BINARY [VAR=VALUE ...] NAME=BINARY ..." >&2; exit 2; }
+[ -n "$(broker_pid)" ] || { echo "latency-ab: no local broker (scripts/kafka/broker.sh start)" >&2; exit 1; }
+cargo build --release --quiet --bin radiogate --bin radiogate-bench
+
+# The paced detections: the cutouts cycled, each under a distinct name (distinct source ids).
+items=$(python3 -c "print(max(50, int($RATE * $SECONDS_PER_ROUND)))")
+mkdir -p "$OUT/live" "$OUT/warmup"
+python3 - "$CUTOUTS" "$OUT" "$items" <<'PY'
+import os, sys
+src, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+files = sorted(f for f in os.listdir(src) if f.endswith(".fits"))
+for i in range(n):
+    f = files[i % len(files)]
+    os.symlink(os.path.join(src, f), os.path.join(out, "live", f"l{i // len(files):06d}_{f}"))
+for f in files[:32]:
+    os.symlink(os.path.join(src, f), os.path.join(out, "warmup", f"w_{f}"))
+PY
+PREFIX="latency-ab-$STAMP"
+TOPICS=()
+WORKER=""
+cleanup() {
+  if [[ -n "$WORKER" ]] && kill -0 "$WORKER" 2>/dev/null; then kill -INT "$WORKER"; wait "$WORKER" || true; fi
+  if ((${#TOPICS[@]})); then "$RB" topics --brokers "$BROKERS" --delete "${TOPICS[@]}" >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+echo "latency-ab: $items detections at $RATE/s, $ROUNDS rounds, load: $(uptime | sed 's/.*load/load/')" | tee "$OUT/summary.txt"
+
+for r in $(seq "$ROUNDS"); do
+  for variant in "$@"; do
+    read -r spec envs <<<"$variant"
+    name="${spec%%=*}" bin="${spec#*=}"
+    live="$PREFIX.$name-$r"
+    TOPICS+=("$live" "$live.results" "$live.dead")
+    "$RB" topics --brokers "$BROKERS" "$live:4" "$live.results:1:logappend" "$live.dead:1"
+    worker_config "$OUT/$name-$r.toml" "$live" "$live" "$live.results" "$live.dead"
+    # shellcheck disable=SC2086 # $envs is a list of VAR=VALUE words
+    env $envs "$bin" run --config "$OUT/$name-$r.toml" 2>>"$OUT/$name.log" &
+    WORKER=$!
+    # Warm-up detections carry no detection time, so they count for nothing but the start.
+    "$RG" publish --brokers "$BROKERS" --topic "$live" --inline "$OUT/warmup" 2>>"$OUT/publish.log"
+    "$RB" collect --brokers "$BROKERS" --topic "$live.results" --expect 32 >/dev/null
+    "$RG" publish --brokers "$BROKERS" --topic "$live" --inline --rate "$RATE" "$OUT/live" 2>>"$OUT/publish.log"
+    "$RB" collect --brokers "$BROKERS" --topic "$live.results" --expect $((32 + items)) \
+      --label "$name" | sed "s/^{/{\"variant\":\"$name\",\"round\":$r,/" >>"$OUT/rounds.jsonl"
+    kill -INT "$WORKER"
+    wait "$WORKER" || true
+    WORKER=""
+  done
+done
+
+python3 - "$OUT" "$@" <<'EOF' | tee -a "$OUT/summary.txt"
+import json, statistics, sys
+from pathlib import Path
+out, names = Path(sys.argv[1]), [v.split("=", 1)[0] for v in sys.argv[2:]]
+rows = [json.loads(l) for l in (out / "rounds.jsonl").read_text().splitlines()]
+for name in names:
+    mine = [r["latency_ms"] for r in rows if r["variant"] == name]
+    def med(key):
+        values = [m[key] for m in mine]
+        return f"{statistics.median(values):.1f} ({', '.join(f'{v:.1f}' for v in values)})"
+    print(f"{name}: p50 {med('p50')} ms; p99 {med('p99')} ms; max {med('max')} ms")
+EOF
+echo "latency-ab: load at end: $(uptime | sed 's/.*load/load/')" | tee -a "$OUT/summary.txt"
