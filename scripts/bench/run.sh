@@ -23,7 +23,8 @@
 # CARGO_TARGET_DIR (where cargo builds), LONG_ITEMS (100000), RATE_SECONDS (20; QUICK: 10),
 # QUEUE_CAPACITY (pipeline.queue_capacity of every run, default 64: the shipped 256 holds up
 # to ~350 MB of inline cutouts in flight), SINK_PROPERTIES (the streaming workers'
-# `sink.properties`, a TOML inline table, e.g. '{ "linger.ms" = "50" }').
+# `sink.properties`, a TOML inline table, e.g. '{ "linger.ms" = "50" }'), WORKER_SETTING
+# (shipped: the workers run the shipped configuration; best: the sweep's best setting).
 # Needs the broker (scripts/kafka/broker.sh start) and python3. Prints a summary and writes
 # everything to $OUT (summary.json, summary.md, raw JSON lines, logs).
 set -euo pipefail
@@ -49,6 +50,7 @@ BROKERS="${BROKERS:-127.0.0.1:9092}"
 CUTOUTS="${CUTOUTS:-/work/shared/data/first-cutouts/mirabest-test}"
 LONG_ITEMS="${LONG_ITEMS:-100000}"
 SINK_PROPERTIES="${SINK_PROPERTIES:-}"
+WORKER_SETTING="${WORKER_SETTING:-shipped}"
 MODEL="models/agcnn-mirabest-confident.onnx"
 RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT="${OUT:-out/bench/$RUN_ID}"
@@ -119,11 +121,25 @@ b = max(rows, key=lambda r: r["images_per_s"])
 print(b["batch"], b["sessions"], b["intra_threads"])' "$OUT/sweep.jsonl")
 log "best: batch $BEST_BATCH, $BEST_SESSIONS session(s), $BEST_THREADS intra-op thread(s)"
 
-# The worker runs the best setting too (batching, sessions, threads); everything else is
-# the shipped default configuration.
-export RADIOGATE__BATCH__MAX_BATCH="$BEST_BATCH"
-export RADIOGATE__INFERENCE__SESSIONS="$BEST_SESSIONS"
-export RADIOGATE__INFERENCE__INTRA_THREADS="$BEST_THREADS"
+# The workers run the shipped configuration (WORKER_SETTING=shipped): what an operator
+# gets, measured against the best the model can do. With WORKER_SETTING=best they run the
+# sweep's best batching, sessions and threads instead (a setting that wins bare inference by
+# a few percent can lose more in the worker, whose stages share the cores).
+if [[ "$WORKER_SETTING" == best ]]; then
+  export RADIOGATE__BATCH__MAX_BATCH="$BEST_BATCH"
+  export RADIOGATE__INFERENCE__SESSIONS="$BEST_SESSIONS"
+  export RADIOGATE__INFERENCE__INTRA_THREADS="$BEST_THREADS"
+fi
+python3 - "$WORKER_SETTING" "${RADIOGATE__BATCH__MAX_BATCH:-}" "${RADIOGATE__INFERENCE__SESSIONS:-}" \
+  "${RADIOGATE__INFERENCE__INTRA_THREADS:-}" >"$OUT/worker-setting.json" <<'PY'
+import json, sys, tomllib
+origin, *given = sys.argv[1:]
+shipped = tomllib.load(open("config/radiogate.toml", "rb"))
+keys = (("batch", "max_batch"), ("inference", "sessions"), ("inference", "intra_threads"))
+values = [int(g) if g else shipped[t][k] for g, (t, k) in zip(given, keys)]
+print(json.dumps({"from": origin, **dict(zip(("batch", "sessions", "intra_threads"), values))}))
+PY
+log "workers: $(cat "$OUT/worker-setting.json")"
 export RADIOGATE__INFERENCE__MODEL="$MODEL"
 export RADIOGATE__PIPELINE__QUEUE_CAPACITY="${QUEUE_CAPACITY:-64}"
 

@@ -30,6 +30,8 @@ def main(out: Path) -> None:
     streaming = lines(out / "streaming.jsonl")
     refs = lines(out / "streaming-refs.jsonl")  # runs before 2026-11-27 lack it
     latency = lines(out / "latency.jsonl")
+    # Runs before 2026-11-27 18:00 lack it: their workers ran the limit's setting.
+    worker = lines(out / "worker-setting.json")
     long = lines(out / "long.jsonl")
 
     limit = median(bare, "images_per_s")
@@ -39,6 +41,7 @@ def main(out: Path) -> None:
         "machine": {"start": start, "end": end[0] if end else None},
         "rounds": len(bare),
         "best_setting": {k: best[k] for k in ("batch", "sessions", "intra_threads")},
+        "worker_setting": worker[0] if worker else None,
         "bare_images_per_s": limit,
         "bare_ms_per_full_batch": batch_ms,
         "offline_items_per_s": median(offline, "items_per_s"),
@@ -110,7 +113,17 @@ def main(out: Path) -> None:
     print(f"- load at start: `{start['uptime']}`")
     if end:
         print(f"- load at end: `{end[0]['uptime']}`")
-    print(f"- rounds: {s['rounds']} (medians below); items per round: {s['offline_items']}\n")
+    print(f"- rounds: {s['rounds']} (medians below); items per round: {s['offline_items']}")
+    ws = s["worker_setting"]
+    if ws:
+        origin = "the shipped configuration" if ws["from"] == "shipped" else "the sweep's best"
+        print(
+            f"- workers: {origin}, batch {ws['batch']}, {ws['sessions']} session(s) x "
+            f"{ws['intra_threads']} intra-op thread(s)"
+        )
+    else:
+        print("- workers: the limit's setting")
+    print()
     print("| measure | value | ratio to the limit | target |")
     print("|---|---|---|---|")
     bs = s["best_setting"]
