@@ -21,11 +21,37 @@ def median(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
+def setting(r: dict) -> str:
+    return f"batch {r['batch']}, {r['sessions']} x {r['intra_threads']}"
+
+
+def by_setting(rows: list[dict]) -> dict[str, list[float]]:
+    """Images per second of each re-measured setting, by round."""
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        out.setdefault(setting(r), []).append(r["images_per_s"])
+    return out
+
+
+def worker_batch_ms(worker: list[dict], candidates: list[dict], sweep: list[dict], limit_ms: float) -> float:
+    """One full batch's inference time at the workers' setting: its re-measured median, else
+    its sweep step, else (older runs, whose workers ran the limit's setting) the limit's."""
+    if not worker:
+        return limit_ms
+    want = setting(worker[0])
+    for rows in (candidates, sweep):
+        mine = [r for r in rows if setting(r) == want]
+        if mine:
+            return median(mine, "ms_per_batch")
+    return limit_ms
+
+
 def main(out: Path) -> None:
     start = lines(out / "machine-start.json")[0]
     end = lines(out / "machine-end.json")
     sweep = lines(out / "sweep.jsonl")
-    bare = lines(out / "bare.jsonl")
+    bare = lines(out / "bare.jsonl")  # per round, the faster of the candidates
+    candidates = lines(out / "bare-candidates.jsonl")  # runs before 2026-11-27 18:00 lack it
     offline = lines(out / "offline.jsonl")
     streaming = lines(out / "streaming.jsonl")
     refs = lines(out / "streaming-refs.jsonl")  # runs before 2026-11-27 lack it
@@ -41,6 +67,7 @@ def main(out: Path) -> None:
         "machine": {"start": start, "end": end[0] if end else None},
         "rounds": len(bare),
         "best_setting": {k: best[k] for k in ("batch", "sessions", "intra_threads")},
+        "bare_by_setting": by_setting(candidates),
         "worker_setting": worker[0] if worker else None,
         "bare_images_per_s": limit,
         "bare_ms_per_full_batch": batch_ms,
@@ -86,7 +113,7 @@ def main(out: Path) -> None:
             "p99_ms": lat["latency_ms"]["p99"],
             "max_ms": lat["latency_ms"]["max"],
             "peak_rss_mb": lat["peak_rss_mb"],
-            "target_p99_ms": MAX_WAIT_MS + 3 * batch_ms,
+            "target_p99_ms": MAX_WAIT_MS + 3 * worker_batch_ms(worker, candidates, sweep, batch_ms),
         }
     if long:
         rss = []
@@ -127,11 +154,11 @@ def main(out: Path) -> None:
     print("| measure | value | ratio to the limit | target |")
     print("|---|---|---|---|")
     bs = s["best_setting"]
-    print(
-        f"| bare inference (batch {bs['batch']}, {bs['sessions']} session(s), "
-        f"{bs['intra_threads']} thread(s)) | {limit:.1f} images/s "
-        f"({batch_ms:.1f} ms per batch) | 1 | |"
-    )
+    if s["bare_by_setting"]:
+        what = "the faster per round of " + " and ".join(f"{k} (sessions x threads)" for k in s["bare_by_setting"])
+    else:
+        what = f"batch {bs['batch']}, {bs['sessions']} session(s), {bs['intra_threads']} thread(s)"
+    print(f"| bare inference ({what}) | {limit:.1f} images/s ({batch_ms:.1f} ms per batch) | 1 | |")
     print(
         f"| offline `classify` | {s['offline_items_per_s']:.1f} items/s "
         f"({s['offline_items_per_s_wall']:.1f} with start-up) | {s['offline_ratio']:.3f} "
@@ -178,6 +205,10 @@ def main(out: Path) -> None:
                 end="",
             )
     print(".")
+    if s["bare_by_setting"]:
+        print()
+        for name, rates in s["bare_by_setting"].items():
+            print(f"Bare inference by round, {name}: {', '.join(f'{v:.1f}' for v in rates)} images/s")
     ratios = ", ".join(f"{r:.3f}" for r in s["offline_ratio_by_round"])
     print(f"\nOffline ratio per round: {ratios}")
     ratios = ", ".join(f"{r:.3f}" for r in s["streaming_ratio_by_round"])
