@@ -22,7 +22,7 @@ def median(rows: list[dict], key: str) -> float:
 
 
 def setting(r: dict) -> str:
-    return f"batch {r['batch']}, {r['sessions']} x {r['intra_threads']}"
+    return f"batch {r['batch']}, {r['sessions']} session(s) x {r['intra_threads']} thread(s)"
 
 
 def by_setting(rows: list[dict]) -> dict[str, list[float]]:
@@ -155,7 +155,7 @@ def main(out: Path) -> None:
     print("|---|---|---|---|")
     bs = s["best_setting"]
     if s["bare_by_setting"]:
-        what = "the faster per round of " + " and ".join(f"{k} (sessions x threads)" for k in s["bare_by_setting"])
+        what = "per round the faster of " + " and ".join(s["bare_by_setting"])
     else:
         what = f"batch {bs['batch']}, {bs['sessions']} session(s), {bs['intra_threads']} thread(s)"
     print(f"| bare inference ({what}) | {limit:.1f} images/s ({batch_ms:.1f} ms per batch) | 1 | |")
