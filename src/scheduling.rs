@@ -6,7 +6,7 @@
 //! interrupted about once per item and loses its caches. Under `SCHED_BATCH` a waking
 //! thread waits for the running one's time slice to end: inference keeps its slices and
 //! costs less CPU per item, and a detection may wait a little longer. A backlog wants the
-//! first trade, a live stream the second, so the default follows the work: batch while
+//! second trade, a live stream the first, so the default follows the work: batch while
 //! detections queue, normal when they do not ([`Adaptive`]).
 //!
 //! A policy is per thread, and a thread starts with its creator's, so switching the whole
@@ -68,7 +68,7 @@ pub fn start(mode: Scheduling, at_once: u64) -> Option<Adaptive> {
 fn refused(e: &io::Error) {
     tracing::warn!(
         error = %e,
-        "pipeline.scheduling: the kernel refused SCHED_BATCH; the threads keep their policy"
+        "pipeline.scheduling: the kernel refused the policy; the threads keep the one they have"
     );
 }
 
