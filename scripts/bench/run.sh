@@ -51,6 +51,8 @@ CUTOUTS="${CUTOUTS:-/work/shared/data/first-cutouts/mirabest-test}"
 LONG_ITEMS="${LONG_ITEMS:-100000}"
 SINK_PROPERTIES="${SINK_PROPERTIES:-}"
 WORKER_SETTING="${WORKER_SETTING:-shipped}"
+[[ "$WORKER_SETTING" == shipped || "$WORKER_SETTING" == best ]] ||
+  { echo "run.sh: WORKER_SETTING must be shipped or best, got $WORKER_SETTING" >&2; exit 2; }
 MODEL="models/agcnn-mirabest-confident.onnx"
 RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT="${OUT:-out/bench/$RUN_ID}"
@@ -207,7 +209,7 @@ for ((r = 1; r <= REPEATS; r++)); do
   done
   python3 - "$OUT/bare-candidates.jsonl" "$r" >>"$OUT/bare.jsonl" <<'PY'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if json.loads(l)["round"] == int(sys.argv[2])]
+rows = [r for r in map(json.loads, open(sys.argv[1])) if r["round"] == int(sys.argv[2])]
 print(json.dumps(max(rows, key=lambda r: r["images_per_s"])))
 PY
 

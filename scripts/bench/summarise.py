@@ -62,7 +62,7 @@ def main(out: Path) -> None:
 
     limit = median(bare, "images_per_s")
     batch_ms = median(bare, "ms_per_batch")
-    best = bare[0]
+    best = max(sweep, key=lambda r: r["images_per_s"]) if sweep else bare[0]
     s = {
         "machine": {"start": start, "end": end[0] if end else None},
         "rounds": len(bare),
