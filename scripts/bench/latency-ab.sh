@@ -32,17 +32,8 @@ cargo build --release --quiet --bin radiogate --bin radiogate-bench
 
 # The paced detections: the cutouts cycled, each under a distinct name (distinct source ids).
 items=$(python3 -c "print(max(50, int($RATE * $SECONDS_PER_ROUND)))")
-mkdir -p "$OUT/live" "$OUT/warmup"
-python3 - "$CUTOUTS" "$OUT" "$items" <<'PY'
-import os, sys
-src, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-files = sorted(f for f in os.listdir(src) if f.endswith(".fits"))
-for i in range(n):
-    f = files[i % len(files)]
-    os.symlink(os.path.join(src, f), os.path.join(out, "live", f"l{i // len(files):06d}_{f}"))
-for f in files[:32]:
-    os.symlink(os.path.join(src, f), os.path.join(out, "warmup", f"w_{f}"))
-PY
+links "$OUT/live" "$items" l
+links "$OUT/warmup" 32 w
 PREFIX="latency-ab-$STAMP"
 TOPICS=()
 WORKER=""

@@ -35,3 +35,17 @@ cpu_s() {
 
 # The local test broker's pid (its CPU is counted beside the worker's), if it runs here.
 broker_pid() { cat "vendor/kafka/run-${BROKERS##*:}/broker.pid" 2>/dev/null || true; }
+
+# Symlinks to the cutouts in $CUTOUTS, each under a distinct name (so a distinct source id):
+# $1: folder, $2: how many links, $3: name prefix; cycles through the cutouts.
+links() {
+  python3 - "$CUTOUTS" "$@" <<'PY'
+import os, sys
+src, dst, n, prefix = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+files = sorted(f for f in os.listdir(src) if f.endswith(".fits"))
+os.makedirs(dst, exist_ok=True)
+for i in range(n):
+    f = files[i % len(files)]
+    os.symlink(os.path.join(src, f), os.path.join(dst, f"{prefix}{i // len(files):06d}_{f}"))
+PY
+}

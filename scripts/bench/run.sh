@@ -94,19 +94,7 @@ machine() {
 machine >"$OUT/machine-start.json"
 log "$(uptime)"
 
-# The items: COPIES symlinks per cutout, named so that every source id is distinct.
-# $1: folder, $2: how many links, $3: name prefix; cycles through the cutouts.
-links() {
-  python3 - "$CUTOUTS" "$@" <<'PY'
-import os, sys
-src, dst, n, prefix = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-files = sorted(f for f in os.listdir(src) if f.endswith(".fits"))
-os.makedirs(dst, exist_ok=True)
-for i in range(n):
-    f = files[i % len(files)]
-    os.symlink(os.path.join(src, f), os.path.join(dst, f"{prefix}{i // len(files):06d}_{f}"))
-PY
-}
+# The items: COPIES symlinks per cutout (`links`, lib.sh).
 CUTOUT_FILES=("$CUTOUTS"/*.fits)
 ITEMS=$((COPIES * ${#CUTOUT_FILES[@]}))
 links "$W/items" "$ITEMS" c

@@ -32,11 +32,9 @@ BROKER_PID="$(broker_pid)"
 [ -n "$BROKER_PID" ] || { echo "stream-ab: no local broker (scripts/kafka/broker.sh start)" >&2; exit 1; }
 cargo build --release --quiet --bin radiogate-bench
 
-mkdir -p "$OUT/items"
-for c in $(seq "$COPIES"); do
-  for f in "$CUTOUTS"/*.fits; do ln -sf "$f" "$OUT/items/c${c}_$(basename "$f")"; done
-done
-items=$(find "$OUT/items" -name '*.fits' | wc -l)
+cutouts=("$CUTOUTS"/*.fits)
+items=$((COPIES * ${#cutouts[@]}))
+links "$OUT/items" "$items" c
 PREFIX="stream-ab-$STAMP"
 TOPICS=("$PREFIX.detections")
 cleanup() { "$RB" topics --brokers "$BROKERS" --delete "${TOPICS[@]}" >/dev/null 2>&1 || true; }
