@@ -39,7 +39,7 @@ LONG="${LONG:-0}"
 # shellcheck disable=SC2054
 if [[ "$QUICK" == 1 ]]; then
   REPEATS="${REPEATS:-1}" COPIES="${COPIES:-8}" RATE_SECONDS="${RATE_SECONDS:-10}"
-  SWEEP=(--batch 1,4,32 --sessions 1 --threads 1,2 --seconds 2)
+  SWEEP=(--batch 1,4,32 --sessions 1,2 --threads 1,2 --seconds 2)
   BARE_SECONDS=3
 else
   REPEATS="${REPEATS:-3}" COPIES="${COPIES:-32}" RATE_SECONDS="${RATE_SECONDS:-20}"
