@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Latency A/B: `radiogate run` variants alternated in one sitting, each round a fresh worker
 # answering a paced stream (`radiogate publish --rate`) as `make bench` measures latency
-# (32 warm-up detections first; latency = the result's broker append time - the detection's
-# send time). Prints each variant's median p50, p99 and max over the rounds.
+# (a paced warm-up first, not counted; latency = the result's broker append time - the
+# detection's send time). Prints each variant's median p50, p99 and max over the rounds.
 #
 #   scripts/bench/latency-ab.sh new=target/release/radiogate \
 #       'normal=target/release/radiogate RADIOGATE__PIPELINE__SCHEDULING=normal'
 #
 # A variant is NAME=BINARY, then any VAR=VALUE words for its environment (no spaces in a
 # value). Needs the broker (scripts/kafka/broker.sh start). Environment: ROUNDS (3), RATE
-# (detections/s, 135: about half of what `make bench` measures here), SECONDS_PER_ROUND (20),
-# CUTOUTS (the MiraBest test cutouts), BROKERS (127.0.0.1:9092), SINK_PROPERTIES (as in
+# (detections/s, 135: about half of what `make bench` measured on the machine of 2026-11-26;
+# take half its streaming rate), SECONDS_PER_ROUND (20), WARM_SECONDS (20), CUTOUTS (the MiraBest test cutouts), BROKERS (127.0.0.1:9092), SINK_PROPERTIES (as in
 # run.sh), OUT (out/latency-ab/<UTC time>).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -18,6 +18,7 @@ cd "$ROOT"
 ROUNDS="${ROUNDS:-3}"
 RATE="${RATE:-135}"
 SECONDS_PER_ROUND="${SECONDS_PER_ROUND:-20}"
+WARM_SECONDS="${WARM_SECONDS:-20}"
 CUTOUTS="${CUTOUTS:-$ROOT/../shared/data/first-cutouts/mirabest-test}"
 BROKERS="${BROKERS:-127.0.0.1:9092}"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
@@ -33,7 +34,7 @@ cargo build --release --quiet --bin radiogate --bin radiogate-bench
 # The paced detections: the cutouts cycled, each under a distinct name (distinct source ids).
 items=$(python3 -c "print(max(50, int($RATE * $SECONDS_PER_ROUND)))")
 links "$OUT/live" "$items" l
-links "$OUT/warmup" 32 w
+links "$OUT/warmup" "$(python3 -c "print(max(32, int($RATE * $WARM_SECONDS)))")" w
 PREFIX="latency-ab-$STAMP"
 TOPICS=()
 WORKER=""
@@ -55,12 +56,8 @@ for r in $(seq "$ROUNDS"); do
     # shellcheck disable=SC2086 # $envs is a list of VAR=VALUE words
     env $envs "$bin" run --config "$OUT/$name-$r.toml" 2>>"$OUT/$name.log" &
     WORKER=$!
-    # Warm-up detections carry no detection time, so they count for nothing but the start.
-    "$RG" publish --brokers "$BROKERS" --topic "$live" --inline "$OUT/warmup" 2>>"$OUT/publish.log"
-    "$RB" collect --brokers "$BROKERS" --topic "$live.results" --expect 32 >/dev/null
-    "$RG" publish --brokers "$BROKERS" --topic "$live" --inline --rate "$RATE" "$OUT/live" 2>>"$OUT/publish.log"
-    "$RB" collect --brokers "$BROKERS" --topic "$live.results" --expect $((32 + items)) \
-      --label "$name" | sed "s/^{/{\"variant\":\"$name\",\"round\":$r,/" >>"$OUT/rounds.jsonl"
+    paced_latency "$live" "$live.results" "$RATE" "$OUT/warmup" "$OUT/live" "$name" |
+      sed "s/^{/{\"variant\":\"$name\",\"round\":$r,/" >>"$OUT/rounds.jsonl"
     kill -INT "$WORKER"
     wait "$WORKER" || true
     WORKER=""

@@ -49,3 +49,20 @@ for i in range(n):
     os.symlink(os.path.join(src, f), os.path.join(dst, f"{prefix}{i // len(files):06d}_{f}"))
 PY
 }
+
+# The latency of a paced stream through a running worker, printed as `radiogate-bench
+# collect`'s JSON line. $1 detections topic, $2 its results topic (empty so far; one
+# partition), $3 rate (detections/s), $4 folder of warm-up detections, $5 folder of the
+# measured ones, $6 label. Uses $RG, $RB, $BROKERS and appends to $OUT/publish.log. The
+# warm-up goes at the same rate and is read but not counted: the worker's first batches and
+# a freshly started broker's JIT (the request paths of a paced stream are not those of a
+# bulk drain) would otherwise set the tail.
+paced_latency() {
+  local warm live
+  warm=$(find "$4" -name '*.fits' | wc -l)
+  live=$(find "$5" -name '*.fits' | wc -l)
+  "$RG" publish --brokers "$BROKERS" --topic "$1" --inline --rate "$3" "$4" 2>>"$OUT/publish.log"
+  "$RB" collect --brokers "$BROKERS" --topic "$2" --expect "$warm" >/dev/null
+  "$RG" publish --brokers "$BROKERS" --topic "$1" --inline --rate "$3" "$5" 2>>"$OUT/publish.log"
+  "$RB" collect --brokers "$BROKERS" --topic "$2" --skip "$warm" --expect "$live" --label "$6"
+}

@@ -21,6 +21,7 @@
 # Environment: REPEATS (3; QUICK: 1), COPIES (32 -> 5,024 items; QUICK: 8), BROKERS
 # (127.0.0.1:9092), CUTOUTS (the MiraBest test cutouts), OUT (out/bench/<UTC time>),
 # CARGO_TARGET_DIR (where cargo builds), LONG_ITEMS (100000), RATE_SECONDS (20; QUICK: 10),
+# WARM_SECONDS (the paced warm-up before the latency is measured, 20; QUICK: 5),
 # QUEUE_CAPACITY (pipeline.queue_capacity of every run, default 64: the shipped 256 holds up
 # to ~350 MB of inline cutouts in flight), SINK_PROPERTIES (the streaming workers'
 # `sink.properties`, a TOML inline table, e.g. '{ "linger.ms" = "50" }'), WORKER_SETTING
@@ -38,11 +39,11 @@ LONG="${LONG:-0}"
 # The commas below are radiogate-bench's list syntax, not array separators.
 # shellcheck disable=SC2054
 if [[ "$QUICK" == 1 ]]; then
-  REPEATS="${REPEATS:-1}" COPIES="${COPIES:-8}" RATE_SECONDS="${RATE_SECONDS:-10}"
+  REPEATS="${REPEATS:-1}" COPIES="${COPIES:-8}" RATE_SECONDS="${RATE_SECONDS:-10}" WARM_SECONDS="${WARM_SECONDS:-5}"
   SWEEP=(--batch 1,4,32 --sessions 1,2 --threads 1,2 --seconds 2)
   BARE_SECONDS=3
 else
-  REPEATS="${REPEATS:-3}" COPIES="${COPIES:-32}" RATE_SECONDS="${RATE_SECONDS:-20}"
+  REPEATS="${REPEATS:-3}" COPIES="${COPIES:-32}" RATE_SECONDS="${RATE_SECONDS:-20}" WARM_SECONDS="${WARM_SECONDS:-20}"
   SWEEP=(--batch 1,2,4,8,32 --sessions 1,2 --threads 1,2 --seconds 3)
   BARE_SECONDS=5
 fi
@@ -241,20 +242,12 @@ log "latency: $LIVE_ITEMS detections at $RATE/s"
 LIVE="$PREFIX.live"
 TOPICS+=("$LIVE" "$LIVE.results" "$LIVE.dead")
 "$RB" topics --brokers "$BROKERS" "$LIVE:4" "$LIVE.results:1:logappend" "$LIVE.dead:1"
-mkdir -p "$W/warmup" "$W/live"
-[[ "$LIVE_ITEMS" -le "$ITEMS" ]] || { log "LIVE_ITEMS > ITEMS: raise COPIES"; exit 1; }
-all=("$W"/items/*)
-for f in "${all[@]:0:32}"; do ln -sf "$f" "$W/warmup/w_$(basename "$f")"; done
-for f in "${all[@]:0:$LIVE_ITEMS}"; do ln -sf "$f" "$W/live/"; done
+links "$W/warmup" "$(python3 -c "print(max(32, int($RATE * $WARM_SECONDS)))")" w
+links "$W/live" "$LIVE_ITEMS" l
 worker_config "$W/worker-live.toml" "$LIVE" "$PREFIX-group-live" "$LIVE.results" "$LIVE.dead"
 "$RG" run --config "$W/worker-live.toml" 2>"$OUT/worker-live.log" &
 WORKER_PID=$!
-# Warm-up detections carry no detection time, so they count for nothing but the start.
-"$RG" publish --brokers "$BROKERS" --topic "$LIVE" --inline "$W/warmup" 2>>"$OUT/publish.log"
-"$RB" collect --brokers "$BROKERS" --topic "$LIVE.results" --expect 32 >/dev/null
-"$RG" publish --brokers "$BROKERS" --topic "$LIVE" --inline --rate "$RATE" "$W/live" 2>>"$OUT/publish.log"
-"$RB" collect --brokers "$BROKERS" --topic "$LIVE.results" --expect $((32 + LIVE_ITEMS)) \
-  --label "half load" >"$W/collect"
+paced_latency "$LIVE" "$LIVE.results" "$RATE" "$W/warmup" "$W/live" "half load" >"$W/collect"
 peak="$(rss_mb "$WORKER_PID" VmHWM)"
 stop_worker
 sed "s/^{/{\"rate\":$RATE,\"peak_rss_mb\":$peak,/" "$W/collect" >"$OUT/latency.jsonl"

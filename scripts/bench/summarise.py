@@ -113,6 +113,8 @@ def main(out: Path) -> None:
             "p99_ms": lat["latency_ms"]["p99"],
             "max_ms": lat["latency_ms"]["max"],
             "peak_rss_mb": lat["peak_rss_mb"],
+            "warm_up_items": lat.get("skipped"),  # absent before 2026-11-27 20:00 (32, unpaced)
+            "parts_ms": lat.get("latency_parts_ms"),
             "target_p99_ms": MAX_WAIT_MS + 3 * worker_batch_ms(worker, candidates, sweep, batch_ms),
         }
     if long:
@@ -178,8 +180,9 @@ def main(out: Path) -> None:
     print(f"| peak RSS ({label}) | {' / '.join(f'{p:.0f}' for p in peaks)} MB | | <= 300 MB: {ok(max(peaks) <= 300)} |")
     if "latency" in s:
         lat = s["latency"]
+        warm = f" after {lat['warm_up_items']} paced warm-up" if lat["warm_up_items"] is not None else ""
         print(
-            f"| latency at {lat['rate_per_s']}/s ({lat['items']} detections) | "
+            f"| latency at {lat['rate_per_s']}/s ({lat['items']} detections{warm}) | "
             f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms | | "
             f"p99 <= {lat['target_p99_ms']:.0f} ms: {ok(lat['p99_ms'] <= lat['target_p99_ms'])} |"
         )
@@ -205,6 +208,15 @@ def main(out: Path) -> None:
                 end="",
             )
     print(".")
+    parts = s.get("latency", {}).get("parts_ms")
+    if parts:
+        print("\nWhere the latency went (ms; mean of the middle 10% of records / of the slowest 1%):", end=" ")
+        names = ("to_worker", "in_worker", "queue", "inference", "to_topic")
+        print(", ".join(f"{n} {parts['middle'][n]:.1f} / {parts['slowest_1pct'][n]:.1f}" for n in names) + ".")
+        print(
+            "(to_worker: send to intake, through the broker; in_worker: intake to result, "
+            "of which queue and inference; to_topic: result to its broker append.)"
+        )
     if s["bare_by_setting"]:
         print()
         for name, rates in s["bare_by_setting"].items():

@@ -94,8 +94,12 @@ struct CollectArgs {
     brokers: String,
     #[arg(long)]
     topic: String,
+    /// Records to wait for, after the skipped ones.
     #[arg(long)]
     expect: usize,
+    /// The first records of the topic that are read but not counted (a warm-up).
+    #[arg(long, default_value_t = 0)]
+    skip: usize,
     /// Give up after this many seconds without a new record.
     #[arg(long, default_value_t = 120.0)]
     idle_timeout: f64,
@@ -307,6 +311,24 @@ fn millis(t: &prost_types::Timestamp) -> f64 {
     t.seconds as f64 * 1e3 + f64::from(t.nanos) / 1e6
 }
 
+/// One result's latency (ms) and its parts; the parts are 0 where the result lacks timings.
+#[derive(Debug, Default)]
+struct Latency {
+    total: f64,
+    to_worker: f64,
+    in_worker: f64,
+    /// Of `in_worker`: waiting for a batch and a session, and the batch's inference.
+    queue: f64,
+    inference: f64,
+    to_topic: f64,
+}
+
+/// The `q` quantile (nearest rank) of sorted values.
+fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    (!sorted.is_empty())
+        .then(|| sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1])
+}
+
 fn collect(args: &CollectArgs) -> anyhow::Result<()> {
     let reader = TopicReader::open(
         &args.brokers,
@@ -317,6 +339,7 @@ fn collect(args: &CollectArgs) -> anyhow::Result<()> {
     let (mut first_received, mut last_published) = (f64::INFINITY, f64::NEG_INFINITY);
     let mut latencies = Vec::with_capacity(args.expect);
     let (mut records, mut undecodable, mut without_detected_at) = (0usize, 0usize, 0usize);
+    let mut skipped = 0usize;
     let mut last_new = Instant::now();
     let idle = Duration::from_secs_f64(args.idle_timeout);
     while records < args.expect {
@@ -332,6 +355,10 @@ fn collect(args: &CollectArgs) -> anyhow::Result<()> {
         };
         let (timestamp, payload) = record?;
         last_new = Instant::now();
+        if skipped < args.skip {
+            skipped += 1;
+            continue;
+        }
         records += 1;
         let Some(published) = timestamp.map(|ms| ms as f64) else {
             bail!("record without a timestamp");
@@ -345,15 +372,47 @@ fn collect(args: &CollectArgs) -> anyhow::Result<()> {
             first_received =
                 first_received.min(millis(classified) - f64::from(timings.total_us) / 1e3);
         }
-        match &c.detected_at {
-            Some(detected) => latencies.push(published - millis(detected)),
-            None => without_detected_at += 1,
+        match (&c.detected_at, &c.classified_at, &c.timings) {
+            (Some(detected), Some(classified), Some(timings)) => {
+                let (detected, classified) = (millis(detected), millis(classified));
+                let in_worker = f64::from(timings.total_us) / 1e3;
+                latencies.push(Latency {
+                    total: published - detected,
+                    to_worker: classified - in_worker - detected,
+                    in_worker,
+                    queue: f64::from(timings.queue_us) / 1e3,
+                    inference: f64::from(timings.inference_us) / 1e3,
+                    to_topic: published - classified,
+                });
+            }
+            (Some(detected), _, _) => latencies.push(Latency {
+                total: published - millis(detected),
+                ..Latency::default()
+            }),
+            (None, _, _) => without_detected_at += 1,
         }
     }
-    latencies.sort_by(f64::total_cmp);
-    let pct = |q: f64| -> Option<f64> {
-        (!latencies.is_empty()).then(|| {
-            latencies[((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1]
+    latencies.sort_by(|a, b| a.total.total_cmp(&b.total));
+    let totals: Vec<f64> = latencies.iter().map(|l| l.total).collect();
+    let pct = |q: f64| percentile(&totals, q);
+    // Where the slowest 1% spent their time, against the median record: the time before the
+    // worker took the detection in (publisher, broker, consumer), in the worker, and from the
+    // worker's result to its broker append (producer, broker).
+    let part = |f: fn(&Latency) -> f64, from: f64, to: f64| -> Option<f64> {
+        let n = latencies.len() as f64;
+        let picked: Vec<f64> = latencies[(from * n) as usize..(to * n).ceil() as usize]
+            .iter()
+            .map(f)
+            .collect();
+        (!picked.is_empty()).then(|| picked.iter().sum::<f64>() / picked.len() as f64)
+    };
+    let parts = |from: f64, to: f64| {
+        serde_json::json!({
+            "to_worker": part(|l| l.to_worker, from, to),
+            "in_worker": part(|l| l.in_worker, from, to),
+            "queue": part(|l| l.queue, from, to),
+            "inference": part(|l| l.inference, from, to),
+            "to_topic": part(|l| l.to_topic, from, to),
         })
     };
     let span_s = (last_published - first_received) / 1e3;
@@ -368,6 +427,7 @@ fn collect(args: &CollectArgs) -> anyhow::Result<()> {
             "label": args.label,
             "topic": args.topic,
             "records": records,
+            "skipped": skipped,
             "undecodable": undecodable,
             "span_s": span_s,
             "items_per_s": records as f64 / span_s,
@@ -375,6 +435,10 @@ fn collect(args: &CollectArgs) -> anyhow::Result<()> {
                 "n": latencies.len(),
                 "without_detected_at": without_detected_at,
                 "p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0),
+            },
+            "latency_parts_ms": {
+                "middle": parts(0.45, 0.55),
+                "slowest_1pct": parts(0.99, 1.0),
             },
             "collected_at_ms": now_ms,
         })
