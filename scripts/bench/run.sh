@@ -186,29 +186,38 @@ stream() {
   cpu="$(cpu_s "$WORKER_PID")"
   broker_cpu="$(awk -v a="$broker_cpu" -v b="$(cpu_s "$BROKER_PID")" 'BEGIN { printf "%.2f", b - a }')"
   stop_worker
-  sed "s/^{/{\"round\":$r,\"peak_rss_mb\":$peak,\"cpu_s\":$cpu,\"broker_cpu_s\":$broker_cpu,/" "$W/collect" >>"$OUT/$name.jsonl"
+  sed "s/^{/{\"round\":$r,\"after_point\":$((POINT - 1)),\"peak_rss_mb\":$peak,\"cpu_s\":$cpu,\"broker_cpu_s\":$broker_cpu,/" "$W/collect" >>"$OUT/$name.jsonl"
 }
 
-for ((r = 1; r <= REPEATS; r++)); do
-  log "round $r/$REPEATS: bare inference (the two best settings, ${BARE_SECONDS}s each)"
+# The limit, measured before and after every end-to-end run (the two best settings, the faster
+# counts): each run's ratio is to the mean of the two, so that the neighbours' load, which
+# drifts over a minute, weighs on both sides of the ratio alike. $1: round.
+POINT=0
+limit_point() {
+  log "round $1/$REPEATS: bare inference, point $POINT (the two best settings, ${BARE_SECONDS}s each)"
   for setting in "$BEST_BATCH $BEST_SESSIONS $BEST_THREADS" "$SECOND_BATCH $SECOND_SESSIONS $SECOND_THREADS"; do
     read -r b s t <<<"$setting"
     "$RB" infer --model "$MODEL" --inputs "$CUTOUTS" --batch "$b" --sessions "$s" --threads "$t" \
-      --seconds "$BARE_SECONDS" | sed "s/^{/{\"round\":$r,/" >>"$OUT/bare-candidates.jsonl"
+      --seconds "$BARE_SECONDS" | sed "s/^{/{\"round\":$1,\"point\":$POINT,/" >>"$OUT/bare-candidates.jsonl"
   done
-  python3 - "$OUT/bare-candidates.jsonl" "$r" >>"$OUT/bare.jsonl" <<'PY'
+  python3 - "$OUT/bare-candidates.jsonl" "$POINT" >>"$OUT/bare.jsonl" <<'PY'
 import json, sys
-rows = [r for r in map(json.loads, open(sys.argv[1])) if r["round"] == int(sys.argv[2])]
+rows = [r for r in map(json.loads, open(sys.argv[1])) if r["point"] == int(sys.argv[2])]
 print(json.dumps(max(rows, key=lambda r: r["images_per_s"])))
 PY
+  POINT=$((POINT + 1))
+}
 
+for ((r = 1; r <= REPEATS; r++)); do
+  limit_point "$r"
   log "round $r/$REPEATS: offline classify"
   timed "$W/offline-time" "$RG" classify --quiet --out "$W/offline-$r.jsonl" "$W/items" 2>>"$OUT/offline.log"
   read -r wall peak_kb cpu <"$W/offline-time"
-  python3 - "$W/offline-$r.jsonl" "$r" "$wall" "$peak_kb" "$cpu" >>"$OUT/offline.jsonl" <<'PY'
+  python3 - "$W/offline-$r.jsonl" "$r" "$wall" "$peak_kb" "$cpu" "$((POINT - 1))" >>"$OUT/offline.jsonl" <<'PY'
 import json, sys
 from datetime import datetime
 path, rnd, wall, peak_kb, cpu = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+point = int(sys.argv[6])
 first, last, n, rejected = float("inf"), float("-inf"), 0, 0
 for line in open(path):
     rec = json.loads(line)
@@ -219,18 +228,21 @@ for line in open(path):
     t = datetime.fromisoformat(rec["classified_at"].replace("Z", "+00:00")).timestamp()
     first = min(first, t - rec["timings_us"]["total"] / 1e6)
     last = max(last, t)
-print(json.dumps({"bench": "offline", "round": rnd, "items": n, "rejected": rejected,
+print(json.dumps({"bench": "offline", "round": rnd, "after_point": point, "items": n, "rejected": rejected,
                   "wall_s": wall, "items_per_s_wall": n / wall,
                   "span_s": last - first, "items_per_s": n / (last - first),
                   "peak_rss_mb": peak_kb / 1024, "cpu_s": cpu, "cpu_ms_per_item": 1e3 * cpu / n}))
 PY
   rm -f "$W/offline-$r.jsonl"
 
+  limit_point "$r"
   log "round $r/$REPEATS: streaming (inline cutouts)"
   stream streaming "$DETECTIONS" "$r"
+  limit_point "$r"
   log "round $r/$REPEATS: streaming (cutouts by reference)"
   stream streaming-refs "$REFS" "$r"
 done
+limit_point "$REPEATS"
 
 # 4. Latency at about half the streaming rate.
 RATE="$(python3 -c '

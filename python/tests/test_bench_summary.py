@@ -1,0 +1,71 @@
+"""Tests of scripts/bench/summarise.py: each end-to-end run's ratio is to the limit measured
+around it, and the folders of older runs (one limit per round) still summarise as before."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("summarise", ROOT / "scripts" / "bench" / "summarise.py")
+summarise = importlib.util.module_from_spec(spec)
+sys.modules["summarise"] = summarise
+spec.loader.exec_module(summarise)
+
+SETTING = {"batch": 1, "sessions": 2, "intra_threads": 1}
+
+
+def write(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def e2e(rate: float, r: int, **extra) -> dict:
+    return {"round": r, "items_per_s": rate, "items_per_s_wall": rate, "items": 100, "rejected": 0,
+            "peak_rss_mb": 100.0, **extra}  # fmt: skip
+
+
+def run_folder(tmp_path: Path, bare: list[dict], runs: dict[str, list[dict]]) -> dict:
+    write(
+        tmp_path / "machine-start.json",
+        [{"cpus": 2, "cpu": "test", "when": "now", "uptime": "load average: 1", "commit": "x"}],
+    )
+    write(tmp_path / "sweep.jsonl", [{**SETTING, "images_per_s": 200.0, "ms_per_batch": 10.0}])
+    write(tmp_path / "bare.jsonl", bare)
+    for name, rows in runs.items():
+        write(tmp_path / f"{name}.jsonl", rows)
+    summarise.main(tmp_path)
+    return json.loads((tmp_path / "summary.json").read_text())
+
+
+def test_each_run_is_divided_by_the_mean_of_the_limits_around_it(tmp_path: Path) -> None:
+    # The load drifts: the limit falls from 200 to 100 over the run.
+    limits = [200.0, 190.0, 180.0, 170.0, 160.0, 150.0, 140.0]
+    bare = [{**SETTING, "round": 1 + p // 3, "point": p, "images_per_s": v, "ms_per_batch": 10.0}
+            for p, v in enumerate(limits)]  # fmt: skip
+    runs = {
+        "offline": [e2e(0.9 * 195, 1, after_point=0), e2e(0.9 * 165, 2, after_point=3)],
+        "streaming": [e2e(0.8 * 185, 1, after_point=1), e2e(0.8 * 155, 2, after_point=4)],
+        "streaming-refs": [e2e(0.85 * 175, 1, after_point=2), e2e(0.85 * 145, 2, after_point=5)],
+    }
+    s = run_folder(tmp_path, bare, runs)
+    assert s["limit_around_each_run"]
+    assert s["offline_ratio_by_round"] == pytest.approx([0.9, 0.9])
+    assert s["streaming_ratio_by_round"] == pytest.approx([0.8, 0.8])
+    assert s["streaming_refs_ratio_by_round"] == pytest.approx([0.85, 0.85])
+    assert (s["offline_ratio"], s["streaming_ratio"], s["streaming_refs_ratio"]) == pytest.approx((0.9, 0.8, 0.85))
+    assert s["rounds"] == 2
+
+
+def test_older_runs_keep_one_limit_per_round(tmp_path: Path) -> None:
+    bare = [{**SETTING, "images_per_s": v, "ms_per_batch": 10.0} for v in (200.0, 100.0)]
+    runs = {"offline": [e2e(180.0, 1), e2e(100.0, 2)], "streaming": [e2e(160.0, 1), e2e(80.0, 2)]}
+    s = run_folder(tmp_path, bare, runs)
+    assert not s["limit_around_each_run"]
+    assert s["offline_ratio_by_round"] == pytest.approx([0.9, 1.0])
+    # Median throughput over median limit, as those runs were summarised.
+    assert s["offline_ratio"] == pytest.approx(140.0 / 150.0)
+    assert s["streaming_ratio"] == pytest.approx(120.0 / 150.0)
