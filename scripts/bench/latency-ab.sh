@@ -10,8 +10,9 @@
 # A variant is NAME=BINARY, then any VAR=VALUE words for its environment (no spaces in a
 # value). Needs the broker (scripts/kafka/broker.sh start). Environment: ROUNDS (3), RATE
 # (detections/s, 135: about half of what `make bench` measured on the machine of 2026-11-26;
-# take half its streaming rate), SECONDS_PER_ROUND (20), WARM_SECONDS (20), CUTOUTS (the MiraBest test cutouts), BROKERS (127.0.0.1:9092), SINK_PROPERTIES (as in
-# run.sh), OUT (out/latency-ab/<UTC time>).
+# take half its streaming rate), SECONDS_PER_ROUND (20), WARM_SECONDS (20: the paced warm-up,
+# not counted), CUTOUTS (the MiraBest test cutouts), BROKERS (127.0.0.1:9092),
+# SINK_PROPERTIES (as in run.sh), OUT (out/latency-ab/<UTC time>).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"

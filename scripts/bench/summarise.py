@@ -48,7 +48,7 @@ def worker_batch_ms(worker: list[dict], candidates: list[dict], sweep: list[dict
 
 def ratios(rows: list[dict], bare: list[dict]) -> tuple[list[float], bool]:
     """Each end-to-end run's throughput over the limit around it: the mean of the limits
-    measured just before and just after it, and True. Runs before 2026-11-27 20:30 measured
+    measured just before and just after it, and True. Runs before 2026-11-27 20:10 measured
     the limit once per round, at its start: against that, and False."""
     points = {b["point"]: b["images_per_s"] for b in bare if "point" in b}
     if points and all("after_point" in r for r in rows):
@@ -61,7 +61,7 @@ def main(out: Path) -> None:
     start = lines(out / "machine-start.json")[0]
     end = lines(out / "machine-end.json")
     sweep = lines(out / "sweep.jsonl")
-    bare = lines(out / "bare.jsonl")  # per point (before 20:30 on 2026-11-27: per round), the faster candidate
+    bare = lines(out / "bare.jsonl")  # per point (before 20:10 on 2026-11-27: per round), the faster candidate
     candidates = lines(out / "bare-candidates.jsonl")  # runs before 2026-11-27 18:00 lack it
     offline = lines(out / "offline.jsonl")
     streaming = lines(out / "streaming.jsonl")

@@ -8,8 +8,9 @@
 //! - `topics`: creates (or deletes) the benchmark's own Kafka topics; results topics use
 //!   the broker's clock (`message.timestamp.type=LogAppendTime`) for publication times.
 //! - `collect`: reads a results topic from its beginning until it holds the expected
-//!   number of records, and reports end-to-end throughput (first consume to last
-//!   publication) and latency percentiles (detection time to publication) as JSON.
+//!   number of records (after a warm-up it skips), and reports end-to-end throughput (first
+//!   consume to last publication) and latency percentiles (detection time to publication),
+//!   with where the time went, as JSON.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -317,7 +318,8 @@ struct Latency {
     total: f64,
     to_worker: f64,
     in_worker: f64,
-    /// Of `in_worker`: waiting for a batch and a session, and the batch's inference.
+    /// Of `in_worker`: from ready for the model until its batch went to inference, and from
+    /// then until the batch's outputs came back (the wait for a free session included).
     queue: f64,
     inference: f64,
     to_topic: f64,
