@@ -247,6 +247,10 @@ pub struct InferenceConfig {
     pub sessions: usize,
     /// ONNX Runtime intra-op threads per session.
     pub intra_threads: usize,
+    /// Intra-op threads of one more session that takes batches while no detections queue (a
+    /// live stream): one image on several cores finishes sooner. 0: no such session. CPU
+    /// only; by default `sessions x intra_threads` when that is more than 1.
+    pub live_intra_threads: usize,
 }
 
 /// What the attention summary in each result holds.
@@ -769,6 +773,7 @@ struct RawInference {
     gpu_wait: Option<GpuWait>,
     sessions: i64,
     intra_threads: i64,
+    live_intra_threads: Option<i64>,
 }
 
 impl Default for RawInference {
@@ -782,6 +787,7 @@ impl Default for RawInference {
             gpu_wait: None,
             sessions: 2,
             intra_threads: 1,
+            live_intra_threads: None,
         }
     }
 }
@@ -1154,6 +1160,15 @@ impl RawInference {
             None => 0,
         };
         let wait = self.gpu_wait.unwrap_or_default();
+        if self.execution_provider != ProviderKind::Cpu {
+            check.unused(
+                [(
+                    "inference.live_intra_threads",
+                    self.live_intra_threads.is_some_and(|n| n != 0),
+                )],
+                "only used with execution_provider \"cpu\"",
+            );
+        }
         if self.execution_provider == ProviderKind::Cpu {
             check.unused(
                 [
@@ -1171,6 +1186,15 @@ impl RawInference {
             execution_provider,
             sessions: check.range("inference.sessions", self.sessions, 1, 64),
             intra_threads: check.range("inference.intra_threads", self.intra_threads, 1, 1024),
+            live_intra_threads: match self.live_intra_threads {
+                _ if self.execution_provider != ProviderKind::Cpu => 0,
+                Some(n) => check.range("inference.live_intra_threads", n, 0, 1024),
+                // As many cores as the sessions use together; none when that is one.
+                None => usize::try_from(self.sessions.saturating_mul(self.intra_threads))
+                    .ok()
+                    .filter(|&n| n > 1)
+                    .unwrap_or(0),
+            },
         }
     }
 }
@@ -1367,6 +1391,10 @@ mod tests {
         assert_eq!(config.inference.sessions, 2);
         assert_eq!(config.inference.intra_threads, 1);
         assert_eq!(
+            config.inference.live_intra_threads, 2,
+            "as many as the sessions use together"
+        );
+        assert_eq!(
             config.summary,
             SummaryConfig {
                 grid: 30,
@@ -1486,6 +1514,29 @@ mod tests {
         assert!(
             msg.starts_with("inference.device_id: only used with"),
             "{msg}"
+        );
+        let msg = field_error(from_toml(
+            "[inference]\nexecution_provider = \"cuda\"\nlive_intra_threads = 4\n",
+        ));
+        assert!(
+            msg.starts_with(
+                "inference.live_intra_threads: only used with execution_provider \"cpu\""
+            ),
+            "{msg}"
+        );
+        let msg = field_error(from_toml("[inference]\nlive_intra_threads = -1\n"));
+        assert!(
+            msg.starts_with("inference.live_intra_threads: must be between 0"),
+            "{msg}"
+        );
+        let live = |text: &str| from_toml(text).unwrap().inference.live_intra_threads;
+        assert_eq!(live("[inference]\nlive_intra_threads = 0\n"), 0, "off");
+        assert_eq!(live("[inference]\nsessions = 1\n"), 0, "one core: none");
+        assert_eq!(live("[inference]\nsessions = 3\nintra_threads = 2\n"), 6);
+        assert_eq!(
+            live("[inference]\nexecution_provider = \"cuda\"\n"),
+            0,
+            "GPU: none"
         );
 
         let msg = field_error(from_toml("[telemetry]\nlisten = \"localhost\"\n"));

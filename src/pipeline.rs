@@ -216,6 +216,8 @@ fn open_ends(config: &Config) -> Result<(Intake, Output, Option<Acks>), Pipeline
 #[derive(Debug)]
 struct Admitted {
     count: AtomicU64,
+    /// Outcomes the sink has written, as it last said ([`Backlog::nothing_queued`]).
+    written: AtomicU64,
     at_once: u64,
 }
 
@@ -228,6 +230,7 @@ impl Admitted {
                 * config.batch.max_batch.max(1);
         Self {
             count: AtomicU64::new(0),
+            written: AtomicU64::new(0),
             at_once: u64::try_from(at_once).unwrap_or(u64::MAX),
         }
     }
@@ -241,6 +244,12 @@ impl Admitted {
     /// are not worth waiting for; a backlog fills the queues far beyond that.
     fn nothing_queued(&self, written: u64) -> bool {
         self.in_flight(written) <= self.at_once
+    }
+
+    /// Whether nothing queues as the sink last saw it: a live stream, whose batches may go to
+    /// the live session (`inference.live_intra_threads`).
+    fn live(&self) -> bool {
+        self.nothing_queued(self.written.load(Ordering::Relaxed))
     }
 
     /// Detections taken in whose outcome is not among the `written`.
@@ -260,6 +269,7 @@ impl Backlog {
     /// After `written` outcomes: switches the policy when the backlog crossed a threshold,
     /// and tells whether nothing queues ([`Admitted::nothing_queued`]).
     fn nothing_queued(&mut self, written: u64) -> bool {
+        self.admitted.written.store(written, Ordering::Relaxed);
         if let Some(adaptive) = &mut self.scheduling {
             adaptive.observe(self.admitted.in_flight(written));
         }
@@ -449,6 +459,7 @@ pub async fn run(
             permits: Arc::new(tokio::sync::Semaphore::new(config.cutout.workers.max(1))),
         });
         let in_flight = BATCHES_PER_SESSION * config.inference.sessions.max(1);
+        let admitted = admitted.clone();
         tokio::spawn(async move {
             let mut running = tokio::task::JoinSet::new();
             while let Some(batch) = batches_rx.recv().await {
@@ -458,8 +469,9 @@ pub async fn run(
                 metrics.batch(batch.len());
                 let (inference, outcomes_tx, finish) =
                     (inference.clone(), outcomes_tx.clone(), finish.clone());
+                let live = inference.has_live_session() && admitted.live();
                 running.spawn(async move {
-                    infer_batch(&inference, batch, &outcomes_tx, &finish).await;
+                    infer_batch(&inference, batch, live, &outcomes_tx, &finish).await;
                 });
             }
             while running.join_next().await.is_some() {}
@@ -706,12 +718,13 @@ fn cut_and_prepare_inner(cutter: &Cutter, detection: Detection) -> Result<Ready,
     })
 }
 
-/// Runs one batch through the model and passes each item on, its result built on a
-/// blocking thread. A failed batch rejects its items (with the reason) rather than losing
-/// them.
+/// Runs one batch through the model (`live`: preferring the live session, as while nothing
+/// queues) and passes each item on, its result built on a blocking thread. A failed batch
+/// rejects its items (with the reason) rather than losing them.
 async fn infer_batch(
     inference: &Inference,
     mut batch: Vec<Numbered<Ready>>,
+    live: bool,
     outcomes_tx: &mpsc::Sender<Numbered<Outcome>>,
     finish: &Arc<Finish>,
 ) {
@@ -722,7 +735,11 @@ async fn infer_batch(
         .iter_mut()
         .map(|n| std::mem::take(&mut n.item.prepared.input))
         .collect();
-    let result = inference.infer(images).await;
+    let result = if live {
+        inference.infer_live(images).await
+    } else {
+        inference.infer(images).await
+    };
     let inference_us = micros(started.elapsed());
     match result {
         Ok(outputs) => {

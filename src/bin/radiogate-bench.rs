@@ -166,6 +166,7 @@ fn infer(args: &InferArgs) -> anyhow::Result<()> {
                 ),
                 sessions,
                 intra_threads: threads,
+                live_intra_threads: 0,
             };
             // A setting that fails (a GPU out of memory, say) is reported and the sweep
             // goes on with the next one.

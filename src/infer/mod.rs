@@ -130,6 +130,9 @@ struct Shared {
     /// Queues batches for the session threads; bounded (one waiting job per session) so
     /// that callers wait for a free session instead of piling work up here.
     jobs_tx: mpsc::Sender<Job>,
+    /// The live session's queue (`inference.live_intra_threads`): one waiting job at most;
+    /// a job that finds it full goes to `jobs_tx` instead ([`Inference::infer_live`]).
+    live_tx: Option<mpsc::Sender<Job>>,
     /// The session threads, taken by [`Inference::join`].
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Attention gates the model has.
@@ -172,18 +175,35 @@ impl Inference {
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(cfg.sessions);
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let mut threads = Vec::with_capacity(cfg.sessions);
+        let mut threads = Vec::with_capacity(cfg.sessions + 1);
         for index in 0..cfg.sessions {
-            let spawned = spawn_session(index, runtime, cfg, &model, &jobs_rx, &ready_tx);
+            let name = format!("radiogate-infer-{index}");
+            let spawned = spawn_session(name, runtime, cfg, &model, &jobs_rx, &ready_tx);
             match spawned {
                 Ok(thread) => threads.push(thread),
                 Err(e) => return Err(stop(jobs_tx, threads, StartError::Spawn(e))),
             }
         }
+        let live_tx = if cfg.live_intra_threads > 0 {
+            let (live_tx, live_rx) = mpsc::channel::<Job>(1);
+            let live_cfg = InferenceConfig {
+                intra_threads: cfg.live_intra_threads,
+                ..cfg.clone()
+            };
+            let live_rx = Arc::new(Mutex::new(live_rx));
+            let name = "radiogate-infer-live".to_string();
+            match spawn_session(name, runtime, &live_cfg, &model, &live_rx, &ready_tx) {
+                Ok(thread) => threads.push(thread),
+                Err(e) => return Err(stop(jobs_tx, threads, StartError::Spawn(e))),
+            }
+            Some(live_tx)
+        } else {
+            None
+        };
         drop(ready_tx);
 
         let mut gates = 0;
-        for _ in 0..cfg.sessions {
+        for _ in 0..threads.len() {
             match ready_rx.recv() {
                 Ok(Ok(contract)) => gates = contract.gates,
                 Ok(Err(e)) => return Err(stop(jobs_tx, threads, e)),
@@ -195,6 +215,7 @@ impl Inference {
         }
         let shared = Shared {
             jobs_tx,
+            live_tx,
             threads: Mutex::new(threads),
             gates,
         };
@@ -211,6 +232,24 @@ impl Inference {
     /// blocking the runtime, for a free place in the queue and then for the answer.
     /// Results do not depend on how images are grouped into batches.
     pub async fn infer(&self, images: Vec<Vec<f32>>) -> Result<Vec<ModelOutput>, InferError> {
+        self.run(images, false).await
+    }
+
+    /// As [`Inference::infer`], on the live session (`inference.live_intra_threads`) when
+    /// there is one and its queue has room (it runs one batch and holds one more): for a
+    /// detection that nothing queues behind, one image on several cores. Otherwise on the
+    /// other sessions, as `infer`. The outputs are the same either way (ONNX Runtime's CPU
+    /// kernels split an image's work over threads without changing its sums; tests pin it).
+    pub async fn infer_live(&self, images: Vec<Vec<f32>>) -> Result<Vec<ModelOutput>, InferError> {
+        self.run(images, true).await
+    }
+
+    /// Whether there is a live session.
+    pub fn has_live_session(&self) -> bool {
+        self.shared.live_tx.is_some()
+    }
+
+    async fn run(&self, images: Vec<Vec<f32>>, live: bool) -> Result<Vec<ModelOutput>, InferError> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
@@ -225,10 +264,17 @@ impl Inference {
             });
         }
         let (reply_tx, reply_rx) = oneshot::channel();
-        let job = Job {
+        let mut job = Job {
             images,
             reply: reply_tx,
         };
+        if let (true, Some(live_tx)) = (live, &self.shared.live_tx) {
+            match live_tx.try_send(job) {
+                Ok(()) => return reply_rx.await.map_err(|_| InferError::Stopped)?,
+                Err(mpsc::error::TrySendError::Full(back)) => job = back,
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(InferError::Stopped),
+            }
+        }
         self.shared
             .jobs_tx
             .send(job)
@@ -266,7 +312,7 @@ impl Inference {
 /// Starts one session thread: it loads the model, says on `ready_tx` whether that worked,
 /// and then serves jobs until the queue closes.
 fn spawn_session(
-    index: usize,
+    name: String,
     runtime: &'static runtime::Runtime,
     cfg: &InferenceConfig,
     model: &Arc<[u8]>,
@@ -279,9 +325,8 @@ fn spawn_session(
         jobs_rx.clone(),
         ready_tx.clone(),
     );
-    std::thread::Builder::new()
-        .name(format!("radiogate-infer-{index}"))
-        .spawn(move || match Worker::load(runtime, &cfg, &model) {
+    std::thread::Builder::new().name(name).spawn(move || {
+        match Worker::load(runtime, &cfg, &model) {
             Ok(worker) => {
                 // start() waits for every thread's answer, so the receiver is still there.
                 let _ = ready_tx.send(Ok(worker.contract()));
@@ -292,7 +337,8 @@ fn spawn_session(
             Err(e) => {
                 let _ = ready_tx.send(Err(e));
             }
-        })
+        }
+    })
 }
 
 /// Closes the queue, waits for the threads that did start, and passes `error` on.

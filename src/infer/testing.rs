@@ -27,6 +27,7 @@ pub(crate) fn test_config(sessions: usize) -> InferenceConfig {
         execution_provider: ExecutionProvider::Cpu,
         sessions,
         intra_threads: 1,
+        live_intra_threads: 0,
     }
 }
 

@@ -225,6 +225,52 @@ async fn concurrent_batches_on_two_sessions_keep_their_order() {
 }
 
 #[tokio::test]
+async fn the_live_session_gives_the_same_outputs_and_overflows_to_the_others() {
+    let sample = mirabest_sample();
+    let config = InferenceConfig {
+        live_intra_threads: 2,
+        ..test_config(1)
+    };
+    let (inference, _) = Inference::start(&config).expect("the test model starts");
+    assert!(inference.has_live_session());
+    let reference = inference
+        .infer(sample.iter().map(|s| s.input()).collect())
+        .await
+        .expect("reference batch");
+
+    // One at a time: each goes to the free live session (two intra-op threads).
+    for (k, image) in sample.iter().enumerate() {
+        let out = inference
+            .infer_live(vec![image.input()])
+            .await
+            .expect("live");
+        assert_eq!(max_abs_diff(&out[0], &reference[k]), 0.0, "image {k}, live");
+    }
+    // All at once: the live session holds two jobs at most, the rest go to the other session.
+    let tasks: Vec<_> = (0..sample.len())
+        .map(|k| {
+            let (inference, image) = (inference.clone(), sample[k].input());
+            tokio::spawn(async move { inference.infer_live(vec![image]).await })
+        })
+        .collect();
+    for (k, task) in tasks.into_iter().enumerate() {
+        let out = task.await.expect("task ran").expect("batch runs");
+        assert_eq!(
+            max_abs_diff(&out[0], &reference[k]),
+            0.0,
+            "image {k}, burst"
+        );
+    }
+    assert_eq!(
+        tokio::task::spawn_blocking(move || inference.join())
+            .await
+            .expect("join"),
+        0,
+        "both session threads end cleanly"
+    );
+}
+
+#[tokio::test]
 async fn join_returns_once_every_handle_is_gone() {
     let (inference, _) = start(2);
     let other = inference.clone();

@@ -84,17 +84,22 @@ fn centre_from_name(id: &str) -> (f64, f64) {
 }
 
 #[test]
-fn batch_composition_and_concurrent_sessions_do_not_change_results() {
+fn batch_composition_concurrent_sessions_and_the_live_session_do_not_change_results() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut by_batch = Vec::new();
-    // (max_batch, sessions): one batch at a time, then several batches in flight at once
-    // (up to two per session), whose results the sink puts back in input order.
-    for (max_batch, sessions) in [(1, 1), (7, 1), (32, 1), (1, 3), (2, 2)] {
-        let out = dir.path().join(format!("b{max_batch}-s{sessions}.jsonl"));
+    // (max_batch, sessions, live session's threads): one batch at a time, then several
+    // batches in flight at once (up to two per session), whose results the sink puts back in
+    // input order; the first without a live session, the others with one taking batches
+    // while nothing queues (the first few of a run).
+    for (max_batch, sessions, live) in [(1, 1, 0), (7, 1, 2), (32, 1, 2), (1, 3, 2), (2, 2, 2)] {
+        let out = dir
+            .path()
+            .join(format!("b{max_batch}-s{sessions}-l{live}.jsonl"));
         let mut config = common::files_config(vec![common::sample_dir()], &out);
         config.batch.max_batch = max_batch;
         config.inference.sessions = sessions;
         config.inference.intra_threads = 1;
+        config.inference.live_intra_threads = live;
         common::run(config);
         let results: Vec<_> = common::read(&out)
             .into_iter()

@@ -34,6 +34,7 @@ fn worker_on_raw_fits_matches_model_on_test_batch() {
         execution_provider: radiogate::config::ExecutionProvider::Cpu,
         sessions: 1,
         intra_threads: 1,
+        live_intra_threads: 0,
     })
     .expect("the model loads");
     let stems: Vec<&String> = golden.keys().collect();
