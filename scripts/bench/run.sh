@@ -8,8 +8,9 @@
 #
 # What it measures (see BENCHMARKS.md for the definitions):
 #   1. the limit: bare inference (radiogate-bench infer: radiogate's own src/infer, ready-made
-#      tensors) over a sweep of batch size, sessions and intra-op threads; the best setting
-#      is then re-measured in every round;
+#      tensors) over a sweep of batch size, sessions and intra-op threads; the two best
+#      settings are then re-measured before and after every end-to-end run, and each run's
+#      ratio is to the mean of the limits around it;
 #   2. offline: `radiogate classify` over the MiraBest test cutouts repeated COPIES times
 #      (symlinks with distinct names, so distinct source ids; files in page cache);
 #   3. streaming: `radiogate run` draining the same detections, published beforehand with
