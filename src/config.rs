@@ -1160,15 +1160,6 @@ impl RawInference {
             None => 0,
         };
         let wait = self.gpu_wait.unwrap_or_default();
-        if self.execution_provider != ProviderKind::Cpu {
-            check.unused(
-                [(
-                    "inference.live_intra_threads",
-                    self.live_intra_threads.is_some_and(|n| n != 0),
-                )],
-                "only used with execution_provider \"cpu\"",
-            );
-        }
         if self.execution_provider == ProviderKind::Cpu {
             check.unused(
                 [
@@ -1176,6 +1167,14 @@ impl RawInference {
                     ("inference.gpu_wait", self.gpu_wait.is_some()),
                 ],
                 "only used with execution_provider \"cuda\" or \"tensorrt\"",
+            );
+        } else {
+            check.unused(
+                [(
+                    "inference.live_intra_threads",
+                    self.live_intra_threads.is_some_and(|n| n != 0),
+                )],
+                "only used with execution_provider \"cpu\"",
             );
         }
         let execution_provider = ExecutionProvider::new(self.execution_provider, device_id, wait);

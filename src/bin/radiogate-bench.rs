@@ -326,12 +326,6 @@ struct Latency {
     to_topic: f64,
 }
 
-/// The `q` quantile (nearest rank) of sorted values.
-fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
-    (!sorted.is_empty())
-        .then(|| sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1])
-}
-
 fn collect(args: &CollectArgs) -> anyhow::Result<()> {
     let reader = TopicReader::open(
         &args.brokers,
@@ -396,18 +390,19 @@ fn collect(args: &CollectArgs) -> anyhow::Result<()> {
         }
     }
     latencies.sort_by(|a, b| a.total.total_cmp(&b.total));
-    let totals: Vec<f64> = latencies.iter().map(|l| l.total).collect();
-    let pct = |q: f64| percentile(&totals, q);
-    // Where the slowest 1% spent their time, against the median record: the time before the
-    // worker took the detection in (publisher, broker, consumer), in the worker, and from the
-    // worker's result to its broker append (producer, broker).
+    let pct = |q: f64| -> Option<f64> {
+        (!latencies.is_empty()).then(|| {
+            let rank = (q * latencies.len() as f64).ceil() as usize;
+            latencies[rank.clamp(1, latencies.len()) - 1].total
+        })
+    };
+    // Where the slowest 1% spent their time, against the middle 10%: before the worker took
+    // the detection in (publisher, broker, consumer), in the worker, and from the worker's
+    // result to its broker append (producer, broker). The mean of a part over a rank range.
     let part = |f: fn(&Latency) -> f64, from: f64, to: f64| -> Option<f64> {
         let n = latencies.len() as f64;
-        let picked: Vec<f64> = latencies[(from * n) as usize..(to * n).ceil() as usize]
-            .iter()
-            .map(f)
-            .collect();
-        (!picked.is_empty()).then(|| picked.iter().sum::<f64>() / picked.len() as f64)
+        let picked = &latencies[(from * n) as usize..(to * n).ceil() as usize];
+        (!picked.is_empty()).then(|| picked.iter().map(f).sum::<f64>() / picked.len() as f64)
     };
     let parts = |from: f64, to: f64| {
         serde_json::json!({
