@@ -18,23 +18,22 @@ ROUNDS="${ROUNDS:-5}"
 COPIES="${COPIES:-32}"
 CUTOUTS="${CUTOUTS:-$ROOT/../shared/data/first-cutouts/mirabest-test}"
 OUT="${OUT:-$ROOT/out/ab/$(date -u +%Y%m%dT%H%M%SZ)}"
-[ "$#" -ge 2 ] || { echo "usage: $0 NAME=BINARY [VAR=VALUE ...] NAME=BINARY ..." >&2; exit 2; }
+# shellcheck source=scripts/bench/lib.sh
+. "$ROOT/scripts/bench/lib.sh"
+ab_usage "$@"
 
-mkdir -p "$OUT/items"
-for c in $(seq "$COPIES"); do
-  for f in "$CUTOUTS"/*.fits; do ln -sf "$f" "$OUT/items/c${c}_$(basename "$f")"; done
-done
-items=$(find "$OUT/items" -name '*.fits' | wc -l)
+cutouts=("$CUTOUTS"/*.fits)
+items=$((COPIES * ${#cutouts[@]}))
+links "$OUT/items" "$items" c
 echo "ab: $items items, $ROUNDS rounds, load: $(uptime | sed 's/.*load/load/')" | tee "$OUT/summary.txt"
 
 for r in $(seq "$ROUNDS"); do
   for variant in "$@"; do
-    read -r spec envs <<<"$variant"
-    name="${spec%%=*}" bin="${spec#*=}"
+    split_variant "$variant"
+    name="$VARIANT_NAME"
     start=$(date +%s.%N)
-    # shellcheck disable=SC2086 # $envs is a list of VAR=VALUE words
-    env $envs /usr/bin/time -f '%U %S' -o "$OUT/cpu.txt" \
-      "$bin" classify --quiet --out "$OUT/$name-$r.jsonl" "$OUT/items" 2>>"$OUT/$name.log"
+    /usr/bin/time -f '%U %S' -o "$OUT/cpu.txt" \
+      "${VARIANT_CMD[@]}" classify --quiet --out "$OUT/$name-$r.jsonl" "$OUT/items" 2>>"$OUT/$name.log"
     end=$(date +%s.%N)
     read -r user sys <"$OUT/cpu.txt"
     echo "{\"variant\":\"$name\",\"round\":$r,\"items\":$items,\"start\":$start,\"end\":$end,\"user_s\":$user,\"sys_s\":$sys}" >>"$OUT/rounds.jsonl"

@@ -28,7 +28,7 @@ RB=target/release/radiogate-bench
 RG=target/release/radiogate
 # shellcheck source=scripts/bench/lib.sh
 . scripts/bench/lib.sh
-[ "$#" -ge 2 ] || { echo "usage: $0 NAME=BINARY [VAR=VALUE ...] NAME=BINARY ..." >&2; exit 2; }
+ab_usage "$@"
 [ -n "$(broker_pid)" ] || { echo "latency-ab: no local broker (scripts/kafka/broker.sh start)" >&2; exit 1; }
 cargo build --release --quiet --bin radiogate --bin radiogate-bench
 
@@ -48,14 +48,13 @@ echo "latency-ab: $items detections at $RATE/s, $ROUNDS rounds, load: $(uptime |
 
 for r in $(seq "$ROUNDS"); do
   for variant in "$@"; do
-    read -r spec envs <<<"$variant"
-    name="${spec%%=*}" bin="${spec#*=}"
+    split_variant "$variant"
+    name="$VARIANT_NAME"
     live="$PREFIX.$name-$r"
     TOPICS+=("$live" "$live.results" "$live.dead")
     "$RB" topics --brokers "$BROKERS" "$live:4" "$live.results:1:logappend" "$live.dead:1"
     worker_config "$OUT/$name-$r.toml" "$live" "$live" "$live.results" "$live.dead"
-    # shellcheck disable=SC2086 # $envs is a list of VAR=VALUE words
-    env $envs "$bin" run --config "$OUT/$name-$r.toml" 2>>"$OUT/$name.log" &
+    "${VARIANT_CMD[@]}" run --config "$OUT/$name-$r.toml" 2>>"$OUT/$name.log" &
     WORKER=$!
     paced_latency "$live" "$live.results" "$RATE" "$OUT/warmup" "$OUT/live" "$name" |
       sed "s/^{/{\"variant\":\"$name\",\"round\":$r,/" >>"$OUT/rounds.jsonl"

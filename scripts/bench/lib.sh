@@ -21,6 +21,23 @@ CONFIG
   if [[ -n "${SINK_PROPERTIES:-}" ]]; then echo "properties = $SINK_PROPERTIES" >>"$1"; fi
 }
 
+# The A/B scripts (ab.sh, stream-ab.sh, latency-ab.sh) compare variants, each NAME=BINARY
+# then any VAR=VALUE words for its environment (no spaces in a value): $@ must hold two or more.
+ab_usage() {
+  [ "$#" -ge 2 ] || { echo "usage: $0 NAME=BINARY [VAR=VALUE ...] NAME=BINARY ..." >&2; exit 2; }
+}
+
+# Splits variant $1 into VARIANT_NAME and VARIANT_CMD (`env VAR=VALUE ... BINARY`, to be run
+# with the binary's arguments; env execs the binary, so `$!` of a background run is its pid).
+split_variant() {
+  local spec envs
+  read -r spec envs <<<"$1"
+  # shellcheck disable=SC2034 # both are the caller's
+  VARIANT_NAME="${spec%%=*}"
+  # shellcheck disable=SC2034
+  read -ra VARIANT_CMD <<<"env $envs ${spec#*=}"
+}
+
 # Peak (VmHWM) and current (VmRSS) resident memory of a process, in MB.
 rss_mb() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 

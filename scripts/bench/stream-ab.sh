@@ -27,7 +27,7 @@ OUT="${OUT:-$ROOT/out/stream-ab/$STAMP}"
 RB=target/release/radiogate-bench
 # shellcheck source=scripts/bench/lib.sh
 . scripts/bench/lib.sh
-[ "$#" -ge 2 ] || { echo "usage: $0 NAME=BINARY [VAR=VALUE ...] NAME=BINARY ..." >&2; exit 2; }
+ab_usage "$@"
 BROKER_PID="$(broker_pid)"
 [ -n "$BROKER_PID" ] || { echo "stream-ab: no local broker (scripts/kafka/broker.sh start)" >&2; exit 1; }
 cargo build --release --quiet --bin radiogate-bench
@@ -47,15 +47,14 @@ echo "stream-ab: $items detections (inline $INLINE), $ROUNDS rounds, load: $(upt
 
 for r in $(seq "$ROUNDS"); do
   for variant in "$@"; do
-    read -r spec envs <<<"$variant"
-    name="${spec%%=*}" bin="${spec#*=}"
+    split_variant "$variant"
+    name="$VARIANT_NAME"
     results="$PREFIX.$name-$r"
     TOPICS+=("$results" "$results.dead")
     "$RB" topics --brokers "$BROKERS" "$results:1:logappend" "$results.dead:1"
     worker_config "$OUT/$name-$r.toml" "$PREFIX.detections" "$results" "$results" "$results.dead"
     broker0="$(cpu_s "$BROKER_PID")"
-    # shellcheck disable=SC2086 # $envs is a list of VAR=VALUE words
-    env $envs "$bin" run --config "$OUT/$name-$r.toml" 2>>"$OUT/$name.log" &
+    "${VARIANT_CMD[@]}" run --config "$OUT/$name-$r.toml" 2>>"$OUT/$name.log" &
     worker=$!
     "$RB" collect --brokers "$BROKERS" --topic "$results" --expect "$items" --label "$name" >"$OUT/collect"
     worker_cpu="$(cpu_s "$worker")" broker1="$(cpu_s "$BROKER_PID")"
