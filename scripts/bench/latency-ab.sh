@@ -56,7 +56,8 @@ for r in $(seq "$ROUNDS"); do
     worker_config "$OUT/$name-$r.toml" "$live" "$live" "$live.results" "$live.dead"
     "${VARIANT_CMD[@]}" run --config "$OUT/$name-$r.toml" 2>>"$OUT/$name.log" &
     WORKER=$!
-    paced_latency "$live" "$live.results" "$RATE" "$OUT/warmup" "$OUT/live" "$name" |
+    paced_latency "$live" "$live.results" "$RATE" "$OUT/warmup" "$OUT/live" "$name" \
+      "$OUT/$name-$r-records.jsonl" |
       sed "s/^{/{\"variant\":\"$name\",\"round\":$r,/" >>"$OUT/rounds.jsonl"
     kill -INT "$WORKER"
     wait "$WORKER" || true

@@ -70,16 +70,18 @@ PY
 # The latency of a paced stream through a running worker, printed as `radiogate-bench
 # collect`'s JSON line. $1 detections topic, $2 its results topic (empty so far; one
 # partition), $3 rate (detections/s), $4 folder of warm-up detections, $5 folder of the
-# measured ones, $6 label. Uses $RG, $RB, $BROKERS and appends to $OUT/publish.log. The
-# warm-up goes at the same rate and is read but not counted: the worker's first batches and
-# a freshly started broker's JIT (the request paths of a paced stream are not those of a
-# bulk drain) would otherwise set the tail.
+# measured ones, $6 label, $7 where each measured record's latency and parts go (JSON
+# lines, `collect --records`). Uses $RG, $RB, $BROKERS and appends to $OUT/publish.log.
+# The warm-up and the measured detections are one stream from one publisher; the warm-up's
+# results are read but not counted. Without the warm-up, the worker's first batches and a
+# freshly started broker's JIT (the request paths of a paced stream are not those of a
+# bulk drain) set the tail; with a publisher started anew for the measured part, so did
+# its first ~0.5 s: detections stamped while it still connected, then sent at once.
 paced_latency() {
   local warm live
   warm=$(find "$4" -name '*.fits' | wc -l)
   live=$(find "$5" -name '*.fits' | wc -l)
-  "$RG" publish --brokers "$BROKERS" --topic "$1" --inline --rate "$3" "$4" 2>>"$OUT/publish.log"
-  "$RB" collect --brokers "$BROKERS" --topic "$2" --expect "$warm" >/dev/null
-  "$RG" publish --brokers "$BROKERS" --topic "$1" --inline --rate "$3" "$5" 2>>"$OUT/publish.log"
-  "$RB" collect --brokers "$BROKERS" --topic "$2" --skip "$warm" --expect "$live" --label "$6"
+  "$RG" publish --brokers "$BROKERS" --topic "$1" --inline --rate "$3" "$4" "$5" 2>>"$OUT/publish.log"
+  "$RB" collect --brokers "$BROKERS" --topic "$2" --skip "$warm" --expect "$live" --label "$6" \
+    --records "$7"
 }

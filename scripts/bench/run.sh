@@ -260,7 +260,8 @@ links "$W/live" "$LIVE_ITEMS" l
 worker_config "$W/worker-live.toml" "$LIVE" "$PREFIX-group-live" "$LIVE.results" "$LIVE.dead"
 "$RG" run --config "$W/worker-live.toml" 2>"$OUT/worker-live.log" &
 WORKER_PID=$!
-paced_latency "$LIVE" "$LIVE.results" "$RATE" "$W/warmup" "$W/live" "half load" >"$W/collect"
+paced_latency "$LIVE" "$LIVE.results" "$RATE" "$W/warmup" "$W/live" "half load" \
+  "$OUT/latency-records.jsonl" >"$W/collect"
 peak="$(rss_mb "$WORKER_PID" VmHWM)"
 stop_worker
 sed "s/^{/{\"rate\":$RATE,\"peak_rss_mb\":$peak,/" "$W/collect" >"$OUT/latency.jsonl"

@@ -107,6 +107,10 @@ struct CollectArgs {
     /// Label copied into the JSON output.
     #[arg(long, default_value = "")]
     label: String,
+    /// Also writes each counted record's latency and its parts here, one JSON line each in
+    /// the order of detection (`detected_ms`: the send time, ms since the epoch).
+    #[arg(long)]
+    records: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -314,8 +318,10 @@ fn millis(t: &prost_types::Timestamp) -> f64 {
 }
 
 /// One result's latency (ms) and its parts; the parts are 0 where the result lacks timings.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 struct Latency {
+    /// When the detection was sent (ms since the epoch).
+    detected_ms: f64,
     total: f64,
     to_worker: f64,
     in_worker: f64,
@@ -374,6 +380,7 @@ fn collect(args: &CollectArgs) -> anyhow::Result<()> {
                 let (detected, classified) = (millis(detected), millis(classified));
                 let in_worker = f64::from(timings.total_us) / 1e3;
                 latencies.push(Latency {
+                    detected_ms: detected,
                     total: published - detected,
                     to_worker: classified - in_worker - detected,
                     in_worker,
@@ -383,11 +390,21 @@ fn collect(args: &CollectArgs) -> anyhow::Result<()> {
                 });
             }
             (Some(detected), _, _) => latencies.push(Latency {
+                detected_ms: millis(detected),
                 total: published - millis(detected),
                 ..Latency::default()
             }),
             (None, _, _) => without_detected_at += 1,
         }
+    }
+    if let Some(path) = &args.records {
+        latencies.sort_by(|a, b| a.detected_ms.total_cmp(&b.detected_ms));
+        let mut lines = String::new();
+        for latency in &latencies {
+            lines += &serde_json::to_string(latency)?;
+            lines.push('\n');
+        }
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
     }
     latencies.sort_by(|a, b| a.total.total_cmp(&b.total));
     let pct = |q: f64| -> Option<f64> {
