@@ -528,10 +528,10 @@ impl ConfigBuilder {
     /// Removes `field` (`section.key`) so that its default applies (e.g. a file's
     /// `source.path` when the command line switches the source to files).
     pub fn unset(&mut self, field: &str) -> &mut Self {
-        if let Some((section, key)) = field.split_once('.')
-            && let Some(toml::Value::Table(section_table)) = self.table.get_mut(section)
-        {
-            section_table.remove(key);
+        if let Some((section, key)) = field.split_once('.') {
+            if let Some(toml::Value::Table(section_table)) = self.table.get_mut(section) {
+                section_table.remove(key);
+            }
         }
         self.set_by.remove(field);
         self.env_text.remove(field);

@@ -49,15 +49,15 @@ pub fn publish(plan: &PublishPlan) -> Result<PublishSummary, PipelineError> {
                 continue;
             }
         };
-        if plan.inline
-            && let Some(proto::source_detection::Pixels::FitsPath(path)) = &message.pixels
-        {
-            let bytes = std::fs::read(path).map_err(|e| SourceError::Io {
-                path: path.into(),
-                source: e,
-            })?;
-            message.pixels = Some(proto::source_detection::Pixels::FitsCutout(bytes));
-            message.centre_of_cutout = true;
+        if plan.inline {
+            if let Some(proto::source_detection::Pixels::FitsPath(path)) = &message.pixels {
+                let bytes = std::fs::read(path).map_err(|e| SourceError::Io {
+                    path: path.into(),
+                    source: e,
+                })?;
+                message.pixels = Some(proto::source_detection::Pixels::FitsCutout(bytes));
+                message.centre_of_cutout = true;
+            }
         }
         if let Some(rate) = plan.rate {
             // The n-th detection leaves n / rate seconds after the first: no drift.
