@@ -69,3 +69,13 @@ def test_older_runs_keep_one_limit_per_round(tmp_path: Path) -> None:
     # Median throughput over median limit, as those runs were summarised.
     assert s["offline_ratio"] == pytest.approx(140.0 / 150.0)
     assert s["streaming_ratio"] == pytest.approx(120.0 / 150.0)
+
+
+def test_the_slowest_records_are_grouped_by_when_they_were_sent() -> None:
+    # 200 records sent 10 ms apart, 10 ms each; the two slowest (1%) sent 0.5 s apart, at 1.0 s
+    # and 1.5 s; a third, slow but outside the 1%, at 1.9 s.
+    records = [{"detected_ms": 1e6 + 10.0 * i, "total": 10.0} for i in range(200)]
+    records[100]["total"], records[150]["total"], records[190]["total"] = 90.0, 80.0, 70.0
+    assert summarise.slowest_bursts(records) == [(1.0, 1.5, 2)]
+    assert summarise.slowest_bursts(records, gap_s=0.4) == [(1.0, 1.0, 1), (1.5, 1.5, 1)]
+    assert summarise.slowest_bursts([]) == []

@@ -57,6 +57,24 @@ def ratios(rows: list[dict], bare: list[dict]) -> tuple[list[float], bool]:
     return [r["items_per_s"] / b["images_per_s"] for r, b in zip(rows, bare, strict=True)], False
 
 
+def slowest_bursts(records: list[dict], gap_s: float = 1.0) -> list[tuple[float, float, int]]:
+    """When the slowest 1% of the measured records (as `collect` ranks them) were sent, in
+    seconds into the measured part, grouped into bursts of records sent less than `gap_s`
+    apart: (first, last, how many). A few tight bursts point at a stall the records shared (a
+    publisher starting, the broker's writeback); a spread, at contention throughout."""
+    if not records:
+        return []
+    t0 = min(r["detected_ms"] for r in records)
+    ranked = sorted(records, key=lambda r: r["total"])
+    bursts: list[tuple[float, float, int]] = []
+    for t in sorted((r["detected_ms"] - t0) / 1e3 for r in ranked[int(0.99 * len(ranked)) :]):
+        if bursts and t - bursts[-1][1] < gap_s:
+            bursts[-1] = (bursts[-1][0], t, bursts[-1][2] + 1)
+        else:
+            bursts.append((t, t, 1))
+    return bursts
+
+
 def main(out: Path) -> None:
     start = lines(out / "machine-start.json")[0]
     end = lines(out / "machine-end.json")
@@ -125,6 +143,8 @@ def main(out: Path) -> None:
             "warm_up_items": lat.get("skipped"),  # absent before 2026-11-27 20:00 (32, unpaced)
             "parts_ms": lat.get("latency_parts_ms"),
             "target_p99_ms": MAX_WAIT_MS + 3 * worker_batch_ms(worker, candidates, sweep, batch_ms),
+            # Runs before 2026-11-27 23:08 lack the records.
+            "slowest_1pct_bursts_s": slowest_bursts(lines(out / "latency-records.jsonl")),
         }
     if long:
         rss = []
@@ -228,6 +248,11 @@ def main(out: Path) -> None:
             "(to_worker: send to intake, through the broker; in_worker: intake to result, "
             "of which queue and inference; to_topic: result to its broker append.)"
         )
+    bursts = s.get("latency", {}).get("slowest_1pct_bursts_s")
+    if bursts:
+        spans = [(f"{a:.1f}", f"{b:.1f}", n) for a, b, n in bursts]
+        listed = ", ".join((a if a == b else f"{a}-{b}") + f" ({n})" for a, b, n in spans)
+        print(f"When the slowest 1% were sent (s into the measured part; records within 1 s grouped): {listed}.")
     if s["bare_by_setting"]:
         print()
         for name, rates in s["bare_by_setting"].items():
