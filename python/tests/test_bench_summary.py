@@ -79,3 +79,17 @@ def test_the_slowest_records_are_grouped_by_when_they_were_sent() -> None:
     assert summarise.slowest_bursts(records) == [(1.0, 1.5, 2)]
     assert summarise.slowest_bursts(records, gap_s=0.4) == [(1.0, 1.0, 1), (1.5, 1.5, 1)]
     assert summarise.slowest_bursts([]) == []
+
+
+def test_the_host_cost_is_the_median_of_the_null_model_rounds(tmp_path: Path) -> None:
+    bare = [{**SETTING, "images_per_s": 200.0, "ms_per_batch": 10.0}]
+    host = [e2e(rate, r, cpu_s=cpu, wall_s=2.0, cpu_ms_per_item=cpu * 10) for r, rate, cpu in
+            ((1, 2500.0, 3.4), (2, 2700.0, 3.0), (3, 2600.0, 3.2))]  # fmt: skip
+    runs = {"offline": [e2e(180.0, 1)], "streaming": [e2e(160.0, 1)], "host": host}
+    s = run_folder(tmp_path, bare, runs)
+    assert s["host"]["items_per_s"] == 2600.0
+    assert s["host"]["cpu_ms_per_item"] == pytest.approx(32.0)
+    assert s["host"]["cores_busy"] == pytest.approx(1.6)
+    # Older runs have no host rounds, and their summary has no host entry.
+    (tmp_path / "host.jsonl").unlink()
+    assert "host" not in run_folder(tmp_path, bare, {k: v for k, v in runs.items() if k != "host"})

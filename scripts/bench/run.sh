@@ -17,7 +17,11 @@
 #      `radiogate publish --inline` (FITS bytes in each message), from the Kafka broker to a
 #      results topic (first consume to last publication, broker clock); then the same with
 #      detections that name their cutout file (`radiogate publish` without --inline);
-#   4. latency at about half the streaming rate (`radiogate publish --rate`), peak RSS.
+#   4. latency at about half the streaming rate (`radiogate publish --rate`), peak RSS;
+# and in every round the host's own cost: offline `classify` with the null model
+# (benches/models/null.onnx, the model's contract with almost no arithmetic), what reading,
+# cutting, preprocessing, summarising and writing cost per item: the ceiling that no faster
+# inference (a GPU) can lift.
 #
 # Environment: REPEATS (3; QUICK: 1), COPIES (32 -> 5,024 items; QUICK: 8), BROKERS
 # (127.0.0.1:9092), CUTOUTS (the MiraBest test cutouts), OUT (out/bench/<UTC time>),
@@ -56,6 +60,8 @@ WORKER_SETTING="${WORKER_SETTING:-shipped}"
 [[ "$WORKER_SETTING" == shipped || "$WORKER_SETTING" == best ]] ||
   { echo "run.sh: WORKER_SETTING must be shipped or best, got $WORKER_SETTING" >&2; exit 2; }
 MODEL="models/agcnn-mirabest-confident.onnx"
+# The same contract with almost no arithmetic (scripts/bench/null_model.py).
+NULL_MODEL="benches/models/null.onnx"
 RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT="${OUT:-out/bench/$RUN_ID}"
 PREFIX="bench-$RUN_ID"
@@ -190,6 +196,36 @@ stream() {
   sed "s/^{/{\"round\":$r,\"after_point\":$((POINT - 1)),\"peak_rss_mb\":$peak,\"cpu_s\":$cpu,\"broker_cpu_s\":$broker_cpu,/" "$W/collect" >>"$OUT/$name.jsonl"
 }
 
+# One offline round: `radiogate classify` over the items, with any further options ("$@");
+# $1: name (results and logs), $2: round; appends a line to $OUT/$1.jsonl.
+offline() {
+  local name="$1" r="$2"
+  shift 2
+  timed "$W/$name-time" "$RG" classify --quiet --out "$W/$name-$r.jsonl" "$W/items" "$@" 2>>"$OUT/$name.log"
+  read -r wall peak_kb cpu <"$W/$name-time"
+  python3 - "$W/$name-$r.jsonl" "$r" "$wall" "$peak_kb" "$cpu" "$((POINT - 1))" "$name" >>"$OUT/$name.jsonl" <<'PY'
+import json, sys
+from datetime import datetime
+path, rnd, wall, peak_kb, cpu = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+point, name = int(sys.argv[6]), sys.argv[7]
+first, last, n, rejected = float("inf"), float("-inf"), 0, 0
+for line in open(path):
+    rec = json.loads(line)
+    n += 1
+    if rec["kind"] != "classification":
+        rejected += 1
+        continue
+    t = datetime.fromisoformat(rec["classified_at"].replace("Z", "+00:00")).timestamp()
+    first = min(first, t - rec["timings_us"]["total"] / 1e6)
+    last = max(last, t)
+print(json.dumps({"bench": name, "round": rnd, "after_point": point, "items": n, "rejected": rejected,
+                  "wall_s": wall, "items_per_s_wall": n / wall,
+                  "span_s": last - first, "items_per_s": n / (last - first),
+                  "peak_rss_mb": peak_kb / 1024, "cpu_s": cpu, "cpu_ms_per_item": 1e3 * cpu / n}))
+PY
+  rm -f "$W/$name-$r.jsonl"
+}
+
 # The limit, measured before and after every end-to-end run (the two best settings, the faster
 # counts): each run's ratio is to the mean of the two, so that the neighbours' load, which
 # drifts over a minute, weighs on both sides of the ratio alike. $1: round.
@@ -210,31 +246,11 @@ PY
 }
 
 for ((r = 1; r <= REPEATS; r++)); do
+  log "round $r/$REPEATS: offline classify with the null model (the host's own cost)"
+  offline host "$r" --model "$NULL_MODEL"
   limit_point "$r"
   log "round $r/$REPEATS: offline classify"
-  timed "$W/offline-time" "$RG" classify --quiet --out "$W/offline-$r.jsonl" "$W/items" 2>>"$OUT/offline.log"
-  read -r wall peak_kb cpu <"$W/offline-time"
-  python3 - "$W/offline-$r.jsonl" "$r" "$wall" "$peak_kb" "$cpu" "$((POINT - 1))" >>"$OUT/offline.jsonl" <<'PY'
-import json, sys
-from datetime import datetime
-path, rnd, wall, peak_kb, cpu = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-point = int(sys.argv[6])
-first, last, n, rejected = float("inf"), float("-inf"), 0, 0
-for line in open(path):
-    rec = json.loads(line)
-    n += 1
-    if rec["kind"] != "classification":
-        rejected += 1
-        continue
-    t = datetime.fromisoformat(rec["classified_at"].replace("Z", "+00:00")).timestamp()
-    first = min(first, t - rec["timings_us"]["total"] / 1e6)
-    last = max(last, t)
-print(json.dumps({"bench": "offline", "round": rnd, "after_point": point, "items": n, "rejected": rejected,
-                  "wall_s": wall, "items_per_s_wall": n / wall,
-                  "span_s": last - first, "items_per_s": n / (last - first),
-                  "peak_rss_mb": peak_kb / 1024, "cpu_s": cpu, "cpu_ms_per_item": 1e3 * cpu / n}))
-PY
-  rm -f "$W/offline-$r.jsonl"
+  offline offline "$r"
 
   limit_point "$r"
   log "round $r/$REPEATS: streaming (inline cutouts)"

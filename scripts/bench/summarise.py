@@ -88,6 +88,7 @@ def main(out: Path) -> None:
     # Runs before 2026-11-27 18:00 lack it: their workers ran the limit's setting.
     worker = lines(out / "worker-setting.json")
     long = lines(out / "long.jsonl")
+    host = lines(out / "host.jsonl")  # runs before 2026-11-28 lack it
 
     limit = median(bare, "images_per_s")
     batch_ms = median(bare, "ms_per_batch")
@@ -117,6 +118,16 @@ def main(out: Path) -> None:
         s[f"{name}_ratio_by_round"] = by_round
         s[f"{name}_ratio"] = statistics.median(by_round) if bracketed else median(rows, "items_per_s") / limit
         s["limit_around_each_run"] = bracketed
+    if host:
+        # The host's own cost (the null model): everything of an item but the model's
+        # arithmetic, and how fast the pipeline would run if inference were free.
+        s["host"] = {
+            "items_per_s": median(host, "items_per_s"),
+            "cpu_ms_per_item": median(host, "cpu_ms_per_item"),
+            "cores_busy": statistics.median(r["cpu_s"] / r["wall_s"] for r in host),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in host),
+            "rejected": max(r["rejected"] for r in host),
+        }
     if refs:
         s["streaming_refs_items_per_s"] = median(refs, "items_per_s")
         s["streaming_refs_peak_rss_mb"] = max(r["peak_rss_mb"] for r in refs)
@@ -217,6 +228,13 @@ def main(out: Path) -> None:
             f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms | | "
             f"p99 <= {lat['target_p99_ms']:.0f} ms: {ok(lat['p99_ms'] <= lat['target_p99_ms'])} |"
         )
+    if "host" in s:
+        h = s["host"]
+        print(
+            f"| the host's own cost: offline `classify`, null model | {h['items_per_s']:.0f} items/s, "
+            f"{h['cpu_ms_per_item']:.3f} ms CPU per item ({h['cores_busy']:.2f} cores busy), peak RSS "
+            f"{h['peak_rss_mb']:.0f} MB | | |"
+        )
     if "long" in s:
         lg = s["long"]
         print(
@@ -231,6 +249,8 @@ def main(out: Path) -> None:
             f"({c['offline_cores_busy']:.2f} of {start['cpus']} cores busy, start-up included)",
             end="",
         )
+    if "host" in s:
+        print(f"; the host's own cost (null model) {s['host']['cpu_ms_per_item']:.2f} ms", end="")
     for name, what in (("streaming", "streaming"), ("streaming_refs", "by reference")):
         if f"{name}_worker_ms_per_item" in c:
             print(

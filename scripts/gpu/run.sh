@@ -18,7 +18,9 @@
 #    to ITEMS items (symlinks; the 20 files stay in the page cache, so the cutouts come
 #    from memory), with the best batch/sessions of the sweep and several cutout workers,
 #    once for each GPU_WAITS setting (how session threads wait for the GPU: "blocking"
-#    sleeps, "auto" is CUDA's default, which spins a core per waiting session).
+#    sleeps, "auto" is CUDA's default, which spins a core per waiting session); then the
+#    host's own cost: the same items with the null model (benches/models/null.onnx) on the
+#    CPU, the rate that no GPU could lift on this machine.
 #
 # Environment: SRC (vendor/gpu), OUT, ITEMS (100000; QUICK: 50000), WORKERS (cutout worker
 # counts to try, default "$(nproc)-2 and $(nproc)"), SWEEP_ARGS (the sweep's settings), PYTHON (the Python whose `nvidia`
@@ -229,12 +231,15 @@ export RADIOGATE__BATCH__MAX_BATCH="$BEST_BATCH"
 export RADIOGATE__INFERENCE__SESSIONS="$BEST_SESSIONS"
 export RADIOGATE__INFERENCE__INTRA_THREADS=1
 export RADIOGATE__PIPELINE__QUEUE_CAPACITY=$((2 * BEST_BATCH * BEST_SESSIONS > 1024 ? 2 * BEST_BATCH * BEST_SESSIONS : 1024))
-for wait in $GPU_WAITS; do for workers in $WORKERS; do
-  log "offline: $ITEMS items, $workers cutout workers, gpu_wait $wait"
-  export RADIOGATE__INFERENCE__GPU_WAIT="$wait"
-  run="$wait-$workers"
+# One offline run: `radiogate classify` over the items with $2 cutout workers; $1: the run's
+# name, $3: what the run is (its "what" in offline.jsonl); the rest: `env` options and
+# settings (options first).
+offline() {
+  local run="$1" workers="$2" what="$3"
+  shift 3
+  log "offline ($what): $ITEMS items, $workers cutout workers"
   # Wall time and peak RSS without GNU time (it may not be installed there).
-  RADIOGATE__CUTOUT__WORKERS="$workers" "$PYTHON" -c '
+  env "$@" RADIOGATE__CUTOUT__WORKERS="$workers" "$PYTHON" -c '
 import resource, subprocess, sys, time
 t = time.monotonic()
 rc = subprocess.call(sys.argv[2:], stderr=open(sys.argv[1] + ".log", "w"))
@@ -244,11 +249,11 @@ open(sys.argv[1] + ".time", "w").write(f"{wall} {ru.ru_maxrss} {ru.ru_utime + ru
 sys.exit(rc)' "$OUT/offline-$run" "$RG" classify --quiet --out "$OUT/offline-$run.jsonl" "$OUT/items" ||
     die "classify failed: see $OUT/offline-$run.log"
   read -r wall peak_kb cpu_s <"$OUT/offline-$run.time"
-  "$PYTHON" - "$OUT/offline-$run.jsonl" "$workers" "$wall" "$peak_kb" "$cpu_s" "$wait" >>"$OUT/offline.jsonl" <<'PY'
+  "$PYTHON" - "$OUT/offline-$run.jsonl" "$workers" "$wall" "$peak_kb" "$cpu_s" "$what" >>"$OUT/offline.jsonl" <<'PY'
 import json, sys
 from datetime import datetime
 path, workers, wall, peak_kb = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-cpu_s, wait = float(sys.argv[5]), sys.argv[6]
+cpu_s, what = float(sys.argv[5]), sys.argv[6]
 stages = {"cutout": 0, "preprocess": 0, "queue": 0, "inference": 0, "total": 0}
 first, last, n, rejected, provider = float("inf"), float("-inf"), 0, 0, set()
 for line in open(path):
@@ -263,7 +268,7 @@ for line in open(path):
     t = datetime.fromisoformat(rec["classified_at"].replace("Z", "+00:00")).timestamp()
     first = min(first, t - rec["timings_us"]["total"] / 1e6)
     last = max(last, t)
-print(json.dumps({"bench": "offline", "gpu_wait": wait, "workers": workers, "items": n, "rejected": rejected,
+print(json.dumps({"bench": "offline", "what": what, "workers": workers, "items": n, "rejected": rejected,
                   "providers": sorted(provider), "wall_s": wall, "items_per_s_wall": n / wall,
                   "span_s": last - first, "items_per_s": n / (last - first),
                   "peak_rss_mb": peak_kb / 1024, "cpu_ms_per_item": 1e3 * cpu_s / n,
@@ -272,8 +277,17 @@ print(json.dumps({"bench": "offline", "gpu_wait": wait, "workers": workers, "ite
 PY
   tail -1 "$OUT/offline.jsonl" >&2
   rm -f "$OUT/offline-$run.jsonl"
+}
+for wait in $GPU_WAITS; do for workers in $WORKERS; do
+  offline "$wait-$workers" "$workers" "gpu_wait $wait" RADIOGATE__INFERENCE__GPU_WAIT="$wait"
 done; done
-unset RADIOGATE__INFERENCE__GPU_WAIT
+# The host's own cost on this machine: the same items with the null model on the CPU
+# (benches/models/null.onnx, the contract with almost no arithmetic), at the most workers:
+# the rate that no GPU can lift, and the CPU per item that is not the model's.
+host_workers="${WORKERS##* }"
+offline "host-$host_workers" "$host_workers" "null model on the CPU" \
+  -u RADIOGATE__INFERENCE__DEVICE_ID RADIOGATE__INFERENCE__EXECUTION_PROVIDER=cpu \
+  RADIOGATE__INFERENCE__MODEL=benches/models/null.onnx RADIOGATE__INFERENCE__SESSIONS=2
 rm -rf "$OUT/items"
 
 "$PYTHON" - "$OUT" <<'PY' | tee "$OUT/summary.md"
@@ -283,7 +297,8 @@ out = Path(sys.argv[1])
 sweep = [json.loads(l) for l in (out / "sweep.jsonl").read_text().splitlines() if l.strip()]
 offline = [json.loads(l) for l in (out / "offline.jsonl").read_text().splitlines() if l.strip()]
 best = max((r for r in sweep if "images_per_s" in r), key=lambda r: r["images_per_s"])
-e2e = max(offline, key=lambda r: r["items_per_s"])
+gpu = [r for r in offline if r["what"].startswith("gpu_wait")]
+e2e = max(gpu, key=lambda r: r["items_per_s"])
 print(f"# radiogate on the GPU\n\n{(out / 'machine.txt').read_text().splitlines()[0]}\n")
 print(f"- bare inference: {best['images_per_s']:.0f} images/s (batch {best['batch']}, "
       f"{best['sessions']} sessions); target >= 50,000: {'met' if best['images_per_s'] >= 5e4 else 'NOT met'}")
@@ -298,7 +313,7 @@ for r in map(json.loads, (out / "waits.jsonl").read_text().splitlines()):
     print(f"- bare inference at that setting, gpu_wait {r['gpu_wait']}: {r['images_per_s']:.0f} images/s, "
           f"{r['cpu_s']:.1f} s of CPU in all")
 for r in offline:
-    print(f"- offline end to end, gpu_wait {r['gpu_wait']}, {r['workers']} cutout workers: {r['items_per_s']:.0f} cutouts/s "
+    print(f"- offline end to end, {r['what']}, {r['workers']} cutout workers: {r['items_per_s']:.0f} cutouts/s "
           f"({r['items']} items, {r['rejected']} rejected, peak RSS {r['peak_rss_mb']:.0f} MB, "
           f"{r['cpu_ms_per_item']:.3f} ms CPU per item, {r['cores_busy']:.1f} cores busy; mean us per "
           f"item: " + ", ".join(f"{k} {v:.0f}" for k, v in r["mean_stage_us"].items()) + ")")

@@ -6,11 +6,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use ndarray::{Array4, ArrayViewD, Axis, s};
+use ndarray::{ArrayViewD, Axis};
 use ort::ep::{self, ExecutionProviderDispatch};
 use ort::session::builder::SessionBuilder;
-use ort::session::{Session, SessionOutputs};
-use ort::value::{Outlet, TensorElementType, TensorRef, ValueType};
+use ort::session::{IoBinding, Session, SessionOutputs};
+use ort::value::{Outlet, Tensor, TensorElementType, ValueType};
 use tokio::sync::{mpsc, oneshot};
 
 use super::contract::{self, ATTENTION_PREFIX, Contract, Declared, PROBS};
@@ -31,13 +31,14 @@ pub(super) struct Job {
 /// the lock while it waits, the others queue for the lock, so each job goes to one thread.
 pub(super) type SharedJobs = Arc<Mutex<mpsc::Receiver<Job>>>;
 
-/// A session that passed the contract check, with the input buffer it reuses.
+/// A session that passed the contract check, with the buffers it reuses.
 pub(super) struct Worker {
     session: Session,
     contract: Contract,
-    /// `[capacity, 1, 150, 150]`, grown to the largest batch seen; a batch of n uses the
-    /// first n images, a contiguous prefix.
-    input: Array4<f32>,
+    /// The input tensor and output bindings of each batch size run so far, made the first
+    /// time that size runs and reused after: no batch allocates its input or its outputs.
+    /// A CPU session runs sizes up to `max_batch`, a GPU session its powers of two.
+    bound: Vec<Bound>,
     /// Whether batches run padded to a power of two (GPU providers, see [`Worker::run`]).
     pad_batches: bool,
     /// Tests: batches of more rows than this fail as ONNX Runtime fails when a GPU runs out
@@ -96,7 +97,7 @@ impl Worker {
         Ok(Self {
             session,
             contract,
-            input: Array4::zeros((0, 1, MODEL_SIZE, MODEL_SIZE)),
+            bound: Vec::new(),
             pad_batches: cfg.execution_provider != ExecutionProvider::Cpu,
             #[cfg(test)]
             fail_above: None,
@@ -115,6 +116,28 @@ impl Worker {
     pub fn failing_above(mut self, rows: usize) -> Self {
         self.fail_above = Some(rows);
         self
+    }
+
+    /// Runs the bound batch of `rows` again and returns where each of its outputs lies
+    /// (tests: bound outputs are written in place, run after run).
+    #[cfg(test)]
+    pub fn output_addresses(&mut self, rows: usize) -> Vec<usize> {
+        let bound = self
+            .bound
+            .iter()
+            .find(|b| b.rows == rows)
+            .expect("that batch size has run");
+        let outputs = self.session.run_binding(&bound.binding).expect("run");
+        outputs
+            .values()
+            .map(|v| v.try_extract_tensor::<f32>().expect("f32").1.as_ptr() as usize)
+            .collect()
+    }
+
+    /// The batch sizes that have bound tensors (tests).
+    #[cfg(test)]
+    pub fn bound_sizes(&self) -> Vec<usize> {
+        self.bound.iter().map(|b| b.rows).collect()
     }
 
     pub fn contract(&self) -> Contract {
@@ -183,23 +206,70 @@ impl Worker {
                 "test: {rows} rows do not fit"
             ))));
         }
-        if self.input.len_of(Axis(0)) < rows {
-            self.input = Array4::zeros((rows, 1, MODEL_SIZE, MODEL_SIZE));
-        }
-        let flat = self
-            .input
-            .as_slice_mut()
-            .expect("an owned Array4 built by zeros() is contiguous");
+        let at = match self.bound.iter().position(|b| b.rows == rows) {
+            Some(at) => at,
+            None => {
+                let bound = Bound::new(&self.session, rows, self.contract.gates)?;
+                self.bound.push(bound);
+                self.bound.len() - 1
+            }
+        };
+        let bound = &mut self.bound[at];
+        let (_, flat) = bound.input.extract_tensor_mut();
         for (slot, image) in flat.chunks_exact_mut(MODEL_PIXELS).zip(images) {
             slot.copy_from_slice(image);
         }
-        let batch = self.input.slice(s![..rows, .., .., ..]);
-        let tensor = TensorRef::from_array_view(batch).map_err(InferError::Run)?;
+        // Bound again for every batch: binding is what hands the new images to ONNX Runtime
+        // (on a GPU it queues their copy to the device; on the CPU the tensor is used in place).
+        bound
+            .binding
+            .bind_input(contract::INPUT, &bound.input)
+            .map_err(InferError::Run)?;
         let outputs = self
             .session
-            .run(ort::inputs![contract::INPUT => tensor])
+            .run_binding(&bound.binding)
             .map_err(InferError::Run)?;
         split(&outputs, rows, n, self.contract.gates)
+    }
+}
+
+/// A batch size's input tensor and its binding, whose outputs ONNX Runtime allocates on
+/// the first run and writes in place on every run after.
+///
+/// Both live in the session's CPU memory, whatever the provider: a GPU provider copies the
+/// input to the device when it is bound and the outputs back before the run returns, each a
+/// blocking copy. Page-locked (pinned) host memory would make those copies faster, but
+/// ONNX Runtime copies to and from it asynchronously, and when those copies are ordered
+/// before the next use of the buffer cannot be checked without a GPU: not done yet.
+struct Bound {
+    rows: usize,
+    /// `[rows, 1, 150, 150]`; rows past a batch's own images hold earlier images or zeros.
+    input: Tensor<f32>,
+    binding: IoBinding,
+}
+
+impl Bound {
+    fn new(session: &Session, rows: usize, gates: usize) -> Result<Self, InferError> {
+        let memory = session.allocator();
+        let mut input = Tensor::<f32>::new(memory, [rows, 1, MODEL_SIZE, MODEL_SIZE])
+            .map_err(InferError::Run)?;
+        // ONNX Runtime leaves a new tensor uninitialised.
+        input.extract_tensor_mut().1.fill(0.0);
+        let mut binding = session.create_binding().map_err(InferError::Run)?;
+        let outputs = memory.memory_info();
+        binding
+            .bind_output_to_device(PROBS, outputs)
+            .map_err(InferError::Run)?;
+        for gate in 1..=gates {
+            binding
+                .bind_output_to_device(format!("{ATTENTION_PREFIX}{gate}"), outputs)
+                .map_err(InferError::Run)?;
+        }
+        Ok(Self {
+            rows,
+            input,
+            binding,
+        })
     }
 }
 

@@ -170,6 +170,28 @@ fn padded_batches_give_the_same_outputs() {
     }
 }
 
+/// Each batch size binds its input and outputs once: later batches of that size reuse the
+/// same memory, and their outputs are their own (not the previous batch's).
+#[test]
+fn a_batch_size_reuses_its_input_and_outputs() {
+    let images: Vec<Vec<f32>> = mirabest_sample().iter().map(|s| s.input()).collect();
+    let mut w = worker();
+    let first = w.run(&images[..2]).expect("a batch of 2");
+    let addresses = w.output_addresses(2);
+    assert_eq!(addresses.len(), 4, "probs and 3 attention maps");
+    let second = w.run(&images[8..10]).expect("another batch of 2");
+    w.run(&images[..1]).expect("a batch of 1");
+    assert_eq!(w.output_addresses(2), addresses);
+    assert_eq!(w.bound_sizes(), [2, 1]);
+    let fresh = worker()
+        .run(&images[8..10])
+        .expect("the second batch alone");
+    for (a, b) in second.iter().zip(&fresh) {
+        assert_eq!(a, b, "a reused binding gives what a fresh session gives");
+    }
+    assert!(max_abs_diff(&first[0], &second[0]) > 1e-3);
+}
+
 /// A batch that fails for its size (a GPU out of memory) runs in halves: the same outputs,
 /// in order. A failure that remains for one image is the batch's error.
 #[test]
