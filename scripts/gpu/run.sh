@@ -285,7 +285,7 @@ done; done
 # (benches/models/null.onnx, the contract with almost no arithmetic), at the most workers:
 # the rate that no GPU can lift, and the CPU per item that is not the model's.
 host_workers="${WORKERS##* }"
-offline "host-$host_workers" "$host_workers" "null model on the CPU" \
+offline "host-$host_workers" "$host_workers" "the host's own cost (null model on the CPU)" \
   -u RADIOGATE__INFERENCE__DEVICE_ID RADIOGATE__INFERENCE__EXECUTION_PROVIDER=cpu \
   RADIOGATE__INFERENCE__MODEL=benches/models/null.onnx RADIOGATE__INFERENCE__SESSIONS=2
 rm -rf "$OUT/items"
