@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::testing::{TEST_MODEL, mirabest_sample, repo_path, test_config};
 use super::*;
-use crate::config::{ExecutionProvider, GpuWait};
+use crate::config::{ExecutionProvider, GpuWait, InferenceConfig};
 
 /// What Python onnxruntime said about the sample (`scripts/infer-golden.py`).
 #[derive(Deserialize)]
@@ -190,6 +190,28 @@ fn a_batch_size_reuses_its_input_and_outputs() {
         assert_eq!(a, b, "a reused binding gives what a fresh session gives");
     }
     assert!(max_abs_diff(&first[0], &second[0]) > 1e-3);
+}
+
+/// The benchmarks' null model (`scripts/bench/null_model.py`) passes the worker's contract
+/// check and answers with the real model's shapes: a broken one would waste a GPU session.
+#[test]
+fn the_benchmarks_null_model_keeps_the_contract() {
+    let cfg = InferenceConfig {
+        model: repo_path("benches/models/null.onnx"),
+        ..test_config(1)
+    };
+    let runtime = runtime::runtime(cfg.runtime_library.as_deref()).expect("runtime");
+    let model = std::fs::read(&cfg.model).expect("benches/models/null.onnx");
+    let mut null = session::Worker::load(runtime, &cfg, &model).expect("the null model loads");
+    let images: Vec<Vec<f32>> = mirabest_sample().iter().map(|s| s.input()).collect();
+    let (want, got) = (
+        worker().run(&images[..2]).expect("the test model"),
+        null.run(&images[..2]).expect("the null model"),
+    );
+    for (w, g) in want.iter().zip(&got) {
+        let sides = |o: &ModelOutput| o.attention.iter().map(|a| a.side).collect::<Vec<_>>();
+        assert_eq!(sides(w), sides(g));
+    }
 }
 
 /// A batch that fails for its size (a GPU out of memory) runs in halves: the same outputs,
