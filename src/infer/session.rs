@@ -220,7 +220,7 @@ impl Worker {
             slot.copy_from_slice(image);
         }
         // Bound again for every batch: binding is what hands the new images to ONNX Runtime
-        // (on a GPU it queues their copy to the device; on the CPU the tensor is used in place).
+        // (a GPU provider copies them to the device then; the CPU uses the tensor in place).
         bound
             .binding
             .bind_input(contract::INPUT, &bound.input)
