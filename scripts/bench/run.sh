@@ -203,26 +203,8 @@ offline() {
   shift 2
   timed "$W/$name-time" "$RG" classify --quiet --out "$W/$name-$r.jsonl" "$W/items" "$@" 2>>"$OUT/$name.log"
   read -r wall peak_kb cpu <"$W/$name-time"
-  python3 - "$W/$name-$r.jsonl" "$r" "$wall" "$peak_kb" "$cpu" "$((POINT - 1))" "$name" >>"$OUT/$name.jsonl" <<'PY'
-import json, sys
-from datetime import datetime
-path, rnd, wall, peak_kb, cpu = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-point, name = int(sys.argv[6]), sys.argv[7]
-first, last, n, rejected = float("inf"), float("-inf"), 0, 0
-for line in open(path):
-    rec = json.loads(line)
-    n += 1
-    if rec["kind"] != "classification":
-        rejected += 1
-        continue
-    t = datetime.fromisoformat(rec["classified_at"].replace("Z", "+00:00")).timestamp()
-    first = min(first, t - rec["timings_us"]["total"] / 1e6)
-    last = max(last, t)
-print(json.dumps({"bench": name, "round": rnd, "after_point": point, "items": n, "rejected": rejected,
-                  "wall_s": wall, "items_per_s_wall": n / wall,
-                  "span_s": last - first, "items_per_s": n / (last - first),
-                  "peak_rss_mb": peak_kb / 1024, "cpu_s": cpu, "cpu_ms_per_item": 1e3 * cpu / n}))
-PY
+  python3 scripts/bench/offline_record.py "$W/$name-$r.jsonl" "$wall" "$peak_kb" "$cpu" \
+    bench="$name" round="$r" after_point="$((POINT - 1))" >>"$OUT/$name.jsonl"
   rm -f "$W/$name-$r.jsonl"
 }
 

@@ -249,32 +249,8 @@ open(sys.argv[1] + ".time", "w").write(f"{wall} {ru.ru_maxrss} {ru.ru_utime + ru
 sys.exit(rc)' "$OUT/offline-$run" "$RG" classify --quiet --out "$OUT/offline-$run.jsonl" "$OUT/items" ||
     die "classify failed: see $OUT/offline-$run.log"
   read -r wall peak_kb cpu_s <"$OUT/offline-$run.time"
-  "$PYTHON" - "$OUT/offline-$run.jsonl" "$workers" "$wall" "$peak_kb" "$cpu_s" "$what" >>"$OUT/offline.jsonl" <<'PY'
-import json, sys
-from datetime import datetime
-path, workers, wall, peak_kb = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-cpu_s, what = float(sys.argv[5]), sys.argv[6]
-stages = {"cutout": 0, "preprocess": 0, "queue": 0, "inference": 0, "total": 0}
-first, last, n, rejected, provider = float("inf"), float("-inf"), 0, 0, set()
-for line in open(path):
-    rec = json.loads(line)
-    n += 1
-    if rec["kind"] != "classification":
-        rejected += 1
-        continue
-    provider.add(rec["model"]["execution_provider"])
-    for k in stages:
-        stages[k] += rec["timings_us"][k]
-    t = datetime.fromisoformat(rec["classified_at"].replace("Z", "+00:00")).timestamp()
-    first = min(first, t - rec["timings_us"]["total"] / 1e6)
-    last = max(last, t)
-print(json.dumps({"bench": "offline", "what": what, "workers": workers, "items": n, "rejected": rejected,
-                  "providers": sorted(provider), "wall_s": wall, "items_per_s_wall": n / wall,
-                  "span_s": last - first, "items_per_s": n / (last - first),
-                  "peak_rss_mb": peak_kb / 1024, "cpu_ms_per_item": 1e3 * cpu_s / n,
-                  "cores_busy": cpu_s / wall,
-                  "mean_stage_us": {k: v / max(n - rejected, 1) for k, v in stages.items()}}))
-PY
+  "$PYTHON" scripts/bench/offline_record.py "$OUT/offline-$run.jsonl" "$wall" "$peak_kb" "$cpu_s" \
+    bench=offline what="$what" workers="$workers" >>"$OUT/offline.jsonl"
   tail -1 "$OUT/offline.jsonl" >&2
   rm -f "$OUT/offline-$run.jsonl"
 }
