@@ -35,9 +35,9 @@ pub(super) type SharedJobs = Arc<Mutex<mpsc::Receiver<Job>>>;
 pub(super) struct Worker {
     session: Session,
     contract: Contract,
-    /// The input tensor and output bindings of each batch size run so far, made the first
-    /// time that size runs and reused after: no batch allocates its input or its outputs.
-    /// A CPU session runs sizes up to `max_batch`, a GPU session its powers of two.
+    /// The input tensors and output bindings of the batch sizes run last, most recent first,
+    /// each made the first time its size runs and reused after ([`Worker::bind`]): a batch
+    /// of a size kept allocates neither its input nor its outputs.
     bound: Vec<Bound>,
     /// Whether batches run padded to a power of two (GPU providers, see [`Worker::run`]).
     pad_batches: bool,
@@ -134,7 +134,7 @@ impl Worker {
             .collect()
     }
 
-    /// The batch sizes that have bound tensors (tests).
+    /// The batch sizes that have bound tensors, most recently run first (tests).
     #[cfg(test)]
     pub fn bound_sizes(&self) -> Vec<usize> {
         self.bound.iter().map(|b| b.rows).collect()
@@ -206,15 +206,8 @@ impl Worker {
                 "test: {rows} rows do not fit"
             ))));
         }
-        let at = match self.bound.iter().position(|b| b.rows == rows) {
-            Some(at) => at,
-            None => {
-                let bound = Bound::new(&self.session, rows, self.contract.gates)?;
-                self.bound.push(bound);
-                self.bound.len() - 1
-            }
-        };
-        let bound = &mut self.bound[at];
+        self.bind(rows)?;
+        let bound = &mut self.bound[0];
         let (_, flat) = bound.input.extract_tensor_mut();
         for (slot, image) in flat.chunks_exact_mut(MODEL_PIXELS).zip(images) {
             slot.copy_from_slice(image);
@@ -230,6 +223,30 @@ impl Worker {
             .run_binding(&bound.binding)
             .map_err(InferError::Run)?;
         split(&outputs, rows, n, self.contract.gates)
+    }
+
+    /// Puts the binding for batches of `rows` first, made if there is none. The bindings
+    /// kept, most recently used first, hold at most twice the rows of the largest of them:
+    /// a GPU session's powers of two all stay (1 + 2 + ... + n < 2n), while a CPU session
+    /// that runs every size up to `max_batch` keeps the ones it ran last rather than a
+    /// binding for each (up to 1 + 2 + ... + max_batch rows of ~210 KB).
+    fn bind(&mut self, rows: usize) -> Result<(), InferError> {
+        if let Some(at) = self.bound.iter().position(|b| b.rows == rows) {
+            self.bound[..=at].rotate_right(1);
+            return Ok(());
+        }
+        let bound = Bound::new(&self.session, rows, self.contract.gates)?;
+        self.bound.insert(0, bound);
+        let largest = self.bound.iter().map(|b| b.rows).max().unwrap_or(rows);
+        let mut total: usize = self.bound.iter().map(|b| b.rows).sum();
+        // The new binding (first) is never dropped: its rows alone are within the limit.
+        while total > 2 * largest {
+            let Some(dropped) = self.bound.pop() else {
+                break;
+            };
+            total -= dropped.rows;
+        }
+        Ok(())
     }
 }
 

@@ -182,7 +182,7 @@ fn a_batch_size_reuses_its_input_and_outputs() {
     let second = w.run(&images[8..10]).expect("another batch of 2");
     w.run(&images[..1]).expect("a batch of 1");
     assert_eq!(w.output_addresses(2), addresses);
-    assert_eq!(w.bound_sizes(), [2, 1]);
+    assert_eq!(w.bound_sizes(), [1, 2]);
     let fresh = worker()
         .run(&images[8..10])
         .expect("the second batch alone");
@@ -190,6 +190,26 @@ fn a_batch_size_reuses_its_input_and_outputs() {
         assert_eq!(a, b, "a reused binding gives what a fresh session gives");
     }
     assert!(max_abs_diff(&first[0], &second[0]) > 1e-3);
+}
+
+/// The bindings kept hold at most twice the rows of the largest: every power of two a GPU
+/// session pads to, the sizes a CPU session ran last.
+#[test]
+fn bindings_hold_at_most_twice_the_largest_batch() {
+    let images: Vec<Vec<f32>> = mirabest_sample().iter().map(|s| s.input()).collect();
+    let mut cpu = worker();
+    for n in [8, 7, 6] {
+        cpu.run(&images[..n]).expect("a batch");
+    }
+    // 6 + 7 + 8 = 21 rows > 2 x 8: the least recently run, 8, goes.
+    assert_eq!(cpu.bound_sizes(), [6, 7]);
+    cpu.run(&images[..7]).expect("a batch of 7 again");
+    assert_eq!(cpu.bound_sizes(), [7, 6]);
+    let mut gpu = worker().padding_batches();
+    for n in [5, 3, 1, 2, 8] {
+        gpu.run(&images[..n]).expect("a padded batch");
+    }
+    assert_eq!(gpu.bound_sizes(), [8, 2, 1, 4]);
 }
 
 /// The benchmarks' null model (`scripts/bench/null_model.py`) passes the worker's contract
