@@ -40,10 +40,14 @@ fn start(sessions: usize) -> (Inference, proto::ModelInfo) {
 
 /// One session of the test model, driven directly (no job queue).
 fn worker() -> session::Worker {
-    let cfg = test_config(1);
+    worker_of(&test_config(1))
+}
+
+/// One session of `cfg`'s model, driven directly.
+fn worker_of(cfg: &InferenceConfig) -> session::Worker {
     let runtime = runtime::runtime(cfg.runtime_library.as_deref()).expect("runtime");
-    let model = std::fs::read(&cfg.model).expect("test model");
-    session::Worker::load(runtime, &cfg, &model).expect("session")
+    let model = std::fs::read(&cfg.model).expect("the model file");
+    session::Worker::load(runtime, cfg, &model).expect("session")
 }
 
 fn max_abs_diff(a: &ModelOutput, b: &ModelOutput) -> f32 {
@@ -216,18 +220,16 @@ fn bindings_hold_at_most_twice_the_largest_batch() {
 /// check and answers with the real model's shapes: a broken one would waste a GPU session.
 #[test]
 fn the_benchmarks_null_model_keeps_the_contract() {
-    let cfg = InferenceConfig {
+    let mut null = worker_of(&InferenceConfig {
         model: repo_path("benches/models/null.onnx"),
         ..test_config(1)
-    };
-    let runtime = runtime::runtime(cfg.runtime_library.as_deref()).expect("runtime");
-    let model = std::fs::read(&cfg.model).expect("benches/models/null.onnx");
-    let mut null = session::Worker::load(runtime, &cfg, &model).expect("the null model loads");
+    });
     let images: Vec<Vec<f32>> = mirabest_sample().iter().map(|s| s.input()).collect();
     let (want, got) = (
         worker().run(&images[..2]).expect("the test model"),
         null.run(&images[..2]).expect("the null model"),
     );
+    assert_eq!(got.len(), 2);
     for (w, g) in want.iter().zip(&got) {
         let sides = |o: &ModelOutput| o.attention.iter().map(|a| a.side).collect::<Vec<_>>();
         assert_eq!(sides(w), sides(g));
