@@ -149,8 +149,9 @@ async fn an_image_gives_the_same_outputs_alone_and_in_a_batch_of_32() {
     assert!(max_abs_diff(&alone[0], &batched[3]) > 1e-3);
 }
 
-/// GPU sessions pad a batch to the next power of two with whatever their input buffer
-/// held (here: the images of a larger batch before): the padding changes no output.
+/// GPU sessions pad a batch to the next power of two with whatever that size's input
+/// buffer held (here: for 5, rows of the batch of 8 before; for 3, zeros): the padding
+/// changes no output.
 #[test]
 fn padded_batches_give_the_same_outputs() {
     let images: Vec<Vec<f32>> = mirabest_sample().iter().map(|s| s.input()).collect();
