@@ -156,21 +156,42 @@ pub struct BatchConfig {
     pub max_wait: Duration,
 }
 
-/// The ONNX Runtime execution provider (`inference.execution_provider`, `device_id`,
-/// `gpu_wait`).
+/// The ONNX Runtime execution provider (`inference.execution_provider`, and the `gpu_*`
+/// settings of a GPU one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecutionProvider {
     Cpu,
-    /// CUDA on GPU `device_id`.
-    Cuda {
-        device_id: i32,
-        wait: GpuWait,
-    },
-    /// TensorRT on GPU `device_id`.
-    TensorRt {
-        device_id: i32,
-        wait: GpuWait,
-    },
+    /// CUDA.
+    Cuda(Gpu),
+    /// TensorRT (nodes it cannot take run on CUDA).
+    TensorRt(Gpu),
+}
+
+/// Which GPU a GPU provider runs on, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gpu {
+    /// `inference.device_id`.
+    pub device_id: i32,
+    /// `inference.gpu_wait`.
+    pub wait: GpuWait,
+    /// `inference.gpu_tf32`: TF32 tensor-core convolutions (faster on Ampere and later;
+    /// probabilities move by ~1e-4 against float32). Off by default: the GPU's results are
+    /// the CPU's.
+    pub tf32: bool,
+    /// `inference.gpu_nhwc`: ONNX Runtime's channels-last CUDA kernels where it has them.
+    pub nhwc: bool,
+}
+
+impl Gpu {
+    /// GPU `device_id` with the defaults: blocking wait, float32 arithmetic, NCHW.
+    pub fn on(device_id: i32) -> Self {
+        Gpu {
+            device_id,
+            wait: GpuWait::default(),
+            tf32: false,
+            nhwc: false,
+        }
+    }
 }
 
 /// How a session thread waits for the GPU to finish a batch (`inference.gpu_wait`): the
@@ -204,12 +225,12 @@ impl GpuWait {
 }
 
 impl ExecutionProvider {
-    /// The provider `kind`; a GPU one on `device_id`, its session threads waiting as `wait`.
-    pub fn new(kind: ProviderKind, device_id: i32, wait: GpuWait) -> Self {
+    /// The provider `kind`; a GPU one on `gpu`.
+    pub fn new(kind: ProviderKind, gpu: Gpu) -> Self {
         match kind {
             ProviderKind::Cpu => ExecutionProvider::Cpu,
-            ProviderKind::Cuda => ExecutionProvider::Cuda { device_id, wait },
-            ProviderKind::TensorRt => ExecutionProvider::TensorRt { device_id, wait },
+            ProviderKind::Cuda => ExecutionProvider::Cuda(gpu),
+            ProviderKind::TensorRt => ExecutionProvider::TensorRt(gpu),
         }
     }
 
@@ -217,17 +238,16 @@ impl ExecutionProvider {
     pub fn name(&self) -> &'static str {
         match self {
             ExecutionProvider::Cpu => "cpu",
-            ExecutionProvider::Cuda { .. } => "cuda",
-            ExecutionProvider::TensorRt { .. } => "tensorrt",
+            ExecutionProvider::Cuda(_) => "cuda",
+            ExecutionProvider::TensorRt(_) => "tensorrt",
         }
     }
 
-    /// The GPU and how its session threads wait; None on the CPU.
-    pub fn gpu(&self) -> Option<(i32, GpuWait)> {
+    /// The GPU and how it runs; None on the CPU.
+    pub fn gpu(&self) -> Option<Gpu> {
         match *self {
             ExecutionProvider::Cpu => None,
-            ExecutionProvider::Cuda { device_id, wait }
-            | ExecutionProvider::TensorRt { device_id, wait } => Some((device_id, wait)),
+            ExecutionProvider::Cuda(gpu) | ExecutionProvider::TensorRt(gpu) => Some(gpu),
         }
     }
 }
@@ -771,6 +791,8 @@ struct RawInference {
     execution_provider: ProviderKind,
     device_id: Option<i64>,
     gpu_wait: Option<GpuWait>,
+    gpu_tf32: Option<bool>,
+    gpu_nhwc: Option<bool>,
     sessions: i64,
     intra_threads: i64,
     live_intra_threads: Option<i64>,
@@ -785,6 +807,8 @@ impl Default for RawInference {
             execution_provider: ProviderKind::Cpu,
             device_id: None,
             gpu_wait: None,
+            gpu_tf32: None,
+            gpu_nhwc: None,
             sessions: 2,
             intra_threads: 1,
             live_intra_threads: None,
@@ -1159,12 +1183,19 @@ impl RawInference {
             Some(id) => i32::try_from(id).unwrap_or_default(),
             None => 0,
         };
-        let wait = self.gpu_wait.unwrap_or_default();
+        let gpu = Gpu {
+            device_id,
+            wait: self.gpu_wait.unwrap_or_default(),
+            tf32: self.gpu_tf32.unwrap_or(false),
+            nhwc: self.gpu_nhwc.unwrap_or(false),
+        };
         if self.execution_provider == ProviderKind::Cpu {
             check.unused(
                 [
                     ("inference.device_id", self.device_id.is_some()),
                     ("inference.gpu_wait", self.gpu_wait.is_some()),
+                    ("inference.gpu_tf32", self.gpu_tf32.is_some()),
+                    ("inference.gpu_nhwc", self.gpu_nhwc.is_some()),
                 ],
                 "only used with execution_provider \"cuda\" or \"tensorrt\"",
             );
@@ -1177,7 +1208,7 @@ impl RawInference {
                 "only used with execution_provider \"cpu\"",
             );
         }
-        let execution_provider = ExecutionProvider::new(self.execution_provider, device_id, wait);
+        let execution_provider = ExecutionProvider::new(self.execution_provider, gpu);
         InferenceConfig {
             model: self.model,
             model_name,
@@ -1504,11 +1535,14 @@ mod tests {
         let config = from_toml("[pipeline]\nscheduling = \"normal\"\n").unwrap();
         assert_eq!(config.pipeline.scheduling, Scheduling::Normal);
 
-        let msg = field_error(from_toml("[inference]\ngpu_wait = \"spin\"\n"));
-        assert!(
-            msg.starts_with("inference.gpu_wait: only used with"),
-            "{msg}"
-        );
+        for setting in ["gpu_wait = \"spin\"", "gpu_tf32 = true", "gpu_nhwc = false"] {
+            let msg = field_error(from_toml(&format!("[inference]\n{setting}\n")));
+            let field = setting.split(' ').next().expect("a key");
+            assert!(
+                msg.starts_with(&format!("inference.{field}: only used with")),
+                "{msg}"
+            );
+        }
         let msg = field_error(from_toml("[inference]\ndevice_id = 1\n"));
         assert!(
             msg.starts_with("inference.device_id: only used with"),
@@ -1618,19 +1652,20 @@ mod tests {
             from_toml("[inference]\nexecution_provider = \"tensorrt\"\ndevice_id = 1\n").unwrap();
         assert_eq!(
             config.inference.execution_provider,
-            ExecutionProvider::TensorRt {
-                device_id: 1,
-                wait: GpuWait::Blocking
-            }
+            ExecutionProvider::TensorRt(Gpu::on(1))
         );
-        let config =
-            from_toml("[inference]\nexecution_provider = \"cuda\"\ngpu_wait = \"spin\"\n").unwrap();
+        let config = from_toml(
+            "[inference]\nexecution_provider = \"cuda\"\ngpu_wait = \"spin\"\ngpu_tf32 = true\ngpu_nhwc = true\n",
+        )
+        .unwrap();
         assert_eq!(
             config.inference.execution_provider,
-            ExecutionProvider::Cuda {
+            ExecutionProvider::Cuda(Gpu {
                 device_id: 0,
-                wait: GpuWait::Spin
-            }
+                wait: GpuWait::Spin,
+                tf32: true,
+                nhwc: true,
+            })
         );
         let msg = field_error(from_toml(
             "[inference]\nexecution_provider = \"cuda\"\ngpu_wait = \"busy\"\n",

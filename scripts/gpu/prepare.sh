@@ -3,7 +3,8 @@
 # machine that has none: the onnxruntime-gpu libraries (CUDA 13, cuDNN 9, from the PyPI wheel
 # of the ONNX Runtime version the CPU build uses), stripped release binaries of radiogate and
 # radiogate-bench, and the shared libraries they link (CFITSIO and its dependencies) in case
-# the GPU machine lacks them. Packed, compressed (xz) and split into pieces of at most PIECE_MB
+# the GPU machine lacks them, and the float16 copy of the model that run.sh times beside
+# float32 (python -m radiogate_model.half; needs python/requirements.txt). Packed, compressed (xz) and split into pieces of at most PIECE_MB
 # (default 52 MiB: with the 9 MB working tree a piece fits one 64 MiB device call):
 #
 #   scripts/gpu/prepare.sh            # -> vendor/gpu/radiogate-gpu.tar.xz.part-NN + .sha256
@@ -22,13 +23,18 @@ cargo build --release --quiet --bin radiogate --bin radiogate-bench
 stage="$(mktemp -d)"
 pack="$stage.tar.xz"
 trap 'rm -rf "$stage" "$pack"' EXIT
-mkdir -p "$stage/bin" "$stage/syslibs"
+mkdir -p "$stage/bin" "$stage/syslibs" "$stage/models"
 
 log "fetching onnxruntime-gpu"
 ORT_DEST="$stage/onnxruntime-gpu" scripts/fetch-onnxruntime.sh gpu >/dev/null
 for bin in radiogate radiogate-bench; do
   strip -o "$stage/bin/$bin" "target/release/$bin"
 done
+
+log "the float16 copy of the model"
+# (Its constants below float16's range, an epsilon of 1e-12, are warned about: expected.)
+(cd python && python3 -W ignore::UserWarning -m radiogate_model.half \
+  ../models/agcnn-mirabest-confident.onnx "$stage/models/agcnn-mirabest-confident-fp16.onnx")
 
 # The binaries' shared libraries, except the C library itself (glibc: its version on the GPU
 # machine must be at least what the binaries were linked against, see below).

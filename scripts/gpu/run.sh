@@ -14,6 +14,10 @@
 #    build's own CPU provider): labels must agree, and the largest probability difference
 #    is recorded (parity.json);
 # 4. bare GPU inference over a sweep of batch sizes and sessions (radiogate-bench infer);
+#    then, at the best setting, each arithmetic VARIANT: TF32 convolutions
+#    (inference.gpu_tf32), channels-last kernels (inference.gpu_nhwc) and the float16 copy
+#    of the model that prepare.sh bundles, each timed and its results on the bundled cutouts
+#    compared with the CPU's (variants.jsonl);
 # 5. offline end to end: `radiogate classify` over the bundled real FIRST cutouts repeated
 #    to ITEMS items (symlinks; the 20 files stay in the page cache, so the cutouts come
 #    from memory), with the best batch/sessions of the sweep and several cutout workers,
@@ -25,7 +29,8 @@
 # Environment: SRC (vendor/gpu), OUT, ITEMS (100000; QUICK: 50000), WORKERS (cutout worker
 # counts to try, default "$(nproc)-2 and $(nproc)"), SWEEP_ARGS (the sweep's settings), PYTHON (the Python whose `nvidia`
 # packages hold the CUDA libraries; default: the first of python3, python, conda's that
-# has them), DEVICE_ID (0), GPU_WAITS ("blocking auto"; inference.gpu_wait values).
+# has them), DEVICE_ID (0), GPU_WAITS ("blocking auto"; inference.gpu_wait values),
+# VARIANTS ("fp32 tf32 nhwc tf32+nhwc fp16 fp16+nhwc"; "" skips them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -51,6 +56,7 @@ fi
 if [[ -n "${SWEEP_ARGS:-}" ]]; then read -ra SWEEP <<<"$SWEEP_ARGS"; fi
 WORKERS="${WORKERS:-$((CORES > 4 ? CORES - 2 : 2)) $CORES}"
 GPU_WAITS="${GPU_WAITS:-blocking auto}"
+VARIANTS="${VARIANTS-fp32 tf32 nhwc tf32+nhwc fp16 fp16+nhwc}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 log() { echo "gpu/run: $*" | tee -a "$OUT/run.log" >&2; }
@@ -126,6 +132,7 @@ done
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   echo "cores: $CORES; load: $(uptime)"
+  lscpu 2>/dev/null | grep -E '^(Model name|Thread\(s\) per core|Core\(s\) per socket|Socket\(s\)):' || true
   echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 } | tee "$OUT/machine.txt" >&2
 
@@ -212,6 +219,45 @@ for line in out.splitlines():
   tail -1 "$OUT/waits.jsonl" >&2
 done
 
+# The arithmetic variants at the best setting: speed, and results against the CPU's.
+FP16_MODEL="$unpacked/models/agcnn-mirabest-confident-fp16.onnx"
+for variant in $VARIANTS; do
+  flags=() settings=() model=models/agcnn-mirabest-confident.onnx
+  if [[ "$variant" == *tf32* ]]; then flags+=(--gpu-tf32) settings+=(RADIOGATE__INFERENCE__GPU_TF32=true); fi
+  if [[ "$variant" == *nhwc* ]]; then flags+=(--gpu-nhwc) settings+=(RADIOGATE__INFERENCE__GPU_NHWC=true); fi
+  if [[ "$variant" == *fp16* ]]; then model="$FP16_MODEL"; fi
+  log "variant $variant: bare inference, then the bundled cutouts"
+  "$RB" infer --model "$model" --inputs samples/first "${PROVIDER[@]}" --batch "$BEST_BATCH" \
+    --sessions "$BEST_SESSIONS" --threads 1 --seconds 4 "${flags[@]}" 2>"$OUT/variant-$variant.log" |
+    sed "s/^{/{\"variant\":\"$variant\",/" >>"$OUT/variants-bare.jsonl" ||
+    log "variant $variant: bare inference failed (variant-$variant.log)"
+  env "${settings[@]}" RADIOGATE__INFERENCE__MODEL="$model" "$RG" classify --quiet \
+    --out "$OUT/parity-$variant.jsonl" samples/first 2>>"$OUT/variant-$variant.log" ||
+    log "variant $variant: classify failed (variant-$variant.log)"
+done
+"$PYTHON" - "$OUT" "$VARIANTS" <<'PY' >"$OUT/variants.jsonl"
+import json, sys
+from pathlib import Path
+out, variants = Path(sys.argv[1]), sys.argv[2].split()
+def load(p):
+    return {r["source_id"]: r for r in map(json.loads, p.read_text().splitlines())
+            if r["kind"] == "classification"} if p.exists() else {}
+bare = {}
+if (out / "variants-bare.jsonl").exists():
+    bare = {r["variant"]: r for r in map(json.loads, (out / "variants-bare.jsonl").read_text().splitlines())}
+cpu = load(out / "parity-cpu.jsonl")
+for v in variants:
+    got, r = load(out / f"parity-{v}.jsonl"), bare.get(v, {})
+    row = {"variant": v, "images_per_s": r.get("images_per_s"), "error": r.get("error"),
+           "items": len(got), "labels_agree": bool(got) and sorted(got) == sorted(cpu)
+           and all(got[k]["label"] == cpu[k]["label"] for k in cpu)}
+    if got and sorted(got) == sorted(cpu):
+        row["max_prob_diff"] = max(abs(got[k]["probabilities"][c] - cpu[k]["probabilities"][c])
+                                   for k in cpu for c in ("FRI", "FRII"))
+    print(json.dumps(row))
+PY
+cat "$OUT/variants.jsonl" >&2
+
 # End to end, every session's batch can be in flight twice: keep the rows on the GPU at
 # once within what the sweep ran (a batch of 512 holds ~12 GB of intermediate tensors).
 while ((BEST_BATCH * BEST_SESSIONS > 2048 && BEST_BATCH > 64)); do BEST_BATCH=$((BEST_BATCH / 2)); done
@@ -288,6 +334,12 @@ print(f"- GPU vs CPU on the {parity['items']} bundled cutouts: labels agree: {pa
 for r in map(json.loads, (out / "waits.jsonl").read_text().splitlines()):
     print(f"- bare inference at that setting, gpu_wait {r['gpu_wait']}: {r['images_per_s']:.0f} images/s, "
           f"{r['cpu_s']:.1f} s of CPU in all")
+variants = out / "variants.jsonl"
+for r in map(json.loads, variants.read_text().splitlines() if variants.exists() else []):
+    rate = f"{r['images_per_s']:.0f} images/s" if r["images_per_s"] else f"failed ({r['error']})"
+    diff = f", largest probability difference {r['max_prob_diff']:.2e}" if "max_prob_diff" in r else ""
+    agree = f"labels agree with the CPU: {r['labels_agree']}" if r["items"] else "classify failed"
+    print(f"- variant {r['variant']} at that setting: {rate}; {agree}{diff}")
 for r in offline:
     print(f"- offline end to end, {r['what']}, {r['workers']} cutout workers: {r['items_per_s']:.0f} cutouts/s "
           f"({r['items']} items, {r['rejected']} rejected, peak RSS {r['peak_rss_mb']:.0f} MB, "

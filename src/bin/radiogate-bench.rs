@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 use prost::Message as _;
 
 use radiogate::config::{
-    CutoutConfig, ExecutionProvider, GpuWait, InferenceConfig, ProviderKind, Scheduling,
+    CutoutConfig, ExecutionProvider, Gpu, GpuWait, InferenceConfig, ProviderKind, Scheduling,
     SourceConfig,
 };
 use radiogate::cutout::Cutter;
@@ -70,6 +70,12 @@ struct InferArgs {
     /// How session threads wait for the GPU (inference.gpu_wait).
     #[arg(long, value_enum, default_value = "blocking")]
     gpu_wait: GpuWait,
+    /// TF32 convolutions on the GPU (inference.gpu_tf32).
+    #[arg(long)]
+    gpu_tf32: bool,
+    /// Channels-last CUDA kernels (inference.gpu_nhwc).
+    #[arg(long)]
+    gpu_nhwc: bool,
     /// The threads' scheduling policy (pipeline.scheduling); `adaptive` is `batch` here, as
     /// in a worker with a backlog.
     #[arg(long, value_enum, default_value = "adaptive")]
@@ -165,8 +171,12 @@ fn infer(args: &InferArgs) -> anyhow::Result<()> {
                 runtime_library: None,
                 execution_provider: ExecutionProvider::new(
                     args.provider,
-                    args.device_id,
-                    args.gpu_wait,
+                    Gpu {
+                        device_id: args.device_id,
+                        wait: args.gpu_wait,
+                        tf32: args.gpu_tf32,
+                        nhwc: args.gpu_nhwc,
+                    },
                 ),
                 sessions,
                 intra_threads: threads,
@@ -208,9 +218,7 @@ fn infer(args: &InferArgs) -> anyhow::Result<()> {
                     }
                 };
                 let rate = done as f64 / elapsed.as_secs_f64();
-                println!(
-                    "{}",
-                    serde_json::json!({
+                let mut record = serde_json::json!({
                         "bench": "infer",
                         "provider": info.execution_provider,
                         "batch": batch,
@@ -221,8 +229,13 @@ fn infer(args: &InferArgs) -> anyhow::Result<()> {
                         "images_per_s": rate,
                         "ms_per_batch": 1e3 * elapsed.as_secs_f64() * sessions as f64
                             / (done as f64 / batch as f64),
-                    })
-                );
+                });
+                if let Some(gpu) = cfg.execution_provider.gpu() {
+                    record["model"] = args.model.display().to_string().into();
+                    record["gpu_tf32"] = gpu.tf32.into();
+                    record["gpu_nhwc"] = gpu.nhwc.into();
+                }
+                println!("{record}");
             }
             inference.join();
         }

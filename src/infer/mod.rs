@@ -32,7 +32,7 @@ pub use self::contract::Violations;
 pub use self::gpu::{DRIVER_LIBRARY, GpuWaitError};
 pub use self::runtime::{FETCH_SCRIPT, VENDOR_LIBRARY};
 use self::session::{Job, SharedJobs, Worker};
-use crate::config::{GpuWait, InferenceConfig};
+use crate::config::{Gpu, GpuWait, InferenceConfig};
 use crate::domain::{MODEL_PIXELS, MODEL_SIZE, ModelOutput};
 use crate::proto;
 
@@ -164,10 +164,10 @@ impl Inference {
         };
 
         // Before the first session creates the GPU's CUDA context.
-        if let Some((device_id, wait)) = cfg.execution_provider.gpu() {
-            gpu::set_wait(device_id, wait).map_err(|source| StartError::GpuWait {
-                device_id,
-                wait: wait.name(),
+        if let Some(gpu) = cfg.execution_provider.gpu() {
+            gpu::set_wait(gpu.device_id, gpu.wait).map_err(|source| StartError::GpuWait {
+                device_id: gpu.device_id,
+                wait: gpu.wait.name(),
                 source,
             })?;
         }
@@ -210,8 +210,8 @@ impl Inference {
                 Err(_) => return Err(stop(jobs_tx, threads, StartError::ThreadDied)),
             }
         }
-        if let Some((device_id, asked)) = cfg.execution_provider.gpu() {
-            log_gpu_wait(device_id, asked);
+        if let Some(gpu) = cfg.execution_provider.gpu() {
+            log_gpu(gpu);
         }
         let shared = Shared {
             jobs_tx,
@@ -350,14 +350,18 @@ fn stop(jobs_tx: mpsc::Sender<Job>, threads: Vec<JoinHandle<()>>, error: StartEr
     error
 }
 
-/// Logs how the GPU's session threads really wait, as CUDA reports it once the sessions
-/// hold the context (ONNX Runtime or a library it loads could have set other flags).
-fn log_gpu_wait(device_id: i32, asked: GpuWait) {
+/// Logs how the GPU sessions run: their arithmetic and layout as configured, and how their
+/// threads really wait, as CUDA reports it once the sessions hold the context (ONNX Runtime
+/// or a library it loads could have set other flags).
+fn log_gpu(gpu: Gpu) {
+    let (device_id, asked) = (gpu.device_id, gpu.wait);
     match gpu::wait_in_effect(device_id) {
         Ok(effect) if asked == GpuWait::Auto || effect == asked => tracing::info!(
             device_id,
             gpu_wait = effect.name(),
-            "session threads wait for the GPU"
+            tf32 = gpu.tf32,
+            nhwc = gpu.nhwc,
+            "GPU sessions started; their threads wait for the GPU as configured"
         ),
         Ok(effect) => tracing::warn!(
             device_id,

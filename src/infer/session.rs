@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::contract::{self, ATTENTION_PREFIX, Contract, Declared, PROBS};
 use super::runtime::Runtime;
 use super::{InferError, StartError};
-use crate::config::{ExecutionProvider, InferenceConfig};
+use crate::config::{ExecutionProvider, Gpu, InferenceConfig};
 use crate::domain::{AttentionMap, MODEL_PIXELS, MODEL_SIZE, ModelOutput};
 
 /// One batch to run and where its answer goes.
@@ -295,25 +295,27 @@ impl Bound {
 fn providers(provider: ExecutionProvider) -> Vec<ExecutionProviderDispatch> {
     match provider {
         ExecutionProvider::Cpu => Vec::new(),
-        ExecutionProvider::Cuda { device_id, .. } => vec![cuda(device_id)],
+        ExecutionProvider::Cuda(gpu) => vec![cuda(gpu)],
         // TensorRT leaves the nodes it cannot take to CUDA, as ONNX Runtime recommends.
-        ExecutionProvider::TensorRt { device_id, .. } => vec![
+        ExecutionProvider::TensorRt(gpu) => vec![
             ep::TensorRT::default()
-                .with_device_id(device_id)
+                .with_device_id(gpu.device_id)
                 .build()
                 .error_on_failure(),
-            cuda(device_id),
+            cuda(gpu),
         ],
     }
 }
 
-/// The CUDA provider: full float32 arithmetic (TF32 convolutions moved probabilities by
-/// up to 1.3e-4 against the CPU on the bundled cutouts), and a memory arena that grows by
-/// what is asked for rather than by powers of two (several sessions share one GPU).
-fn cuda(device_id: i32) -> ExecutionProviderDispatch {
+/// The CUDA provider: full float32 arithmetic unless `gpu.tf32` (TF32 convolutions moved
+/// probabilities by up to 1.3e-4 against the CPU on the bundled cutouts), channels-last
+/// kernels when `gpu.nhwc`, and a memory arena that grows by what is asked for rather than
+/// by powers of two (several sessions share one GPU).
+fn cuda(gpu: Gpu) -> ExecutionProviderDispatch {
     ep::CUDA::default()
-        .with_device_id(device_id)
-        .with_tf32(false)
+        .with_device_id(gpu.device_id)
+        .with_tf32(gpu.tf32)
+        .with_prefer_nhwc(gpu.nhwc)
         .with_arena_extend_strategy(ep::ArenaExtendStrategy::SameAsRequested)
         .build()
         .error_on_failure()

@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::testing::{TEST_MODEL, mirabest_sample, repo_path, test_config};
 use super::*;
-use crate::config::{ExecutionProvider, GpuWait, InferenceConfig};
+use crate::config::{ExecutionProvider, Gpu, GpuWait, InferenceConfig};
 
 /// What Python onnxruntime said about the sample (`scripts/infer-golden.py`).
 #[derive(Deserialize)]
@@ -403,10 +403,13 @@ fn zero_sessions_is_refused() {
 /// (`auto` leaves the CUDA driver alone, so the provider is what fails.)
 #[test]
 fn an_unavailable_gpu_provider_is_an_error_not_a_cpu_fallback() {
-    let wait = GpuWait::Auto;
+    let gpu = Gpu {
+        wait: GpuWait::Auto,
+        ..Gpu::on(0)
+    };
     for provider in [
-        ExecutionProvider::Cuda { device_id: 0, wait },
-        ExecutionProvider::TensorRt { device_id: 0, wait },
+        ExecutionProvider::Cuda(gpu),
+        ExecutionProvider::TensorRt(gpu),
     ] {
         let cfg = InferenceConfig {
             execution_provider: provider,
@@ -432,10 +435,7 @@ fn an_unavailable_gpu_provider_is_an_error_not_a_cpu_fallback() {
 #[test]
 fn a_gpu_wait_that_cannot_be_set_stops_the_start() {
     let cfg = InferenceConfig {
-        execution_provider: ExecutionProvider::Cuda {
-            device_id: 0,
-            wait: GpuWait::Blocking,
-        },
+        execution_provider: ExecutionProvider::Cuda(Gpu::on(0)),
         ..test_config(1)
     };
     let err = Inference::start(&cfg).expect_err("no CUDA provider in the CPU runtime");
