@@ -55,15 +55,16 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
 def compare(float32: Path, float16_model: Path, subset: str, data_dir: Path) -> dict:
     """How far the float16 model's outputs lie from the float32 model's on the test batch."""
     images = normalise(load_split(data_dir, subset, train=False).images)
-    names = [o.name for o in session(float32).get_outputs()]
-    ref = session(float32).run(names, {"image": images})
+    full = session(float32)
+    names = [o.name for o in full.get_outputs()]
+    ref = full.run(names, {"image": images})
     out = session(float16_model).run(names, {"image": images})
     dp = np.abs(out[0][:, 1] - ref[0][:, 1])
     return {
         "model": str(float32),
         "subset": subset,
         "images": len(images),
-        "labels_differ": int(np.sum((out[0].argmax(1)) != ref[0].argmax(1))),
+        "labels_differ": int(np.sum(out[0].argmax(1) != ref[0].argmax(1))),
         "max_prob_diff": float(dp.max()),
         "median_prob_diff": float(np.median(dp)),
         "max_attention_diff": {

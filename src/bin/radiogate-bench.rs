@@ -219,16 +219,16 @@ fn infer(args: &InferArgs) -> anyhow::Result<()> {
                 };
                 let rate = done as f64 / elapsed.as_secs_f64();
                 let mut record = serde_json::json!({
-                        "bench": "infer",
-                        "provider": info.execution_provider,
-                        "batch": batch,
-                        "sessions": sessions,
-                        "intra_threads": threads,
-                        "images": done,
-                        "seconds": elapsed.as_secs_f64(),
-                        "images_per_s": rate,
-                        "ms_per_batch": 1e3 * elapsed.as_secs_f64() * sessions as f64
-                            / (done as f64 / batch as f64),
+                    "bench": "infer",
+                    "provider": info.execution_provider,
+                    "batch": batch,
+                    "sessions": sessions,
+                    "intra_threads": threads,
+                    "images": done,
+                    "seconds": elapsed.as_secs_f64(),
+                    "images_per_s": rate,
+                    "ms_per_batch": 1e3 * elapsed.as_secs_f64() * sessions as f64
+                        / (done as f64 / batch as f64),
                 });
                 if let Some(gpu) = cfg.execution_provider.gpu() {
                     record["model"] = args.model.display().to_string().into();

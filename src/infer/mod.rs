@@ -355,13 +355,17 @@ fn stop(jobs_tx: mpsc::Sender<Job>, threads: Vec<JoinHandle<()>>, error: StartEr
 /// or a library it loads could have set other flags).
 fn log_gpu(gpu: Gpu) {
     let (device_id, asked) = (gpu.device_id, gpu.wait);
+    tracing::info!(
+        device_id,
+        tf32 = gpu.tf32,
+        nhwc = gpu.nhwc,
+        "GPU sessions started"
+    );
     match gpu::wait_in_effect(device_id) {
         Ok(effect) if asked == GpuWait::Auto || effect == asked => tracing::info!(
             device_id,
             gpu_wait = effect.name(),
-            tf32 = gpu.tf32,
-            nhwc = gpu.nhwc,
-            "GPU sessions started; their threads wait for the GPU as configured"
+            "session threads wait for the GPU"
         ),
         Ok(effect) => tracing::warn!(
             device_id,
