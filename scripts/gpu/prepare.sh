@@ -4,8 +4,9 @@
 # of the ONNX Runtime version the CPU build uses), stripped release binaries of radiogate and
 # radiogate-bench, and the shared libraries they link (CFITSIO and its dependencies) in case
 # the GPU machine lacks them, and the float16 copy of the model that run.sh times beside
-# float32 (python -m radiogate_model.half; needs python/requirements.txt). Packed, compressed (xz) and split into pieces of at most PIECE_MB
-# (default 52 MiB: with the 9 MB working tree a piece fits one 64 MiB device call):
+# float32 (python -m radiogate_model.half; needs python/requirements.txt). Packed, compressed
+# (xz) and split into pieces of at most PIECE_MB (default 52 MiB: with the 9 MB working tree
+# a piece fits one 64 MiB device call):
 #
 #   scripts/gpu/prepare.sh            # -> vendor/gpu/radiogate-gpu.tar.xz.part-NN + .sha256
 #   DEST=dir scripts/gpu/prepare.sh   # elsewhere (a gitignored folder of the repository)
