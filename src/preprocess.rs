@@ -310,8 +310,9 @@ impl Scratch {
     /// Groups the keys of the finite `values`; returns their sums (None when there are none).
     fn group(&mut self, values: &[f32]) -> Option<RunningSums> {
         // The keys written through a plain slice (a `Vec::push` per key reloads and
-        // stores the vector's header each time), in the order the placing pass sums them:
-        // the values past the last whole `LANES`, then the others in order.
+        // stores the vector's header each time), in their order of before (the placing
+        // pass's lane sums follow it): the values past the last whole `LANES` first, then
+        // the others in order.
         self.tmp.resize(values.len(), 0);
         let tmp = self.tmp.as_mut_slice();
         let (body, tail) = values.split_at(values.len() - values.len() % LANES);

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Helpers shared by the benchmark scripts (sourced; they use $BROKERS and, for the worker's
-# `sink.properties`, $SINK_PROPERTIES when set).
+# Helpers shared by the benchmark scripts, scripts/gpu/run.sh among them (sourced; they use
+# $BROKERS and, for the worker's `sink.properties`, $SINK_PROPERTIES when set).
 
 # A streaming worker's configuration: $1 config path, $2 input topic, $3 group, $4 results
 # topic, $5 dead letters.
@@ -38,6 +38,19 @@ split_variant() {
   read -ra VARIANT_CMD <<<"env $envs ${spec#*=}"
 }
 
+# Runs a command; writes its wall time (s), peak RSS (KB) and CPU time (s, user + system)
+# to $1. Without GNU time, which a GPU machine may lack; with $PYTHON when set.
+timed() {
+  "${PYTHON:-python3}" -c '
+import resource, subprocess, sys, time
+t = time.monotonic()
+rc = subprocess.call(sys.argv[2:])
+wall = time.monotonic() - t
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(f"{wall:.3f} {u.ru_maxrss} {u.ru_utime + u.ru_stime:.3f}\n")
+sys.exit(rc)' "$@"
+}
+
 # Peak (VmHWM) and current (VmRSS) resident memory of a process, in MB.
 rss_mb() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
@@ -56,7 +69,7 @@ broker_pid() { cat "vendor/kafka/run-${BROKERS##*:}/broker.pid" 2>/dev/null || t
 # Symlinks to the cutouts in $CUTOUTS, each under a distinct name (so a distinct source id):
 # $1: folder, $2: how many links, $3: name prefix; cycles through the cutouts.
 links() {
-  python3 - "$CUTOUTS" "$@" <<'PY'
+  "${PYTHON:-python3}" - "$CUTOUTS" "$@" <<'PY'
 import os, sys
 src, dst, n, prefix = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 files = sorted(f for f in os.listdir(src) if f.endswith(".fits"))

@@ -154,19 +154,6 @@ log "publishing $ITEMS inline detections to $DETECTIONS, and by reference to $RE
 "$RG" publish --brokers "$BROKERS" --topic "$DETECTIONS" --inline "$W/items" 2>>"$OUT/publish.log"
 "$RG" publish --brokers "$BROKERS" --topic "$REFS" "$W/items" 2>>"$OUT/publish.log"
 
-# Runs a command; writes its wall time (s), peak RSS (KB) and CPU time (s, user + system)
-# to $1.
-timed() {
-  python3 -c '
-import resource, subprocess, sys, time
-t = time.monotonic()
-rc = subprocess.call(sys.argv[2:])
-wall = time.monotonic() - t
-u = resource.getrusage(resource.RUSAGE_CHILDREN)
-open(sys.argv[1], "w").write(f"{wall:.3f} {u.ru_maxrss} {u.ru_utime + u.ru_stime:.3f}\n")
-sys.exit(rc)' "$@"
-}
-
 BROKER_PID="$(broker_pid)"
 
 stop_worker() {

@@ -34,6 +34,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
 SRC="${SRC:-vendor/gpu}"
 QUICK="${QUICK:-0}"
 OUT="${OUT:-out/gpu/$(date -u +%Y%m%dT%H%M%SZ)}"
@@ -171,21 +173,8 @@ for provider in cuda cpu; do
     --out "$OUT/parity-$provider.jsonl" samples/first 2>"$OUT/parity-$provider.log" ||
     die "classify with the $provider provider failed: see $OUT/parity-$provider.log"
 done
-"$PYTHON" - "$OUT" <<'PY' | tee "$OUT/parity.json" >&2 || die "GPU and CPU results differ (parity.json)"
-import json, sys
-out = sys.argv[1]
-def load(p):
-    return {r["source_id"]: r for r in map(json.loads, open(f"{out}/parity-{p}.jsonl"))
-            if r["kind"] == "classification"}
-gpu, cpu = load("cuda"), load("cpu")
-diff = max(abs(gpu[k]["probabilities"][c] - cpu[k]["probabilities"][c])
-           for k in cpu for c in ("FRI", "FRII"))
-same = sorted(gpu) == sorted(cpu) and all(gpu[k]["label"] == cpu[k]["label"] for k in cpu)
-providers = sorted({r["model"]["execution_provider"] for r in gpu.values()})
-print(json.dumps({"items": len(cpu), "labels_agree": same, "max_prob_diff": diff,
-                  "gpu_providers": providers}))
-sys.exit(0 if same and diff < 1e-4 and len(cpu) > 0 else 1)
-PY
+"$PYTHON" scripts/gpu/compare_results.py "$OUT/parity-cuda.jsonl" "$OUT/parity-cpu.jsonl" \
+  --max-diff 1e-4 | tee "$OUT/parity.json" >&2 || die "GPU and CPU results differ (parity.json)"
 
 # 4. Bare inference sweep.
 log "bare inference sweep: ${SWEEP[*]}"
@@ -234,44 +223,16 @@ for variant in $VARIANTS; do
   env "${settings[@]}" RADIOGATE__INFERENCE__MODEL="$model" "$RG" classify --quiet \
     --out "$OUT/parity-$variant.jsonl" samples/first 2>>"$OUT/variant-$variant.log" ||
     log "variant $variant: classify failed (variant-$variant.log)"
+  "$PYTHON" scripts/gpu/compare_results.py "$OUT/parity-$variant.jsonl" "$OUT/parity-cpu.jsonl" \
+    --variant "$variant" | tee -a "$OUT/variants.jsonl" >&2
 done
-"$PYTHON" - "$OUT" "$VARIANTS" <<'PY' >"$OUT/variants.jsonl"
-import json, sys
-from pathlib import Path
-out, variants = Path(sys.argv[1]), sys.argv[2].split()
-def load(p):
-    return {r["source_id"]: r for r in map(json.loads, p.read_text().splitlines())
-            if r["kind"] == "classification"} if p.exists() else {}
-bare = {}
-if (out / "variants-bare.jsonl").exists():
-    bare = {r["variant"]: r for r in map(json.loads, (out / "variants-bare.jsonl").read_text().splitlines())}
-cpu = load(out / "parity-cpu.jsonl")
-for v in variants:
-    got, r = load(out / f"parity-{v}.jsonl"), bare.get(v, {})
-    row = {"variant": v, "images_per_s": r.get("images_per_s"), "error": r.get("error"),
-           "items": len(got), "labels_agree": bool(got) and sorted(got) == sorted(cpu)
-           and all(got[k]["label"] == cpu[k]["label"] for k in cpu)}
-    if got and sorted(got) == sorted(cpu):
-        row["max_prob_diff"] = max(abs(got[k]["probabilities"][c] - cpu[k]["probabilities"][c])
-                                   for k in cpu for c in ("FRI", "FRII"))
-    print(json.dumps(row))
-PY
-cat "$OUT/variants.jsonl" >&2
 
 # End to end, every session's batch can be in flight twice: keep the rows on the GPU at
 # once within what the sweep ran (a batch of 512 holds ~12 GB of intermediate tensors).
 while ((BEST_BATCH * BEST_SESSIONS > 2048 && BEST_BATCH > 64)); do BEST_BATCH=$((BEST_BATCH / 2)); done
 
 # 5. Offline end to end.
-mkdir -p "$OUT/items"
-"$PYTHON" - "$ROOT/samples/first" "$OUT/items" "$ITEMS" <<'PY'
-import os, sys
-src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-files = sorted(f for f in os.listdir(src) if f.endswith(".fits"))
-for i in range(n):
-    f = files[i % len(files)]
-    os.symlink(os.path.join(src, f), os.path.join(dst, f"i{i:07d}_{f}"))
-PY
+CUTOUTS="$ROOT/samples/first" links "$OUT/items" "$ITEMS" i
 cat samples/first/*.fits >/dev/null
 export RADIOGATE__BATCH__MAX_BATCH="$BEST_BATCH"
 export RADIOGATE__INFERENCE__SESSIONS="$BEST_SESSIONS"
@@ -284,15 +245,8 @@ offline() {
   local run="$1" workers="$2" what="$3"
   shift 3
   log "offline ($what): $ITEMS items, $workers cutout workers"
-  # Wall time and peak RSS without GNU time (it may not be installed there).
-  env "$@" RADIOGATE__CUTOUT__WORKERS="$workers" "$PYTHON" -c '
-import resource, subprocess, sys, time
-t = time.monotonic()
-rc = subprocess.call(sys.argv[2:], stderr=open(sys.argv[1] + ".log", "w"))
-wall = time.monotonic() - t
-ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-open(sys.argv[1] + ".time", "w").write(f"{wall} {ru.ru_maxrss} {ru.ru_utime + ru.ru_stime}\n")
-sys.exit(rc)' "$OUT/offline-$run" "$RG" classify --quiet --out "$OUT/offline-$run.jsonl" "$OUT/items" ||
+  timed "$OUT/offline-$run.time" env "$@" RADIOGATE__CUTOUT__WORKERS="$workers" \
+    "$RG" classify --quiet --out "$OUT/offline-$run.jsonl" "$OUT/items" 2>"$OUT/offline-$run.log" ||
     die "classify failed: see $OUT/offline-$run.log"
   read -r wall peak_kb cpu_s <"$OUT/offline-$run.time"
   "$PYTHON" scripts/bench/offline_record.py "$OUT/offline-$run.jsonl" "$wall" "$peak_kb" "$cpu_s" \
@@ -334,11 +288,15 @@ print(f"- GPU vs CPU on the {parity['items']} bundled cutouts: labels agree: {pa
 for r in map(json.loads, (out / "waits.jsonl").read_text().splitlines()):
     print(f"- bare inference at that setting, gpu_wait {r['gpu_wait']}: {r['images_per_s']:.0f} images/s, "
           f"{r['cpu_s']:.1f} s of CPU in all")
-variants = out / "variants.jsonl"
-for r in map(json.loads, variants.read_text().splitlines() if variants.exists() else []):
-    rate = f"{r['images_per_s']:.0f} images/s" if r["images_per_s"] else f"failed ({r['error']})"
-    diff = f", largest probability difference {r['max_prob_diff']:.2e}" if "max_prob_diff" in r else ""
-    agree = f"labels agree with the CPU: {r['labels_agree']}" if r["items"] else "classify failed"
+def lines(name):
+    path = out / name
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+bare = {r["variant"]: r for r in lines("variants-bare.jsonl")}
+for r in lines("variants.jsonl"):
+    b = bare.get(r["variant"], {})
+    rate = f"{b['images_per_s']:.0f} images/s" if "images_per_s" in b else f"failed ({b.get('error', 'no record')})"
+    diff = "" if r["max_prob_diff"] is None else f", largest probability difference {r['max_prob_diff']:.2e}"
+    agree = f"labels agree with the CPU: {r['labels_agree']}" if r["answered"] else "classify failed"
     print(f"- variant {r['variant']} at that setting: {rate}; {agree}{diff}")
 for r in offline:
     print(f"- offline end to end, {r['what']}, {r['workers']} cutout workers: {r['items_per_s']:.0f} cutouts/s "

@@ -50,6 +50,11 @@ fn worker_of(cfg: &InferenceConfig) -> session::Worker {
     session::Worker::load(runtime, cfg, &model).expect("session")
 }
 
+/// The sample's model inputs, in order.
+fn sample_inputs() -> Vec<Vec<f32>> {
+    mirabest_sample().iter().map(|s| s.input()).collect()
+}
+
 fn max_abs_diff(a: &ModelOutput, b: &ModelOutput) -> f32 {
     assert_eq!(a.attention.len(), b.attention.len());
     let probs = a.probs.iter().zip(&b.probs).map(|(x, y)| (x - y).abs());
@@ -154,7 +159,7 @@ async fn an_image_gives_the_same_outputs_alone_and_in_a_batch_of_32() {
 /// changes no output.
 #[test]
 fn padded_batches_give_the_same_outputs() {
-    let images: Vec<Vec<f32>> = mirabest_sample().iter().map(|s| s.input()).collect();
+    let images = sample_inputs();
     let (mut plain, mut padded) = (worker(), worker().padding_batches());
     padded.run(&images[..8]).expect("a batch of 8");
     for n in [5, 3, 1] {
@@ -179,7 +184,7 @@ fn padded_batches_give_the_same_outputs() {
 /// same memory, and their outputs are their own (not the previous batch's).
 #[test]
 fn a_batch_size_reuses_its_input_and_outputs() {
-    let images: Vec<Vec<f32>> = mirabest_sample().iter().map(|s| s.input()).collect();
+    let images = sample_inputs();
     let mut w = worker();
     let first = w.run(&images[..2]).expect("a batch of 2");
     let addresses = w.output_addresses(2);
@@ -201,7 +206,7 @@ fn a_batch_size_reuses_its_input_and_outputs() {
 /// session pads to, the sizes a CPU session ran last.
 #[test]
 fn bindings_hold_at_most_twice_the_largest_batch() {
-    let images: Vec<Vec<f32>> = mirabest_sample().iter().map(|s| s.input()).collect();
+    let images = sample_inputs();
     let mut cpu = worker();
     for n in [8, 7, 6] {
         cpu.run(&images[..n]).expect("a batch");
@@ -225,7 +230,7 @@ fn the_benchmarks_null_model_keeps_the_contract() {
         model: repo_path("benches/models/null.onnx"),
         ..test_config(1)
     });
-    let images: Vec<Vec<f32>> = mirabest_sample().iter().map(|s| s.input()).collect();
+    let images = sample_inputs();
     let (want, got) = (
         worker().run(&images[..2]).expect("the test model"),
         null.run(&images[..2]).expect("the null model"),
@@ -241,7 +246,7 @@ fn the_benchmarks_null_model_keeps_the_contract() {
 /// in order. A failure that remains for one image is the batch's error.
 #[test]
 fn a_batch_that_fails_runs_in_halves() {
-    let images: Vec<Vec<f32>> = mirabest_sample().iter().map(|s| s.input()).collect();
+    let images = sample_inputs();
     let batch = &images[..11];
     let want = worker().run(batch).expect("the whole batch");
     let got = worker()
