@@ -9,6 +9,7 @@ pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod cutout;
+mod divide;
 pub mod domain;
 pub mod explain;
 pub mod infer;

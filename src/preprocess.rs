@@ -318,18 +318,22 @@ impl Scratch {
         let (body, tail) = values.split_at(values.len() - values.len() % LANES);
         let mut n = keys_of(tail, tmp, 0);
         // Eight at a time where all eight are finite (nearly everywhere): no branch per
-        // value, so the compiler vectorises the keys.
+        // value, so the compiler vectorises the keys. The eight are written, then kept
+        // when all were finite, a test without an early exit (`all` has one, and kept the
+        // test from vectorising: the clipping took 30% longer with it).
         let chunks = body.chunks_exact(8);
         let rest = chunks.remainder();
         for chunk in chunks {
-            if chunk.iter().all(|v| v.is_finite()) {
-                for (slot, &v) in tmp[n..n + 8].iter_mut().zip(chunk) {
-                    *slot = finite_key(v);
-                }
-                n += 8;
-            } else {
-                n = keys_of(chunk, tmp, n);
+            let mut finite = true;
+            for (slot, &v) in tmp[n..n + 8].iter_mut().zip(chunk) {
+                *slot = finite_key(v);
+                finite &= v.is_finite();
             }
+            n = if finite {
+                n + 8
+            } else {
+                keys_of(chunk, tmp, n)
+            };
         }
         n = keys_of(rest, tmp, n);
         // One count table per key position modulo `LANES`: neighbouring pixels mostly

@@ -20,6 +20,7 @@
 use std::io;
 
 use crate::config::SummaryConfig;
+use crate::divide::Divisor;
 use crate::domain::{
     AttentionMap, CUTOUT_SIZE, MODEL_PIXELS, MODEL_SIZE, ModelOutput, Prepared, SkyProjection,
 };
@@ -211,7 +212,8 @@ fn decode(map_zstd: &[u8], cells: usize, scale: f32) -> Result<Vec<f32>, DecodeE
 /// The arithmetic, and its order, is exactly that of the first version (kept in
 /// `reference` for the tests): per map, bilinear values with negative or non-finite ones
 /// zeroed, their sum in pixel order, then `combined += (v / sum) / gates`. Only the
-/// allocations are gone (one scratch buffer per thread) and the passes are fused.
+/// allocations are gone (one scratch buffer per thread), the passes are fused, and the
+/// divisions are [`Divisor`]'s, which give what `/` gives.
 fn combine(maps: &[AttentionMap]) -> Vec<f64> {
     let mut combined = vec![0.0; MODEL_PIXELS];
     let gates = maps.len() as f64;
@@ -229,8 +231,18 @@ fn combine(maps: &[AttentionMap]) -> Vec<f64> {
         }
         for (up, sum) in upsampled.iter().zip(sums_in_order(upsampled)) {
             if sum > 0.0 {
-                for (c, &v) in combined.iter_mut().zip(up.iter()) {
-                    *c += v / sum / gates;
+                match (Divisor::new(sum), Divisor::new(gates)) {
+                    (Some(by_sum), Some(by_gates)) => {
+                        for (c, &v) in combined.iter_mut().zip(up.iter()) {
+                            *c += by_gates.divide(by_sum.divide(v));
+                        }
+                    }
+                    // A sum out of the shortcut's range, which float32 maps cannot make.
+                    _ => {
+                        for (c, &v) in combined.iter_mut().zip(up.iter()) {
+                            *c += v / sum / gates;
+                        }
+                    }
                 }
             } else {
                 let uniform = 1.0 / up.len() as f64;
