@@ -23,14 +23,17 @@
 #    from memory), with the best batch/sessions of the sweep and several cutout workers,
 #    once for each GPU_WAITS setting (how session threads wait for the GPU: "blocking"
 #    sleeps, "auto" is CUDA's default, which spins a core per waiting session); then the
-#    host's own cost: the same items with the null model (benches/models/null.onnx) on the
-#    CPU, the rate that no GPU could lift on this machine.
+#    host's own cost: the null model (benches/models/null.onnx) on the CPU over HOST_ITEMS
+#    of the items, at each of HOST_WORKERS cutout workers: the rate that no GPU could lift
+#    on this machine, and whether the CPU an item costs grows with the threads sharing the
+#    cores (contention) or is the cores' own speed.
 #
 # Environment: SRC (vendor/gpu), OUT, ITEMS (100000; QUICK: 50000), WORKERS (cutout worker
 # counts to try, default "$(nproc)-2 and $(nproc)"), SWEEP_ARGS (the sweep's settings), PYTHON (the Python whose `nvidia`
 # packages hold the CUDA libraries; default: the first of python3, python, conda's that
 # has them), DEVICE_ID (0), GPU_WAITS ("blocking auto"; inference.gpu_wait values),
-# VARIANTS ("fp32 tf32 nhwc tf32+nhwc fp16 fp16+nhwc"; "" skips them).
+# VARIANTS ("fp32 tf32 nhwc tf32+nhwc fp16 fp16+nhwc"; "" skips them), HOST_ITEMS (20000),
+# HOST_WORKERS ("1 $(nproc)/2 $(nproc)").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -59,6 +62,8 @@ if [[ -n "${SWEEP_ARGS:-}" ]]; then read -ra SWEEP <<<"$SWEEP_ARGS"; fi
 WORKERS="${WORKERS:-$((CORES > 4 ? CORES - 2 : 2)) $CORES}"
 GPU_WAITS="${GPU_WAITS:-blocking auto}"
 VARIANTS="${VARIANTS-fp32 tf32 nhwc tf32+nhwc fp16 fp16+nhwc}"
+HOST_ITEMS="${HOST_ITEMS:-20000}"
+HOST_WORKERS="${HOST_WORKERS:-1 $((CORES > 3 ? CORES / 2 : 1)) $CORES}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 log() { echo "gpu/run: $*" | tee -a "$OUT/run.log" >&2; }
@@ -238,15 +243,16 @@ export RADIOGATE__BATCH__MAX_BATCH="$BEST_BATCH"
 export RADIOGATE__INFERENCE__SESSIONS="$BEST_SESSIONS"
 export RADIOGATE__INFERENCE__INTRA_THREADS=1
 export RADIOGATE__PIPELINE__QUEUE_CAPACITY=$((2 * BEST_BATCH * BEST_SESSIONS > 1024 ? 2 * BEST_BATCH * BEST_SESSIONS : 1024))
-# One offline run: `radiogate classify` over the items with $2 cutout workers; $1: the run's
-# name, $3: what the run is (its "what" in offline.jsonl); the rest: `env` options and
-# settings (options first).
+# One offline run: `radiogate classify` over the items of the folder $ITEMS_DIR with $2
+# cutout workers; $1: the run's name, $3: what the run is (its "what" in offline.jsonl); the
+# rest: `env` options and settings (options first).
+ITEMS_DIR="$OUT/items"
 offline() {
   local run="$1" workers="$2" what="$3"
   shift 3
-  log "offline ($what): $ITEMS items, $workers cutout workers"
+  log "offline ($what): $(find "$ITEMS_DIR" -maxdepth 1 -type l | wc -l) items, $workers cutout workers"
   timed "$OUT/offline-$run.time" env "$@" RADIOGATE__CUTOUT__WORKERS="$workers" \
-    "$RG" classify --quiet --out "$OUT/offline-$run.jsonl" "$OUT/items" 2>"$OUT/offline-$run.log" ||
+    "$RG" classify --quiet --out "$OUT/offline-$run.jsonl" "$ITEMS_DIR" 2>"$OUT/offline-$run.log" ||
     die "classify failed: see $OUT/offline-$run.log"
   read -r wall peak_kb cpu_s <"$OUT/offline-$run.time"
   "$PYTHON" scripts/bench/offline_record.py "$OUT/offline-$run.jsonl" "$wall" "$peak_kb" "$cpu_s" \
@@ -257,14 +263,18 @@ offline() {
 for wait in $GPU_WAITS; do for workers in $WORKERS; do
   offline "$wait-$workers" "$workers" "gpu_wait $wait" RADIOGATE__INFERENCE__GPU_WAIT="$wait"
 done; done
-# The host's own cost on this machine: the same items with the null model on the CPU
-# (benches/models/null.onnx, the contract with almost no arithmetic), at the most workers:
-# the rate that no GPU can lift, and the CPU per item that is not the model's.
-host_workers="${WORKERS##* }"
-offline "host-$host_workers" "$host_workers" "the host's own cost (null model on the CPU)" \
-  -u RADIOGATE__INFERENCE__DEVICE_ID RADIOGATE__INFERENCE__EXECUTION_PROVIDER=cpu \
-  RADIOGATE__INFERENCE__MODEL=benches/models/null.onnx RADIOGATE__INFERENCE__SESSIONS=2
 rm -rf "$OUT/items"
+# The host's own cost on this machine: the null model on the CPU (benches/models/null.onnx,
+# the contract with almost no arithmetic) at each worker count: the rate that no GPU can
+# lift, and the CPU per item that is not the model's, alone on the cores and sharing them.
+CUTOUTS="$ROOT/samples/first" links "$OUT/host-items" "$HOST_ITEMS" h
+ITEMS_DIR="$OUT/host-items"
+for workers in $HOST_WORKERS; do
+  offline "host-$workers" "$workers" "the host's own cost (null model on the CPU)" \
+    -u RADIOGATE__INFERENCE__DEVICE_ID RADIOGATE__INFERENCE__EXECUTION_PROVIDER=cpu \
+    RADIOGATE__INFERENCE__MODEL=benches/models/null.onnx RADIOGATE__INFERENCE__SESSIONS=2
+done
+rm -rf "$OUT/host-items"
 
 "$PYTHON" - "$OUT" <<'PY' | tee "$OUT/summary.md"
 import json, sys
