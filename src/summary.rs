@@ -213,7 +213,8 @@ fn decode(map_zstd: &[u8], cells: usize, scale: f32) -> Result<Vec<f32>, DecodeE
 /// `reference` for the tests): per map, bilinear values with negative or non-finite ones
 /// zeroed, their sum in pixel order, then `combined += (v / sum) / gates`. Only the
 /// allocations are gone (one scratch buffer per thread), the passes are fused, and the
-/// divisions are [`Divisor`]'s, which give what `/` gives.
+/// divisions are [`Divisor`]'s, which give what `/` gives (a -0.0 pixel adds +0.0 instead,
+/// the same to sums that start at +0.0).
 fn combine(maps: &[AttentionMap]) -> Vec<f64> {
     let mut combined = vec![0.0; MODEL_PIXELS];
     let gates = maps.len() as f64;
