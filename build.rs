@@ -10,6 +10,9 @@ fn main() -> std::io::Result<()> {
     prost_build::Config::new()
         .compile_well_known_types()
         .extern_path(".google.protobuf", "::prost_types")
+        // Inline cutouts as `bytes::Bytes`: a detection cloned (or a cutout shared) does not
+        // copy its FITS file.
+        .bytes([".radiogate.v1.SourceDetection.fits_cutout"])
         .compile_protos(&["proto/radiogate/v1/radiogate.proto"], &["proto"])
 }
 

@@ -204,11 +204,17 @@ fn open_ends(config: &Config) -> Result<(Intake, Output, Option<Acks>), Pipeline
         }
         (other, _) => Intake::Items(source::open(other)?),
     };
-    let output = match &config.sink {
-        SinkConfig::Kafka(kafka) => Output::Kafka(KafkaSink::create(kafka, acks.as_ref())?),
-        SinkConfig::File { .. } => Output::File(FileSink::create(&config.sink)?),
-    };
+    let output = open_output(config, acks.as_ref())?;
     Ok((intake, output, acks))
+}
+
+/// Opens the configured sink (within the acknowledgement path's transactions, when given
+/// one that has them).
+fn open_output(config: &Config, acks: Option<&Acks>) -> Result<Output, PipelineError> {
+    Ok(match &config.sink {
+        SinkConfig::Kafka(kafka) => Output::Kafka(KafkaSink::create(kafka, acks)?),
+        SinkConfig::File { .. } => Output::File(FileSink::create(&config.sink)?),
+    })
 }
 
 /// How many detections the source has let into the pipeline (numbered 0 to n - 1), against
@@ -334,8 +340,34 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
-    let metrics = options.metrics.clone().unwrap_or_default();
     let (intake, sink, acks) = open_ends(&config)?;
+    run_with(config, intake, sink, acks, options, shutdown, started).await
+}
+
+/// [`run`] over `detections` instead of the configured source (which is not opened): end
+/// to end from detections already in memory, as `radiogate-bench memory` measures it.
+pub async fn run_detections(
+    config: Config,
+    detections: Detections,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<RunSummary, PipelineError> {
+    let started = Instant::now();
+    let sink = open_output(&config, None)?;
+    let intake = Intake::Items(detections);
+    run_with(config, intake, sink, None, options, shutdown, started).await
+}
+
+async fn run_with(
+    config: Config,
+    intake: Intake,
+    sink: Output,
+    acks: Option<Acks>,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()> + Send,
+    started: Instant,
+) -> Result<RunSummary, PipelineError> {
+    let metrics = options.metrics.clone().unwrap_or_default();
     if let Some(acks) = &acks {
         acks.observe(metrics.clone());
         metrics.expect_consumer_group();

@@ -55,7 +55,7 @@ pub fn publish(plan: &PublishPlan) -> Result<PublishSummary, PipelineError> {
                     path: path.into(),
                     source: e,
                 })?;
-                message.pixels = Some(proto::source_detection::Pixels::FitsCutout(bytes));
+                message.pixels = Some(proto::source_detection::Pixels::FitsCutout(bytes.into()));
                 message.centre_of_cutout = true;
             }
         }

@@ -5,6 +5,11 @@
 //! - `infer`: the limit. Bare inference throughput of a model on ready-made input tensors
 //!   (real cutouts, preprocessed once before timing) through `radiogate::infer`, over a
 //!   sweep of batch sizes, sessions and intra-op threads. One JSON line per setting.
+//! - `memory`: end to end from cutouts already in memory. The worker's pipeline, configured
+//!   as `radiogate classify` is (`--config`, then the `RADIOGATE__...` environment), over
+//!   detections that carry real FITS cutouts inline (read once, then cycled; no file is opened
+//!   while it runs), results to `--out`. What `classify` over files measures, less the
+//!   reading of each file.
 //! - `topics`: creates (or deletes) the benchmark's own Kafka topics; results topics use
 //!   the broker's clock (`message.timestamp.type=LogAppendTime`) for publication times.
 //! - `collect`: reads a results topic from its beginning until it holds the expected
@@ -24,7 +29,9 @@ use radiogate::config::{
     SourceConfig,
 };
 use radiogate::cutout::Cutter;
+use radiogate::domain::{Detection, Origin};
 use radiogate::infer::Inference;
+use radiogate::proto::source_detection::Pixels;
 use radiogate::sink::kafka::{TopicSpec, create_topics, delete_topics};
 use radiogate::source::kafka::TopicReader;
 use radiogate::{preprocess, proto, source};
@@ -39,6 +46,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Infer(InferArgs),
+    Memory(MemoryArgs),
     Topics(TopicsArgs),
     Collect(CollectArgs),
 }
@@ -80,6 +88,23 @@ struct InferArgs {
     /// in a worker with a backlog.
     #[arg(long, value_enum, default_value = "adaptive")]
     scheduling: Scheduling,
+}
+
+/// End to end from cutouts in memory; prints the run's counts and rate as one JSON line.
+#[derive(clap::Args)]
+struct MemoryArgs {
+    /// Configuration file (as `radiogate classify --config`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// FITS cutouts (files or folders), read into memory once.
+    #[arg(long, required = true)]
+    inputs: Vec<PathBuf>,
+    /// Detections to run: the cutouts, repeated.
+    #[arg(long)]
+    items: usize,
+    /// Results file (the configured sink format, JSON Lines by default).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// Creates or deletes topics (`NAME:PARTITIONS`; a `:logappend` suffix makes the broker
@@ -128,6 +153,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Infer(args) => infer(&args),
+        Command::Memory(args) => memory(&args),
         Command::Topics(args) => topics(&args),
         Command::Collect(args) => collect(&args),
     }
@@ -156,6 +182,59 @@ fn ready_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<Vec<f32>>> {
         bail!("no input could be cut and preprocessed");
     }
     Ok(images)
+}
+
+fn memory(args: &MemoryArgs) -> anyhow::Result<()> {
+    let config = radiogate::cli::classify_config(&radiogate::cli::ClassifyArgs {
+        config: args.config.clone(),
+        out: Some(args.out.clone()),
+        inputs: args.inputs.clone(),
+        ..Default::default()
+    })?;
+    let cutouts = source::fits_files(&args.inputs)?
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
+            let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+            Ok((stem.into_owned(), bytes::Bytes::from(bytes)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if cutouts.is_empty() {
+        bail!("no FITS file among the inputs");
+    }
+    let detections = (0..args.items).map(move |i| {
+        let (stem, bytes) = &cutouts[i % cutouts.len()];
+        Detection {
+            message: proto::SourceDetection {
+                source_id: format!("m{:06}_{stem}", i / cutouts.len()),
+                survey: "FIRST".into(),
+                centre_of_cutout: true,
+                pixels: Some(Pixels::FitsCutout(bytes.clone())),
+                ..Default::default()
+            },
+            origin: Origin::Input(format!("memory:{i}")),
+            received: Instant::now(),
+        }
+    });
+    let rt = tokio::runtime::Runtime::new()?;
+    let summary = rt.block_on(radiogate::pipeline::run_detections(
+        config,
+        Box::new(detections.map(Ok)),
+        radiogate::pipeline::RunOptions::default(),
+        std::future::pending(),
+    ))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "memory",
+            "items": args.items,
+            "classified": summary.classified,
+            "rejected": summary.rejected,
+            "seconds": summary.elapsed.as_secs_f64(),
+            "items_per_s": summary.throughput(),
+        })
+    );
+    Ok(())
 }
 
 fn infer(args: &InferArgs) -> anyhow::Result<()> {

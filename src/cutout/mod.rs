@@ -147,7 +147,7 @@ impl Cutter {
             }
             Some(Pixels::FitsCutout(bytes)) => {
                 let image =
-                    Image::open(bytes.as_slice(), None).map_err(|e| e.into_item("inline FITS"))?;
+                    Image::open(bytes.as_ref(), None).map_err(|e| e.into_item("inline FITS"))?;
                 image.cut_for(det)
             }
             Some(Pixels::FitsPath(path)) => {

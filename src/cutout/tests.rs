@@ -183,7 +183,7 @@ fn inline_bytes_cut_like_the_file() {
     let bytes = std::fs::read(tan_cutout()).expect("readable");
     let cutter = no_mosaics();
     let inline = cutter
-        .cut(&at_centre(Pixels::FitsCutout(bytes)))
+        .cut(&at_centre(Pixels::FitsCutout(bytes.into())))
         .expect("inline cutout");
     assert_eq!(inline.provenance.file, "inline");
     assert!(same(&inline.pixels, &file_pixels(&tan_cutout())));
@@ -400,7 +400,7 @@ fn tan_wcs(n: usize) -> Vec<String> {
 #[test]
 fn bad_fits_bad_wcs_and_empty_cutouts_are_rejected() {
     let cutter = no_mosaics();
-    let inline = |b: Vec<u8>| reject(&cutter, &at_centre(Pixels::FitsCutout(b)));
+    let inline = |b: Vec<u8>| reject(&cutter, &at_centre(Pixels::FitsCutout(b.into())));
 
     let good = std::fs::read(tan_cutout()).expect("readable");
     for (what, bytes) in [
@@ -491,7 +491,7 @@ fn scaled_integers_and_degenerate_axes_through_the_cutter() {
     let mut bytes = small_image(16, &extra, &data, n);
     bytes[160..240].copy_from_slice(format!("{:<80}", card("NAXIS", "4")).as_bytes());
     let cut = no_mosaics()
-        .cut(&at_centre(Pixels::FitsCutout(bytes)))
+        .cut(&at_centre(Pixels::FitsCutout(bytes.into())))
         .expect("4-D BITPIX 16");
     // Centre (1.5, 1.5): the window starts at -148, so image (x, y) is window (x+148, y+148).
     assert_eq!((cut.provenance.x0, cut.provenance.y0), (-148, -148));
@@ -565,7 +565,7 @@ fn tile_compressed_images_read_through_cfitsio() {
     }));
     assert!(cutter.cut(&detection(10.0, 20.0, hint)).is_ok());
     // Inline compressed bytes are refused clearly rather than written to a temp file.
-    let e = reject(&cutter, &at_centre(Pixels::FitsCutout(raw)));
+    let e = reject(&cutter, &at_centre(Pixels::FitsCutout(raw.into())));
     assert_eq!(e.reason, RejectReason::BadFits);
     assert!(e.detail.contains("tile-compressed"), "{}", e.detail);
 }
@@ -597,7 +597,7 @@ fn files_by_path_are_read_or_mapped_by_size_and_odd_paths_are_rejected() {
         std::fs::write(&path, &bytes).expect("written");
         let by_path = cutter.cut(&at_centre(path_pixels(&path))).expect("cuts");
         let inline = cutter
-            .cut(&at_centre(Pixels::FitsCutout(bytes)))
+            .cut(&at_centre(Pixels::FitsCutout(bytes.into())))
             .expect("cuts");
         assert!(
             by_path

@@ -173,7 +173,7 @@ mod tests {
             tile: String::new(),
         }));
         assert_eq!(refused(&det), "empty mosaic tile");
-        det.pixels = Some(Pixels::FitsCutout(Vec::new()));
+        det.pixels = Some(Pixels::FitsCutout(Default::default()));
         assert_eq!(refused(&det), "empty fits_cutout");
         det.pixels = Some(Pixels::Mosaic(MosaicHint { tile: "T1".into() }));
         validate(&det).unwrap();

@@ -258,7 +258,7 @@ fn inline(id: String, bytes: &[u8]) -> proto::SourceDetection {
         source_id: id,
         survey: "FIRST".into(),
         centre_of_cutout: true,
-        pixels: Some(Pixels::FitsCutout(bytes.to_vec())),
+        pixels: Some(Pixels::FitsCutout(bytes.to_vec().into())),
         ..Default::default()
     }
 }

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use radiogate::config::{OutputFormat, SinkConfig, SourceConfig};
-use radiogate::proto;
+use radiogate::domain::{Detection, Origin};
+use radiogate::proto::{self, source_detection::Pixels};
 use radiogate::sink::record::{LabelName, Record};
 
 use crate::common::{self, cards_ref, fits_f32, tan_cards};
@@ -288,6 +289,92 @@ fn protobuf_output_carries_every_result() {
             "combined attention sums to {total}"
         );
     }
+}
+
+/// `pipeline::run_detections` (what `radiogate-bench memory` times: end to end from cutouts
+/// already in memory) classifies inline cutouts as the files run does, and a bad one
+/// becomes a rejection in its place.
+#[test]
+fn cutouts_in_memory_classify_as_their_files_do() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (from_files, from_memory) = (
+        dir.path().join("files.jsonl"),
+        dir.path().join("memory.jsonl"),
+    );
+    common::run(common::files_config(
+        vec![common::sample_dir()],
+        &from_files,
+    ));
+
+    let mut files: Vec<_> = std::fs::read_dir(common::sample_dir())
+        .expect("sample dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "fits"))
+        .collect();
+    files.sort();
+    let mut messages: Vec<proto::SourceDetection> = files
+        .iter()
+        .map(|path| proto::SourceDetection {
+            source_id: path
+                .file_stem()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned(),
+            survey: "FIRST".into(),
+            centre_of_cutout: true,
+            pixels: Some(Pixels::FitsCutout(
+                std::fs::read(path).expect("cutout").into(),
+            )),
+            ..Default::default()
+        })
+        .collect();
+    messages.insert(
+        3,
+        proto::SourceDetection {
+            source_id: "not-fits".into(),
+            centre_of_cutout: true,
+            pixels: Some(Pixels::FitsCutout(b"SIMPLE  = F".to_vec().into())),
+            ..Default::default()
+        },
+    );
+    let detections = messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, message)| Detection {
+            message,
+            origin: Origin::Input(format!("memory:{i}")),
+            received: std::time::Instant::now(),
+        });
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let config = common::files_config(vec![common::sample_dir()], &from_memory);
+    let summary = runtime
+        .block_on(radiogate::pipeline::run_detections(
+            config,
+            Box::new(detections.map(Ok)),
+            Default::default(),
+            std::future::pending(),
+        ))
+        .expect("the run succeeds");
+    assert_eq!((summary.classified, summary.rejected), (20, 1));
+
+    let key = |records: Vec<Record>| -> Vec<_> {
+        records
+            .into_iter()
+            .map(|r| match r {
+                Record::Classification(c) => Ok((
+                    c.source_id,
+                    c.label,
+                    c.probabilities,
+                    c.attention.map(|a| (a.map_zstd, a.scale, a.peaks.len())),
+                    c.cutout.map(|c| (c.rms, c.clip_threshold)),
+                )),
+                Record::Rejection(r) => Err((r.source_id, r.reason)),
+            })
+            .collect()
+    };
+    let mut want = key(common::read(&from_files));
+    want.insert(3, Err((Some("not-fits".into()), "bad_fits".into())));
+    assert_eq!(key(common::read(&from_memory)), want);
 }
 
 #[test]
