@@ -358,6 +358,7 @@ pub async fn run_detections(
     run_with(config, intake, sink, None, options, shutdown, started).await
 }
 
+/// The run itself, from its opened ends; `started` is when opening them began.
 async fn run_with(
     config: Config,
     intake: Intake,
