@@ -7,9 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::SourceConfig;
 use crate::pipeline::PipelineError;
-use crate::proto;
 use crate::sink::kafka::Publisher;
-use crate::source::{self, SourceError};
+use crate::source;
 
 /// What `radiogate publish` sends.
 #[derive(Debug, Clone)]
@@ -50,14 +49,7 @@ pub fn publish(plan: &PublishPlan) -> Result<PublishSummary, PipelineError> {
             }
         };
         if plan.inline {
-            if let Some(proto::source_detection::Pixels::FitsPath(path)) = &message.pixels {
-                let bytes = std::fs::read(path).map_err(|e| SourceError::Io {
-                    path: path.into(),
-                    source: e,
-                })?;
-                message.pixels = Some(proto::source_detection::Pixels::FitsCutout(bytes.into()));
-                message.centre_of_cutout = true;
-            }
+            source::inline_cutout(&mut message)?;
         }
         if let Some(rate) = plan.rate {
             // The n-th detection leaves n / rate seconds after the first: no drift.

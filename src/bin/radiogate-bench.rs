@@ -29,9 +29,7 @@ use radiogate::config::{
     SourceConfig,
 };
 use radiogate::cutout::Cutter;
-use radiogate::domain::{Detection, Origin};
 use radiogate::infer::Inference;
-use radiogate::proto::source_detection::Pixels;
 use radiogate::sink::kafka::{TopicSpec, create_topics, delete_topics};
 use radiogate::source::kafka::TopicReader;
 use radiogate::{preprocess, proto, source};
@@ -191,30 +189,23 @@ fn memory(args: &MemoryArgs) -> anyhow::Result<()> {
         inputs: args.inputs.clone(),
         ..Default::default()
     })?;
-    let cutouts = source::fits_files(&args.inputs)?
-        .into_iter()
-        .map(|path| {
-            let bytes = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
-            let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-            Ok((stem.into_owned(), bytes::Bytes::from(bytes)))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    // The configured files source's detections, each carrying its file's bytes.
+    let mut cutouts = Vec::new();
+    for item in source::open(&config.source)? {
+        let mut detection =
+            item.map_err(|r| anyhow::anyhow!("{}: {}", r.origin.input(), r.detail))?;
+        source::inline_cutout(&mut detection.message)?;
+        cutouts.push(detection);
+    }
     if cutouts.is_empty() {
         bail!("no FITS file among the inputs");
     }
     let detections = (0..args.items).map(move |i| {
-        let (stem, bytes) = &cutouts[i % cutouts.len()];
-        Detection {
-            message: proto::SourceDetection {
-                source_id: format!("m{:06}_{stem}", i / cutouts.len()),
-                survey: "FIRST".into(),
-                centre_of_cutout: true,
-                pixels: Some(Pixels::FitsCutout(bytes.clone())),
-                ..Default::default()
-            },
-            origin: Origin::Input(format!("memory:{i}")),
-            received: Instant::now(),
-        }
+        let mut detection = cutouts[i % cutouts.len()].clone();
+        let id = &mut detection.message.source_id;
+        *id = format!("m{:06}_{id}", i / cutouts.len());
+        detection.received = Instant::now();
+        detection
     });
     let rt = tokio::runtime::Runtime::new()?;
     let summary = rt.block_on(radiogate::pipeline::run_detections(

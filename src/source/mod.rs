@@ -64,6 +64,22 @@ pub fn open(config: &SourceConfig) -> Result<Detections, SourceError> {
     }
 }
 
+/// Makes a detection that names its cutout file carry the file's bytes instead (`fits_path`
+/// to `fits_cutout`, the whole file, so its centre is the source's); any other detection is
+/// left as it is. For streams of inline cutouts (`radiogate publish --inline`) and runs from
+/// cutouts in memory.
+pub fn inline_cutout(message: &mut proto::SourceDetection) -> Result<(), SourceError> {
+    if let Some(Pixels::FitsPath(path)) = &message.pixels {
+        let bytes = std::fs::read(path).map_err(|source| SourceError::Io {
+            path: path.into(),
+            source,
+        })?;
+        message.pixels = Some(Pixels::FitsCutout(bytes.into()));
+        message.centre_of_cutout = true;
+    }
+    Ok(())
+}
+
 /// Sanity checks on a detection, whatever its transport: a non-empty source id; finite
 /// coordinates with RA in [0, 360) and Dec in [-90, 90] unless `centre_of_cutout` (which
 /// then needs a cutout, inline or by path); non-empty pixel references.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use radiogate::config::{OutputFormat, SinkConfig, SourceConfig};
-use radiogate::domain::{Detection, Origin};
+use radiogate::domain::Detection;
 use radiogate::proto::{self, source_detection::Pixels};
 use radiogate::sink::record::{LabelName, Record};
 
@@ -306,51 +306,25 @@ fn cutouts_in_memory_classify_as_their_files_do() {
         &from_files,
     ));
 
-    let mut files: Vec<_> = std::fs::read_dir(common::sample_dir())
-        .expect("sample dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|path| path.extension().is_some_and(|e| e == "fits"))
-        .collect();
-    files.sort();
-    let mut messages: Vec<proto::SourceDetection> = files
-        .iter()
-        .map(|path| proto::SourceDetection {
-            source_id: path
-                .file_stem()
-                .expect("name")
-                .to_string_lossy()
-                .into_owned(),
-            survey: "FIRST".into(),
-            centre_of_cutout: true,
-            pixels: Some(Pixels::FitsCutout(
-                std::fs::read(path).expect("cutout").into(),
-            )),
-            ..Default::default()
+    // The files source's detections, each carrying its file's bytes, and a bad one.
+    let config = common::files_config(vec![common::sample_dir()], &from_memory);
+    let mut detections: Vec<Detection> = radiogate::source::open(&config.source)
+        .expect("the files source")
+        .map(|item| {
+            let mut detection = item.expect("a detection");
+            radiogate::source::inline_cutout(&mut detection.message).expect("the file reads");
+            detection
         })
         .collect();
-    messages.insert(
-        3,
-        proto::SourceDetection {
-            source_id: "not-fits".into(),
-            centre_of_cutout: true,
-            pixels: Some(Pixels::FitsCutout(b"SIMPLE  = F".to_vec().into())),
-            ..Default::default()
-        },
-    );
-    let detections = messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, message)| Detection {
-            message,
-            origin: Origin::Input(format!("memory:{i}")),
-            received: std::time::Instant::now(),
-        });
+    let mut bad = detections[0].clone();
+    bad.message.source_id = "not-fits".into();
+    bad.message.pixels = Some(Pixels::FitsCutout(b"SIMPLE  = F".to_vec().into()));
+    detections.insert(3, bad);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let config = common::files_config(vec![common::sample_dir()], &from_memory);
     let summary = runtime
         .block_on(radiogate::pipeline::run_detections(
             config,
-            Box::new(detections.map(Ok)),
+            Box::new(detections.into_iter().map(Ok)),
             Default::default(),
             std::future::pending(),
         ))
