@@ -7,7 +7,8 @@
 #
 # 1. reassembles and checks the pieces, unpacks ONNX Runtime's GPU build and the binaries;
 # 2. finds the CUDA 13 / cuDNN 9 libraries of the machine's Python packages (PyPI nvidia-*
-#    wheels, as PyTorch installs them) and puts them on LD_LIBRARY_PATH;
+#    wheels, as PyTorch installs them) and puts them on LD_LIBRARY_PATH (1 and 2:
+#    scripts/gpu/env.sh, which scripts/gpu/profile.sh shares);
 # 3. checks that the CUDA execution provider really runs the model (ONNX Runtime's node
 #    placement log and the process on the GPU): it stops with an error otherwise;
 #    Then the same cutouts through `radiogate classify` on the GPU and on the CPU (the GPU
@@ -24,8 +25,9 @@
 #    end from cutouts already in memory, the target's measure, no file opened), with the
 #    best batch/sessions of the sweep and several cutout workers, once for each GPU_WAITS
 #    setting (how session threads wait for the GPU: "blocking" sleeps, "auto" is CUDA's
-#    default, which spins a core per waiting session); then the
-#    host's own cost: the null model (benches/models/null.onnx) on the CPU over HOST_ITEMS
+#    default, which spins a core per waiting session); once more from memory with the
+#    fastest variant of step 4 whose labels agree with the CPU's, at the best wait and worker
+#    count; then the host's own cost: the null model (benches/models/null.onnx) on the CPU over HOST_ITEMS
 #    of the items, at each of HOST_WORKERS cutout workers: the rate that no GPU could lift
 #    on this machine, and whether the CPU an item costs grows with the threads sharing the
 #    cores (contention) or is the cores' own speed.
@@ -44,8 +46,6 @@ ROOT="$PWD"
 SRC="${SRC:-vendor/gpu}"
 QUICK="${QUICK:-0}"
 OUT="${OUT:-out/gpu/$(date -u +%Y%m%dT%H%M%SZ)}"
-PYTHON_GIVEN="${PYTHON:-}"
-PYTHON="${PYTHON:-python3}"
 DEVICE_ID="${DEVICE_ID:-0}"
 CORES="$(nproc)"
 # The commas below are radiogate-bench's list syntax, not array separators.
@@ -74,70 +74,10 @@ die() {
   exit 1
 }
 
-# 1. Reassemble and unpack.
-pieces=("$SRC"/radiogate-gpu.tar.xz.part-*)
-[[ -f "${pieces[0]}" ]] || die "no pieces in $SRC (run scripts/gpu/prepare.sh where there is network, carry $SRC here)"
-want="$(cat "$SRC/radiogate-gpu.tar.xz.sha256")"
-unpacked="$SRC/unpacked"
-if [[ ! -f "$unpacked/.sha256" || "$(cat "$unpacked/.sha256")" != "$want" ]]; then
-  log "reassembling ${#pieces[@]} pieces"
-  got="$(cat "${pieces[@]}" | sha256sum | awk '{print $1}')"
-  [[ "$got" == "$want" ]] || die "pieces do not add up (sha256 $got, expected $want): a piece is missing or damaged"
-  rm -rf "$unpacked"
-  mkdir -p "$unpacked"
-  cat "${pieces[@]}" | tar -C "$unpacked" -xJf - 2>/dev/null ||
-    cat "${pieces[@]}" | python3 -c '
-import sys, tarfile
-tarfile.open(fileobj=sys.stdin.buffer, mode="r|xz").extractall(sys.argv[1])' "$unpacked" ||
-    die "cannot unpack (neither tar with xz nor python3 worked)"
-  (cd "$unpacked" && sha256sum --quiet -c SHA256SUMS) || die "unpacked files do not match their checksums"
-  echo "$want" >"$unpacked/.sha256"
-fi
-tee -a "$OUT/run.log" <"$unpacked/BUILD" >&2
-ORT_DIR="$(cd "$unpacked/onnxruntime-gpu" && pwd)"
-RG="$(cd "$unpacked/bin" && pwd)/radiogate"
-RB="$(cd "$unpacked/bin" && pwd)/radiogate-bench"
+# 1-2. Unpack the bundle; the CUDA libraries on LD_LIBRARY_PATH.
+# shellcheck source=scripts/gpu/env.sh
+. scripts/gpu/env.sh
 
-# 2. CUDA libraries from the Python packages: the first Python that has them.
-if [[ -z "$PYTHON_GIVEN" ]] && ! "$PYTHON" -c 'import nvidia' 2>/dev/null; then
-  for py in python3 python /opt/conda/bin/python /usr/local/bin/python3 /usr/bin/python3; do
-    if command -v "$py" >/dev/null && "$py" -c 'import nvidia' 2>/dev/null; then
-      PYTHON="$py"
-      break
-    fi
-  done
-fi
-log "Python with the nvidia-* packages: $PYTHON"
-nvidia_dirs="$("$PYTHON" - <<'PY' 2>/dev/null || true
-import os
-try:
-    import nvidia
-except ImportError:
-    raise SystemExit(0)
-dirs = set()
-for base in nvidia.__path__:
-    for here, _, files in os.walk(base):
-        if any(".so" in f for f in files) and os.path.basename(here) in ("lib", "lib64"):
-            dirs.add(here)
-print(":".join(sorted(dirs)))
-PY
-)"
-[[ -n "$nvidia_dirs" ]] || die "no nvidia-* library folders found through $PYTHON (import nvidia)"
-export LD_LIBRARY_PATH="$ORT_DIR:$nvidia_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export ORT_DYLIB_PATH="$ORT_DIR/libonnxruntime.so"
-if ldd "$RG" | grep -q 'not found'; then
-  log "using the bundled system libraries for: $(ldd "$RG" | awk '/not found/ {print $1}' | tr '\n' ' ')"
-  syslibs="$(cd "$unpacked/syslibs" && pwd)"
-  export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$syslibs"
-fi
-missing="$(ldd "$RG" "$RB" "$ORT_DIR/libonnxruntime_providers_cuda.so" | awk '/not found/ {print $1}' | sort -u | tr '\n' ' ')"
-[[ -z "$missing" ]] || die "libraries not found: $missing"
-for lib in libcudnn.so.9 libcufft.so libnvrtc.so; do
-  found=""
-  IFS=: read -ra dirs <<<"$LD_LIBRARY_PATH"
-  for d in "${dirs[@]}"; do compgen -G "$d/$lib*" >/dev/null && found=1; done
-  [[ -n "$found" ]] || log "warning: $lib not found on LD_LIBRARY_PATH (the CUDA provider loads it on demand)"
-done
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   echo "cores: $CORES; load: $(uptime)"
@@ -216,12 +156,8 @@ for line in out.splitlines():
 done
 
 # The arithmetic variants at the best setting: speed, and results against the CPU's.
-FP16_MODEL="$unpacked/models/agcnn-mirabest-confident-fp16.onnx"
 for variant in $VARIANTS; do
-  flags=() settings=() model=models/agcnn-mirabest-confident.onnx
-  if [[ "$variant" == *tf32* ]]; then flags+=(--gpu-tf32) settings+=(RADIOGATE__INFERENCE__GPU_TF32=true); fi
-  if [[ "$variant" == *nhwc* ]]; then flags+=(--gpu-nhwc) settings+=(RADIOGATE__INFERENCE__GPU_NHWC=true); fi
-  if [[ "$variant" == *fp16* ]]; then model="$FP16_MODEL"; fi
+  variant_settings "$variant"
   log "variant $variant: bare inference, then the bundled cutouts"
   "$RB" infer --model "$model" --inputs samples/first "${PROVIDER[@]}" --batch "$BEST_BATCH" \
     --sessions "$BEST_SESSIONS" --threads 1 --seconds 4 "${flags[@]}" 2>"$OUT/variant-$variant.log" |
@@ -273,6 +209,27 @@ for wait in $GPU_WAITS; do for workers in $WORKERS; do
   FROM=memory offline "memory-$wait-$workers" "$workers" "gpu_wait $wait" \
     RADIOGATE__INFERENCE__GPU_WAIT="$wait"
 done; done
+# The fastest variant whose labels agree with the CPU's, end to end from memory at the best
+# wait and worker count above: what cheaper arithmetic is worth once the host feeds it.
+read -r fast_variant fast_wait fast_workers < <("$PYTHON" - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+def lines(name):
+    path = out / name
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+agree = {r["variant"] for r in lines("variants.jsonl") if r["answered"] and r["labels_agree"]}
+bare = [r for r in lines("variants-bare.jsonl") if "images_per_s" in r and r["variant"] in agree]
+e2e = max((r for r in lines("offline.jsonl") if r["from"] == "memory"), key=lambda r: r["items_per_s"])
+fast = max(bare, key=lambda r: r["images_per_s"])["variant"] if bare else "fp32"
+print(fast, e2e["what"].split()[-1], e2e["workers"])
+PY
+) || true
+if [[ -n "$fast_variant" && "$fast_variant" != fp32 ]]; then
+  variant_settings "$fast_variant"
+  FROM=memory offline "memory-$fast_variant" "$fast_workers" "gpu_wait $fast_wait, variant $fast_variant" \
+    RADIOGATE__INFERENCE__GPU_WAIT="$fast_wait" RADIOGATE__INFERENCE__MODEL="$model" "${settings[@]}"
+fi
 rm -rf "$OUT/items"
 # The host's own cost on this machine: the null model on the CPU (benches/models/null.onnx,
 # the contract with almost no arithmetic) at each worker count: the rate that no GPU can
@@ -326,7 +283,7 @@ for r in offline:
           f"item: " + ", ".join(f"{k} {v:.0f}" for k, v in r["mean_stage_us"].items()) + ")")
 for source, what in (("memory", "from cutouts in memory (the target's measure)"), ("files", "from files")):
     e2e = max((r for r in gpu if r["from"] == source), key=lambda r: r["items_per_s"])
-    print(f"- best end to end {what}: {e2e['items_per_s']:.0f} cutouts/s; "
+    print(f"- best end to end {what}: {e2e['items_per_s']:.0f} cutouts/s ({e2e['what']}); "
           f"target >= 20,000: {'met' if e2e['items_per_s'] >= 2e4 else 'NOT met'}")
 print()
 print("| batch | sessions | images/s | ms per batch |\n|---|---|---|---|")
