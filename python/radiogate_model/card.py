@@ -36,6 +36,10 @@ PAPER = {
 }
 # The side of gate k's attention map (gate 1 on the coarsest block), for a 150x150 input.
 GATE_SIDES = (37, 75, 150)
+MIN_MAX = (
+    "each gate's min and max taken as global max pools (radiogate_model.reductions: the outputs PyTorch's "
+    "export gives, bit for bit)"
+)
 SUBSET_TITLES = {"mirabest_confident": "MiraBest* (confident only)", "mirabest": "MiraBest (confident + uncertain)"}
 
 
@@ -111,6 +115,7 @@ def build_card(
                 f"attention_{k} [N,1,{side},{side}]"
                 for k, side in enumerate(GATE_SIDES[: shipped["training"]["model"]["gates"]], start=1)
             ),
+            "min_max": MIN_MAX,
         },
         "per_image_normalisation": (
             "Every attention normalisation is computed per image. The authors' range_norm took its min and max "
@@ -243,7 +248,9 @@ def render_markdown(card: dict) -> str:
         f"- Architecture: {card['architecture']['gates']} gates, {card['architecture']['normalisation']}, "
         f"{card['architecture']['aggregation']} aggregation; {card['parameters']:,} trainable parameters",
         f"- Export: ONNX opset {card['export']['opset']}; input {card['export']['input']}; "
-        f"outputs {card['export']['outputs']}",
+        f"outputs {card['export']['outputs']}"
+        + (f"; {card['export']['min_max']}" if "min_max" in card["export"] else ""),
+        f"- Rewritten: {card['rewritten']}" if "rewritten" in card else None,
         f"- Trained on {card['training']['n_train']} images, validated on {card['training']['n_val']} "
         f"(seeded 20% of the training batches); shipped seed {card['training']['shipped_seed']}, "
         f"epoch {card['training']['shipped_epoch']}, chosen by {card['training']['selection']}",
