@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# Sourced by scripts/gpu/run.sh and scripts/gpu/profile.sh, from the repository root, with log
-# and die defined: reassembles, checks and unpacks the pieces that scripts/gpu/prepare.sh made
-# (in $SRC; once: a later call finds them unpacked), then puts ONNX Runtime's GPU build and the
-# CUDA 13 / cuDNN 9 libraries of the machine's Python packages on LD_LIBRARY_PATH. Sets
-# unpacked, ORT_DIR, RG and RB (the bundle's radiogate and radiogate-bench), PYTHON (the first
-# Python with the nvidia-* packages, unless PYTHON was given) and variant_settings.
+# Sourced by scripts/gpu/run.sh and scripts/gpu/profile.sh, from the repository root, with SRC,
+# OUT and GPU_SCRIPT (the caller's name, for the log) set: makes the results folder OUT
+# (absolute from here on) and defines log (to stderr and OUT/run.log) and die; reassembles,
+# checks and unpacks the pieces that scripts/gpu/prepare.sh made (in SRC; once: a later call
+# finds them unpacked), then puts ONNX Runtime's GPU build and the CUDA 13 / cuDNN 9 libraries
+# of the machine's Python packages on LD_LIBRARY_PATH. Sets unpacked, ORT_DIR, RG and RB (the
+# bundle's radiogate and radiogate-bench), PYTHON (the first Python with the nvidia-* packages,
+# unless PYTHON was given) and variant_settings.
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+log() { echo "gpu/$GPU_SCRIPT: $*" | tee -a "$OUT/run.log" >&2; }
+die() {
+  log "FAILED: $*"
+  exit 1
+}
 PYTHON_GIVEN="${PYTHON:-}"
 PYTHON="${PYTHON:-python3}"
 

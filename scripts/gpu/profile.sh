@@ -24,13 +24,7 @@ SESSIONS="${SESSIONS:-8}"
 VARIANTS="${VARIANTS:-fp32 tf32 fp16}"
 DEVICE_ID="${DEVICE_ID:-0}"
 LIMIT_S="${LIMIT_S:-120}"
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
-log() { echo "gpu/profile: $*" | tee -a "$OUT/run.log" >&2; }
-die() {
-  log "FAILED: $*"
-  exit 1
-}
+GPU_SCRIPT=profile
 # shellcheck source=scripts/gpu/env.sh
 . scripts/gpu/env.sh
 NCU="${NCU:-$(command -v ncu || compgen -G '/opt/nvidia/nsight-compute/*/ncu' | sort -V | tail -1 || true)}"

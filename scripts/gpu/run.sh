@@ -66,15 +66,10 @@ GPU_WAITS="${GPU_WAITS:-blocking auto}"
 VARIANTS="${VARIANTS-fp32 tf32 nhwc tf32+nhwc fp16 fp16+nhwc}"
 HOST_ITEMS="${HOST_ITEMS:-20000}"
 HOST_WORKERS="${HOST_WORKERS:-1 $((CORES > 3 ? CORES / 2 : 1)) $CORES}"
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
-log() { echo "gpu/run: $*" | tee -a "$OUT/run.log" >&2; }
-die() {
-  log "FAILED: $*"
-  exit 1
-}
 
-# 1-2. Unpack the bundle; the CUDA libraries on LD_LIBRARY_PATH.
+# 1-2. The results folder, log and die; unpack the bundle; the CUDA libraries on
+# LD_LIBRARY_PATH.
+GPU_SCRIPT=run
 # shellcheck source=scripts/gpu/env.sh
 . scripts/gpu/env.sh
 
