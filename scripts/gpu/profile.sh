@@ -3,18 +3,18 @@
 # CUDA kernel of a short `radiogate-bench infer` run (one session, batch BATCH) for each
 # arithmetic VARIANT, and scripts/gpu/kernels.py finds the last whole batch among them and sums
 # its kernels by name (kernels.jsonl: GPU time per image, and each kernel's share); then the
-# same model and settings without ncu at SESSIONS sessions (bare.jsonl: the rate the GPU
-# gives with its sessions overlapping). Run on the
-# GPU machine, from the repository root, with the pieces of scripts/gpu/prepare.sh in SRC:
+# same model and settings without ncu at SESSIONS sessions (bare.jsonl: the rate the GPU gives
+# with its sessions overlapping). Run on the GPU machine, from the repository root, with the
+# pieces of scripts/gpu/prepare.sh in SRC:
 #
 #   scripts/gpu/profile.sh      # results under $OUT (default out/gpu/profile-<UTC time>)
 #
 # ncu runs each kernel alone (serialised, one timing pass), so the times are the kernels' own,
 # not the overlap that several sessions give; `--clock-control none` leaves the clocks as the
 # GPU sets them. Environment: SRC (vendor/gpu), OUT, BATCH (128), SESSIONS (8), VARIANTS
-# ("fp32 tf32 fp16"; as in run.sh), MODEL (the shipped model), DEVICE_ID (0), NCU (default: ncu on the PATH, else the newest under
-# /opt/nvidia/nsight-compute), LIMIT_S (120: each variant's run is stopped after it, keeping
-# the kernels timed so far).
+# ("fp32 tf32 fp16"; as in run.sh), MODEL (the shipped model), DEVICE_ID (0), NCU (default: ncu
+# on the PATH, else the newest under /opt/nvidia/nsight-compute), LIMIT_S (120: each variant's
+# run is stopped after it, keeping the kernels timed so far).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SRC="${SRC:-vendor/gpu}"
