@@ -45,11 +45,16 @@ def pool_min_max(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     producer = {out: node for node in graph.node for out in node.output}
     nodes, rewritten = [], 0
     for node in graph.node:
+        if node.op_type not in ("ReduceMin", "ReduceMax"):
+            nodes.append(node)
+            continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        source = producer.get(node.input[0]) if node.op_type in ("ReduceMin", "ReduceMax") else None
+        source = producer.get(node.input[0])
         grid = source.input[0] if source is not None and source.op_type == "Reshape" else None
         shape = shapes.get(grid, []) if grid else []
-        if not (len(shape) == 4 and shape[1] == 1 and list(attrs.get("axes", [])) == [1] and attrs.get("keepdims", 1)):
+        # [N,1,H,W] flattened to [N,H*W], reduced over axis 1 keeping it: the map's own min or max.
+        flat = len(shapes.get(node.input[0], [])) == 2 and len(shape) == 4 and shape[1] == 1
+        if not (flat and list(attrs.get("axes", [])) == [1] and attrs.get("keepdims", 1)):
             nodes.append(node)
             continue
         name = node.name
