@@ -392,13 +392,14 @@ def render_section(result: dict) -> str:
     return "\n".join(lines)
 
 
-def with_section(markdown: str, section: str) -> str:
-    """The card's Markdown with the agreement section replaced, or inserted before `BEFORE`
-    (appended when that heading is absent). Applying it twice changes nothing more."""
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+def with_section(markdown: str, section: str, heading: str = SECTION, before: str = BEFORE) -> str:
+    """The card's Markdown with the section under `heading` (the agreement's by default)
+    replaced, or inserted before the heading `before` (appended when that is absent).
+    Applying it twice changes nothing more."""
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(markdown):
         return pattern.sub(lambda _: section + "\n", markdown, count=1)
-    at = markdown.find(f"\n{BEFORE}\n")
+    at = markdown.find(f"\n{before}\n")
     if at < 0:
         return markdown.rstrip("\n") + "\n\n" + section
     return markdown[: at + 1] + section + "\n" + markdown[at + 1 :]

@@ -26,6 +26,28 @@ def session(model: Path, threads: int = 0) -> ort.InferenceSession:
     return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
 
 
+def compare(reference: Path, other: Path, subset: str, data_dir: Path) -> dict:
+    """How far another form of a model (float16, fused) lies from it on the test batch: labels
+    that differ, and the largest differences of the FRII probability and of each attention map."""
+    images = normalise(load_split(data_dir, subset, train=False).images)
+    full = session(reference)
+    names = [o.name for o in full.get_outputs()]
+    ref = full.run(names, {"image": images})
+    out = session(other).run(names, {"image": images})
+    dp = np.abs(out[0][:, 1] - ref[0][:, 1])
+    return {
+        "model": str(reference),
+        "subset": subset,
+        "images": len(images),
+        "labels_differ": int(np.sum(out[0].argmax(1) != ref[0].argmax(1))),
+        "max_prob_diff": float(dp.max()),
+        "median_prob_diff": float(np.median(dp)),
+        "max_attention_diff": {
+            n: float(np.abs(a - b).max()) for n, a, b in zip(names[1:], out[1:], ref[1:], strict=True)
+        },
+    }
+
+
 def predict(sess: ort.InferenceSession, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """images float32 [N,1,150,150] normalised -> probs [N,2]."""
     out = [sess.run(["probs"], {"image": images[i : i + batch]})[0] for i in range(0, len(images), batch)]

@@ -17,13 +17,12 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import onnx
 from onnx import helper
 from onnxconverter_common import float16
 
-from .data import SUBSETS, default_data_dir, load_split, normalise
-from .evaluate import session
+from .data import SUBSETS, default_data_dir
+from .evaluate import compare
 
 
 def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -50,27 +49,6 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     half = float16.convert_float_to_float16(model, keep_io_types=True)
     onnx.checker.check_model(half, full_check=True)
     return half
-
-
-def compare(float32: Path, float16_model: Path, subset: str, data_dir: Path) -> dict:
-    """How far the float16 model's outputs lie from the float32 model's on the test batch."""
-    images = normalise(load_split(data_dir, subset, train=False).images)
-    full = session(float32)
-    names = [o.name for o in full.get_outputs()]
-    ref = full.run(names, {"image": images})
-    out = session(float16_model).run(names, {"image": images})
-    dp = np.abs(out[0][:, 1] - ref[0][:, 1])
-    return {
-        "model": str(float32),
-        "subset": subset,
-        "images": len(images),
-        "labels_differ": int(np.sum(out[0].argmax(1) != ref[0].argmax(1))),
-        "max_prob_diff": float(dp.max()),
-        "median_prob_diff": float(np.median(dp)),
-        "max_attention_diff": {
-            n: float(np.abs(a - b).max()) for n, a, b in zip(names[1:], out[1:], ref[1:], strict=True)
-        },
-    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,7 +5,8 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from radiogate_model.half import compare, to_float16
+from radiogate_model.evaluate import compare
+from radiogate_model.half import to_float16
 
 from .conftest import REPO
 

@@ -4,10 +4,12 @@ reproduces every number the cards report."""
 import hashlib
 import json
 
+import onnx
 import onnxruntime as ort
 import pytest
 
-from radiogate_model.evaluate import evaluate
+from radiogate_model.evaluate import compare, evaluate
+from radiogate_model.fuse import fuse_convolutions
 from radiogate_model.model import AGCNN, ModelConfig, count_parameters
 
 from .conftest import REPO
@@ -53,3 +55,21 @@ def test_evaluation_reproduces_card(card_path, data_dir):
     assert _flat(result["single_pass"]) == pytest.approx(_flat(shipped["single_pass"]), abs=1e-9)
     if tta:
         assert _flat(result["rotation_tta"]) == pytest.approx(_flat(shipped["rotation_tta"]), abs=1e-6)
+
+
+@pytest.mark.parametrize("card_path", CARDS, ids=lambda p: p.name)
+def test_the_fused_form_is_the_model_fused_and_agrees_with_it(card_path, data_dir):
+    card = json.loads(card_path.read_text())
+    form = card["forms"]["fused"]
+    model, fused = REPO / "models" / card["file"], REPO / "models" / form["file"]
+    assert hashlib.sha256(fused.read_bytes()).hexdigest() == form["sha256"]
+    # The committed file is what radiogate_model.fuse makes of the model, byte for byte.
+    made, counts = fuse_convolutions(onnx.load(model))
+    assert fused.read_bytes() == made.SerializeToString()
+    assert (counts["relu"], counts["add_relu"]) == (form["fused"]["conv_relu"], form["fused"]["conv_add_relu"])
+    # Same labels on the test batch; outputs within float32 rounding (the card's figures are
+    # this machine's; another CPU's kernels may round the fused sums otherwise).
+    result = compare(model, fused, card["subset"], data_dir)
+    assert result["labels_differ"] == form["test_batch"]["labels_differ"] == 0
+    assert result["max_prob_diff"] <= 1e-6
+    assert max(result["max_attention_diff"].values()) <= 1e-6

@@ -77,3 +77,49 @@ fn worker_on_raw_fits_matches_model_on_test_batch() {
     eprintln!("same prediction for {same} of 157; largest P(FRII) difference {max_diff:e}");
     assert!(same >= 155, "only {same} of 157 predictions agree");
 }
+
+/// The fused form of the shipped model (`models/*-fused.onnx`, ONNX Runtime's FusedConv;
+/// radiogate_model.fuse) through the whole worker over the 157 raw cutouts: the shipped
+/// model's labels and its probabilities to float32 rounding.
+#[test]
+fn the_fused_form_classifies_as_the_model_does() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cutouts = vec![common::shared_data().join("first-cutouts/mirabest-test")];
+    let mut results = Vec::new();
+    for (name, model) in [
+        ("model", common::model()),
+        (
+            "fused",
+            common::repo().join("models/agcnn-mirabest-confident-fused.onnx"),
+        ),
+    ] {
+        let out = dir.path().join(format!("{name}.jsonl"));
+        let mut config = common::files_config(cutouts.clone(), &out);
+        config.inference.model = model;
+        let summary = common::run(config);
+        assert_eq!(
+            (summary.classified, summary.rejected),
+            (157, 0),
+            "{summary:?}"
+        );
+        let mut records: Vec<_> = common::read(&out)
+            .into_iter()
+            .map(|record| match record {
+                Record::Classification(c) => c,
+                Record::Rejection(r) => panic!("unexpected rejection {r:?}"),
+            })
+            .collect();
+        records.sort_by(|a, b| a.source_id.cmp(&b.source_id));
+        results.push(records);
+    }
+    let (model, fused) = (&results[0], &results[1]);
+    for (m, f) in model.iter().zip(fused) {
+        assert_eq!((&m.source_id, m.label), (&f.source_id, f.label));
+        let diff = (m.probabilities.frii - f.probabilities.frii).abs();
+        assert!(diff <= 1e-6, "{}: P(FRII) {diff:e} apart", m.source_id);
+        let sha = |c: &radiogate::sink::record::ClassificationRecord| {
+            c.model.as_ref().map(|m| m.sha256.clone())
+        };
+        assert_ne!(sha(m), sha(f), "the fused form ran");
+    }
+}

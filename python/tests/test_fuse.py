@@ -1,0 +1,76 @@
+"""radiogate_model.fuse: convolutions fused with their Relu (and a gate's Add) as ONNX Runtime's
+FusedConv, the outputs as the original's on the CPU."""
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from radiogate_model.data import load_split, normalise
+from radiogate_model.fuse import fuse_convolutions, fuse_file
+
+from .conftest import REPO
+
+SHIPPED = REPO / "models" / "agcnn-mirabest-confident.onnx"
+
+
+def ops(model: onnx.ModelProto) -> Counter:
+    return Counter(node.op_type for node in model.graph.node)
+
+
+def outputs(model: onnx.ModelProto, images: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": images})
+
+
+@pytest.fixture(scope="module")
+def images(data_dir) -> list[np.ndarray]:
+    """Real MiraBest test images at two batch sizes, and noise."""
+    real = normalise(load_split(data_dir, "mirabest_confident", train=False).images[:19])
+    noise = np.random.default_rng(1).uniform(-1, 1, (5, 1, 150, 150)).astype(np.float32)
+    return [real, real[:1], noise]
+
+
+def test_conv_and_relu_fused_keep_every_output_bit_for_bit(images):
+    original = onnx.load(SHIPPED)
+    model, counts = fuse_convolutions(original, add=False)
+    assert counts == Counter(relu=11)
+    assert (ops(model)["FusedConv"], ops(model)["Conv"], ops(model)["Relu"], ops(model)["Add"]) == (11, 9, 3, 3)
+    for batch in images:
+        for a, b in zip(outputs(original, batch), outputs(model, batch), strict=True):
+            assert np.array_equal(a, b)
+
+
+def test_the_gates_sums_fused_stay_within_a_few_ulps(images):
+    original = onnx.load(SHIPPED)
+    model, counts = fuse_convolutions(original)
+    assert counts == Counter(relu=11, add_relu=3)
+    assert (ops(model)["FusedConv"], ops(model)["Conv"], ops(model)["Relu"], ops(model)["Add"]) == (14, 6, 0, 0)
+    gate_convs = [n for n in model.graph.node if n.op_type == "FusedConv" and len(n.input) == 4]
+    assert [n.input[2] for n in gate_convs] == ["", "", ""]  # theta has no bias; Z is the upsampled phi
+    assert all(n.domain == "com.microsoft" for n in model.graph.node if n.op_type == "FusedConv")
+    for batch in images:
+        want, got = outputs(original, batch), outputs(model, batch)
+        assert np.array_equal(want[0].argmax(axis=1), got[0].argmax(axis=1))
+        for a, b in zip(want, got, strict=True):
+            assert np.abs(a - b).max() < 1e-5
+
+
+def test_a_fused_model_is_left_as_it_is():
+    once, _ = fuse_convolutions(onnx.load(SHIPPED))
+    twice, counts = fuse_convolutions(once)
+    assert not counts
+    assert twice.SerializeToString() == once.SerializeToString()
+
+
+def test_the_file_is_written_only_within_the_tolerance(tmp_path, monkeypatch):
+    counts, difference = fuse_file(SHIPPED, tmp_path / "fused.onnx")
+    assert counts == Counter(relu=11, add_relu=3)
+    assert 0 <= difference < 1e-5
+    assert ops(onnx.load(tmp_path / "fused.onnx"))["FusedConv"] == 14
+    monkeypatch.setattr("radiogate_model.fuse.largest_difference", lambda a, b: float("inf"))
+    with pytest.raises(RuntimeError, match="differ"):
+        fuse_file(SHIPPED, tmp_path / "refused.onnx")
+    assert not (tmp_path / "refused.onnx").exists()
