@@ -272,7 +272,7 @@ fn print_summary(summary: &RunSummary) {
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     eprintln!(
-        "radiogate: {} classified ({}), {} rejected{} in {:.2} s, {:.1} sources/s; model {} ({}){}",
+        "radiogate: {} classified ({}), {} rejected{} in {:.2} s, {:.1} sources/s{}; model {} ({}){}",
         summary.classified,
         if labels.is_empty() {
             "none".to_string()
@@ -287,6 +287,10 @@ fn print_summary(summary: &RunSummary) {
         },
         summary.elapsed.as_secs_f64(),
         summary.throughput(),
+        summary.mean_batch().map_or(String::new(), |mean| format!(
+            "; {} batches of {mean:.1} on average",
+            summary.batches
+        )),
         summary.model.name,
         summary.model.execution_provider,
         if summary.interrupted {

@@ -99,12 +99,20 @@ pub struct RunSummary {
     pub model: proto::ModelInfo,
     /// True when the run ended because `shutdown` fired rather than the input running out.
     pub interrupted: bool,
+    /// The batches the model ran, and the items in them: how full the batcher made them.
+    pub batches: u64,
+    pub batched_items: u64,
 }
 
 impl RunSummary {
     /// Detections handled per second over the whole run.
     pub fn throughput(&self) -> f64 {
         (self.classified + self.rejected) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The mean number of items in a batch; None when no batch ran.
+    pub fn mean_batch(&self) -> Option<f64> {
+        (self.batches > 0).then(|| self.batched_items as f64 / self.batches as f64)
     }
 }
 
@@ -369,6 +377,7 @@ async fn run_with(
     started: Instant,
 ) -> Result<RunSummary, PipelineError> {
     let metrics = options.metrics.clone().unwrap_or_default();
+    let batches_before = metrics.batches();
     if let Some(acks) = &acks {
         acks.observe(metrics.clone());
         metrics.expect_consumer_group();
@@ -599,6 +608,11 @@ async fn run_with(
     summary.elapsed = started.elapsed();
     summary.model = model;
     summary.interrupted = interrupted;
+    let batches = metrics.batches();
+    (summary.batches, summary.batched_items) = (
+        batches.0.saturating_sub(batches_before.0),
+        batches.1.saturating_sub(batches_before.1),
+    );
     Ok(summary)
 }
 

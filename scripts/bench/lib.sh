@@ -39,16 +39,10 @@ split_variant() {
 }
 
 # Runs a command; writes its wall time (s), peak RSS (KB) and CPU time (s, user + system)
-# to $1. Without GNU time, which a GPU machine may lack; with $PYTHON when set.
+# to $1, and with `--threads FILE` after it the CPU of the command's threads by name
+# (scripts/bench/timed.py). Without GNU time, which a GPU machine may lack; with $PYTHON when set.
 timed() {
-  "${PYTHON:-python3}" -c '
-import resource, subprocess, sys, time
-t = time.monotonic()
-rc = subprocess.call(sys.argv[2:])
-wall = time.monotonic() - t
-u = resource.getrusage(resource.RUSAGE_CHILDREN)
-open(sys.argv[1], "w").write(f"{wall:.3f} {u.ru_maxrss} {u.ru_utime + u.ru_stime:.3f}\n")
-sys.exit(rc)' "$@"
+  "${PYTHON:-python3}" "$(dirname "${BASH_SOURCE[0]}")/timed.py" "$@"
 }
 
 # Peak (VmHWM) and current (VmRSS) resident memory of a process, in MB.

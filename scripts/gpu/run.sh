@@ -16,9 +16,9 @@
 #    is recorded (parity.json);
 # 4. bare GPU inference over a sweep of batch sizes and sessions (radiogate-bench infer);
 #    then, at the best setting, each arithmetic VARIANT: TF32 convolutions
-#    (inference.gpu_tf32), channels-last kernels (inference.gpu_nhwc) and the float16 copy
-#    of the model that prepare.sh bundles, each timed and its results on the bundled cutouts
-#    compared with the CPU's (variants.jsonl);
+#    (inference.gpu_tf32), channels-last kernels (inference.gpu_nhwc), the float16 copy of
+#    the model that prepare.sh bundles and the model's fused form (models/*-fused.onnx), each
+#    timed and its results on the bundled cutouts compared with the CPU's (variants.jsonl);
 # 5. offline end to end: `radiogate classify` over the bundled real FIRST cutouts repeated
 #    to ITEMS items (symlinks; the 20 files stay in the page cache), and the same pipeline
 #    over ITEMS detections that carry the cutouts inline (`radiogate-bench memory`: end to
@@ -36,7 +36,7 @@
 # counts to try, default "$(nproc)-2 and $(nproc)"), SWEEP_ARGS (the sweep's settings), PYTHON (the Python whose `nvidia`
 # packages hold the CUDA libraries; default: the first of python3, python, conda's that
 # has them), DEVICE_ID (0), GPU_WAITS ("blocking auto"; inference.gpu_wait values),
-# VARIANTS ("fp32 tf32 nhwc tf32+nhwc fp16 fp16+nhwc"; "" skips them), HOST_ITEMS (20000),
+# VARIANTS ("fp32 tf32 fp16 fused tf32+fused"; "" skips them; also nhwc), HOST_ITEMS (20000),
 # HOST_WORKERS ("1 $(nproc)/2 $(nproc)").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -63,7 +63,7 @@ fi
 if [[ -n "${SWEEP_ARGS:-}" ]]; then read -ra SWEEP <<<"$SWEEP_ARGS"; fi
 WORKERS="${WORKERS:-$((CORES > 4 ? CORES - 2 : 2)) $CORES}"
 GPU_WAITS="${GPU_WAITS:-blocking auto}"
-VARIANTS="${VARIANTS-fp32 tf32 nhwc tf32+nhwc fp16 fp16+nhwc}"
+VARIANTS="${VARIANTS-fp32 tf32 fp16 fused tf32+fused}"
 HOST_ITEMS="${HOST_ITEMS:-20000}"
 HOST_WORKERS="${HOST_WORKERS:-1 $((CORES > 3 ? CORES / 2 : 1)) $CORES}"
 
@@ -191,11 +191,24 @@ offline() {
     run_it=("$RB" memory --inputs samples/first --items "$items" --out "$OUT/offline-$run.jsonl")
   fi
   log "end to end from $FROM ($what): $items items, $workers cutout workers"
-  timed "$OUT/offline-$run.time" env "$@" RADIOGATE__CUTOUT__WORKERS="$workers" "${run_it[@]}" \
-    >"$OUT/offline-$run.log" 2>&1 || die "the run failed: see $OUT/offline-$run.log"
+  # How busy the GPU was meanwhile (its median), and where the CPU went by thread pool.
+  nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 \
+    >"$OUT/offline-$run.gpu.csv" 2>/dev/null &
+  local smi=$! ok=1
+  timed "$OUT/offline-$run.time" --threads "$OUT/offline-$run.threads.json" \
+    env "$@" RADIOGATE__CUTOUT__WORKERS="$workers" "${run_it[@]}" >"$OUT/offline-$run.log" 2>&1 || ok=""
+  kill "$smi" 2>/dev/null || true
+  wait "$smi" 2>/dev/null || true
+  [[ -n "$ok" ]] || die "the run failed: see $OUT/offline-$run.log"
   read -r wall peak_kb cpu_s <"$OUT/offline-$run.time"
+  local busy batch
+  busy="$(awk -F, '/^ *[0-9]/ { print $1 + 0 }' "$OUT/offline-$run.gpu.csv" | sort -n |
+    awk '{ v[NR] = $1 } END { print NR ? v[int((NR + 1) / 2)] : "null" }')"
+  # The mean batch, from the run's summary line (classify) or JSON line (radiogate-bench).
+  batch="$(grep -oE '(batches of |"mean_batch":)[0-9.]+' "$OUT/offline-$run.log" | grep -oE '[0-9.]+$' | tail -1)"
   "$PYTHON" scripts/bench/offline_record.py "$OUT/offline-$run.jsonl" "$wall" "$peak_kb" "$cpu_s" \
-    bench=offline from="$FROM" what="$what" workers="$workers" >>"$OUT/offline.jsonl"
+    bench=offline from="$FROM" what="$what" workers="$workers" gpu_busy_pct="$busy" \
+    mean_batch="${batch:-null}" thread_cpu_s="$(cat "$OUT/offline-$run.threads.json")" >>"$OUT/offline.jsonl"
   tail -1 "$OUT/offline.jsonl" >&2
   rm -f "$OUT/offline-$run.jsonl"
 }
@@ -272,10 +285,12 @@ for r in lines("variants.jsonl"):
     agree = f"labels agree with the CPU: {r['labels_agree']}" if r["answered"] else "classify failed"
     print(f"- variant {r['variant']} at that setting: {rate}; {agree}{diff}")
 for r in offline:
+    threads = ", ".join(f"{k} {v:.1f}" for k, v in list(r.get("thread_cpu_s", {}).items())[:5])
     print(f"- end to end from {r['from']}, {r['what']}, {r['workers']} cutout workers: {r['items_per_s']:.0f} cutouts/s "
           f"({r['items']} items, {r['rejected']} rejected, peak RSS {r['peak_rss_mb']:.0f} MB, "
           f"{r['cpu_ms_per_item']:.3f} ms CPU per item, {r['cores_busy']:.1f} cores busy; mean us per "
-          f"item: " + ", ".join(f"{k} {v:.0f}" for k, v in r["mean_stage_us"].items()) + ")")
+          f"item: " + ", ".join(f"{k} {v:.0f}" for k, v in r["mean_stage_us"].items())
+          + f"; mean batch {r.get('mean_batch')}; GPU busy {r.get('gpu_busy_pct')}%; CPU s by thread: {threads})")
 for source, what in (("memory", "from cutouts in memory (the target's measure)"), ("files", "from files")):
     e2e = max((r for r in gpu if r["from"] == source), key=lambda r: r["items_per_s"])
     print(f"- best end to end {what}: {e2e['items_per_s']:.0f} cutouts/s ({e2e['what']}); "

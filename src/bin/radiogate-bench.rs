@@ -223,6 +223,8 @@ fn memory(args: &MemoryArgs) -> anyhow::Result<()> {
             "rejected": summary.rejected,
             "seconds": summary.elapsed.as_secs_f64(),
             "items_per_s": summary.throughput(),
+            "batches": summary.batches,
+            "mean_batch": summary.mean_batch(),
         })
     );
     Ok(())

@@ -324,6 +324,14 @@ impl Metrics {
         self.batch_size.observe(items as f64);
     }
 
+    /// The batches counted so far, and the items in them.
+    pub fn batches(&self) -> (u64, u64) {
+        (
+            self.batch_size.get_sample_count(),
+            self.batch_size.get_sample_sum() as u64,
+        )
+    }
+
     /// The model is loaded: its info series, and one condition of readiness.
     pub fn model_loaded(&self, model: &proto::ModelInfo) {
         self.model_info.reset();

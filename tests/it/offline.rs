@@ -101,7 +101,13 @@ fn batch_composition_concurrent_sessions_and_the_live_session_do_not_change_resu
         config.inference.sessions = sessions;
         config.inference.intra_threads = 1;
         config.inference.live_intra_threads = live;
-        common::run(config);
+        let summary = common::run(config);
+        // Every item ran in a batch, none larger than max_batch.
+        assert_eq!(summary.batched_items, 20, "{summary:?}");
+        assert!(
+            (20usize.div_ceil(max_batch) as u64..=20).contains(&summary.batches),
+            "{summary:?}"
+        );
         let results: Vec<_> = common::read(&out)
             .into_iter()
             .map(|r| match r {
