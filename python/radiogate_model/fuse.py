@@ -1,29 +1,27 @@
-"""A copy of a model with each convolution fused with the Relu (and a gate's Add) after it, as
-ONNX Runtime's own FusedConv operator, for its CUDA provider.
+"""A model's fused form, for ONNX Runtime: each gate's bilinear upsampling as two matrix
+products, and each convolution fused with the Relu (and a gate's Add) after it as ONNX
+Runtime's own FusedConv operator.
 
-ONNX Runtime makes this fusion itself for its CPU provider, but version 1.31 does not for the
-CUDA provider: on an H200 each of the shipped model's 14 convolutions with a Relu ran as
-three kernels, the convolution, cuDNN's bias add (`op_generic_tensor_kernel`) and the Relu
-(`_UnaryElementWise`), together 1.1 of a batch's 5.9 ms of GPU time (TF32, batch 128;
-benches/results/gpu-h200-2026-11-28/profile2), and each gate's theta(x) + upsampled phi(g)
-took an Add and a Relu over 64-channel tensors at the gate's full resolution. A FusedConv
-(`com.microsoft`) runs a convolution, its bias, an optional tensor `Z` added to it, and the
-Relu as one cuDNN call.
-
-- Conv + Relu becomes FusedConv(activation Relu): the graph ONNX Runtime's CPU provider
-  builds for itself, so on the CPU every output is the same bit for bit.
+- Resize (linear, `half_pixel`) of [N, C, h, w] to [N, C, H, W] becomes MatMul(MatMul(x, Wx^T))
+  with Wy on the left: constant interpolation matrices whose weights are computed in float32
+  as ONNX Runtime's Resize computes them. The sums round otherwise: outputs within a few 1e-7.
+  ONNX Runtime's CPU Resize is slow (31% of the model's CPU time: scripts/bench/ort_profile.py); on the GPU
+  it was 15% of a batch's kernels (H200, TF32; BENCHMARKS.md).
+- Conv + Relu becomes FusedConv(activation Relu): the graph ONNX Runtime's CPU provider builds
+  for itself (every output the same bit for bit there), and one its CUDA provider, in version
+  1.31, does not build: on an H200 each of the 14 convolutions with a Relu ran as three kernels,
+  the convolution, cuDNN's bias add and the Relu, together 1.1 of a batch's 5.9 ms.
 - Conv + Add + Relu (a gate: theta(x), then + upsampled phi(g), then Relu) becomes FusedConv
-  with the Add's other input as `Z`. The CPU provider then adds the products onto `Z`, a
-  different order of the same sums: outputs within a few 1e-7 (checked against `tolerance`
-  before a file is written; `--no-add` leaves the gates' Adds alone).
+  with the Add's other input as `Z`: the 64-channel full-resolution sum is never written and
+  read back. The CPU provider adds the products onto `Z`, another order of the same sums.
 
-On the CPU the gates' fused sums are what pays: the full-resolution gate no longer writes and
-reads back two 64-channel tensors (BENCHMARKS.md: 15% less CPU an item end to end on the 2-core
-build machine). It stays a second form beside the model, not the model: `com.microsoft`
-operators are ONNX Runtime's own, which other ONNX readers lack, and its outputs are not the
-model's bit for bit. Each shipped model has one, recorded in its card (`--card`: the file, its
-sha256, and how far it lies from the model on the test batch), and the GPU benchmark times the
-MiraBest* model's as its `fused` variant (scripts/gpu/run.sh):
+Every file is checked against the original on random images before it is written (labels,
+and `--tolerance`). On the CPU the form costs 27% less CPU an item end to end (BENCHMARKS.md,
+"The fused form of the model on the CPU"); on the GPU it is a variant of scripts/gpu/run.sh.
+It stays a second form beside the model, not the model: `com.microsoft` operators are ONNX
+Runtime's own, which other ONNX readers lack, and its outputs are not the model's bit for bit.
+Each shipped model has one, recorded in its card (`--card`: the file, its sha256, and how far it
+lies from the model on the test batch):
 
     python -m radiogate_model.fuse ../models/agcnn-mirabest-confident.onnx \
         ../models/agcnn-mirabest-confident-fused.onnx --card ../models/agcnn-mirabest-confident.card.json
@@ -39,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 DOMAIN = "com.microsoft"
 
@@ -108,6 +106,99 @@ def fuse_convolutions(model: onnx.ModelProto, *, add: bool = True) -> tuple[onnx
     return model, counts
 
 
+def _resize_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Each Resize node's input and output shapes, from one run of the model on a blank image
+    (the sizes a Resize gets are computed in the graph, so shape inference does not know them)."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    resizes = [n for n in probe.graph.node if n.op_type == "Resize"]
+    if not resizes:
+        return {}
+    names = list(dict.fromkeys(name for n in resizes for name in (n.input[0], n.output[0])))
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in names)
+    image = probe.graph.input[0]
+    shape = [d.dim_value or 1 for d in image.type.tensor_type.shape.dim]
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = dict(zip(names, session.run(names, {image.name: np.zeros(shape, np.float32)}), strict=True))
+    return {n.name: (values[n.input[0]].shape, values[n.output[0]].shape) for n in resizes}
+
+
+def linear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in]: ONNX Resize's linear interpolation along one axis (`half_pixel`) as a
+    matrix: row i weighs the two source pixels around (i + 0.5) / (n_out / n_in) - 0.5, clamped
+    to the edges (PyTorch's `align_corners=False`), in float32 as ONNX Runtime computes it."""
+    f32 = np.float32
+    scale = f32(n_out) / f32(n_in)
+    weights = np.zeros((n_out, n_in), dtype=f32)
+    for i in range(n_out):
+        src = min(max((f32(i) + f32(0.5)) / scale - f32(0.5), f32(0)), f32(n_in - 1))
+        lo = int(np.floor(src))
+        hi = min(lo + 1, n_in - 1)
+        frac = f32(src - f32(lo))
+        weights[i, lo] += f32(1) - frac
+        weights[i, hi] += frac
+    return weights
+
+
+def upsample_as_matmuls(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """The model with every bilinear upsampling of the last two axes (Resize, `linear`,
+    `half_pixel`, batch and channels kept) taken as two matrix products, along x then along y;
+    returns it and how many it replaced. The nodes that only computed their sizes go too."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    shapes = _resize_shapes(model)
+    nodes, replaced = [], 0
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        shape_in, shape_out = shapes.get(node.name, ((), ()))
+        if not (
+            node.op_type == "Resize"
+            and attrs.get("mode") == b"linear"
+            and attrs.get("coordinate_transformation_mode") == b"half_pixel"
+            and not attrs.get("antialias", 0)
+            and len(shape_in) == len(shape_out) == 4
+            and shape_in[:2] == shape_out[:2]
+            and all(o >= i for i, o in zip(shape_in[2:], shape_out[2:], strict=True))
+        ):
+            nodes.append(node)
+            continue
+        (h, w), (out_h, out_w) = shape_in[2:], shape_out[2:]
+        rows, cols = f"{node.name}/rows", f"{node.name}/cols"
+        graph.initializer.append(numpy_helper.from_array(linear_weights(h, out_h), rows))
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(linear_weights(w, out_w).T), cols))
+        along_x = f"{node.name}/along_x"
+        nodes.append(helper.make_node("MatMul", [node.input[0], cols], [along_x], name=along_x))
+        nodes.append(helper.make_node("MatMul", [rows, along_x], [node.output[0]], name=f"{node.name}/along_y"))
+        replaced += 1
+    # Drop what nothing reads any more (the Shape, Slice and Concat nodes of the sizes).
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {name for n in nodes for name in n.input} | outputs
+        kept = [n for n in nodes if any(o in read for o in n.output)]
+        if len(kept) == len(nodes):
+            break
+        nodes = kept
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for n in nodes for name in n.input}
+    kept_init = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_init)
+    return model, replaced
+
+
+def fused_form(model: onnx.ModelProto, *, add: bool = True, upsample: bool = True) -> tuple[onnx.ModelProto, Counter]:
+    """The model's fused form: the upsamplings as matrix products (with `upsample`), then the
+    convolutions fused ([`fuse_convolutions`]); returns it and the counts ("relu",
+    "add_relu", "upsample")."""
+    counts: Counter = Counter()
+    if upsample:
+        model, counts["upsample"] = upsample_as_matmuls(model)
+    model, fused = fuse_convolutions(model, add=add)
+    return model, counts + fused
+
+
 def largest_difference(a: onnx.ModelProto, b: onnx.ModelProto, seed: int = 0) -> float:
     """The largest difference between two models' outputs on random images at a few batch
     sizes (ONNX Runtime's CPU provider); infinite where a label (the larger probability)
@@ -127,11 +218,13 @@ def largest_difference(a: onnx.ModelProto, b: onnx.ModelProto, seed: int = 0) ->
     return largest
 
 
-def fuse_file(src: Path, out: Path, *, add: bool = True, tolerance: float = 1e-5) -> tuple[Counter, float]:
-    """Writes the fused copy of the model file src to out, refusing one whose outputs differ
+def fuse_file(
+    src: Path, out: Path, *, add: bool = True, upsample: bool = True, tolerance: float = 1e-5
+) -> tuple[Counter, float]:
+    """Writes the fused form of the model file src to out, refusing one whose outputs differ
     from the original's by more than `tolerance`; returns the counts and the difference."""
     original = onnx.load(src)
-    model, counts = fuse_convolutions(original, add=add)
+    model, counts = fused_form(original, add=add, upsample=upsample)
     difference = largest_difference(original, model)
     if not difference <= tolerance:
         raise RuntimeError(f"{src}: the fused model's outputs differ from the original's by {difference:.3g}")
@@ -152,7 +245,11 @@ def card_form(model: Path, fused: Path, counts: Counter, subset: str, data_dir: 
     return {
         "file": fused.name,
         "sha256": hashlib.sha256(fused.read_bytes()).hexdigest(),
-        "fused": {"conv_relu": counts["relu"], "conv_add_relu": counts["add_relu"]},
+        "fused": {
+            "conv_relu": counts["relu"],
+            "conv_add_relu": counts["add_relu"],
+            "upsample_matmul": counts["upsample"],
+        },
         "test_batch": comparison,
         "reproduce": f"cd python && python -m radiogate_model.fuse ../models/{model.name} ../models/{fused.name} "
         f"--card ../models/{model.stem}.card.json",
@@ -179,7 +276,8 @@ def render_section(form: dict) -> str:
             "",
             f"`models/{form['file']}`, sha256 `{form['sha256']}`: this model with {form['fused']['conv_relu']} "
             f"Conv + Relu and {form['fused']['conv_add_relu']} Conv + Add + Relu (the gates' sums) as ONNX "
-            "Runtime's FusedConv (`com.microsoft`), for ONNX Runtime only. On the CPU it costs less an image "
+            f"Runtime's FusedConv (`com.microsoft`), and the gates' {form['fused']['upsample_matmul']} bilinear "
+            "upsamplings as two matrix products each, for ONNX Runtime only. On the CPU it costs less an image "
             f"(BENCHMARKS.md); {outputs}. Every number on this card is the model's; choose the form with "
             "`inference.model`.",
             "",
@@ -205,15 +303,17 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--no-add", action="store_true", help="fuse Conv + Relu only (outputs identical on the CPU)")
+    p.add_argument("--no-add", action="store_true", help="leave the gates' Adds alone")
+    p.add_argument("--no-upsample", action="store_true", help="leave the upsamplings as Resize")
     p.add_argument("--tolerance", type=float, default=1e-5, help="largest output difference allowed")
     p.add_argument("--card", type=Path, help="record the form in this model card (JSON; its .md beside it)")
     p.add_argument("--data-dir", type=Path, default=None)
     a = p.parse_args(argv)
-    counts, difference = fuse_file(a.model, a.out, add=not a.no_add, tolerance=a.tolerance)
+    counts, difference = fuse_file(a.model, a.out, add=not a.no_add, upsample=not a.no_upsample, tolerance=a.tolerance)
     digest = hashlib.sha256(a.out.read_bytes()).hexdigest()
     print(
-        f"fused {counts['relu']} Conv+Relu and {counts['add_relu']} Conv+Add+Relu; "
+        f"{counts['upsample']} upsamplings as matrix products; fused {counts['relu']} Conv+Relu and "
+        f"{counts['add_relu']} Conv+Add+Relu; "
         f"largest output difference on the CPU {difference:.3g}; sha256 {digest}"
     )
     if a.card:

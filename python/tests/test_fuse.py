@@ -1,5 +1,6 @@
 """radiogate_model.fuse: convolutions fused with their Relu (and a gate's Add) as ONNX Runtime's
-FusedConv, the outputs as the original's on the CPU."""
+FusedConv, upsamplings as matrix products; the outputs the original's on the CPU, bit for bit or to
+float32 rounding."""
 
 from collections import Counter
 
@@ -7,9 +8,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import helper
 
 from radiogate_model.data import load_split, normalise
-from radiogate_model.fuse import fuse_convolutions, fuse_file
+from radiogate_model.fuse import fuse_convolutions, fuse_file, fused_form, linear_weights, upsample_as_matmuls
 
 from .conftest import REPO
 
@@ -58,18 +60,58 @@ def test_the_gates_sums_fused_stay_within_a_few_ulps(images):
             assert np.abs(a - b).max() < 1e-5
 
 
-def test_a_fused_model_is_left_as_it_is():
-    once, _ = fuse_convolutions(onnx.load(SHIPPED))
-    twice, counts = fuse_convolutions(once)
-    assert not counts
+@pytest.mark.parametrize(("side", "out"), [(18, 37), (18, 75), (18, 150), (5, 5), (4, 9)])
+def test_the_weights_are_onnx_runtimes_linear_resize(side, out):
+    """Two matrix products with linear_weights give what a Resize (linear, half_pixel) gives."""
+    node = helper.make_node(
+        "Resize", ["x", "", "", "sizes"], ["y"], mode="linear", coordinate_transformation_mode="half_pixel"
+    )
+    graph = helper.make_graph(
+        [node],
+        "resize",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3, side, side])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.array([2, 3, out, out], dtype=np.int64), "sizes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 3, side, side)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    weights = linear_weights(side, out)
+    assert np.allclose(weights.sum(axis=1), 1)
+    assert np.abs(weights @ x @ weights.T - want).max() < 1e-6
+
+
+def test_upsamplings_as_matrix_products_stay_within_float32_rounding(images):
+    original = onnx.load(SHIPPED)
+    model, replaced = upsample_as_matmuls(original)
+    assert replaced == 3
+    # The Resizes and the nodes that only computed their sizes are gone.
+    assert (ops(model)["Resize"], ops(model)["Slice"], ops(model)["Cast"], ops(model)["MatMul"]) == (0, 0, 0, 6)
+    for batch in images:
+        want, got = outputs(original, batch), outputs(model, batch)
+        assert np.array_equal(want[0].argmax(axis=1), got[0].argmax(axis=1))
+        for a, b in zip(want, got, strict=True):
+            assert np.abs(a - b).max() < 1e-5
+
+
+def test_a_fused_form_is_left_as_it_is():
+    once, _ = fused_form(onnx.load(SHIPPED))
+    twice, counts = fused_form(once)
+    assert not +counts
     assert twice.SerializeToString() == once.SerializeToString()
 
 
 def test_the_file_is_written_only_within_the_tolerance(tmp_path, monkeypatch):
     counts, difference = fuse_file(SHIPPED, tmp_path / "fused.onnx")
-    assert counts == Counter(relu=11, add_relu=3)
+    assert counts == Counter(relu=11, add_relu=3, upsample=3)
     assert 0 <= difference < 1e-5
-    assert ops(onnx.load(tmp_path / "fused.onnx"))["FusedConv"] == 14
+    assert (
+        ops(onnx.load(tmp_path / "fused.onnx"))["FusedConv"],
+        ops(onnx.load(tmp_path / "fused.onnx"))["Resize"],
+    ) == (
+        14,
+        0,
+    )
     monkeypatch.setattr("radiogate_model.fuse.largest_difference", lambda a, b: float("inf"))
     with pytest.raises(RuntimeError, match="differ"):
         fuse_file(SHIPPED, tmp_path / "refused.onnx")

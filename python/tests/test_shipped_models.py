@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from radiogate_model.evaluate import compare, evaluate
-from radiogate_model.fuse import fuse_convolutions
+from radiogate_model.fuse import fused_form
 from radiogate_model.model import AGCNN, ModelConfig, count_parameters
 
 from .conftest import REPO
@@ -64,12 +64,17 @@ def test_the_fused_form_is_the_model_fused_and_agrees_with_it(card_path, data_di
     model, fused = REPO / "models" / card["file"], REPO / "models" / form["file"]
     assert hashlib.sha256(fused.read_bytes()).hexdigest() == form["sha256"]
     # The committed file is what radiogate_model.fuse makes of the model, byte for byte.
-    made, counts = fuse_convolutions(onnx.load(model))
+    made, counts = fused_form(onnx.load(model))
     assert fused.read_bytes() == made.SerializeToString()
-    assert (counts["relu"], counts["add_relu"]) == (form["fused"]["conv_relu"], form["fused"]["conv_add_relu"])
+    recorded = form["fused"]
+    assert (counts["relu"], counts["add_relu"], counts["upsample"]) == (
+        recorded["conv_relu"],
+        recorded["conv_add_relu"],
+        recorded["upsample_matmul"],
+    )
     # Same labels on the test batch; outputs within float32 rounding (the card's figures are
-    # this machine's; another CPU's kernels may round the fused sums otherwise).
+    # this machine's; another CPU's kernels may round otherwise).
     result = compare(model, fused, card["subset"], data_dir)
     assert result["labels_differ"] == form["test_batch"]["labels_differ"] == 0
-    assert result["max_prob_diff"] <= 1e-6
-    assert max(result["max_attention_diff"].values()) <= 1e-6
+    assert result["max_prob_diff"] <= 1e-5
+    assert max(result["max_attention_diff"].values()) <= 1e-5

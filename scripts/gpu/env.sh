@@ -84,11 +84,13 @@ done
 
 # An arithmetic variant's radiogate-bench flags, worker settings and model (into flags, settings
 # and model): "tf32" TF32 convolutions, "nhwc" channels-last kernels, "fp16" the bundle's float16
-# copy of the shipped model, "fused" its fused form (models/*-fused.onnx: each convolution with
-# its Relu, and a gate's Add, as FusedConv), combined with "+" ("fp32": none of them). MODEL
-# replaces the shipped model in the others.
+# copy of the shipped model, "fused" its fused form (models/*-fused.onnx: the upsampling as
+# matrix products, each convolution with its Relu and a gate's Add as FusedConv), "fusedconv"
+# the bundle's copy of that form with the upsampling left as Resize, combined with "+" ("fp32":
+# none of them). MODEL replaces the shipped model in the others.
 FP16_MODEL="$unpacked/models/agcnn-mirabest-confident-fp16.onnx"
 FUSED_MODEL="models/agcnn-mirabest-confident-fused.onnx"
+FUSEDCONV_MODEL="$unpacked/models/agcnn-mirabest-confident-fusedconv.onnx"
 # shellcheck disable=SC2034 # flags, settings and model are what the callers read
 variant_settings() {
   flags=() settings=() model="${MODEL:-models/agcnn-mirabest-confident.onnx}"
@@ -96,5 +98,9 @@ variant_settings() {
   if [[ "$1" == *nhwc* ]]; then flags+=(--gpu-nhwc) settings+=(RADIOGATE__INFERENCE__GPU_NHWC=true); fi
   if [[ "$1" == *fp16* && "$1" == *fused* ]]; then die "variant $1: the fused copy is float32 (FusedConv)"; fi
   if [[ "$1" == *fp16* ]]; then model="$FP16_MODEL"; fi
-  if [[ "$1" == *fused* ]]; then model="$FUSED_MODEL"; fi
+  if [[ "$1" == *fusedconv* ]]; then
+    model="$FUSEDCONV_MODEL"
+  elif [[ "$1" == *fused* ]]; then
+    model="$FUSED_MODEL"
+  fi
 }

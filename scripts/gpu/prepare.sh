@@ -3,8 +3,9 @@
 # machine that has none: the onnxruntime-gpu libraries (CUDA 13, cuDNN 9, from the PyPI wheel
 # of the ONNX Runtime version the CPU build uses), stripped release binaries of radiogate and
 # radiogate-bench, and the shared libraries they link (CFITSIO and its dependencies) in case
-# the GPU machine lacks them, and the float16 copy of the model that run.sh times beside
-# float32 (python -m radiogate_model.half; needs python/requirements.txt). Packed, compressed
+# the GPU machine lacks them, and the float16 copy of the model and its fused form without the
+# upsampling as matrix products, which run.sh times beside it (python -m radiogate_model.half
+# and radiogate_model.fuse --no-upsample; need python/requirements.txt). Packed, compressed
 # (xz) and split into pieces of at most PIECE_MB (default 52 MiB: with the 9 MB working tree
 # a piece fits one 64 MiB device call):
 #
@@ -36,6 +37,9 @@ log "the float16 copy of the model"
 # (Its constants below float16's range, an epsilon of 1e-12, are warned about: expected.)
 (cd python && python3 -W ignore::UserWarning -m radiogate_model.half \
   ../models/agcnn-mirabest-confident.onnx "$stage/models/agcnn-mirabest-confident-fp16.onnx")
+log "the fused form with the Resizes kept (the GPU's Resize may beat the matrix products)"
+(cd python && python3 -m radiogate_model.fuse --no-upsample \
+  ../models/agcnn-mirabest-confident.onnx "$stage/models/agcnn-mirabest-confident-fusedconv.onnx")
 
 # The binaries' shared libraries, except the C library itself (glibc: its version on the GPU
 # machine must be at least what the binaries were linked against, see below).

@@ -12,7 +12,7 @@
 # ncu runs each kernel alone (serialised, one timing pass), so the times are the kernels' own,
 # not the overlap that several sessions give; `--clock-control none` leaves the clocks as the
 # GPU sets them. Environment: SRC (vendor/gpu), OUT, BATCH (128), SESSIONS (8), VARIANTS
-# ("fp32 tf32 tf32+fused fp16"; as in run.sh), MODEL (the shipped model), DEVICE_ID (0), NCU (default: ncu
+# ("fp32 tf32 tf32+fused tf32+fusedconv"; as in run.sh), MODEL (the shipped model), DEVICE_ID (0), NCU (default: ncu
 # on the PATH, else the newest under /opt/nvidia/nsight-compute), LIMIT_S (120: each variant's
 # run is stopped after it, keeping the kernels timed so far).
 set -euo pipefail
@@ -21,7 +21,7 @@ SRC="${SRC:-vendor/gpu}"
 OUT="${OUT:-out/gpu/profile-$(date -u +%Y%m%dT%H%M%SZ)}"
 BATCH="${BATCH:-128}"
 SESSIONS="${SESSIONS:-8}"
-VARIANTS="${VARIANTS:-fp32 tf32 tf32+fused fp16}"
+VARIANTS="${VARIANTS:-fp32 tf32 tf32+fused tf32+fusedconv}"
 DEVICE_ID="${DEVICE_ID:-0}"
 LIMIT_S="${LIMIT_S:-120}"
 GPU_SCRIPT=profile

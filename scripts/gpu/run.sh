@@ -17,8 +17,9 @@
 # 4. bare GPU inference over a sweep of batch sizes and sessions (radiogate-bench infer);
 #    then, at the best setting, each arithmetic VARIANT: TF32 convolutions
 #    (inference.gpu_tf32), channels-last kernels (inference.gpu_nhwc), the float16 copy of
-#    the model that prepare.sh bundles and the model's fused form (models/*-fused.onnx), each
-#    timed and its results on the bundled cutouts compared with the CPU's (variants.jsonl);
+#    the model that prepare.sh bundles, the model's fused form (models/*-fused.onnx) and the
+#    bundle's copy of it with the Resizes kept, each timed and its results on the bundled
+#    cutouts compared with the CPU's (variants.jsonl);
 # 5. offline end to end: `radiogate classify` over the bundled real FIRST cutouts repeated
 #    to ITEMS items (symlinks; the 20 files stay in the page cache), and the same pipeline
 #    over ITEMS detections that carry the cutouts inline (`radiogate-bench memory`: end to
@@ -36,8 +37,8 @@
 # counts to try, default "$(nproc)-2 and $(nproc)"), SWEEP_ARGS (the sweep's settings), PYTHON (the Python whose `nvidia`
 # packages hold the CUDA libraries; default: the first of python3, python, conda's that
 # has them), DEVICE_ID (0), GPU_WAITS ("blocking auto"; inference.gpu_wait values),
-# VARIANTS ("fp32 tf32 fp16 fused tf32+fused"; "" skips them; also nhwc), HOST_ITEMS (20000),
-# HOST_WORKERS ("1 $(nproc)/2 $(nproc)").
+# VARIANTS ("fp32 tf32 fp16 fused tf32+fused tf32+fusedconv"; "" skips them; also nhwc),
+# HOST_ITEMS (20000), HOST_WORKERS ("1 $(nproc)/2 $(nproc)").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -63,7 +64,7 @@ fi
 if [[ -n "${SWEEP_ARGS:-}" ]]; then read -ra SWEEP <<<"$SWEEP_ARGS"; fi
 WORKERS="${WORKERS:-$((CORES > 4 ? CORES - 2 : 2)) $CORES}"
 GPU_WAITS="${GPU_WAITS:-blocking auto}"
-VARIANTS="${VARIANTS-fp32 tf32 fp16 fused tf32+fused}"
+VARIANTS="${VARIANTS-fp32 tf32 fp16 fused tf32+fused tf32+fusedconv}"
 HOST_ITEMS="${HOST_ITEMS:-20000}"
 HOST_WORKERS="${HOST_WORKERS:-1 $((CORES > 3 ? CORES / 2 : 1)) $CORES}"
 

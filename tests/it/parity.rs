@@ -78,9 +78,9 @@ fn worker_on_raw_fits_matches_model_on_test_batch() {
     assert!(same >= 155, "only {same} of 157 predictions agree");
 }
 
-/// The fused form of the shipped model (`models/*-fused.onnx`, ONNX Runtime's FusedConv;
-/// radiogate_model.fuse) through the whole worker over the 157 raw cutouts: the shipped
-/// model's labels and its probabilities to float32 rounding.
+/// The fused form of the shipped model (`models/*-fused.onnx`: upsampling as matrix products,
+/// ONNX Runtime's FusedConv; radiogate_model.fuse) through the whole worker over the 157 raw
+/// cutouts: the shipped model's labels and its probabilities to float32 rounding.
 #[test]
 fn the_fused_form_classifies_as_the_model_does() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -116,7 +116,7 @@ fn the_fused_form_classifies_as_the_model_does() {
     for (m, f) in model.iter().zip(fused) {
         assert_eq!((&m.source_id, m.label), (&f.source_id, f.label));
         let diff = (m.probabilities.frii - f.probabilities.frii).abs();
-        assert!(diff <= 1e-6, "{}: P(FRII) {diff:e} apart", m.source_id);
+        assert!(diff <= 1e-5, "{}: P(FRII) {diff:e} apart", m.source_id);
         let sha = |c: &radiogate::sink::record::ClassificationRecord| {
             c.model.as_ref().map(|m| m.sha256.clone())
         };
