@@ -107,8 +107,9 @@ def fuse_convolutions(model: onnx.ModelProto, *, add: bool = True) -> tuple[onnx
 
 
 def _resize_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
-    """Each Resize node's input and output shapes, from one run of the model on a blank image
-    (the sizes a Resize gets are computed in the graph, so shape inference does not know them)."""
+    """Each Resize node's input and output shapes, by its output's name, from one run of the
+    model on a blank image (the sizes a Resize gets are computed in the graph, so shape
+    inference does not know them)."""
     import onnxruntime as ort
 
     probe = onnx.ModelProto.FromString(model.SerializeToString())
@@ -121,7 +122,7 @@ def _resize_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], t
     shape = [d.dim_value or 1 for d in image.type.tensor_type.shape.dim]
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     values = dict(zip(names, session.run(names, {image.name: np.zeros(shape, np.float32)}), strict=True))
-    return {n.name: (values[n.input[0]].shape, values[n.output[0]].shape) for n in resizes}
+    return {n.output[0]: (values[n.input[0]].shape, values[n.output[0]].shape) for n in resizes}
 
 
 def linear_weights(n_in: int, n_out: int) -> np.ndarray:
@@ -151,7 +152,7 @@ def upsample_as_matmuls(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     nodes, replaced = [], 0
     for node in graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        shape_in, shape_out = shapes.get(node.name, ((), ()))
+        shape_in, shape_out = shapes.get(node.output[0], ((), ())) if node.op_type == "Resize" else ((), ())
         if not (
             node.op_type == "Resize"
             and attrs.get("mode") == b"linear"
