@@ -30,7 +30,9 @@
 # QUEUE_CAPACITY (pipeline.queue_capacity of every run, default 64: the shipped 256 holds up
 # to ~350 MB of inline cutouts in flight), SINK_PROPERTIES (the streaming workers'
 # `sink.properties`, a TOML inline table, e.g. '{ "linger.ms" = "50" }'), WORKER_SETTING
-# (shipped: the workers run the shipped configuration; best: the sweep's best setting).
+# (shipped: the workers run the shipped configuration; best: the sweep's best setting), MODEL
+# (the model of every run but the null one: models/agcnn-mirabest-confident.onnx, or e.g. its
+# fused form models/agcnn-mirabest-confident-fused.onnx).
 # Needs the broker (scripts/kafka/broker.sh start) and python3. Prints a summary and writes
 # everything to $OUT (summary.json, summary.md, raw JSON lines, logs).
 set -euo pipefail
@@ -59,7 +61,7 @@ SINK_PROPERTIES="${SINK_PROPERTIES:-}"
 WORKER_SETTING="${WORKER_SETTING:-shipped}"
 [[ "$WORKER_SETTING" == shipped || "$WORKER_SETTING" == best ]] ||
   { echo "run.sh: WORKER_SETTING must be shipped or best, got $WORKER_SETTING" >&2; exit 2; }
-MODEL="models/agcnn-mirabest-confident.onnx"
+MODEL="${MODEL:-models/agcnn-mirabest-confident.onnx}"
 # The same contract with almost no arithmetic (scripts/bench/null_model.py).
 NULL_MODEL="benches/models/null.onnx"
 RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
@@ -95,6 +97,7 @@ machine() {
   {
     echo "{\"bench\":\"machine\",\"when\":\"$(date -u +%FT%TZ)\",\"uptime\":\"$(uptime | sed 's/^ *//')\","
     echo "\"cpus\":$(nproc),\"cpu\":\"$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)\","
+    echo "\"model\":\"$MODEL\","
     echo "\"commit\":\"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo +dirty)\"}"
   } | tr -d '\n'
   echo

@@ -179,6 +179,8 @@ def main(out: Path) -> None:
 
     print(f"# radiogate benchmark, {start['when']}, commit {start['commit']}\n")
     print(f"- machine: {start['cpus']} x {start['cpu']}")
+    if "model" in start:
+        print(f"- model: `{start['model']}`")
     print(f"- load at start: `{start['uptime']}`")
     if end:
         print(f"- load at end: `{end[0]['uptime']}`")
