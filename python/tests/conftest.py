@@ -1,10 +1,24 @@
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from radiogate_model.data import default_data_dir
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def load_script(relative: str) -> ModuleType:
+    """A script of the repository (e.g. "scripts/bench/summarise.py"), imported as the module
+    named after its file."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -3,18 +3,14 @@ around it, and the folders of older runs (one limit per round) still summarise a
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("summarise", ROOT / "scripts" / "bench" / "summarise.py")
-summarise = importlib.util.module_from_spec(spec)
-sys.modules["summarise"] = summarise
-spec.loader.exec_module(summarise)
+from .conftest import load_script
+
+summarise = load_script("scripts/bench/summarise.py")
 
 SETTING = {"batch": 1, "sessions": 2, "intra_threads": 1}
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("compare_results", ROOT / "scripts" / "gpu" / "compare_results.py")
-compare_results = importlib.util.module_from_spec(spec)
-sys.modules["compare_results"] = compare_results
-spec.loader.exec_module(compare_results)
+from .conftest import load_script
+
+compare_results = load_script("scripts/gpu/compare_results.py")
 
 
 def write(path: Path, probs: dict[str, float], provider: str = "cuda") -> str:

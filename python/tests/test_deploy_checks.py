@@ -4,29 +4,21 @@ that they pass on the repository's files and catch what they exist to catch."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-metrics = load("check_metrics_usage")
-files = load("check_deploy_files")
-schemas = load("deploy_schemas")
+metrics = load_script("scripts/check_metrics_usage.py")
+files = load_script("scripts/check_deploy_files.py")
+schemas = load_script("scripts/deploy_schemas.py")
 
 CONTRACT = metrics.load_contract(ROOT / "docs" / "operations.md")
 

@@ -1,6 +1,5 @@
 """Tests of scripts/gpu/kernels.py: one batch's GPU kernels from Nsight Compute's CSV."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -8,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu" / "kernels.py"
-spec = importlib.util.spec_from_file_location("kernels", SCRIPT)
-kernels = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(kernels)
+kernels = load_script("scripts/gpu/kernels.py")
 
 HEADER = ",".join(
     f'"{c}"'

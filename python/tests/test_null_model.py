@@ -3,19 +3,13 @@ is what the script writes, and it keeps the export contract the worker checks.""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("null_model", ROOT / "scripts" / "bench" / "null_model.py")
-null_model = importlib.util.module_from_spec(spec)
-sys.modules["null_model"] = null_model
-spec.loader.exec_module(null_model)
+from .conftest import REPO, load_script
+
+null_model = load_script("scripts/bench/null_model.py")
 
 
 def test_the_committed_model_is_what_the_script_writes() -> None:
@@ -26,7 +20,7 @@ def test_the_committed_model_is_what_the_script_writes() -> None:
 def test_it_has_the_real_models_outputs_and_shapes() -> None:
     session = ort.InferenceSession(str(null_model.DEFAULT_OUT), providers=["CPUExecutionProvider"])
     real = ort.InferenceSession(
-        str(ROOT / "models" / "agcnn-mirabest-confident.onnx"), providers=["CPUExecutionProvider"]
+        str(REPO / "models" / "agcnn-mirabest-confident.onnx"), providers=["CPUExecutionProvider"]
     )
     image = np.random.default_rng(0).uniform(-1, 1, (3, 1, 150, 150)).astype(np.float32)
     names = [o.name for o in session.get_outputs()]

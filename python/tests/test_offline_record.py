@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("offline_record", ROOT / "scripts" / "bench" / "offline_record.py")
-offline_record = importlib.util.module_from_spec(spec)
-sys.modules["offline_record"] = offline_record
-spec.loader.exec_module(offline_record)
+from .conftest import load_script
+
+offline_record = load_script("scripts/bench/offline_record.py")
 
 
 def result(at: str, total_us: int, provider: str = "cpu") -> dict:
