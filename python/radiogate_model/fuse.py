@@ -182,7 +182,7 @@ def upsample_as_matmuls(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         nodes = kept
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {name for n in nodes for name in n.input}
+    used = {name for n in nodes for name in n.input} | outputs
     kept_init = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept_init)
