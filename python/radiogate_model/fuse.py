@@ -37,7 +37,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper, numpy_helper
+
+from .evaluate import compare, largest_difference
 
 DOMAIN = "com.microsoft"
 
@@ -110,8 +113,6 @@ def _resize_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], t
     """Each Resize node's input and output shapes, by its output's name, from one run of the
     model on a blank image (the sizes a Resize gets are computed in the graph, so shape
     inference does not know them)."""
-    import onnxruntime as ort
-
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     resizes = [n for n in probe.graph.node if n.op_type == "Resize"]
     if not resizes:
@@ -200,25 +201,6 @@ def fused_form(model: onnx.ModelProto, *, add: bool = True, upsample: bool = Tru
     return model, counts + fused
 
 
-def largest_difference(a: onnx.ModelProto, b: onnx.ModelProto, seed: int = 0) -> float:
-    """The largest difference between two models' outputs on random images at a few batch
-    sizes (ONNX Runtime's CPU provider); infinite where a label (the larger probability)
-    differs."""
-    import onnxruntime as ort
-
-    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (a, b)]
-    rng = np.random.default_rng(seed)
-    largest = 0.0
-    for size in (1, 3, 8):
-        image = rng.uniform(-1, 1, (size, 1, 150, 150)).astype(np.float32)
-        want, got = (s.run(None, {"image": image}) for s in sessions)
-        if not np.array_equal(want[0].argmax(axis=1), got[0].argmax(axis=1)):
-            return float("inf")
-        for x, y in zip(want, got, strict=True):
-            largest = max(largest, float(np.abs(x.astype(np.float64) - y).max()))
-    return largest
-
-
 def fuse_file(
     src: Path, out: Path, *, add: bool = True, upsample: bool = True, tolerance: float = 1e-5
 ) -> tuple[Counter, float]:
@@ -239,8 +221,6 @@ SECTION = "## ONNX Runtime's fused form"
 def card_form(model: Path, fused: Path, counts: Counter, subset: str, data_dir: Path) -> dict:
     """The fused form's entry in its model's card: file, sha256, what was fused, and how far
     it lies from the model on the subset's test batch (radiogate_model.evaluate.compare)."""
-    from .evaluate import compare
-
     comparison = compare(model, fused, subset, data_dir)
     del comparison["model"]
     return {

@@ -1,13 +1,20 @@
 import importlib.util
 import sys
+from collections import Counter
 from pathlib import Path
 from types import ModuleType
 
+import onnx
 import pytest
 
 from radiogate_model.data import default_data_dir
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def ops(model: onnx.ModelProto) -> Counter:
+    """How many nodes of each operator type a model's graph holds."""
+    return Counter(node.op_type for node in model.graph.node)
 
 
 def load_script(relative: str) -> ModuleType:

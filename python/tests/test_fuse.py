@@ -13,13 +13,9 @@ from onnx import helper
 from radiogate_model.data import load_split, normalise
 from radiogate_model.fuse import fuse_convolutions, fuse_file, fused_form, linear_weights, upsample_as_matmuls
 
-from .conftest import REPO
+from .conftest import REPO, ops
 
 SHIPPED = REPO / "models" / "agcnn-mirabest-confident.onnx"
-
-
-def ops(model: onnx.ModelProto) -> Counter:
-    return Counter(node.op_type for node in model.graph.node)
 
 
 def outputs(model: onnx.ModelProto, images: np.ndarray) -> list[np.ndarray]:

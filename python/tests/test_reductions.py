@@ -1,8 +1,6 @@
 """radiogate_model.reductions: each attention map's min and max as global max pools, the
 outputs unchanged bit for bit."""
 
-from collections import Counter
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -14,11 +12,7 @@ from radiogate_model.export import export, export_graph
 from radiogate_model.model import AGCNN, ModelConfig
 from radiogate_model.reductions import pool_min_max, rewrite_file
 
-from .conftest import REPO
-
-
-def ops(model: onnx.ModelProto) -> Counter:
-    return Counter(node.op_type for node in model.graph.node)
+from .conftest import REPO, ops
 
 
 def raw_export(tmp_path, **config) -> onnx.ModelProto:
