@@ -19,6 +19,7 @@ fn cutouts() -> (Cutter, Vec<radiogate::proto::SourceDetection>, Vec<Cutout>) {
     let cutter = Cutter::new(&CutoutConfig {
         mosaics: Vec::new(),
         workers: 1,
+        ..CutoutConfig::default()
     })
     .expect("no mosaics to index");
     let detections: Vec<_> = source::open(&SourceConfig::Files {

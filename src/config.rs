@@ -145,6 +145,23 @@ pub struct CutoutConfig {
     pub mosaics: Vec<PathBuf>,
     /// Threads cutting and preprocessing in parallel (inference does not use them).
     pub workers: usize,
+    /// The size of the pixels the model was trained on (arcsec): FIRST's 1.8 for the shipped
+    /// models. A cutout's pixels must be this size at the source...
+    pub pixel_scale_arcsec: f64,
+    /// ...within this fraction, along each axis; otherwise the detection is rejected
+    /// (`pixel_scale`): the model would see every source at the wrong size.
+    pub pixel_scale_tolerance: f64,
+}
+
+impl Default for CutoutConfig {
+    fn default() -> Self {
+        Self {
+            mosaics: Vec::new(),
+            workers: 2,
+            pixel_scale_arcsec: 1.8,
+            pixel_scale_tolerance: 0.02,
+        }
+    }
 }
 
 /// The dynamic batcher.
@@ -743,13 +760,18 @@ fn resolve_properties(
 struct RawCutout {
     mosaics: Vec<PathBuf>,
     workers: i64,
+    pixel_scale_arcsec: f64,
+    pixel_scale_tolerance: f64,
 }
 
 impl Default for RawCutout {
     fn default() -> Self {
+        let d = CutoutConfig::default();
         Self {
-            mosaics: Vec::new(),
-            workers: 2,
+            mosaics: d.mosaics,
+            workers: d.workers as i64,
+            pixel_scale_arcsec: d.pixel_scale_arcsec,
+            pixel_scale_tolerance: d.pixel_scale_tolerance,
         }
     }
 }
@@ -935,6 +957,16 @@ impl Checker {
         }
     }
 
+    /// A number from `lo` to `hi`.
+    fn number(&mut self, field: &str, value: f64, lo: f64, hi: f64) -> f64 {
+        if (lo..=hi).contains(&value) {
+            value
+        } else {
+            self.fail(field, format!("must be from {lo} to {hi}, got {value}"));
+            lo
+        }
+    }
+
     /// A humantime duration (`20ms`, `1m 30s`) no longer than `max`.
     fn duration(&mut self, field: &str, text: &str, max: Duration) -> Duration {
         match humantime::parse_duration(text.trim()) {
@@ -973,6 +1005,18 @@ impl RawConfig {
             cutout: CutoutConfig {
                 mosaics: self.cutout.mosaics,
                 workers: check.range("cutout.workers", self.cutout.workers, 1, 256),
+                pixel_scale_arcsec: check.number(
+                    "cutout.pixel_scale_arcsec",
+                    self.cutout.pixel_scale_arcsec,
+                    0.001,
+                    3600.0,
+                ),
+                pixel_scale_tolerance: check.number(
+                    "cutout.pixel_scale_tolerance",
+                    self.cutout.pixel_scale_tolerance,
+                    0.0,
+                    1.0,
+                ),
             },
             batch: BatchConfig {
                 max_batch: check.range("batch.max_batch", self.batch.max_batch, 1, 4096),
@@ -1432,7 +1476,15 @@ mod tests {
                 per_gate_maps: false
             }
         );
-        assert_eq!(config.cutout.workers, 2);
+        assert_eq!(config.cutout, CutoutConfig::default());
+        assert_eq!(
+            (
+                config.cutout.workers,
+                config.cutout.pixel_scale_arcsec,
+                config.cutout.pixel_scale_tolerance
+            ),
+            (2, 1.8, 0.02)
+        );
         assert!(config.cutout.mosaics.is_empty());
         assert_eq!(
             config.sink,
@@ -1574,6 +1626,35 @@ mod tests {
 
         let msg = field_error(from_toml("[telemetry]\nlisten = \"localhost\"\n"));
         assert!(msg.starts_with("telemetry.listen:"), "{msg}");
+
+        for (text, field) in [
+            (
+                "pixel_scale_arcsec = 0",
+                "cutout.pixel_scale_arcsec: must be from 0.001",
+            ),
+            (
+                "pixel_scale_arcsec = nan",
+                "cutout.pixel_scale_arcsec: must be from",
+            ),
+            (
+                "pixel_scale_tolerance = 1.5",
+                "cutout.pixel_scale_tolerance: must be from 0 to 1",
+            ),
+            (
+                "pixel_scale_tolerance = -0.1",
+                "cutout.pixel_scale_tolerance: must be from",
+            ),
+        ] {
+            let msg = field_error(from_toml(&format!("[cutout]\n{text}\n")));
+            assert!(msg.starts_with(field), "{text}: {msg}");
+        }
+        let cutout = from_toml("[cutout]\npixel_scale_arcsec = 1\npixel_scale_tolerance = 0.1\n")
+            .unwrap()
+            .cutout;
+        assert_eq!(
+            (cutout.pixel_scale_arcsec, cutout.pixel_scale_tolerance),
+            (1.0, 0.1)
+        );
 
         let msg = field_error(from_toml("[summary]\ngrid = 151\n"));
         assert!(

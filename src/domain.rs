@@ -115,6 +115,7 @@ pub fn reason_name(reason: proto::RejectReason) -> &'static str {
         R::EmptyCutout => "empty_cutout",
         R::InferenceFailed => "inference_failed",
         R::InternalError => "internal_error",
+        R::PixelScale => "pixel_scale",
     }
 }
 

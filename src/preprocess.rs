@@ -813,6 +813,7 @@ mod tests {
         let cutter = crate::cutout::Cutter::new(&crate::config::CutoutConfig {
             mosaics: Vec::new(),
             workers: 1,
+            ..crate::config::CutoutConfig::default()
         })
         .expect("cutter");
         let detections = crate::source::open(&crate::config::SourceConfig::Files {

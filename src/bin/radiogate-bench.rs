@@ -162,6 +162,7 @@ fn ready_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<Vec<f32>>> {
     let cutter = Cutter::new(&CutoutConfig {
         mosaics: Vec::new(),
         workers: 1,
+        ..CutoutConfig::default()
     })?;
     let detections = source::open(&SourceConfig::Files {
         inputs: inputs.to_vec(),

@@ -135,6 +135,10 @@ impl MosaicIndex {
         self.entries.len()
     }
 
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
     /// The image that covers (RA, Dec) with the source farthest from its edge, and the
     /// source's pixel on it.
     pub fn locate(&self, pos: (f64, f64)) -> Option<(&Entry, (f64, f64))> {

@@ -5,7 +5,8 @@
 //!
 //! It owns: the mosaic index built at start ([`Cutter::new`]), choosing the image for a
 //! detection (index lookup, tile hint, inline bytes or a path), the sky-to-pixel step, the
-//! window with NaN padding and its provenance, and turning every bad input into an
+//! window with NaN padding and its provenance, the check that the image's pixels are the
+//! size the model was trained on, and turning every bad input into an
 //! [`ItemError`] with its `RejectReason` (never a panic). It does not preprocess, batch or
 //! know any other stage.
 //!
@@ -87,6 +88,41 @@ impl OpenError {
 #[derive(Debug)]
 pub struct Cutter {
     index: MosaicIndex,
+    scale: PixelScale,
+}
+
+/// The pixel size the model takes (`cutout.pixel_scale_arcsec`) and how far an image's may
+/// differ (`cutout.pixel_scale_tolerance`, a fraction along each axis).
+#[derive(Debug, Clone, Copy)]
+struct PixelScale {
+    arcsec: f64,
+    tolerance: f64,
+}
+
+impl PixelScale {
+    /// The image's pixel size (arcsec, the mean of the two axes) at `pixel`, or why the
+    /// model cannot take its pixels.
+    fn check(self, wcs: &CelestialWcs, pixel: (f64, f64)) -> Result<f64, ItemError> {
+        let (sx, sy) = wcs.pixel_scale_at(pixel.0, pixel.1).ok_or_else(|| {
+            ItemError::new(
+                RejectReason::BadWcs,
+                "the pixels around the source are not on the sky through the WCS",
+            )
+        })?;
+        let off = |s: f64| (s / self.arcsec - 1.0).abs() > self.tolerance;
+        if off(sx) || off(sy) {
+            return Err(ItemError::new(
+                RejectReason::PixelScale,
+                format!(
+                    "pixels of {sx:.4} x {sy:.4} arcsec; the model takes {} arcsec \
+                     (cutout.pixel_scale_arcsec) to within a fraction {} \
+                     (cutout.pixel_scale_tolerance): resample the image to {} arcsec pixels first",
+                    self.arcsec, self.tolerance, self.arcsec
+                ),
+            ));
+        }
+        Ok((sx + sy) / 2.0)
+    }
 }
 
 impl Cutter {
@@ -94,9 +130,35 @@ impl Cutter {
     /// `*.fits`, `*.fit` and `*.fits.fz`; a file found in a folder that is not a usable image
     /// is skipped with a warning, while a file named directly must be usable.
     pub fn new(cfg: &CutoutConfig) -> Result<Cutter, CutoutSetupError> {
-        Ok(Cutter {
-            index: MosaicIndex::build(&cfg.mosaics)?,
-        })
+        let index = MosaicIndex::build(&cfg.mosaics)?;
+        let scale = PixelScale {
+            arcsec: cfg.pixel_scale_arcsec,
+            tolerance: cfg.pixel_scale_tolerance,
+        };
+        // Said once at start: mounting another survey's mosaics would otherwise show only as
+        // rejections.
+        let refused: Vec<(&str, ItemError)> = index
+            .entries()
+            .iter()
+            .filter_map(|e| {
+                let centre = (
+                    (e.image.nx as f64 - 1.0) / 2.0,
+                    (e.image.ny as f64 - 1.0) / 2.0,
+                );
+                let err = scale.check(&e.image.wcs, centre).err()?;
+                Some((e.name.as_str(), err))
+            })
+            .collect();
+        if let Some((first, err)) = refused.first() {
+            tracing::warn!(
+                mosaics = refused.len(),
+                of = index.len(),
+                first = %first,
+                detail = %err.detail,
+                "mosaics whose pixels the model cannot take: detections on them will be rejected"
+            );
+        }
+        Ok(Cutter { index, scale })
     }
 
     /// Number of images in the mosaic index.
@@ -124,7 +186,7 @@ impl Cutter {
                         ),
                     )
                 })?;
-                entry.image.cut_at(pixel, pos)
+                entry.image.cut_at(pixel, pos, self.scale)
             }
             Some(Pixels::Mosaic(hint)) => {
                 let pos = checked_position(det)?;
@@ -143,16 +205,15 @@ impl Cutter {
                         ),
                     )
                 })?;
-                entry.image.cut_at(pixel, pos)
+                entry.image.cut_at(pixel, pos, self.scale)
             }
             Some(Pixels::FitsCutout(bytes)) => {
                 let image =
                     Image::open(bytes.as_ref(), None).map_err(|e| e.into_item("inline FITS"))?;
-                image.cut_for(det)
+                image.cut_for(det, self.scale)
             }
-            Some(Pixels::FitsPath(path)) => {
-                cut_file(Path::new(path), det).unwrap_or_else(|e| Err(e.into_item(path)))
-            }
+            Some(Pixels::FitsPath(path)) => cut_file(Path::new(path), det, self.scale)
+                .unwrap_or_else(|e| Err(e.into_item(path))),
         }
     }
 }
@@ -172,6 +233,7 @@ thread_local! {
 fn cut_file(
     path: &Path,
     det: &proto::SourceDetection,
+    scale: PixelScale,
 ) -> Result<Result<Cutout, ItemError>, OpenError> {
     let mut file = File::open(path)?;
     let metadata = file.metadata()?;
@@ -180,7 +242,7 @@ fn cut_file(
         return Err(FitsError::NotFits("not a regular file".into()).into());
     }
     if metadata.len() > READ_LIMIT {
-        return Ok(Image::map(&file, metadata.len(), path)?.cut_for(det));
+        return Ok(Image::map(&file, metadata.len(), path)?.cut_for(det, scale));
     }
     FILE_BYTES.with_borrow_mut(|bytes| {
         // The length the metadata gave (at most READ_LIMIT), in one read; the old contents
@@ -190,7 +252,7 @@ fn cut_file(
         if bytes.is_empty() {
             return Err(FitsError::NotFits("empty file".into()).into());
         }
-        Ok(Image::open(bytes.as_slice(), Some(path.to_path_buf()))?.cut_for(det))
+        Ok(Image::open(bytes.as_slice(), Some(path.to_path_buf()))?.cut_for(det, scale))
     })
 }
 
@@ -277,7 +339,11 @@ impl<D: AsRef<[u8]>> Image<D> {
     }
 
     /// Cut for a detection that brought its own image (inline or a path).
-    fn cut_for(&self, det: &proto::SourceDetection) -> Result<Cutout, ItemError> {
+    fn cut_for(
+        &self,
+        det: &proto::SourceDetection,
+        scale: PixelScale,
+    ) -> Result<Cutout, ItemError> {
         if det.centre_of_cutout {
             let pixel = ((self.nx as f64 - 1.0) / 2.0, (self.ny as f64 - 1.0) / 2.0);
             let pos = self.wcs.pixel_to_world(pixel.0, pixel.1).ok_or_else(|| {
@@ -286,7 +352,7 @@ impl<D: AsRef<[u8]>> Image<D> {
                     "the image centre is not on the sky through its WCS",
                 )
             })?;
-            return self.cut_at(pixel, pos);
+            return self.cut_at(pixel, pos, scale);
         }
         let pos = checked_position(det)?;
         let pixel = self.pixel_on_image(pos).ok_or_else(|| {
@@ -298,11 +364,18 @@ impl<D: AsRef<[u8]>> Image<D> {
                 ),
             )
         })?;
-        self.cut_at(pixel, pos)
+        self.cut_at(pixel, pos, scale)
     }
 
-    /// The window that puts `pixel` at the window's centre pixel (149.5, 149.5).
-    fn cut_at(&self, pixel: (f64, f64), position: (f64, f64)) -> Result<Cutout, ItemError> {
+    /// The window that puts `pixel` at the window's centre pixel (149.5, 149.5), if the
+    /// image's pixels there are the size `scale` asks for.
+    fn cut_at(
+        &self,
+        pixel: (f64, f64),
+        position: (f64, f64),
+        scale: PixelScale,
+    ) -> Result<Cutout, ItemError> {
+        let pixel_scale = scale.check(&self.wcs, pixel)?;
         let x0 = window_start(pixel.0);
         let y0 = window_start(pixel.1);
         let mut pixels = Array2::from_elem((CUTOUT_SIZE, CUTOUT_SIZE), f32::NAN);
@@ -350,6 +423,7 @@ impl<D: AsRef<[u8]>> Image<D> {
             rms: 0.0,
             clip_threshold: 0.0,
             projection: self.wcs.projection().to_string(),
+            pixel_scale_arcsec: pixel_scale as f32,
         };
         let sky = Arc::new(WindowSky {
             wcs: Arc::clone(&self.wcs),

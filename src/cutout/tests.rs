@@ -44,6 +44,7 @@ fn no_mosaics() -> Cutter {
     Cutter::new(&CutoutConfig {
         mosaics: vec![],
         workers: 1,
+        ..CutoutConfig::default()
     })
     .expect("empty index")
 }
@@ -93,6 +94,7 @@ fn real_tan_cutout_at_its_centre_is_the_whole_file() {
     let p = &cut.provenance;
     assert_eq!((p.x0, p.y0, p.width, p.height), (0, 0, 300, 300));
     assert_eq!((p.coverage, p.projection.as_str()), (1.0, "TAN"));
+    assert!((p.pixel_scale_arcsec - 1.8).abs() < 1e-6, "{p:?}");
     assert!(p.file.ends_with("0034.32.fits"));
     assert!(
         close(cut.position, (114.33, 29.4923), 1e-9),
@@ -140,6 +142,7 @@ fn window_pixels_map_to_the_sky_as_astropy_says() {
         .expect("SIN cutout");
     assert_eq!((cut.provenance.x0, cut.provenance.y0), (-133, -133));
     assert_eq!(cut.provenance.projection, "SIN");
+    assert!((cut.provenance.pixel_scale_arcsec - 1.8).abs() < 1e-4);
     assert!((cut.provenance.coverage - (33.0 * 33.0 / 90000.0)).abs() < 1e-7);
     assert!(close(
         cut.position,
@@ -176,6 +179,92 @@ fn window_pixels_map_to_the_sky_as_astropy_says() {
             && cut.pixels[[148, 141]].is_nan()
             && cut.pixels[[149, 142]].is_finite()
     );
+}
+
+/// A file's bytes with the values of some header cards replaced in place.
+fn rewritten(path: &Path, values: &[(&str, &str)]) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).expect("readable");
+    for (key, value) in values {
+        let at = bytes
+            .chunks(80)
+            .position(|c| c.starts_with(format!("{key:<8}=").as_bytes()))
+            .unwrap_or_else(|| panic!("no {key} card"));
+        let text = format!("{:<80}", card(key, value));
+        bytes[at * 80..(at + 1) * 80].copy_from_slice(text.as_bytes());
+    }
+    bytes
+}
+
+#[test]
+fn pixels_of_another_size_are_refused_unless_the_model_takes_them() {
+    // VLASS's 1 arcsec pixels: the model would see every source 1.8 times too large.
+    let vlass = Pixels::FitsCutout(
+        rewritten(
+            &tan_cutout(),
+            &[
+                ("CDELT1", "-2.77777777777778E-04"),
+                ("CDELT2", "2.77777777777778E-04"),
+            ],
+        )
+        .into(),
+    );
+    let err = reject(&no_mosaics(), &at_centre(vlass.clone()));
+    assert_eq!(err.reason, RejectReason::PixelScale, "{}", err.detail);
+    assert!(
+        err.detail
+            .starts_with("pixels of 1.0000 x 1.0000 arcsec; the model takes 1.8 arcsec")
+            && err.detail.contains("cutout.pixel_scale_tolerance")
+            && err
+                .detail
+                .contains("resample the image to 1.8 arcsec pixels"),
+        "{}",
+        err.detail
+    );
+    let cutter = |pixel_scale_arcsec: f64, pixel_scale_tolerance: f64| {
+        Cutter::new(&CutoutConfig {
+            pixel_scale_arcsec,
+            pixel_scale_tolerance,
+            ..CutoutConfig::default()
+        })
+        .expect("empty index")
+    };
+    for accepting in [cutter(1.0, 0.02), cutter(1.8, 0.5)] {
+        let cut = accepting.cut(&at_centre(vlass.clone())).expect("taken");
+        assert!((cut.provenance.pixel_scale_arcsec - 1.0).abs() < 1e-6);
+    }
+    // Each axis counts: pixels 1.8 arcsec wide and 2.0 high are refused, 1.83 high (1.7%
+    // off) taken.
+    let tall = |cdelt2: &str| {
+        at_centre(Pixels::FitsCutout(
+            rewritten(&tan_cutout(), &[("CDELT2", cdelt2)]).into(),
+        ))
+    };
+    let err = reject(&no_mosaics(), &tall("5.5555555555556E-04"));
+    assert_eq!(err.reason, RejectReason::PixelScale);
+    assert!(
+        err.detail.starts_with("pixels of 1.8000 x 2.0000 arcsec"),
+        "{}",
+        err.detail
+    );
+    no_mosaics()
+        .cut(&tall("5.0833333333333E-04"))
+        .expect("within the tolerance");
+
+    // A mosaic of such pixels is indexed (the worker warns at start) and its detections are
+    // refused alike.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Pixels::FitsCutout(bytes) = &vlass else {
+        unreachable!()
+    };
+    std::fs::write(dir.path().join("vlass.fits"), bytes).expect("write");
+    let cutter = Cutter::new(&CutoutConfig {
+        mosaics: vec![dir.path().to_path_buf()],
+        ..CutoutConfig::default()
+    })
+    .expect("index");
+    assert_eq!(cutter.mosaic_count(), 1);
+    let err = reject(&cutter, &detection(114.33, 29.4923, None));
+    assert_eq!(err.reason, RejectReason::PixelScale, "{}", err.detail);
 }
 
 #[test]
@@ -240,6 +329,7 @@ fn cutting_from_a_bigger_mosaic_gives_the_original_cutout() {
     let cutter = Cutter::new(&CutoutConfig {
         mosaics: vec![dir.path().to_path_buf()],
         workers: 2,
+        ..CutoutConfig::default()
     })
     .expect("index");
     assert_eq!(cutter.mosaic_count(), 2);
@@ -308,6 +398,7 @@ fn mosaic_setup_errors() {
     let missing = CutoutConfig {
         mosaics: vec![PathBuf::from("/nonexistent/mosaics")],
         workers: 1,
+        ..CutoutConfig::default()
     };
     assert!(matches!(
         Cutter::new(&missing),
@@ -318,6 +409,7 @@ fn mosaic_setup_errors() {
     let empty = CutoutConfig {
         mosaics: vec![dir.path().to_path_buf()],
         workers: 1,
+        ..CutoutConfig::default()
     };
     assert!(matches!(
         Cutter::new(&empty),
@@ -326,6 +418,7 @@ fn mosaic_setup_errors() {
     let named = CutoutConfig {
         mosaics: vec![dir.path().join("broken.fits")],
         workers: 1,
+        ..CutoutConfig::default()
     };
     assert!(matches!(
         Cutter::new(&named),
@@ -547,6 +640,7 @@ fn tile_compressed_images_read_through_cfitsio() {
     let cutter = Cutter::new(&CutoutConfig {
         mosaics: vec![dir.path().to_path_buf()],
         workers: 1,
+        ..CutoutConfig::default()
     })
     .expect("index");
     let cut = cutter.cut(&detection(10.0, 20.0, None)).expect("covered");

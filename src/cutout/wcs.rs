@@ -250,6 +250,32 @@ impl CelestialWcs {
         let ra = if ra >= 360.0 { 0.0 } else { ra };
         (ra.is_finite() && dec.is_finite()).then_some((ra, dec))
     }
+
+    /// The sky size (arcsec) of a pixel at 0-based pixel (x, y), along x and along y: the
+    /// angles between the positions half a pixel either side. None where one of them is off
+    /// the projection.
+    pub fn pixel_scale_at(&self, x: f64, y: f64) -> Option<(f64, f64)> {
+        let at = |x, y| {
+            self.pixel_to_world(x, y)
+                .map(|(ra, dec): (f64, f64)| unit(ra.to_radians(), dec.to_radians()))
+        };
+        Some((
+            angle_arcsec(at(x - 0.5, y)?, at(x + 0.5, y)?),
+            angle_arcsec(at(x, y - 0.5)?, at(x, y + 0.5)?),
+        ))
+    }
+}
+
+/// The angle between two unit vectors (arcsec), accurate at any size.
+fn angle_arcsec(a: [f64; 3], b: [f64; 3]) -> f64 {
+    let cross = [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ];
+    let sin = cross[0].hypot(cross[1]).hypot(cross[2]);
+    let cos = a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+    sin.atan2(cos).to_degrees() * 3600.0
 }
 
 fn unit(lon: f64, lat: f64) -> [f64; 3] {
@@ -539,6 +565,55 @@ mod tests {
             let w = wcs(&borrowed(&rotated(proj))).expect(proj);
             assert_eq!(w.projection(), proj);
             check(&w, &cases);
+        }
+    }
+
+    #[test]
+    fn pixel_scales_match_astropy() {
+        // astropy: SkyCoord separations of wcs_pix2world(x -+ 0.5, y, 0), and along y.
+        let at = |proj: &str, x: f64, y: f64| {
+            let cards = [
+                ("CTYPE1", format!("'RA---{proj}'")),
+                ("CTYPE2", format!("'DEC--{proj}'")),
+                ("CRPIX1", "200.5".into()),
+                ("CRPIX2", "200.5".into()),
+                ("CRVAL1", "150.0".into()),
+                ("CRVAL2", "2.0".into()),
+                ("CDELT1", "-0.0005".into()),
+                ("CDELT2", "0.0005".into()),
+            ];
+            let cards: Vec<(&str, &str)> = cards.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            CelestialWcs::from_header(&header(&cards, 400, 400), 400, 400)
+                .expect("WCS")
+                .pixel_scale_at(x, y)
+                .expect("on the projection")
+        };
+        let cases = [
+            ("TAN", 199.5, 199.5, 1.8000000000896736, 1.7999999999580423),
+            // 10 degrees from the reference point: radial steps shrink as cos^2 (TAN)
+            // or grow as 1 / cos (SIN).
+            (
+                "TAN",
+                20199.5,
+                199.5,
+                1.7467897415993885,
+                1.7731952895898466,
+            ),
+            (
+                "TAN",
+                199.5,
+                -19800.5,
+                1.773195289513674,
+                1.7467897415920817,
+            ),
+            ("SIN", 20199.5, 199.5, 1.8280582476019511, 1.800000000054407),
+        ];
+        for (proj, x, y, sx, sy) in cases {
+            let (gx, gy) = at(proj, x, y);
+            assert!(
+                (gx - sx).abs() < 1e-6 && (gy - sy).abs() < 1e-6,
+                "{proj} at ({x}, {y}): {gx}, {gy} against {sx}, {sy}"
+            );
         }
     }
 

@@ -142,6 +142,10 @@ pub struct CutoutRecord {
     pub rms: f32,
     pub clip_threshold: f32,
     pub projection: String,
+    /// Size of one image pixel at the source (arcsec); 0 in results written before it was
+    /// recorded.
+    #[serde(default)]
+    pub pixel_scale_arcsec: f32,
 }
 
 /// Microseconds per stage.
@@ -274,6 +278,7 @@ impl From<&proto::Classification> for ClassificationRecord {
                 rms: p.rms,
                 clip_threshold: p.clip_threshold,
                 projection: p.projection.clone(),
+                pixel_scale_arcsec: p.pixel_scale_arcsec,
             }),
             timings_us: c.timings.map(|t| TimingsRecord {
                 cutout: t.cutout_us,
@@ -417,6 +422,7 @@ impl TryFrom<ClassificationRecord> for proto::Classification {
                 rms: c.rms,
                 clip_threshold: c.clip_threshold,
                 projection: c.projection,
+                pixel_scale_arcsec: c.pixel_scale_arcsec,
             }),
             timings: r.timings_us.map(|t| proto::StageTimings {
                 cutout_us: t.cutout,
@@ -516,6 +522,7 @@ pub(crate) mod tests {
                 rms: 1.4e-4,
                 clip_threshold: 4.2e-4,
                 projection: "TAN".into(),
+                pixel_scale_arcsec: 1.8,
             }),
             timings: Some(proto::StageTimings {
                 cutout_us: 25,

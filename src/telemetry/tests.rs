@@ -139,6 +139,7 @@ fn label_values_are_the_closed_sets_from_the_start() {
         "empty_cutout",
         "inference_failed",
         "internal_error",
+        "pixel_scale",
     ]
     .map(String::from)
     .into();

@@ -174,12 +174,26 @@ fn bad_files_become_rejections_with_reasons_and_good_ones_still_classify() {
         fits_f32(&cards_ref(&no_wcs), &noise),
     )
     .expect("write");
+    // Pixels of 1 arcsec (VLASS's), not the 1.8 of FIRST that the model was trained on.
+    let vlass: Vec<_> = cards
+        .iter()
+        .map(|(k, v)| match *k {
+            "CDELT1" => (*k, "-0.000277777777778".to_string()),
+            "CDELT2" => (*k, "0.000277777777778".to_string()),
+            _ => (*k, v.clone()),
+        })
+        .collect();
+    std::fs::write(
+        inputs.join("g_one_arcsec_pixels.fits"),
+        fits_f32(&cards_ref(&vlass), &noise),
+    )
+    .expect("write");
 
     let out = dir.path().join("out.jsonl");
     let summary = common::run(common::files_config(vec![inputs.clone()], &out));
     assert_eq!(
         (summary.classified, summary.rejected),
-        (1, 5),
+        (1, 6),
         "{summary:?}"
     );
 
@@ -196,6 +210,7 @@ fn bad_files_become_rejections_with_reasons_and_good_ones_still_classify() {
         ("d_constant", "empty_cutout"),
         ("e_all_nan", "empty_cutout"),
         ("f_no_wcs", "bad_wcs"),
+        ("g_one_arcsec_pixels", "pixel_scale"),
     ]
     .into_iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))

@@ -22,6 +22,7 @@ fn mirabest_test_batch_is_reproduced_from_the_raw_fits() {
     let cutter = Cutter::new(&CutoutConfig {
         mosaics: vec![],
         workers: 1,
+        ..CutoutConfig::default()
     })
     .expect("no mosaics needed");
     let mut files: Vec<_> = std::fs::read_dir(shared.join("first-cutouts/mirabest-test"))
