@@ -1485,7 +1485,6 @@ mod tests {
             ),
             (2, 1.8, 0.02)
         );
-        assert!(config.cutout.mosaics.is_empty());
         assert_eq!(
             config.sink,
             SinkConfig::File {
