@@ -148,9 +148,12 @@ pub struct CutoutConfig {
     /// The size of the pixels the model was trained on (arcsec): FIRST's 1.8 for the shipped
     /// models. A cutout's pixels must be this size at the source...
     pub pixel_scale_arcsec: f64,
-    /// ...within this fraction, along each axis; otherwise the detection is rejected
-    /// (`pixel_scale`): the model would see every source at the wrong size.
+    /// ...within this fraction, along each axis; otherwise the window is resampled to that
+    /// size (`resample`) or the detection rejected (`pixel_scale`): the model would see
+    /// every source at the wrong size.
     pub pixel_scale_tolerance: f64,
+    /// Resample windows of other pixel sizes (within a factor 8) instead of rejecting them.
+    pub resample: bool,
 }
 
 impl Default for CutoutConfig {
@@ -160,6 +163,7 @@ impl Default for CutoutConfig {
             workers: 2,
             pixel_scale_arcsec: 1.8,
             pixel_scale_tolerance: 0.02,
+            resample: false,
         }
     }
 }
@@ -762,6 +766,7 @@ struct RawCutout {
     workers: i64,
     pixel_scale_arcsec: f64,
     pixel_scale_tolerance: f64,
+    resample: bool,
 }
 
 impl Default for RawCutout {
@@ -772,6 +777,7 @@ impl Default for RawCutout {
             workers: d.workers as i64,
             pixel_scale_arcsec: d.pixel_scale_arcsec,
             pixel_scale_tolerance: d.pixel_scale_tolerance,
+            resample: d.resample,
         }
     }
 }
@@ -1017,6 +1023,7 @@ impl RawConfig {
                     0.0,
                     1.0,
                 ),
+                resample: self.cutout.resample,
             },
             batch: BatchConfig {
                 max_batch: check.range("batch.max_batch", self.batch.max_batch, 1, 4096),
@@ -1647,12 +1654,18 @@ mod tests {
             let msg = field_error(from_toml(&format!("[cutout]\n{text}\n")));
             assert!(msg.starts_with(field), "{text}: {msg}");
         }
-        let cutout = from_toml("[cutout]\npixel_scale_arcsec = 1\npixel_scale_tolerance = 0.1\n")
-            .unwrap()
-            .cutout;
+        let cutout = from_toml(
+            "[cutout]\npixel_scale_arcsec = 1\npixel_scale_tolerance = 0.1\nresample = true\n",
+        )
+        .unwrap()
+        .cutout;
         assert_eq!(
-            (cutout.pixel_scale_arcsec, cutout.pixel_scale_tolerance),
-            (1.0, 0.1)
+            (
+                cutout.pixel_scale_arcsec,
+                cutout.pixel_scale_tolerance,
+                cutout.resample
+            ),
+            (1.0, 0.1, true)
         );
 
         let msg = field_error(from_toml("[summary]\ngrid = 151\n"));

@@ -18,6 +18,7 @@
 mod compressed;
 mod fits;
 mod index;
+mod resample;
 mod wcs;
 
 use std::fs::File;
@@ -91,37 +92,67 @@ pub struct Cutter {
     scale: PixelScale,
 }
 
-/// The pixel size the model takes (`cutout.pixel_scale_arcsec`) and how far an image's may
-/// differ (`cutout.pixel_scale_tolerance`, a fraction along each axis).
+/// The pixel size the model takes (`cutout.pixel_scale_arcsec`), how far an image's may
+/// differ (`cutout.pixel_scale_tolerance`, a fraction along each axis), and whether other
+/// sizes are resampled (`cutout.resample`) rather than refused.
 #[derive(Debug, Clone, Copy)]
 struct PixelScale {
     arcsec: f64,
     tolerance: f64,
+    resample: bool,
 }
 
+/// How far (a factor either way) a window is resampled; beyond it the read would be huge (a
+/// window of 0.1 arcsec pixels for a 1.8 arcsec model: 5,400 x 5,400) or nearly empty.
+const MAX_RESAMPLE: f64 = 8.0;
+
 impl PixelScale {
-    /// The image's pixel size (arcsec, the mean of the two axes) at `pixel`, or why the
-    /// model cannot take its pixels.
-    fn check(self, wcs: &CelestialWcs, pixel: (f64, f64)) -> Result<f64, ItemError> {
-        let (sx, sy) = wcs.pixel_scale_at(pixel.0, pixel.1).ok_or_else(|| {
+    /// The image's pixel sizes (arcsec) at `pixel`, along x and along y.
+    fn measure(wcs: &CelestialWcs, pixel: (f64, f64)) -> Result<(f64, f64), ItemError> {
+        wcs.pixel_scale_at(pixel.0, pixel.1).ok_or_else(|| {
             ItemError::new(
                 RejectReason::BadWcs,
                 "the pixels around the source are not on the sky through the WCS",
             )
-        })?;
+        })
+    }
+
+    /// None when the model takes pixels of these sizes as they are; otherwise why not.
+    fn mismatch(self, (sx, sy): (f64, f64)) -> Option<String> {
         let off = |s: f64| (s / self.arcsec - 1.0).abs() > self.tolerance;
-        if off(sx) || off(sy) {
-            return Err(ItemError::new(
+        (off(sx) || off(sy)).then(|| {
+            format!(
+                "pixels of {sx:.4} x {sy:.4} arcsec; the model takes {} arcsec \
+                 (cutout.pixel_scale_arcsec) to within a fraction {} \
+                 (cutout.pixel_scale_tolerance)",
+                self.arcsec, self.tolerance
+            )
+        })
+    }
+
+    /// How many image pixels, along x and along y, make one model pixel; or why the pixels
+    /// cannot be taken.
+    fn resampling(self, sizes: (f64, f64)) -> Result<Option<(f64, f64)>, ItemError> {
+        let Some(why) = self.mismatch(sizes) else {
+            return Ok(None);
+        };
+        let factors = (self.arcsec / sizes.0, self.arcsec / sizes.1);
+        let within = |f: f64| (1.0 / MAX_RESAMPLE..=MAX_RESAMPLE).contains(&f);
+        match (self.resample, within(factors.0) && within(factors.1)) {
+            (true, true) => Ok(Some(factors)),
+            (true, false) => Err(ItemError::new(
+                RejectReason::PixelScale,
+                format!("{why}: too far from it to resample (at most {MAX_RESAMPLE} times)"),
+            )),
+            (false, _) => Err(ItemError::new(
                 RejectReason::PixelScale,
                 format!(
-                    "pixels of {sx:.4} x {sy:.4} arcsec; the model takes {} arcsec \
-                     (cutout.pixel_scale_arcsec) to within a fraction {} \
-                     (cutout.pixel_scale_tolerance): resample the image to {} arcsec pixels first",
-                    self.arcsec, self.tolerance, self.arcsec
+                    "{why}: resample the image to {} arcsec pixels first, or set \
+                     cutout.resample = true",
+                    self.arcsec
                 ),
-            ));
+            )),
         }
-        Ok((sx + sy) / 2.0)
     }
 }
 
@@ -134,10 +165,11 @@ impl Cutter {
         let scale = PixelScale {
             arcsec: cfg.pixel_scale_arcsec,
             tolerance: cfg.pixel_scale_tolerance,
+            resample: cfg.resample,
         };
         // Said once at start: mounting another survey's mosaics would otherwise show only as
-        // rejections.
-        let refused: Vec<(&str, ItemError)> = index
+        // rejections (or, resampled, nowhere).
+        let other: Vec<(&str, String)> = index
             .entries()
             .iter()
             .filter_map(|e| {
@@ -145,18 +177,17 @@ impl Cutter {
                     (e.image.nx as f64 - 1.0) / 2.0,
                     (e.image.ny as f64 - 1.0) / 2.0,
                 );
-                let err = scale.check(&e.image.wcs, centre).err()?;
-                Some((e.name.as_str(), err))
+                let sizes = PixelScale::measure(&e.image.wcs, centre).ok()?;
+                Some((e.name.as_str(), scale.mismatch(sizes)?))
             })
             .collect();
-        if let Some((first, err)) = refused.first() {
-            tracing::warn!(
-                mosaics = refused.len(),
-                of = index.len(),
-                first = %first,
-                detail = %err.detail,
-                "mosaics whose pixels the model cannot take: detections on them will be rejected"
-            );
+        if let Some((first, why)) = other.first() {
+            let what = if scale.resample {
+                "mosaics whose pixels are not the model's: their windows will be resampled"
+            } else {
+                "mosaics whose pixels are not the model's: detections on them will be rejected"
+            };
+            tracing::warn!(mosaics = other.len(), of = index.len(), first = %first, detail = %why, "{what}");
         }
         Ok(Cutter { index, scale })
     }
@@ -367,68 +398,66 @@ impl<D: AsRef<[u8]>> Image<D> {
         self.cut_at(pixel, pos, scale)
     }
 
-    /// The window that puts `pixel` at the window's centre pixel (149.5, 149.5), if the
-    /// image's pixels there are the size `scale` asks for.
+    /// The window that puts `pixel` at the window's centre pixel (149.5, 149.5), in pixels of
+    /// the size `scale` asks for: the image's own, or resampled to it.
     fn cut_at(
         &self,
         pixel: (f64, f64),
         position: (f64, f64),
         scale: PixelScale,
     ) -> Result<Cutout, ItemError> {
-        let pixel_scale = scale.check(&self.wcs, pixel)?;
-        let x0 = window_start(pixel.0);
-        let y0 = window_start(pixel.1);
-        let mut pixels = Array2::from_elem((CUTOUT_SIZE, CUTOUT_SIZE), f32::NAN);
-        let finite = match &self.storage {
-            Storage::Plain(layout) => fits::read_window(
-                self.data.as_ref(),
-                layout,
-                self.nx,
-                self.ny,
-                x0,
-                y0,
-                &mut pixels,
-            ),
-            Storage::TileCompressed { hdu, naxis } => {
-                // Image::open refuses compressed images without a path.
-                let path = self.path.as_deref().unwrap_or(Path::new(""));
-                compressed::read_window(path, *hdu, *naxis, (self.nx, self.ny), x0, y0, &mut pixels)
-                    .map_err(|e| {
-                        ItemError::new(
-                            RejectReason::BadFits,
-                            format!("{}: CFITSIO: {}", path.display(), error_chain(&e)),
-                        )
-                    })?
+        let sizes = PixelScale::measure(&self.wcs, pixel)?;
+        let (pixels, finite, read, sky) = match scale.resampling(sizes)? {
+            None => {
+                let (x0, y0) = (window_start(pixel.0), window_start(pixel.1));
+                let mut pixels = Array2::from_elem((CUTOUT_SIZE, CUTOUT_SIZE), f32::NAN);
+                let finite = self.read(x0, y0, &mut pixels)?;
+                let read = (x0, y0, CUTOUT_SIZE, CUTOUT_SIZE);
+                (pixels, finite, read, ((x0 as f64, y0 as f64), (1.0, 1.0)))
+            }
+            Some(factors) => {
+                let ax = resample::Axis::new(pixel.0, factors.0);
+                let ay = resample::Axis::new(pixel.1, factors.1);
+                let mut input = Array2::from_elem((ay.len, ax.len), f32::NAN);
+                self.read(ax.start, ay.start, &mut input)?;
+                let (pixels, finite) = resample::resample(&input, &ax, &ay);
+                let origin = (
+                    pixel.0 - SOURCE_PIXEL * factors.0,
+                    pixel.1 - SOURCE_PIXEL * factors.1,
+                );
+                let read = (ax.start, ay.start, ax.len, ay.len);
+                (pixels, finite, read, (origin, factors))
             }
         };
         let file = self
             .path
             .as_ref()
             .map_or_else(|| "inline".to_string(), |p| p.display().to_string());
+        let (x0, y0, width, height) = read;
         if finite == 0 {
             return Err(ItemError::new(
                 RejectReason::EmptyCutout,
-                format!(
-                    "no finite pixel in the {CUTOUT_SIZE}x{CUTOUT_SIZE} window at ({x0}, {y0}) of {file}"
-                ),
+                format!("no finite pixel in the {width}x{height} window at ({x0}, {y0}) of {file}"),
             ));
         }
         let provenance = proto::CutoutProvenance {
             file,
             x0,
             y0,
-            width: CUTOUT_SIZE as u32,
-            height: CUTOUT_SIZE as u32,
+            width: width as u32,
+            height: height as u32,
             coverage: (finite as f64 / (CUTOUT_SIZE * CUTOUT_SIZE) as f64) as f32,
             rms: 0.0,
             clip_threshold: 0.0,
             projection: self.wcs.projection().to_string(),
-            pixel_scale_arcsec: pixel_scale as f32,
+            pixel_scale_arcsec: ((sizes.0 + sizes.1) / 2.0) as f32,
+            resampled: sky.1 != (1.0, 1.0),
         };
+        let (origin, step) = sky;
         let sky = Arc::new(WindowSky {
             wcs: Arc::clone(&self.wcs),
-            x0,
-            y0,
+            origin,
+            step,
         });
         Ok(Cutout {
             pixels,
@@ -436,6 +465,33 @@ impl<D: AsRef<[u8]>> Image<D> {
             sky,
             position,
         })
+    }
+
+    /// The image's pixels from (`x0`, `y0`) into `out` (NaN where off the image); how many
+    /// are finite.
+    fn read(&self, x0: i64, y0: i64, out: &mut Array2<f32>) -> Result<usize, ItemError> {
+        match &self.storage {
+            Storage::Plain(layout) => Ok(fits::read_window(
+                self.data.as_ref(),
+                layout,
+                self.nx,
+                self.ny,
+                x0,
+                y0,
+                out,
+            )),
+            Storage::TileCompressed { hdu, naxis } => {
+                // Image::open refuses compressed images without a path.
+                let path = self.path.as_deref().unwrap_or(Path::new(""));
+                compressed::read_window(path, *hdu, *naxis, (self.nx, self.ny), x0, y0, out)
+                    .map_err(|e| {
+                        ItemError::new(
+                            RejectReason::BadFits,
+                            format!("{}: CFITSIO: {}", path.display(), error_chain(&e)),
+                        )
+                    })
+            }
+        }
     }
 }
 
@@ -449,15 +505,18 @@ fn window_start(pixel: f64) -> i64 {
 #[derive(Debug)]
 struct WindowSky {
     wcs: Arc<CelestialWcs>,
-    /// Image pixel of the window's (0, 0).
-    x0: i64,
-    y0: i64,
+    /// Image pixel of the window's (0, 0), and image pixels per window pixel (1 unless the
+    /// window was resampled).
+    origin: (f64, f64),
+    step: (f64, f64),
 }
 
 impl SkyProjection for WindowSky {
     fn pixel_to_sky(&self, x: f64, y: f64) -> Option<(f64, f64)> {
-        self.wcs
-            .pixel_to_world(self.x0 as f64 + x, self.y0 as f64 + y)
+        self.wcs.pixel_to_world(
+            self.origin.0 + self.step.0 * x,
+            self.origin.1 + self.step.1 * y,
+        )
     }
 }
 

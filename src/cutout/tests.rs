@@ -250,6 +250,57 @@ fn pixels_of_another_size_are_refused_unless_the_model_takes_them() {
         .cut(&tall("5.0833333333333E-04"))
         .expect("within the tolerance");
 
+    // Resampled instead (cutout.resample): 1.8 image pixels to each window pixel, the
+    // source at the window's centre, the window's sky where the image has it.
+    let resampling = Cutter::new(&CutoutConfig {
+        resample: true,
+        ..CutoutConfig::default()
+    })
+    .expect("empty index");
+    let cut = resampling
+        .cut(&at_centre(vlass.clone()))
+        .expect("resampled");
+    let p = &cut.provenance;
+    assert!(
+        p.resampled && (p.pixel_scale_arcsec - 1.0).abs() < 1e-6,
+        "{p:?}"
+    );
+    // 540 image pixels span the window, 300 of them on the image: 166 window pixels across
+    // lie wholly on it (one that straddles the edge is blank).
+    assert_eq!(
+        (p.x0, p.y0, p.width, p.height),
+        (-120, -120, 540, 540),
+        "{p:?}"
+    );
+    assert!(
+        (p.coverage - (166.0f32 / 300.0).powi(2)).abs() < 1e-6,
+        "{p:?}"
+    );
+    let centre = cut.sky.pixel_to_sky(149.5, 149.5).expect("on the sky");
+    assert!(
+        close(centre, cut.position, 1e-9),
+        "{centre:?} {:?}",
+        cut.position
+    );
+    let corner = cut.sky.pixel_to_sky(-0.5, 149.5).expect("on the sky");
+    let offset = (corner.0 - centre.0) * 3600.0 * centre.1.to_radians().cos();
+    assert!((offset - 150.0 * 1.8).abs() < 1e-3, "{offset} arcsec east");
+    // Pixels 20 times smaller than the model's are too far to resample.
+    let tiny = at_centre(Pixels::FitsCutout(
+        rewritten(
+            &tan_cutout(),
+            &[("CDELT1", "-2.5E-05"), ("CDELT2", "2.5E-05")],
+        )
+        .into(),
+    ));
+    let err = reject(&resampling, &tiny);
+    assert_eq!(err.reason, RejectReason::PixelScale);
+    assert!(
+        err.detail.contains("too far from it to resample"),
+        "{}",
+        err.detail
+    );
+
     // A mosaic of such pixels is indexed (the worker warns at start) and its detections are
     // refused alike.
     let dir = tempfile::tempdir().expect("temp dir");

@@ -146,6 +146,9 @@ pub struct CutoutRecord {
     /// recorded.
     #[serde(default)]
     pub pixel_scale_arcsec: f32,
+    /// The window was resampled to the model's pixel size.
+    #[serde(default)]
+    pub resampled: bool,
 }
 
 /// Microseconds per stage.
@@ -279,6 +282,7 @@ impl From<&proto::Classification> for ClassificationRecord {
                 clip_threshold: p.clip_threshold,
                 projection: p.projection.clone(),
                 pixel_scale_arcsec: p.pixel_scale_arcsec,
+                resampled: p.resampled,
             }),
             timings_us: c.timings.map(|t| TimingsRecord {
                 cutout: t.cutout_us,
@@ -423,6 +427,7 @@ impl TryFrom<ClassificationRecord> for proto::Classification {
                 clip_threshold: c.clip_threshold,
                 projection: c.projection,
                 pixel_scale_arcsec: c.pixel_scale_arcsec,
+                resampled: c.resampled,
             }),
             timings: r.timings_us.map(|t| proto::StageTimings {
                 cutout_us: t.cutout,
@@ -523,6 +528,7 @@ pub(crate) mod tests {
                 clip_threshold: 4.2e-4,
                 projection: "TAN".into(),
                 pixel_scale_arcsec: 1.8,
+                resampled: false,
             }),
             timings: Some(proto::StageTimings {
                 cutout_us: 25,

@@ -3,6 +3,7 @@
 //! and evaluated with (the brief asks for at least 155 of 157).
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use radiogate::config::InferenceConfig;
 use radiogate::infer::Inference;
@@ -122,4 +123,107 @@ fn the_fused_form_classifies_as_the_model_does() {
         };
         assert_ne!(sha(m), sha(f), "the fused form ran");
     }
+}
+
+/// A plain float32 FITS image as this test needs it: (RA, Dec) of the reference point and
+/// the `n` x `n` pixels, read from the file's bytes.
+fn plain_image(bytes: &[u8]) -> ((f64, f64), usize, Vec<f32>) {
+    let cards: Vec<&[u8]> = bytes.chunks(80).collect();
+    let value = |key: &str| {
+        cards
+            .iter()
+            .find(|c| c.starts_with(format!("{key:<8}=").as_bytes()))
+            .and_then(|c| std::str::from_utf8(&c[10..]).ok())
+            .and_then(|v| v.split('/').next())
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {key}"))
+    };
+    assert_eq!(value("BITPIX"), "-32");
+    assert_eq!(value("CRPIX1"), "150.5");
+    let n: usize = value("NAXIS1").parse().expect("NAXIS1");
+    let end = cards
+        .iter()
+        .position(|c| c.starts_with(b"END "))
+        .expect("END");
+    let data = ((end + 1) * 80).div_ceil(2880) * 2880;
+    let pixels = bytes[data..data + 4 * n * n]
+        .chunks_exact(4)
+        .map(|b| f32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let crval = |k: &str| value(k).parse::<f64>().expect(k);
+    ((crval("CRVAL1"), crval("CRVAL2")), n, pixels)
+}
+
+/// The 157 raw cutouts with every pixel split into 2 x 2: 0.9 arcsec pixels over the same
+/// sky. The worker refuses them as they are (the model takes 1.8 arcsec pixels); with
+/// `cutout.resample` each window is the original again, to rounding, and so is each
+/// classification.
+#[test]
+fn finer_pixels_are_refused_or_resampled_to_the_originals() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let originals = common::shared_data().join("first-cutouts/mirabest-test");
+    let fine = dir.path().join("fine");
+    std::fs::create_dir(&fine).expect("mkdir");
+    for entry in std::fs::read_dir(&originals).expect("cutouts") {
+        let path = entry.expect("entry").path();
+        let ((ra, dec), n, pixels) = plain_image(&std::fs::read(&path).expect("read"));
+        let split: Vec<f32> = (0..4 * n * n)
+            .map(|i| pixels[(i / (2 * n) / 2) * n + (i % (2 * n)) / 2])
+            .collect();
+        let cards: Vec<(&str, String)> = common::tan_cards(2 * n, ra, dec)
+            .into_iter()
+            .map(|(k, v)| match k {
+                "CDELT1" => (k, "-0.00025".to_string()),
+                "CDELT2" => (k, "0.00025".to_string()),
+                _ => (k, v),
+            })
+            .collect();
+        let name = path.file_name().expect("name");
+        std::fs::write(
+            fine.join(name),
+            common::fits_f32(&common::cards_ref(&cards), &split),
+        )
+        .expect("write");
+    }
+
+    let classify = |inputs: &Path, resample: bool, name: &str| {
+        let out = dir.path().join(name);
+        let mut config = common::files_config(vec![inputs.to_path_buf()], &out);
+        config.cutout.resample = resample;
+        let summary = common::run(config);
+        (summary, common::read(&out))
+    };
+    let (summary, records) = classify(&fine, false, "refused.jsonl");
+    assert_eq!((summary.classified, summary.rejected), (0, 157));
+    assert!(records.iter().all(|r| matches!(
+        r,
+        Record::Rejection(r) if r.reason == "pixel_scale" && r.detail.starts_with("pixels of 0.9000 x 0.9000 arcsec")
+    )));
+
+    let by_id = |records: Vec<Record>| {
+        let mut found: Vec<_> = records
+            .into_iter()
+            .map(|record| match record {
+                Record::Classification(c) => c,
+                Record::Rejection(r) => panic!("unexpected rejection {r:?}"),
+            })
+            .collect();
+        found.sort_by(|a, b| a.source_id.cmp(&b.source_id));
+        found
+    };
+    let (summary, original) = classify(&originals, false, "original.jsonl");
+    assert_eq!(summary.classified, 157);
+    let (summary, resampled) = classify(&fine, true, "resampled.jsonl");
+    assert_eq!(summary.classified, 157);
+    let mut largest: f32 = 0.0;
+    for (o, r) in by_id(original).iter().zip(&by_id(resampled)) {
+        assert_eq!((&o.source_id, o.label), (&r.source_id, r.label));
+        largest = largest.max((o.probabilities.frii - r.probabilities.frii).abs());
+        let cutout = r.cutout.as_ref().expect("provenance");
+        assert!(cutout.resampled && (cutout.pixel_scale_arcsec - 0.9).abs() < 1e-5);
+        assert_eq!((cutout.width, cutout.height), (600, 600), "{cutout:?}");
+        assert!(!o.cutout.as_ref().expect("provenance").resampled);
+    }
+    assert!(largest <= 1e-6, "P(FRII) up to {largest:e} apart");
+    eprintln!("resampled finer pixels: P(FRII) at most {largest:e} from the originals'");
 }
