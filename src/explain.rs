@@ -323,9 +323,10 @@ pub fn cut_again(
         pixels: Some(Pixels::FitsPath(file.clone())),
         ..Default::default()
     };
-    // A cutter with no mosaics: the detection names its file.
+    // A cutter with no mosaics: the detection names its file; it resamples as the run did.
     let mut cutout_config = config.cutout.clone();
     cutout_config.mosaics.clear();
+    cutout_config.resample |= provenance.resampled;
     let cutter = Cutter::new(&cutout_config).map_err(|e| ExplainError::Cut {
         file: file.clone(),
         source: ItemError::new(proto::RejectReason::InternalError, e.to_string()),

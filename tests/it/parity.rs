@@ -226,4 +226,21 @@ fn finer_pixels_are_refused_or_resampled_to_the_originals() {
     }
     assert!(largest <= 1e-6, "P(FRII) up to {largest:e} apart");
     eprintln!("resampled finer pixels: P(FRII) at most {largest:e} from the originals'");
+
+    // `radiogate explain` of a resampled result resamples its file again, as the run did,
+    // without being told to (its provenance says so).
+    let mut config = radiogate::config::Config::default();
+    config.inference.model = common::model();
+    let done = radiogate::explain::explain(
+        &radiogate::explain::Target::Result {
+            results: dir.path().join("resampled.jsonl"),
+            source_id: "200_143.066+018.072_0.1474_0138.72".into(),
+            fits: None,
+        },
+        &config,
+        radiogate::explain::FigureOptions::default(),
+        &dir.path().join("explain.png"),
+    )
+    .expect("explained");
+    assert_eq!(done.label, radiogate::proto::Label::Frii);
 }
