@@ -1,7 +1,8 @@
 //! The cutout stage: from a `SourceDetection` to the `CUTOUT_SIZE` x `CUTOUT_SIZE` pixels
 //! around it, placed as SkyView placed the sources of the MiraBest cutouts (the source at
 //! 0-based pixel (149.5, 149.5) of the window, no resampling), so that preprocessing sees
-//! the same pixels the training images were made from.
+//! the same pixels the training images were made from. Images whose pixels are not the
+//! model's size are refused, or resampled to it when `cutout.resample` asks (`resample.rs`).
 //!
 //! It owns: the mosaic index built at start ([`Cutter::new`]), choosing the image for a
 //! detection (index lookup, tile hint, inline bytes or a path), the sky-to-pixel step, the
@@ -407,7 +408,8 @@ impl<D: AsRef<[u8]>> Image<D> {
         scale: PixelScale,
     ) -> Result<Cutout, ItemError> {
         let sizes = PixelScale::measure(&self.wcs, pixel)?;
-        let (pixels, finite, read, sky) = match scale.resampling(sizes)? {
+        let factors = scale.resampling(sizes)?;
+        let (pixels, finite, read, sky) = match factors {
             None => {
                 let (x0, y0) = (window_start(pixel.0), window_start(pixel.1));
                 let mut pixels = Array2::from_elem((CUTOUT_SIZE, CUTOUT_SIZE), f32::NAN);
@@ -451,7 +453,7 @@ impl<D: AsRef<[u8]>> Image<D> {
             clip_threshold: 0.0,
             projection: self.wcs.projection().to_string(),
             pixel_scale_arcsec: ((sizes.0 + sizes.1) / 2.0) as f32,
-            resampled: sky.1 != (1.0, 1.0),
+            resampled: factors.is_some(),
         };
         let (origin, step) = sky;
         let sky = Arc::new(WindowSky {

@@ -51,18 +51,16 @@ impl Axis {
                 taps.into_iter().map(|(x, o)| (x, o / total)).collect()
             })
             .collect();
+        // Footprints move right with i, so the first pixel of the first and the last of the
+        // last bound what is read (each footprint, at least 1/8 of a pixel, has a tap).
         let start = absolute
-            .iter()
-            .flatten()
-            .map(|&(x, _)| x)
-            .min()
-            .unwrap_or(0);
+            .first()
+            .and_then(|t| t.first())
+            .map_or(0, |&(x, _)| x);
         let end = absolute
-            .iter()
-            .flatten()
-            .map(|&(x, _)| x)
-            .max()
-            .unwrap_or(0);
+            .last()
+            .and_then(|t| t.last())
+            .map_or(start, |&(x, _)| x);
         // Each output pixel's input pixels are consecutive.
         let taps = absolute
             .into_iter()
