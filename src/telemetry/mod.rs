@@ -28,9 +28,10 @@ use crate::proto::{self, Label, RejectReason};
 
 /// Every metric name [`Metrics`] registers: the contract with the alert rules and dashboards
 /// (`deploy/`). A test checks that each one renders.
-pub const METRIC_NAMES: [&str; 11] = [
+pub const METRIC_NAMES: [&str; 12] = [
     "radiogate_detections_consumed_total",
     "radiogate_classifications_total",
+    "radiogate_resampled_total",
     "radiogate_rejections_total",
     "radiogate_stage_duration_seconds",
     "radiogate_end_to_end_latency_seconds",
@@ -126,6 +127,7 @@ pub struct Metrics {
     registry: Registry,
     detections_consumed: IntCounter,
     classifications: IntCounterVec,
+    resampled: IntCounter,
     rejections: IntCounterVec,
     stage_duration: HistogramVec,
     end_to_end_latency: Histogram,
@@ -187,6 +189,10 @@ impl Metrics {
                 "Classifications published, by label.",
                 &["label"],
             )?,
+            resampled: counter(
+                "radiogate_resampled_total",
+                "Classifications whose window was resampled to the model's pixel size (cutout.resample).",
+            )?,
             rejections: counter_vec(
                 "radiogate_rejections_total",
                 "Rejections published (dead letters), by reason.",
@@ -243,6 +249,7 @@ impl Metrics {
         let r = &metrics.registry;
         r.register(Box::new(metrics.detections_consumed.clone()))?;
         r.register(Box::new(metrics.classifications.clone()))?;
+        r.register(Box::new(metrics.resampled.clone()))?;
         r.register(Box::new(metrics.rejections.clone()))?;
         r.register(Box::new(metrics.stage_duration.clone()))?;
         r.register(Box::new(metrics.end_to_end_latency.clone()))?;
@@ -283,6 +290,9 @@ impl Metrics {
         self.classifications
             .with_label_values(&[label_name(c.label())])
             .inc();
+        if c.cutout.as_ref().is_some_and(|p| p.resampled) {
+            self.resampled.inc();
+        }
         self.in_flight.dec();
         if let Some(t) = &c.timings {
             let micros = [

@@ -74,6 +74,7 @@ fn every_contract_name_renders_with_its_type() {
     let types = [
         ("radiogate_detections_consumed_total", "counter"),
         ("radiogate_classifications_total", "counter"),
+        ("radiogate_resampled_total", "counter"),
         ("radiogate_rejections_total", "counter"),
         ("radiogate_stage_duration_seconds", "histogram"),
         ("radiogate_end_to_end_latency_seconds", "histogram"),
@@ -171,6 +172,20 @@ fn label_values_are_the_closed_sets_from_the_start() {
 }
 
 #[test]
+fn a_resampled_window_is_counted() {
+    let m = Metrics::new();
+    m.consumed();
+    let mut c = classification(Label::Fri, None);
+    c.cutout = Some(proto::CutoutProvenance {
+        resampled: true,
+        ..Default::default()
+    });
+    m.classified(&c, Duration::from_millis(1), Instant::now());
+    let text = m.render().unwrap();
+    assert_eq!(value(&text, "radiogate_resampled_total", ""), 1.0);
+}
+
+#[test]
 fn a_classification_counts_its_label_stages_and_latency() {
     let m = Metrics::new();
     m.consumed();
@@ -189,6 +204,7 @@ fn a_classification_counts_its_label_stages_and_latency() {
         value(&text, "radiogate_classifications_total", "label=\"FRI\""),
         0.0
     );
+    assert_eq!(value(&text, "radiogate_resampled_total", ""), 0.0);
     assert_eq!(value(&text, "radiogate_in_flight_items", ""), 1.0);
     let stage_sum = |stage: &str| {
         value(
