@@ -7,7 +7,7 @@ use std::path::Path;
 
 use radiogate::config::InferenceConfig;
 use radiogate::infer::Inference;
-use radiogate::sink::record::{LabelName, Record};
+use radiogate::sink::record::{ClassificationRecord, LabelName, Record};
 
 use crate::common;
 
@@ -103,26 +103,29 @@ fn the_fused_form_classifies_as_the_model_does() {
             (157, 0),
             "{summary:?}"
         );
-        let mut records: Vec<_> = common::read(&out)
-            .into_iter()
-            .map(|record| match record {
-                Record::Classification(c) => c,
-                Record::Rejection(r) => panic!("unexpected rejection {r:?}"),
-            })
-            .collect();
-        records.sort_by(|a, b| a.source_id.cmp(&b.source_id));
-        results.push(records);
+        results.push(classifications_by_id(common::read(&out)));
     }
     let (model, fused) = (&results[0], &results[1]);
     for (m, f) in model.iter().zip(fused) {
         assert_eq!((&m.source_id, m.label), (&f.source_id, f.label));
         let diff = (m.probabilities.frii - f.probabilities.frii).abs();
         assert!(diff <= 1e-5, "{}: P(FRII) {diff:e} apart", m.source_id);
-        let sha = |c: &radiogate::sink::record::ClassificationRecord| {
-            c.model.as_ref().map(|m| m.sha256.clone())
-        };
+        let sha = |c: &ClassificationRecord| c.model.as_ref().map(|m| m.sha256.clone());
         assert_ne!(sha(m), sha(f), "the fused form ran");
     }
+}
+
+/// The classifications of a run by source id; a rejection fails the test.
+fn classifications_by_id(records: Vec<Record>) -> Vec<ClassificationRecord> {
+    let mut found: Vec<_> = records
+        .into_iter()
+        .map(|record| match record {
+            Record::Classification(c) => c,
+            Record::Rejection(r) => panic!("unexpected rejection {r:?}"),
+        })
+        .collect();
+    found.sort_by(|a, b| a.source_id.cmp(&b.source_id));
+    found
 }
 
 /// A plain float32 FITS image as this test needs it: (RA, Dec) of the reference point and
@@ -200,23 +203,15 @@ fn finer_pixels_are_refused_or_resampled_to_the_originals() {
         Record::Rejection(r) if r.reason == "pixel_scale" && r.detail.starts_with("pixels of 0.9000 x 0.9000 arcsec")
     )));
 
-    let by_id = |records: Vec<Record>| {
-        let mut found: Vec<_> = records
-            .into_iter()
-            .map(|record| match record {
-                Record::Classification(c) => c,
-                Record::Rejection(r) => panic!("unexpected rejection {r:?}"),
-            })
-            .collect();
-        found.sort_by(|a, b| a.source_id.cmp(&b.source_id));
-        found
-    };
     let (summary, original) = classify(&originals, false, "original.jsonl");
     assert_eq!(summary.classified, 157);
     let (summary, resampled) = classify(&fine, true, "resampled.jsonl");
     assert_eq!(summary.classified, 157);
     let mut largest: f32 = 0.0;
-    for (o, r) in by_id(original).iter().zip(&by_id(resampled)) {
+    for (o, r) in classifications_by_id(original)
+        .iter()
+        .zip(&classifications_by_id(resampled))
+    {
         assert_eq!((&o.source_id, o.label), (&r.source_id, r.label));
         largest = largest.max((o.probabilities.frii - r.probabilities.frii).abs());
         let cutout = r.cutout.as_ref().expect("provenance");
