@@ -170,25 +170,22 @@ impl Cutter {
         };
         // Said once at start: mounting another survey's mosaics would otherwise show only as
         // rejections (or, resampled, nowhere).
-        let other: Vec<(&str, String)> = index
-            .entries()
-            .iter()
-            .filter_map(|e| {
-                let centre = (
-                    (e.image.nx as f64 - 1.0) / 2.0,
-                    (e.image.ny as f64 - 1.0) / 2.0,
-                );
-                let sizes = PixelScale::measure(&e.image.wcs, centre).ok()?;
-                Some((e.name.as_str(), scale.mismatch(sizes)?))
-            })
-            .collect();
-        if let Some((first, why)) = other.first() {
+        let mut other = index.entries().iter().filter_map(|e| {
+            let centre = (
+                (e.image.nx as f64 - 1.0) / 2.0,
+                (e.image.ny as f64 - 1.0) / 2.0,
+            );
+            let sizes = PixelScale::measure(&e.image.wcs, centre).ok()?;
+            Some((e.name.as_str(), scale.mismatch(sizes)?))
+        });
+        if let Some((first, why)) = other.next() {
             let what = if scale.resample {
                 "mosaics whose pixels are not the model's: their windows will be resampled"
             } else {
                 "mosaics whose pixels are not the model's: detections on them will be rejected"
             };
-            tracing::warn!(mosaics = other.len(), of = index.len(), first = %first, detail = %why, "{what}");
+            let mosaics = 1 + other.count();
+            tracing::warn!(mosaics, of = index.len(), first = %first, detail = %why, "{what}");
         }
         Ok(Cutter { index, scale })
     }
@@ -409,13 +406,13 @@ impl<D: AsRef<[u8]>> Image<D> {
     ) -> Result<Cutout, ItemError> {
         let sizes = PixelScale::measure(&self.wcs, pixel)?;
         let factors = scale.resampling(sizes)?;
-        let (pixels, finite, read, sky) = match factors {
+        let (pixels, finite, read, origin, step) = match factors {
             None => {
                 let (x0, y0) = (window_start(pixel.0), window_start(pixel.1));
                 let mut pixels = Array2::from_elem((CUTOUT_SIZE, CUTOUT_SIZE), f32::NAN);
                 let finite = self.read(x0, y0, &mut pixels)?;
                 let read = (x0, y0, CUTOUT_SIZE, CUTOUT_SIZE);
-                (pixels, finite, read, ((x0 as f64, y0 as f64), (1.0, 1.0)))
+                (pixels, finite, read, (x0 as f64, y0 as f64), (1.0, 1.0))
             }
             Some(factors) => {
                 let ax = resample::Axis::new(pixel.0, factors.0);
@@ -428,7 +425,7 @@ impl<D: AsRef<[u8]>> Image<D> {
                     pixel.1 - SOURCE_PIXEL * factors.1,
                 );
                 let read = (ax.start, ay.start, ax.len, ay.len);
-                (pixels, finite, read, (origin, factors))
+                (pixels, finite, read, origin, factors)
             }
         };
         let file = self
@@ -455,7 +452,6 @@ impl<D: AsRef<[u8]>> Image<D> {
             pixel_scale_arcsec: ((sizes.0 + sizes.1) / 2.0) as f32,
             resampled: factors.is_some(),
         };
-        let (origin, step) = sky;
         let sky = Arc::new(WindowSky {
             wcs: Arc::clone(&self.wcs),
             origin,

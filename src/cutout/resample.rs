@@ -1,7 +1,8 @@
 //! Resampling a window to the model's pixel size (`cutout.resample`): the image's own pixel
 //! grid, scaled about the source, each output pixel the area-weighted mean of the input
 //! pixels its footprint covers (surface brightness kept, as astropy's `reproject_exact`
-//! gives on an axis-aligned grid). Separable: along x, then along y. An output pixel that overlaps a blank (NaN) input pixel is blank.
+//! gives on an axis-aligned grid). Separable: along x, then along y. An output pixel that
+//! overlaps a blank (NaN) input pixel is blank.
 //!
 //! The grid is not rotated: like a plain cut, the window keeps the image's orientation (the
 //! model was trained on every rotation and reflection); only the pixel size changes.
