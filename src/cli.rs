@@ -115,17 +115,42 @@ pub struct PublishArgs {
     /// detection without a `detected_at` is stamped with its send time.
     #[arg(long, value_name = "PER_SECOND", value_parser = positive_rate)]
     pub rate: Option<f64>,
-    /// CSV catalogue of positions (columns source_id, ra, dec, ...) instead of FITS inputs.
+    /// Catalogue of positions, CSV or a FITS table (fields source_id, ra, dec, ...), instead
+    /// of FITS inputs.
     #[arg(
         long,
-        value_name = "FILE.csv",
+        value_name = "FILE",
         conflicts_with = "inputs",
         required_unless_present = "inputs"
     )]
     pub catalog: Option<PathBuf>,
+    /// The catalogue column that gives a field, when it has neither the field's name nor a
+    /// known alias (repeatable; e.g. `--column source_id=Component_id`).
+    #[arg(
+        long = "column",
+        value_name = "FIELD=COLUMN",
+        conflicts_with = "inputs",
+        value_parser = catalog_column
+    )]
+    pub columns: Vec<(String, String)>,
     /// FITS files, or folders searched recursively for them.
     #[arg(value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
+}
+
+/// `FIELD=COLUMN` of `--column`: a catalogue field's name and the column that gives it.
+fn catalog_column(text: &str) -> Result<(String, String), String> {
+    let fields = crate::source::CATALOG_FIELDS;
+    match text.split_once('=') {
+        Some((field, column)) if fields.contains(&field) && !column.trim().is_empty() => {
+            Ok((field.to_string(), column.to_string()))
+        }
+        Some((field, _)) if !fields.contains(&field) => Err(format!(
+            "unknown field {field:?} (fields: {})",
+            fields.join(", ")
+        )),
+        _ => Err(format!("expected FIELD=COLUMN, got {text:?}")),
+    }
 }
 
 fn positive_rate(text: &str) -> Result<f64, String> {
@@ -152,9 +177,14 @@ pub struct ClassifyArgs {
     /// Output format (protobuf needs --out: rejections go to <out>.rejections).
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
-    /// CSV catalogue of sources (columns source_id, ra, dec, ...) instead of FITS inputs.
-    #[arg(long, value_name = "FILE.csv", conflicts_with = "inputs")]
+    /// Catalogue of sources, CSV or a FITS table (fields source_id, ra, dec, ...), instead
+    /// of FITS inputs.
+    #[arg(long, value_name = "FILE", conflicts_with = "inputs")]
     pub catalog: Option<PathBuf>,
+    /// The catalogue column that gives a field, when it has neither the field's name nor a
+    /// known alias (repeatable; e.g. `--column source_id=Component_id`).
+    #[arg(long = "column", value_name = "FIELD=COLUMN", value_parser = catalog_column)]
+    pub columns: Vec<(String, String)>,
     /// Folder or file of FITS mosaics to cut from (repeatable); replaces the configured ones.
     #[arg(long, value_name = "DIR")]
     pub mosaics: Vec<PathBuf>,
@@ -243,6 +273,14 @@ pub fn classify_config_with_env(
             .set("source.path", path_text(catalog), "--catalog")
             .unset("source.inputs");
     }
+    if !args.columns.is_empty() {
+        let columns: toml::Table = args
+            .columns
+            .iter()
+            .map(|(field, column)| (field.clone(), column.clone().into()))
+            .collect();
+        builder.set("source.columns", columns, "--column");
+    }
     if !args.mosaics.is_empty() {
         builder.set("cutout.mosaics", path_list(&args.mosaics), "--mosaics");
     }
@@ -263,7 +301,7 @@ pub fn classify_config_with_env(
     let config = builder.build()?;
     if matches!(&config.source, config::SourceConfig::Files { inputs, .. } if inputs.is_empty()) {
         return Err(ConfigError::Usage(
-            "nothing to classify: give FITS files or folders, --catalog FILE.csv, \
+            "nothing to classify: give FITS files or folders, --catalog FILE, \
              or a --config whose [source] names some"
                 .into(),
         ));
@@ -477,7 +515,8 @@ mod tests {
             config.source,
             SourceConfig::Catalog {
                 path: "old.csv".into(),
-                survey: "VLASS".into()
+                survey: "VLASS".into(),
+                columns: Default::default(),
             },
             "no INPUT: the file's source"
         );
@@ -491,13 +530,55 @@ mod tests {
             config.source,
             SourceConfig::Catalog {
                 path: "c.csv".into(),
-                survey: "FIRST".into()
+                survey: "FIRST".into(),
+                columns: Default::default(),
             }
         );
         assert_eq!(
             config.cutout.mosaics,
             [PathBuf::from("/m1"), PathBuf::from("/m2")]
         );
+
+        let args = classify_args(&[
+            "--catalog",
+            "c.fits",
+            "--column",
+            "source_id=Component_id",
+            "--column",
+            "tile=Tile",
+        ]);
+        let config = classify_config_with_env(&args, no_env()).unwrap();
+        let SourceConfig::Catalog { columns, .. } = config.source else {
+            panic!("{:?}", config.source)
+        };
+        let expected = [("source_id", "Component_id"), ("tile", "Tile")]
+            .map(|(f, c)| (f.to_string(), c.to_string()));
+        assert_eq!(columns, expected.into());
+        for bad in ["flux=F", "ra", "ra="] {
+            let parsed =
+                Cli::try_parse_from(["radiogate", "classify", "--catalog", "c", "--column", bad]);
+            assert!(parsed.is_err(), "{bad}");
+        }
+        let args = classify_args(&["--column", "ra=RA", "x.fits"]);
+        let err = classify_config_with_env(&args, no_env()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("source.columns: only used when source.kind = \"catalog\""),
+            "{err}"
+        );
+        let err = Cli::try_parse_from([
+            "radiogate",
+            "publish",
+            "--brokers",
+            "b",
+            "--topic",
+            "t",
+            "--column",
+            "ra=RA",
+            "x.fits",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot be used with"), "{err}");
     }
 
     #[test]

@@ -42,9 +42,16 @@ pub enum SourceConfig {
         inputs: Vec<PathBuf>,
         survey: String,
     },
-    /// A CSV catalogue (columns source_id, ra, dec, optional survey, fits_path/tile),
-    /// positions resolved against the mosaics. `survey` is used for rows without one.
-    Catalog { path: PathBuf, survey: String },
+    /// A catalogue, CSV or a FITS table (fields source_id, ra, dec, optional survey,
+    /// fits_path/tile, fluxes and sizes), positions resolved against the mosaics. `survey`
+    /// is used for rows without one; `columns` names the column of a field (by its name
+    /// in `source::CATALOG_FIELDS`) whose column has neither the field's name nor a known
+    /// alias.
+    Catalog {
+        path: PathBuf,
+        survey: String,
+        columns: BTreeMap<String, String>,
+    },
     /// A file of `SourceDetection` messages, length-delimited protobuf.
     DetectionsFile { path: PathBuf },
     /// `SourceDetection` messages from a Kafka topic, in a consumer group.
@@ -707,6 +714,7 @@ struct RawSource {
     group_id: Option<String>,
     topic: Option<String>,
     properties: BTreeMap<String, RawProperty>,
+    columns: BTreeMap<String, String>,
 }
 
 /// A librdkafka property's value: the text itself, or where to read a secret from, so that
@@ -1096,6 +1104,12 @@ impl RawSource {
             RawSourceKind::Detections => "detections",
             RawSourceKind::Kafka => "kafka",
         };
+        if self.kind != RawSourceKind::Catalog {
+            check.unused(
+                [("source.columns", !self.columns.is_empty())],
+                &format!("only used when source.kind = \"catalog\", not \"{kind}\""),
+            );
+        }
         if self.kind == RawSourceKind::Kafka {
             return self.resolve_kafka(check);
         }
@@ -1146,7 +1160,27 @@ impl RawSource {
             }
         };
         match self.kind {
-            RawSourceKind::Catalog => SourceConfig::Catalog { path, survey },
+            RawSourceKind::Catalog => {
+                for (field, column) in &self.columns {
+                    let key = format!("source.columns.{field}");
+                    if !crate::source::CATALOG_FIELDS.contains(&field.as_str()) {
+                        check.fail(
+                            &key,
+                            format!(
+                                "unknown field (fields: {})",
+                                crate::source::CATALOG_FIELDS.join(", ")
+                            ),
+                        );
+                    } else if column.trim().is_empty() {
+                        check.fail(&key, "must name a column");
+                    }
+                }
+                SourceConfig::Catalog {
+                    path,
+                    survey,
+                    columns: self.columns,
+                }
+            }
             _ => {
                 if survey_given {
                     check.fail(
@@ -1706,6 +1740,36 @@ mod tests {
     }
 
     #[test]
+    fn catalogue_columns_name_known_fields_of_a_catalogue() {
+        let config = from_toml(
+            "[source]\nkind = \"catalog\"\npath = \"c.fits\"\ncolumns = { source_id = \"Component_id\" }\n",
+        )
+        .unwrap();
+        let SourceConfig::Catalog { columns, .. } = config.source else {
+            panic!("{:?}", config.source)
+        };
+        assert_eq!(columns["source_id"], "Component_id");
+        let msg = field_error(from_toml(
+            "[source]\nkind = \"catalog\"\npath = \"c.fits\"\ncolumns = { flux = \"F\" }\n",
+        ));
+        assert!(
+            msg.starts_with("source.columns.flux: unknown field (fields: source_id, ra, dec"),
+            "{msg}"
+        );
+        let msg = field_error(from_toml(
+            "[source]\nkind = \"catalog\"\npath = \"c.fits\"\ncolumns = { ra = \" \" }\n",
+        ));
+        assert_eq!(msg, "source.columns.ra: must name a column");
+        let msg = field_error(from_toml(
+            "[source]\ninputs = [\"x\"]\ncolumns = { ra = \"RA\" }\n",
+        ));
+        assert!(
+            msg.starts_with("source.columns: only used when source.kind = \"catalog\""),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn modes_require_their_values() {
         let msg = field_error(from_toml("[source]\nkind = \"catalog\"\n"));
         assert_eq!(msg, "source.path: required when source.kind = \"catalog\"");
@@ -1723,7 +1787,8 @@ mod tests {
             config.source,
             SourceConfig::Catalog {
                 path: "c.csv".into(),
-                survey: "VLASS".into()
+                survey: "VLASS".into(),
+                columns: BTreeMap::new(),
             }
         );
         let msg = field_error(from_toml(

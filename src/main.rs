@@ -134,6 +134,7 @@ fn publish(cli: &Cli, args: &cli::PublishArgs) -> ExitCode {
         Some(path) => config::SourceConfig::Catalog {
             path: path.clone(),
             survey: config::DEFAULT_SURVEY.into(),
+            columns: args.columns.iter().cloned().collect(),
         },
         None => config::SourceConfig::Files {
             inputs: args.inputs.clone(),

@@ -2,7 +2,7 @@
 //! of `Result<Detection, Rejected>` in input order; the pipeline runs it on a blocking
 //! thread and feeds a bounded channel, so a source never needs to know about back-pressure.
 //!
-//! This module owns turning inputs (FITS files and folders, CSV catalogues, files of
+//! This module owns turning inputs (FITS files and folders, catalogues, files of
 //! length-delimited `SourceDetection`s) into validated detections, and the sanity checks
 //! every detection passes ([`validate`], which the Kafka source will reuse). It does not
 //! read pixels, resolve positions against mosaics, or check that a FITS file is readable:
@@ -21,6 +21,7 @@ use crate::config::SourceConfig;
 use crate::domain::{Detection, ItemError, Rejected};
 use crate::proto::{self, RejectReason, source_detection::Pixels};
 
+pub use catalog::FIELDS as CATALOG_FIELDS;
 pub use files::{fits_files, is_fits_name};
 
 /// The detections of one source, in input order.
@@ -58,7 +59,11 @@ pub enum SourceError {
 pub fn open(config: &SourceConfig) -> Result<Detections, SourceError> {
     match config {
         SourceConfig::Files { inputs, survey } => files::open(inputs, survey),
-        SourceConfig::Catalog { path, survey } => catalog::open(path, survey),
+        SourceConfig::Catalog {
+            path,
+            survey,
+            columns,
+        } => catalog::open(path, survey, columns),
         SourceConfig::DetectionsFile { path } => detections::open(path),
         SourceConfig::Kafka(_) => Err(SourceError::NotIterable),
     }

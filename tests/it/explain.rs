@@ -405,6 +405,7 @@ fn explain_a_catalogue_result_cuts_the_same_window_from_its_mosaic() {
     config.source = radiogate::config::SourceConfig::Catalog {
         path: catalog,
         survey: "FIRST".into(),
+        columns: Default::default(),
     };
     config.cutout.mosaics = vec![common::sample_dir()];
     common::run(config);

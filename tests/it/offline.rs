@@ -234,48 +234,103 @@ fn catalogue_positions_resolved_against_mosaics_match_the_files_mode() {
         .collect();
 
     // The catalogue gives each source's position, plus one position no mosaic covers and
-    // one impossible declination.
-    let mut csv = String::from("source_id,ra,dec\n");
-    for (id, (_, _, ra, dec)) in &by_file {
-        csv.push_str(&format!("{id},{ra:.10},{dec:.10}\n"));
-    }
-    csv.push_str("nowhere,10.0,-60.0\nbad_dec,10.0,95.0\n");
-    let catalog = dir.path().join("catalog.csv");
-    std::fs::write(&catalog, csv).expect("write catalogue");
-    let out = dir.path().join("catalog.jsonl");
-    let mut config = common::files_config(vec![], &out);
-    config.source = SourceConfig::Catalog {
-        path: catalog,
-        survey: "FIRST".into(),
-    };
-    config.cutout.mosaics = vec![common::sample_dir()];
-    let summary = common::run(config);
-    assert_eq!(
-        (summary.classified, summary.rejected),
-        (20, 2),
-        "{summary:?}"
-    );
+    // one impossible declination: as radiogate's CSV, and as a survey's FITS table (VLASS's
+    // column names and units).
+    let mut rows: Vec<(String, f64, f64)> = by_file
+        .iter()
+        .map(|(id, (_, _, ra, dec))| (id.clone(), *ra, *dec))
+        .collect();
+    rows.push(("nowhere".into(), 10.0, -60.0));
+    rows.push(("bad_dec".into(), 10.0, 95.0));
+    let csv = dir.path().join("catalog.csv");
+    let text: String = rows
+        .iter()
+        .map(|(id, ra, dec)| format!("{id},{ra:.10},{dec:.10}\n"))
+        .collect();
+    std::fs::write(&csv, format!("source_id,ra,dec\n{text}")).expect("write catalogue");
+    let fits = dir.path().join("catalog.fits");
+    write_vlass_table(&fits, &rows);
 
-    for record in common::read(&out) {
-        match record {
-            Record::Classification(c) => {
-                let (label, frii, _, _) = by_file[&c.source_id];
-                assert_eq!(c.label, label, "{}", c.source_id);
-                assert!(
-                    (c.probabilities.frii - frii).abs() < 1e-6,
-                    "{}",
-                    c.source_id
-                );
-            }
-            Record::Rejection(r) => {
-                let expected = match r.source_id.as_deref() {
-                    Some("nowhere") => "not_covered",
-                    Some("bad_dec") => "invalid_detection",
-                    other => panic!("unexpected rejection of {other:?}"),
-                };
-                assert_eq!(r.reason, expected, "{r:?}");
+    for catalog in [csv, fits] {
+        let out = dir.path().join("catalog.jsonl");
+        let mut config = common::files_config(vec![], &out);
+        config.source = SourceConfig::Catalog {
+            path: catalog.clone(),
+            survey: "FIRST".into(),
+            columns: Default::default(),
+        };
+        config.cutout.mosaics = vec![common::sample_dir()];
+        let summary = common::run(config);
+        assert_eq!(
+            (summary.classified, summary.rejected),
+            (20, 2),
+            "{}: {summary:?}",
+            catalog.display()
+        );
+
+        for record in common::read(&out) {
+            match record {
+                Record::Classification(c) => {
+                    let (label, frii, _, _) = by_file[&c.source_id];
+                    assert_eq!(c.label, label, "{}", c.source_id);
+                    assert!(
+                        (c.probabilities.frii - frii).abs() < 1e-6,
+                        "{}",
+                        c.source_id
+                    );
+                }
+                Record::Rejection(r) => {
+                    let expected = match r.source_id.as_deref() {
+                        Some("nowhere") => "not_covered",
+                        Some("bad_dec") => "invalid_detection",
+                        other => panic!("unexpected rejection of {other:?}"),
+                    };
+                    assert_eq!(r.reason, expected, "{r:?}");
+                }
             }
         }
+    }
+}
+
+/// A FITS table as CIRADA's VLASS component catalogue has it: `Component_name`, `RA` and
+/// `DEC` in degrees, `Peak_flux` in mJy/beam, and a `Tile` of the survey's own naming.
+fn write_vlass_table(path: &std::path::Path, rows: &[(String, f64, f64)]) {
+    use fitsio::tables::{ColumnDataType, ColumnDescription};
+    let string = |name: &str| {
+        ColumnDescription::new(name)
+            .with_type(ColumnDataType::String)
+            .that_repeats(40)
+            .create()
+            .expect("column")
+    };
+    let double = |name: &str| {
+        ColumnDescription::new(name)
+            .with_type(ColumnDataType::Double)
+            .create()
+            .expect("column")
+    };
+    let columns = [
+        string("Component_name"),
+        double("RA"),
+        double("DEC"),
+        double("Peak_flux"),
+        string("Tile"),
+    ];
+    let mut file = fitsio::FitsFile::create(path).open().expect("create");
+    let hdu = file.create_table("VLASS", &columns).expect("table");
+    let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let ras: Vec<f64> = rows.iter().map(|r| r.1).collect();
+    let decs: Vec<f64> = rows.iter().map(|r| r.2).collect();
+    hdu.write_col(&mut file, "Component_name", &names)
+        .expect("names");
+    hdu.write_col(&mut file, "RA", &ras).expect("ra");
+    hdu.write_col(&mut file, "DEC", &decs).expect("dec");
+    hdu.write_col(&mut file, "Peak_flux", &vec![3.5; rows.len()])
+        .expect("flux");
+    hdu.write_col(&mut file, "Tile", &vec!["T10t12".to_string(); rows.len()])
+        .expect("tile");
+    for (key, unit) in [("TUNIT2", "deg"), ("TUNIT3", "deg"), ("TUNIT4", "mJy/beam")] {
+        hdu.write_key(&mut file, key, unit).expect("unit");
     }
 }
 
