@@ -299,6 +299,9 @@ pub struct InferenceConfig {
     /// live stream): one image on several cores finishes sooner. 0: no such session. CPU
     /// only; by default `sessions x intra_threads` when that is more than 1.
     pub live_intra_threads: usize,
+    /// Test-time views averaged per image: 1 (the image alone), 2 (and its mirror), 4 (its
+    /// quarter turns) or 8 (both); see `infer::views`.
+    pub views: usize,
 }
 
 /// What the attention summary in each result holds.
@@ -832,6 +835,7 @@ struct RawInference {
     sessions: i64,
     intra_threads: i64,
     live_intra_threads: Option<i64>,
+    views: i64,
 }
 
 impl Default for RawInference {
@@ -848,6 +852,7 @@ impl Default for RawInference {
             sessions: 2,
             intra_threads: 1,
             live_intra_threads: None,
+            views: 1,
         }
     }
 }
@@ -1310,6 +1315,16 @@ impl RawInference {
                     .filter(|&n| n > 1)
                     .unwrap_or(0),
             },
+            views: match usize::try_from(self.views) {
+                Ok(n) if crate::infer::views::set(n).is_some() => n,
+                _ => {
+                    check.fail(
+                        "inference.views",
+                        format!("must be 1, 2, 4 or 8, got {}", self.views),
+                    );
+                    1
+                }
+            },
         }
     }
 }
@@ -1737,6 +1752,22 @@ mod tests {
 
         let err = load(Some(&dir.path().join("absent.toml")), no_env()).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn views_are_one_of_the_sets_there_are() {
+        assert_eq!(Config::default().inference.views, 1);
+        for n in [1, 2, 4, 8] {
+            let config = from_toml(&format!("[inference]\nviews = {n}\n")).unwrap();
+            assert_eq!(config.inference.views, n);
+        }
+        for n in [0, 3, 16, -1] {
+            let msg = field_error(from_toml(&format!("[inference]\nviews = {n}\n")));
+            assert_eq!(
+                msg,
+                format!("inference.views: must be 1, 2, 4 or 8, got {n}")
+            );
+        }
     }
 
     #[test]

@@ -4,6 +4,9 @@ The numbers in the model cards come from this command, run on the committed ONNX
 
     python -m radiogate_model.evaluate --model ../models/agcnn-mirabest-confident.onnx \
         --subset mirabest_confident --tta 36
+
+`--views 8` also scores the worker's test-time views (`[inference] views`: mirrors and quarter
+turns, which move whole pixels), whose numbers README and docs/operations.md report.
 """
 
 from __future__ import annotations
@@ -87,7 +90,20 @@ def rotated_inputs(images_u8: np.ndarray, degrees: float) -> np.ndarray:
     return ((r - 0.5) / 0.5).astype(np.float32)
 
 
-def evaluate(model: Path, subset: str, data_dir: Path, tta: int) -> dict:
+def square_views(images: np.ndarray, count: int) -> list[np.ndarray]:
+    """The views of `inference.views` (src/infer/views.rs) of images [N,1,H,W]: the images;
+    and their mirrors (2); their quarter turns (4); or both (8)."""
+    turns = {1: [0], 2: [0], 4: [0, 1, 2, 3], 8: [0, 1, 2, 3]}[count]
+    mirrors = [False, True] if count in (2, 8) else [False]
+    out = []
+    for mirrored in mirrors:
+        for k in turns:
+            v = np.rot90(images, k, axes=(2, 3))
+            out.append(np.ascontiguousarray(v[..., ::-1] if mirrored else v))
+    return out
+
+
+def evaluate(model: Path, subset: str, data_dir: Path, tta: int, views: int = 1) -> dict:
     test = load_split(data_dir, subset, train=False)
     sess = session(model)
     single = predict(sess, normalise(test.images))
@@ -100,6 +116,10 @@ def evaluate(model: Path, subset: str, data_dir: Path, tta: int) -> dict:
     if tta > 1:
         probs = np.mean([predict(sess, rotated_inputs(test.images, 360.0 * k / tta)) for k in range(tta)], axis=0)
         result["rotation_tta"] = {"rotations": tta, **classification_metrics(test.labels, probs)}
+    if views > 1:
+        images = normalise(test.images)
+        probs = np.mean([predict(sess, v) for v in square_views(images, views)], axis=0)
+        result["square_views"] = {"views": views, **classification_metrics(test.labels, probs)}
     return result
 
 
@@ -109,8 +129,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--subset", choices=sorted(SUBSETS), required=True)
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--tta", type=int, default=36, help="rotations for test-time augmentation (0: off)")
+    p.add_argument(
+        "--views",
+        type=int,
+        choices=[1, 2, 4, 8],
+        default=1,
+        help="also score the views of the worker's inference.views (mirrors and quarter turns)",
+    )
     a = p.parse_args(argv)
-    print(json.dumps(evaluate(a.model, a.subset, a.data_dir or default_data_dir(), a.tta), indent=2))
+    print(json.dumps(evaluate(a.model, a.subset, a.data_dir or default_data_dir(), a.tta, a.views), indent=2))
 
 
 if __name__ == "__main__":

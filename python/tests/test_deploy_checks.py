@@ -80,7 +80,7 @@ def test_contract_table_has_every_metric_with_its_type_and_labels():
     assert CONTRACT["radiogate_resampled_total"].labels == set()
     assert CONTRACT["radiogate_stage_duration_seconds"].kind == "histogram"
     assert CONTRACT["radiogate_stage_duration_seconds"].labels == {"stage"}
-    assert CONTRACT["radiogate_model_info"].labels == {"model", "sha256", "execution_provider"}
+    assert CONTRACT["radiogate_model_info"].labels == {"model", "sha256", "execution_provider", "views"}
     assert CONTRACT["radiogate_detections_consumed_total"].labels == set()
     # "(none): detection time (`detected_at`, ...)" names a field, not a label.
     assert CONTRACT["radiogate_end_to_end_latency_seconds"].labels == set()

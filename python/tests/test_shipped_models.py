@@ -4,11 +4,12 @@ reproduces every number the cards report."""
 import hashlib
 import json
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
-from radiogate_model.evaluate import compare, evaluate
+from radiogate_model.evaluate import compare, evaluate, square_views
 from radiogate_model.fuse import fused_form
 from radiogate_model.model import AGCNN, ModelConfig, count_parameters
 
@@ -78,3 +79,32 @@ def test_the_fused_form_is_the_model_fused_and_agrees_with_it(card_path, data_di
     assert result["labels_differ"] == form["test_batch"]["labels_differ"] == 0
     assert result["max_prob_diff"] <= 1e-5
     assert max(result["max_attention_diff"].values()) <= 1e-5
+
+
+# What README's model table and docs/operations.md ([inference] views) report for the
+# worker's eight views (`python -m radiogate_model.evaluate ... --views 8`): accuracy,
+# ROC AUC, F1 FRI / FRII.
+VIEWS_8 = {
+    "mirabest_confident": (0.952, 0.989, 0.947, 0.956),
+    "mirabest": (0.856, 0.933, 0.843, 0.867),
+}
+
+
+@pytest.mark.parametrize("card_path", CARDS, ids=lambda p: p.name)
+def test_the_eight_views_score_what_the_documentation_says(card_path, data_dir):
+    card = json.loads(card_path.read_text())
+    result = evaluate(REPO / "models" / card["file"], card["subset"], data_dir, 0, views=8)
+    views = result["square_views"]
+    got = (views["accuracy"], views["roc_auc"], views["FRI"]["f1"], views["FRII"]["f1"])
+    assert got == pytest.approx(VIEWS_8[card["subset"]], abs=5e-4)
+
+
+def test_square_views_are_the_squares_symmetries():
+    images = np.arange(2 * 9, dtype=np.float32).reshape(2, 1, 3, 3)
+    for count in (1, 2, 4, 8):
+        views = square_views(images, count)
+        assert len(views) == count
+        assert len({v.tobytes() for v in views}) == count
+    # Every symmetry of the square, each once: the 4 turns of the image and of its transpose.
+    expected = {np.rot90(m, k, axes=(2, 3)).tobytes() for m in (images, images.transpose(0, 1, 3, 2)) for k in range(4)}
+    assert {v.tobytes() for v in square_views(images, 8)} == expected

@@ -254,6 +254,7 @@ fn infer(args: &InferArgs) -> anyhow::Result<()> {
                 sessions,
                 intra_threads: threads,
                 live_intra_threads: 0,
+                views: 1,
             };
             // A setting that fails (a GPU out of memory, say) is reported and the sweep
             // goes on with the next one.

@@ -20,6 +20,7 @@ mod session;
 mod testing;
 #[cfg(test)]
 mod tests;
+pub mod views;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -61,6 +62,8 @@ pub enum StartError {
     Environment(#[source] ort::Error),
     #[error("inference.sessions is 0; at least one session is needed")]
     NoSessions,
+    #[error("inference.views is {0}; it must be 1, 2, 4 or 8")]
+    Views(usize),
     #[error("cannot read model {}", path.display())]
     ReadModel {
         path: PathBuf,
@@ -161,6 +164,7 @@ impl Inference {
             name: cfg.model_name.clone(),
             sha256: hex::encode(Sha256::digest(&model)),
             execution_provider: cfg.execution_provider.name().to_string(),
+            views: u32::try_from(cfg.views).map_err(|_| StartError::Views(cfg.views))?,
         };
 
         // Before the first session creates the GPU's CUDA context.

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::contract::{self, ATTENTION_PREFIX, Contract, Declared, PROBS};
 use super::runtime::Runtime;
+use super::views::{self, View};
 use super::{InferError, StartError};
 use crate::config::{ExecutionProvider, Gpu, InferenceConfig};
 use crate::domain::{AttentionMap, MODEL_PIXELS, MODEL_SIZE, ModelOutput};
@@ -41,6 +42,8 @@ pub(super) struct Worker {
     bound: Vec<Bound>,
     /// Whether batches run padded to a power of two (GPU providers, see [`Worker::run`]).
     pad_batches: bool,
+    /// The views each image runs in (`inference.views`), their outputs averaged.
+    views: &'static [View],
     /// Tests: batches of more rows than this fail as ONNX Runtime fails when a GPU runs out
     /// of memory.
     #[cfg(test)]
@@ -99,6 +102,7 @@ impl Worker {
             contract,
             bound: Vec::new(),
             pad_batches: cfg.execution_provider != ExecutionProvider::Cpu,
+            views: views::set(cfg.views).ok_or(StartError::Views(cfg.views))?,
             #[cfg(test)]
             fail_above: None,
         })
@@ -157,10 +161,29 @@ impl Worker {
             if job.reply.is_closed() {
                 continue; // the caller stopped waiting: skip the work
             }
-            let result = self.run_halving(&job.images);
+            let result = match self.views {
+                [_] => self.run_halving(&job.images),
+                views => self.run_views(&job.images, views),
+            };
             // An error here only means the caller stopped waiting meanwhile.
             let _ = job.reply.send(result);
         }
+    }
+
+    /// Runs a batch in each of `views` and averages each image's outputs. The views run
+    /// as batches of the batch's own size, so that `batch.max_batch` still bounds what the
+    /// model holds at once (its memory grows with the rows of a run).
+    fn run_views(
+        &mut self,
+        images: &[Vec<f32>],
+        views: &[View],
+    ) -> Result<Vec<ModelOutput>, InferError> {
+        let expanded = views::expand(images, views, MODEL_SIZE);
+        let mut outputs = Vec::with_capacity(expanded.len());
+        for batch in expanded.chunks(images.len()) {
+            outputs.extend(self.run_halving(batch)?);
+        }
+        Ok(views::combine(outputs, views))
     }
 
     /// Runs a batch; when ONNX Runtime fails on it (on an H100, a batch too large for the

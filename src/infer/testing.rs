@@ -28,6 +28,7 @@ pub(crate) fn test_config(sessions: usize) -> InferenceConfig {
         sessions,
         intra_threads: 1,
         live_intra_threads: 0,
+        views: 1,
     }
 }
 

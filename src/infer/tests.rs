@@ -301,6 +301,7 @@ async fn the_live_session_gives_the_same_outputs_and_overflows_to_the_others() {
     let sample = mirabest_sample();
     let config = InferenceConfig {
         live_intra_threads: 2,
+        views: 1,
         ..test_config(1)
     };
     let (inference, _) = Inference::start(&config).expect("the test model starts");

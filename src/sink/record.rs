@@ -124,6 +124,13 @@ pub struct ModelRecord {
     pub sha256: String,
     /// "cpu", "cuda" or "tensorrt": the provider actually used.
     pub execution_provider: String,
+    /// Test-time views averaged (`inference.views`); 1 in results written before it was.
+    #[serde(default = "one")]
+    pub views: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Where the pixels came from.
@@ -270,6 +277,8 @@ impl From<&proto::Classification> for ClassificationRecord {
                 name: m.name.clone(),
                 sha256: m.sha256.clone(),
                 execution_provider: m.execution_provider.clone(),
+                // 0: written before the field was.
+                views: m.views.max(1),
             }),
             cutout: c.cutout.as_ref().map(|p| CutoutRecord {
                 file: p.file.clone(),
@@ -414,6 +423,7 @@ impl TryFrom<ClassificationRecord> for proto::Classification {
                 name: m.name,
                 sha256: m.sha256,
                 execution_provider: m.execution_provider,
+                views: m.views,
             }),
             attention,
             cutout: r.cutout.map(|c| proto::CutoutProvenance {
@@ -487,6 +497,7 @@ pub(crate) mod tests {
                 name: "agcnn-mirabest-confident".into(),
                 sha256: "ab".repeat(32),
                 execution_provider: "cpu".into(),
+                views: 1,
             }),
             attention: Some(proto::AttentionSummary {
                 grid: 50,

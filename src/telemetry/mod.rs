@@ -233,7 +233,7 @@ impl Metrics {
             model_info: gauge_vec(
                 "radiogate_model_info",
                 "The model in use (always 1).",
-                &["model", "sha256", "execution_provider"],
+                &["model", "sha256", "execution_provider", "views"],
             )?,
             readiness: Mutex::default(),
             registry,
@@ -350,6 +350,7 @@ impl Metrics {
                 model.name.as_str(),
                 model.sha256.as_str(),
                 model.execution_provider.as_str(),
+                &model.views.to_string(),
             ])
             .set(1);
         self.update_readiness(|r| r.model_loaded = true);

@@ -141,6 +141,7 @@ mod tests {
             name: "agcnn-test".into(),
             sha256: "ab".repeat(32),
             execution_provider: "CPUExecutionProvider".into(),
+            views: 1,
         }
     }
 

@@ -59,6 +59,7 @@ fn model() -> proto::ModelInfo {
         name: "agcnn".into(),
         sha256: "0f".repeat(32),
         execution_provider: "CPUExecutionProvider".into(),
+        views: 1,
     }
 }
 
