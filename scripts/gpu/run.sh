@@ -28,7 +28,7 @@
 #    setting (how session threads wait for the GPU: "blocking" sleeps, "auto" is CUDA's
 #    default, which spins a core per waiting session); once more from memory with the
 #    fastest variant of step 4 whose labels agree with the CPU's, at the best wait and worker
-#    count; then the host's own cost: the null model (benches/models/null.onnx) on the CPU over HOST_ITEMS
+#    count; once more with VIEWS test-time views (inference.views); then the host's own cost: the null model (benches/models/null.onnx) on the CPU over HOST_ITEMS
 #    of the items, at each of HOST_WORKERS cutout workers: the rate that no GPU could lift
 #    on this machine, and whether the CPU an item costs grows with the threads sharing the
 #    cores (contention) or is the cores' own speed.
@@ -38,6 +38,7 @@
 # packages hold the CUDA libraries; default: the first of python3, python, conda's that
 # has them), DEVICE_ID (0), GPU_WAITS ("blocking auto"; inference.gpu_wait values),
 # VARIANTS ("fp32 tf32 fp16 fused tf32+fused tf32+fusedconv"; "" skips them; also nhwc),
+# VIEWS (8; inference.views of the views run, "" skips it),
 # HOST_ITEMS (20000), HOST_WORKERS ("1 $(nproc)/2 $(nproc)").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -64,6 +65,7 @@ fi
 if [[ -n "${SWEEP_ARGS:-}" ]]; then read -ra SWEEP <<<"$SWEEP_ARGS"; fi
 WORKERS="${WORKERS:-$((CORES > 4 ? CORES - 2 : 2)) $CORES}"
 GPU_WAITS="${GPU_WAITS:-blocking auto}"
+VIEWS="${VIEWS-8}"
 VARIANTS="${VARIANTS-fp32 tf32 fp16 fused tf32+fused tf32+fusedconv}"
 HOST_ITEMS="${HOST_ITEMS:-20000}"
 HOST_WORKERS="${HOST_WORKERS:-1 $((CORES > 3 ? CORES / 2 : 1)) $CORES}"
@@ -238,6 +240,14 @@ if [[ -n "$fast_variant" && "$fast_variant" != fp32 ]]; then
   variant_settings "$fast_variant"
   FROM=memory offline "memory-$fast_variant" "$fast_workers" "gpu_wait $fast_wait, variant $fast_variant" \
     RADIOGATE__INFERENCE__GPU_WAIT="$fast_wait" RADIOGATE__INFERENCE__MODEL="$model" "${settings[@]}"
+fi
+# What the worker's test-time views cost on the GPU (inference.views: each image also run
+# mirrored and turned, VIEWS times the inference), end to end from memory at the best wait
+# and worker count; in a subshell, so that a failure here leaves the rest of the run.
+if [[ -n "$VIEWS" && -n "${fast_wait:-}" ]]; then
+  (FROM=memory offline "memory-views$VIEWS" "$fast_workers" "gpu_wait $fast_wait, $VIEWS views" \
+    RADIOGATE__INFERENCE__GPU_WAIT="$fast_wait" RADIOGATE__INFERENCE__VIEWS="$VIEWS") ||
+    echo "run.sh: the $VIEWS-view run failed (see $OUT/offline-memory-views$VIEWS.log)" >&2
 fi
 rm -rf "$OUT/items"
 # The host's own cost on this machine: the null model on the CPU (benches/models/null.onnx,

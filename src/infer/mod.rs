@@ -153,6 +153,9 @@ impl Inference {
         if cfg.sessions == 0 {
             return Err(StartError::NoSessions);
         }
+        if views::set(cfg.views).is_none() {
+            return Err(StartError::Views(cfg.views));
+        }
         let runtime = runtime::runtime(cfg.runtime_library.as_deref())?;
         let model: Arc<[u8]> = std::fs::read(&cfg.model)
             .map_err(|source| StartError::ReadModel {
@@ -164,7 +167,7 @@ impl Inference {
             name: cfg.model_name.clone(),
             sha256: hex::encode(Sha256::digest(&model)),
             execution_provider: cfg.execution_provider.name().to_string(),
-            views: u32::try_from(cfg.views).map_err(|_| StartError::Views(cfg.views))?,
+            views: cfg.views as u32, // 8 at most (checked above)
         };
 
         // Before the first session creates the GPU's CUDA context.

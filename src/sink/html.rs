@@ -121,7 +121,7 @@ impl HtmlReport {
         prepared: &Prepared,
     ) -> Result<(), SinkError> {
         if self.model.is_none() {
-            self.model = c.model.as_ref().map(|m| m.name.clone());
+            self.model = c.model.as_ref().map(crate::explain::model_label);
         }
         let picture = thumbnail(c, prepared, THUMBNAIL).and_then(|img| Ok(render::png(&img)?));
         let image = match picture {
