@@ -66,11 +66,14 @@ def write_set(arcsec: float, dest: Path) -> None:
         hdu.writeto(dest / path.name)
 
 
-def classify(inputs: Path, out: Path, **settings: str) -> dict[str, dict]:
+def classify(inputs: list[str], out: Path, settings: dict[str, str] | None = None) -> dict[str, dict]:
+    """`radiogate classify` of `inputs` (its arguments: folders, or `--catalog FILE`) with
+    `settings` ("section.key": value) as environment overrides; its results by source id."""
     env = dict(os.environ)
-    env.update({f"RADIOGATE__CUTOUT__{k.upper()}": v for k, v in settings.items()})
+    for key, value in (settings or {}).items():
+        env["RADIOGATE__" + key.upper().replace(".", "__")] = value
     subprocess.run(
-        [str(RADIOGATE), "classify", "--quiet", "--out", str(out), str(inputs)],
+        [str(RADIOGATE), "classify", "--quiet", "--out", str(out), *inputs],
         env=env,
         check=True,
         stderr=subprocess.DEVNULL,
@@ -126,13 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     if not RADIOGATE.exists():
         sys.exit(f"{RADIOGATE} is missing: cargo build --release")
     args.out.mkdir(parents=True, exist_ok=True)
-    original = classify(CUTOUTS, args.out / "original.jsonl")
+    original = classify([str(CUTOUTS)], args.out / "original.jsonl")
     rows = [("1.8 arcsec (FIRST's, the originals)", compare(original, original))]
     for arcsec in args.sizes:
         images = args.out / f"{arcsec:g}arcsec"
         write_set(arcsec, images)
-        as_is = classify(images, args.out / f"{arcsec:g}-as-is.jsonl", pixel_scale_tolerance="1")
-        resampled = classify(images, args.out / f"{arcsec:g}-resampled.jsonl", resample="true")
+        as_is = classify([str(images)], args.out / f"{arcsec:g}-as-is.jsonl", {"cutout.pixel_scale_tolerance": "1"})
+        resampled = classify([str(images)], args.out / f"{arcsec:g}-resampled.jsonl", {"cutout.resample": "true"})
         rows.append((f"{arcsec:g} arcsec, taken as they are", compare(as_is, original)))
         rows.append((f"{arcsec:g} arcsec, resampled to 1.8", compare(resampled, original)))
     text = table(rows, len(original))
