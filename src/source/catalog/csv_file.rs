@@ -73,11 +73,7 @@ impl Iterator for CsvRows {
                     _ => RejectReason::Undecodable,
                 };
                 let origin = self.context.origin(line);
-                Some(Err(self.context.unreadable(
-                    origin,
-                    reason,
-                    err.to_string(),
-                )))
+                Some(Err(super::unreadable(origin, reason, err.to_string())))
             }
         }
     }

@@ -204,9 +204,11 @@ impl Iterator for FitsRows {
                 };
                 self.context.item(&row, origin)
             }
-            Err(e) => Err(self
-                .context
-                .unreadable(origin, RejectReason::Undecodable, e.clone())),
+            Err(e) => Err(super::unreadable(
+                origin,
+                RejectReason::Undecodable,
+                e.clone(),
+            )),
         })
     }
 }

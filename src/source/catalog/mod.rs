@@ -319,17 +319,6 @@ impl Context {
         })
     }
 
-    /// A row that could not be read at all.
-    fn unreadable(&self, origin: Origin, reason: RejectReason, detail: String) -> Rejected {
-        Rejected {
-            reason,
-            detail: format!("unreadable catalogue row: {detail}"),
-            source_id: None,
-            original: None,
-            origin,
-        }
-    }
-
     fn detection(
         &self,
         row: &impl Row,
@@ -380,6 +369,17 @@ impl Context {
             centre_of_cutout: false,
             pixels,
         })
+    }
+}
+
+/// A row that could not be read at all.
+fn unreadable(origin: Origin, reason: RejectReason, detail: String) -> Rejected {
+    Rejected {
+        reason,
+        detail: format!("unreadable catalogue row: {detail}"),
+        source_id: None,
+        original: None,
+        origin,
     }
 }
 
