@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Reading a survey-sized catalogue: ROWS random positions as a FITS table with PyBDSF's
+# columns and units (LoTSS's names: Source_Name, RA, DEC in deg, fluxes in mJy, sizes in
+# arcsec) and as radiogate's CSV of the same positions, each classified against the bundled
+# sample's 20 images (so nearly every row is a `not_covered` rejection: the run measures the
+# catalogue's reading and the rejections' path, not the model). Alternated ROUNDS times;
+# prints wall time, peak RSS and rows/s of each, and checks that both gave the same outcome
+# for every row.
+#
+#   scripts/bench/catalogue.sh
+#
+# Environment: ROWS (1000000), ROUNDS (2), OUT (out/catalogue/<UTC time>). Needs GNU time and
+# python3 with numpy and astropy (python/requirements.txt).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+ROWS="${ROWS:-1000000}"
+ROUNDS="${ROUNDS:-2}"
+OUT="${OUT:-$ROOT/out/catalogue/$(date -u +%Y%m%dT%H%M%SZ)}"
+
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+RG="$ROOT/target/release/radiogate"
+mkdir -p "$OUT"
+"${PYTHON:-python3}" - "$ROWS" "$OUT" <<'PY'
+import sys
+
+import astropy.units as u
+import numpy as np
+from astropy.table import Table
+
+n, out = int(sys.argv[1]), sys.argv[2]
+rng = np.random.default_rng(1)
+t = Table()
+t["Source_Name"] = np.array([f"ILTJ{i:012d}+000000.0" for i in range(n)])
+t["RA"] = rng.uniform(0, 360, n) * u.deg
+t["DEC"] = rng.uniform(-30, 90, n) * u.deg
+for column in ("Peak_flux", "Total_flux", "Isl_rms"):
+    t[column] = rng.uniform(0.1, 100, n) * u.mJy
+for column in ("Maj", "Min"):
+    t[column] = rng.uniform(5, 30, n) * u.arcsec
+t["PA"] = rng.uniform(0, 180, n) * u.deg
+t.write(f"{out}/catalogue.fits", overwrite=True)
+with open(f"{out}/catalogue.csv", "w") as f:
+    f.write("source_id,ra,dec\n")
+    f.writelines(f"{s},{r:.10f},{d:.10f}\n" for s, r, d in zip(t["Source_Name"], t["RA"], t["DEC"]))
+PY
+echo "catalogue: $ROWS rows ($(du -h "$OUT/catalogue.fits" | cut -f1) FITS), load: $(uptime | sed 's/.*load/load/')"
+for r in $(seq "$ROUNDS"); do
+  for form in fits csv; do
+    /usr/bin/time -f '%e %M' -o "$OUT/time.txt" "$RG" classify --quiet --catalog "$OUT/catalogue.$form" \
+      --mosaics "$ROOT/samples/first" --out "$OUT/$form.jsonl" 2>/dev/null
+    read -r wall peak_kb <"$OUT/time.txt"
+    awk -v f="$form" -v r="$r" -v w="$wall" -v k="$peak_kb" -v n="$ROWS" \
+      'BEGIN { printf "%s round %d: %.2f s, %.0f rows/s, peak RSS %.0f MB\n", f, r, w, n / w, k / 1024 }'
+  done
+done
+# The same outcome for every row: its label and P(FRII), or its reason.
+"${PYTHON:-python3}" - "$OUT/fits.jsonl" "$OUT/csv.jsonl" <<'PY'
+import json, sys
+def outcomes(path):
+    with open(path) as f:
+        return {r["source_id"]: (r.get("label"), r.get("probabilities"), r.get("reason")) for r in map(json.loads, f)}
+fits, csv = map(outcomes, sys.argv[1:])
+print(f"{len(fits)} outcomes, {'the same' if fits == csv else 'DIFFERENT'} from the FITS table and the CSV")
+PY
+rm -f "$OUT"/catalogue.* "$OUT"/*.jsonl
