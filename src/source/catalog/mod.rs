@@ -1,15 +1,16 @@
 //! A catalogue as a source: one detection per row, positions in degrees. A catalogue is a
-//! CSV file or a FITS table (the first binary or ASCII table extension), told apart by the
-//! file's first bytes.
+//! CSV file or a FITS table (the first table extension), told apart by the file's first
+//! bytes.
 //!
 //! Fields (see [`FIELDS`]): `source_id`, `ra`, `dec` are required; `survey`, `tile` (a
 //! mosaic hint), `fits_path` (relative paths are relative to the catalogue's folder),
 //! `peak_flux`, `integrated_flux`, `local_rms` (Jy), `major`, `minor` (arcsec), `pa`
 //! (degrees) and `detected_at` (RFC 3339) are optional. Each field is read from the column
-//! of its own name, else from the first of its aliases that the catalogue has (the names
-//! of PyBDSF, as in LoTSS and VLASS catalogues, and of Selavy, as in ASKAP EMU ones), else
-//! from the column `source.columns` names for it. Names are matched without regard to case
-//! or surrounding spaces; other columns are ignored.
+//! `source.columns` names for it, else from the column of its own name, else from the first
+//! of its aliases that the catalogue has (the names of PyBDSF, as in LoTSS and VLASS
+//! catalogues, and of Selavy, as in ASKAP EMU ones; see [`Field::candidates`] for what a
+//! CSV file and a FITS table each look for). Names are matched without regard to case or
+//! surrounding spaces; other columns are ignored.
 //!
 //! A FITS table declares each column's unit (`TUNITn`), and values are converted from it
 //! (mJy/beam to Jy, degrees to arcsec, ...); a unit that does not fit the field is refused
