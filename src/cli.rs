@@ -174,7 +174,7 @@ pub struct ClassifyArgs {
     /// Output file; default standard output.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Output format (protobuf needs --out: rejections go to <out>.rejections).
+    /// Output format (protobuf needs --out: rejections go to `<out>.rejections`).
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
     /// Catalogue of sources, CSV or a FITS table (fields source_id, ra, dec, ...), instead

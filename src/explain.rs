@@ -10,8 +10,8 @@
 //! stage. Either way the picture is drawn from a `proto::Classification`, so what it shows
 //! is exactly what the results say; only the pixels come from the image.
 //!
-//! It also makes the small overlay of the HTML report ([`thumbnail`]), from the model's
-//! own 8-bit input, for results that are still in flight.
+//! It also makes the small overlay of the HTML report (`sink::html`'s `thumbnail`), from
+//! the model's own 8-bit input, for results that are still in flight.
 
 use std::path::{Path, PathBuf};
 

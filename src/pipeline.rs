@@ -27,9 +27,9 @@
 //! `exactly_once` the sink sends inside the acknowledgement path's transaction instead, and
 //! the source thread commits the transaction, with the offsets, on the same schedule.
 //! The producer batches results for up to `linger.ms` while detections queue (a backlog:
-//! fewer, larger produce requests), and the sink has it send at once ([`Output::idle`])
+//! fewer, larger produce requests), and the sink has it send at once (`Output::idle`)
 //! whenever none do (a live stream: no batching delay).
-//! Back-pressure: when the first queue stays full for [`FULL_QUEUE_WAIT`] the source thread
+//! Back-pressure: when the first queue stays full for `FULL_QUEUE_WAIT` the source thread
 //! pauses its partitions and keeps polling (heartbeats, rebalances), so it never exceeds
 //! `max.poll.interval.ms`; it resumes them when there is room. It does not pause at every
 //! full queue: librdkafka drops a paused partition's prefetched records. The stream has no

@@ -60,7 +60,7 @@ fn kafka_error(action: impl Into<String>) -> impl FnOnce(KafkaError) -> SinkErro
     move |source| SinkError::Kafka(KafkaSinkError { action, source })
 }
 
-/// The librdkafka properties of the producer: defaults, then the user's, then [`FORCED`].
+/// The librdkafka properties of the producer: defaults, then the user's, then `FORCED`.
 pub fn producer_properties(
     brokers: &str,
     user: &std::collections::BTreeMap<String, String>,
@@ -354,7 +354,7 @@ impl KafkaSink {
     }
 
     /// `at_least_once`: has the producer send every queued message now instead of after
-    /// `linger.ms` ([`Flusher`]); returns at once. `exactly_once`: nothing; results become
+    /// `linger.ms` (`Flusher`); returns at once. `exactly_once`: nothing; results become
     /// visible when the transaction commits.
     pub fn send_now(&self) {
         if let Producing::Direct(_, flusher) = &self.producing {

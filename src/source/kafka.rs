@@ -66,7 +66,7 @@ impl<C: ConsumerContext + 'static> std::fmt::Debug for KafkaSource<C> {
     }
 }
 
-/// The librdkafka properties of the consumer: defaults, then the user's, then [`FORCED`].
+/// The librdkafka properties of the consumer: defaults, then the user's, then `FORCED`.
 pub fn consumer_properties(config: &KafkaSourceConfig) -> Vec<(String, String)> {
     let mut properties: Vec<(String, String)> = [
         ("bootstrap.servers", config.brokers.as_str()),

@@ -103,7 +103,7 @@ impl Server {
         self.local_addr
     }
 
-    /// Stops serving: waits up to [`STOP_TIMEOUT`] for requests in progress, then drops
+    /// Stops serving: waits up to `STOP_TIMEOUT` for requests in progress, then drops
     /// what is left. True when everything closed in time.
     pub async fn stop(self) -> bool {
         let _ = self.shutdown_tx.send(());
