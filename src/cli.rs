@@ -140,7 +140,7 @@ pub struct PublishArgs {
 
 /// `FIELD=COLUMN` of `--column`: a catalogue field's name and the column that gives it.
 fn catalog_column(text: &str) -> Result<(String, String), String> {
-    let fields = crate::source::CATALOG_FIELDS;
+    let fields = crate::config::CATALOG_FIELDS;
     match text.split_once('=') {
         Some((field, column)) if fields.contains(&field) && !column.trim().is_empty() => {
             Ok((field.to_string(), column.to_string()))

@@ -45,7 +45,7 @@ pub enum SourceConfig {
     /// A catalogue, CSV or a FITS table (fields source_id, ra, dec, optional survey,
     /// fits_path/tile, fluxes and sizes), positions resolved against the mosaics. `survey`
     /// is used for rows without one; `columns` names the column of a field (by its name
-    /// in `source::CATALOG_FIELDS`) whose column has neither the field's name nor a known
+    /// in `CATALOG_FIELDS`) whose column has neither the field's name nor a known
     /// alias.
     Catalog {
         path: PathBuf,
@@ -678,6 +678,27 @@ fn readable_types(message: &str) -> String {
 // The raw layer: what the TOML may say, with every default
 // ---------------------------------------------------------------------------------------
 
+/// The names of a catalogue's fields, as `source.columns` takes them.
+pub const CATALOG_FIELDS: [&str; 13] = [
+    "source_id",
+    "ra",
+    "dec",
+    "survey",
+    "tile",
+    "fits_path",
+    "peak_flux",
+    "integrated_flux",
+    "local_rms",
+    "major",
+    "minor",
+    "pa",
+    "detected_at",
+];
+
+/// The numbers of test-time views `inference.views` can name (`infer::views` has a set of
+/// views for each).
+pub const VIEW_COUNTS: [usize; 4] = [1, 2, 4, 8];
+
 /// The model used when the configuration names none.
 pub const DEFAULT_MODEL: &str = "models/agcnn-mirabest-confident.onnx";
 /// The survey named in detections from files and catalogue rows that give none.
@@ -1168,13 +1189,10 @@ impl RawSource {
             RawSourceKind::Catalog => {
                 for (field, column) in &self.columns {
                     let key = format!("source.columns.{field}");
-                    if !crate::source::CATALOG_FIELDS.contains(&field.as_str()) {
+                    if !CATALOG_FIELDS.contains(&field.as_str()) {
                         check.fail(
                             &key,
-                            format!(
-                                "unknown field (fields: {})",
-                                crate::source::CATALOG_FIELDS.join(", ")
-                            ),
+                            format!("unknown field (fields: {})", CATALOG_FIELDS.join(", ")),
                         );
                     } else if column.trim().is_empty() {
                         check.fail(&key, "must name a column");
@@ -1316,7 +1334,7 @@ impl RawInference {
                     .unwrap_or(0),
             },
             views: match usize::try_from(self.views) {
-                Ok(n) if crate::infer::views::set(n).is_some() => n,
+                Ok(n) if VIEW_COUNTS.contains(&n) => n,
                 _ => {
                     check.fail(
                         "inference.views",

@@ -102,6 +102,15 @@ pub fn label_name(label: proto::Label) -> &'static str {
     }
 }
 
+/// A model's name, and its test-time views when there were more than one (pictures,
+/// reports).
+pub fn model_label(model: &proto::ModelInfo) -> String {
+    match model.views {
+        0 | 1 => model.name.clone(),
+        views => format!("{} ({views} views)", model.name),
+    }
+}
+
 /// Short, bounded names of rejection reasons (metric labels, summaries, JSON).
 pub fn reason_name(reason: proto::RejectReason) -> &'static str {
     use proto::RejectReason as R;
@@ -184,4 +193,21 @@ pub struct ModelOutput {
 pub struct AttentionMap {
     pub side: usize,
     pub values: Vec<f32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_is_labelled_with_its_views_when_it_had_several() {
+        let model = |views| proto::ModelInfo {
+            name: "agcnn".into(),
+            views,
+            ..Default::default()
+        };
+        assert_eq!(model_label(&model(1)), "agcnn");
+        assert_eq!(model_label(&model(0)), "agcnn", "written before views were");
+        assert_eq!(model_label(&model(8)), "agcnn (8 views)");
+    }
 }

@@ -500,30 +500,7 @@ fn overlay<'a>(crop: &'a [f32], stretch: Stretch, levels: &[f32], map: Map<'a>) 
 }
 
 fn model_name(c: &proto::Classification) -> String {
-    c.model.as_ref().map_or_else(|| "?".into(), model_label)
-}
-
-/// A model's name, and its test-time views when there were more than one.
-pub(crate) fn model_label(model: &proto::ModelInfo) -> String {
-    match model.views {
-        0 | 1 => model.name.clone(),
-        views => format!("{} ({views} views)", model.name),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_model_is_labelled_with_its_views_when_it_had_several() {
-        let model = |views| proto::ModelInfo {
-            name: "agcnn".into(),
-            views,
-            ..Default::default()
-        };
-        assert_eq!(model_label(&model(1)), "agcnn");
-        assert_eq!(model_label(&model(0)), "agcnn", "written before views were");
-        assert_eq!(model_label(&model(8)), "agcnn (8 views)");
-    }
+    c.model
+        .as_ref()
+        .map_or_else(|| "?".into(), crate::domain::model_label)
 }

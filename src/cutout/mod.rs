@@ -20,6 +20,7 @@ mod compressed;
 mod fits;
 mod index;
 mod resample;
+pub mod table;
 mod wcs;
 
 use std::fs::File;

@@ -11,6 +11,7 @@
 //! grid (37 x 37 for 150 / 4, rounded down) a turn moves the grid by about a fine pixel,
 //! which the summary's 5-pixel cells do not resolve.
 
+use crate::config::VIEW_COUNTS;
 use crate::domain::{AttentionMap, ModelOutput};
 
 /// One view: `turns` quarter turns anticlockwise (as numpy's `rot90` turns an image whose
@@ -48,12 +49,9 @@ const SETS: [&[View]; 4] = [
     ],
 ];
 
-/// The numbers of views there are sets of.
-pub const COUNTS: [usize; 4] = [1, 2, 4, 8];
-
 /// The set of `count` views; None for a count that has none.
 pub fn set(count: usize) -> Option<&'static [View]> {
-    COUNTS
+    VIEW_COUNTS
         .iter()
         .position(|&c| c == count)
         .map(|index| SETS[index])
@@ -173,7 +171,7 @@ mod tests {
                 }
             }
         }
-        for count in COUNTS {
+        for count in VIEW_COUNTS {
             assert_eq!(set(count).map(<[View]>::len), Some(count));
         }
         assert_eq!(set(3), None);

@@ -22,7 +22,7 @@ use html_escape::encode_quoted_attribute as esc;
 use image::RgbImage;
 
 use super::SinkError;
-use crate::domain::{MODEL_SIZE, Prepared, label_name, reason_name};
+use crate::domain::{MODEL_SIZE, Prepared, label_name, model_label, reason_name};
 use crate::proto;
 use crate::render::{self, Map, RenderError, Scene, Stretch};
 use crate::summary::{self, DecodeError};
@@ -121,7 +121,7 @@ impl HtmlReport {
         prepared: &Prepared,
     ) -> Result<(), SinkError> {
         if self.model.is_none() {
-            self.model = c.model.as_ref().map(crate::explain::model_label);
+            self.model = c.model.as_ref().map(model_label);
         }
         let picture = thumbnail(c, prepared, THUMBNAIL).and_then(|img| Ok(render::png(&img)?));
         let image = match picture {

@@ -21,7 +21,6 @@ use crate::config::SourceConfig;
 use crate::domain::{Detection, ItemError, Rejected};
 use crate::proto::{self, RejectReason, source_detection::Pixels};
 
-pub use catalog::FIELDS as CATALOG_FIELDS;
 pub use files::{fits_files, is_fits_name};
 
 /// The detections of one source, in input order.

@@ -1,19 +1,15 @@
 //! A FITS table catalogue (PyBDSF's, Selavy's, or any binary table with the fields'
-//! columns): read through CFITSIO a block of rows at a time, so that a catalogue of
-//! millions of sources is never held whole. Each column's unit (`TUNITn`) is converted to
-//! the field's; integer columns give text fields their decimal digits (PyBDSF's
-//! `Source_id`); a null (NaN) is an empty cell.
+//! columns): read a block of rows at a time (through `cutout::table`, where CFITSIO is),
+//! so that a catalogue of millions of sources is never held whole. Each column's unit
+//! (`TUNITn`) is converted to the field's; integer columns give text fields their decimal
+//! digits (PyBDSF's `Source_id`); a null (NaN) is an empty cell.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 
-use fitsio::FitsFile;
-use fitsio::hdu::{FitsHdu, HduInfo};
-use fitsio::tables::ColumnDataType;
-use fitsio::threadsafe_fitsfile::ThreadsafeFitsFile;
-
+use crate::cutout::table::{Kind, Table, Values};
 use crate::domain::{Detection, Rejected};
 use crate::proto::RejectReason;
 
@@ -23,39 +19,18 @@ use crate::source::Detections;
 /// Rows read at a time: a few hundred kB for a dozen columns.
 const BLOCK: usize = 4096;
 
-/// How a column's values are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Text,
-    Integer,
-    Real,
-}
-
-/// A field's column: its name in the table, how it is read, and the factor from its unit
-/// to the field's.
+/// A field's column: its index in the table, and the factor from its unit to the field's.
 #[derive(Debug)]
 struct Column {
-    name: String,
-    kind: Kind,
+    index: usize,
     scale: f64,
 }
 
-/// One block of a column's values.
-enum Values {
-    Text(Vec<String>),
-    Integer(Vec<i64>),
-    Real(Vec<f64>),
-}
-
 struct FitsRows {
-    /// `ThreadsafeFitsFile` because sources move to a blocking thread; only that thread
-    /// reads it.
-    file: ThreadsafeFitsFile,
-    hdu: FitsHdu,
+    table: Table,
     /// Each field's column, by `Field as usize`.
     columns: Vec<Option<Column>>,
     context: Context,
-    rows: usize,
     next: usize,
     /// The rows in `block` (each field's values), or why they could not be read.
     span: Range<usize>,
@@ -71,31 +46,8 @@ pub(super) fn open(
     context: Context,
     overrides: &BTreeMap<String, String>,
 ) -> Result<Detections, String> {
-    let mut file = FitsFile::open(path).map_err(|e| format!("not a readable FITS file: {e}"))?;
-    let count = file
-        .num_hdus()
-        .map_err(|e| format!("not a readable FITS file: {e}"))?;
-    let mut table = None;
-    for index in 0..count {
-        let hdu = file
-            .hdu(index)
-            .map_err(|e| format!("HDU {index} is unreadable: {e}"))?;
-        if let HduInfo::TableInfo {
-            column_descriptions,
-            num_rows,
-        } = &hdu.info
-        {
-            let names: Vec<String> = column_descriptions.iter().map(|d| d.name.clone()).collect();
-            let types: Vec<_> = column_descriptions
-                .iter()
-                .map(|d| d.data_type.clone())
-                .collect();
-            table = Some((names, types, *num_rows, hdu));
-            break;
-        }
-    }
-    let (names, types, rows, hdu) = table
-        .ok_or("no table extension (a FITS catalogue is a binary table after the primary HDU)")?;
+    let table = Table::open(path)?;
+    let names: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
     let found = Columns::resolve(&names, overrides, super::Format::Fits)?;
     let mut columns = Vec::with_capacity(super::FIELDS.len());
     for field in super::Field::ALL {
@@ -103,37 +55,22 @@ pub(super) fn open(
             columns.push(None);
             continue;
         };
-        let (name, data) = (&names[index], &types[index]);
-        let problem = |what: String| format!("column {name:?} ({}): {what}", field.name());
-        let kind = match data.typ {
-            ColumnDataType::Text | ColumnDataType::String => Kind::Text,
-            ColumnDataType::Float | ColumnDataType::Double | ColumnDataType::UnsignedLongLong => {
-                Kind::Real
+        let column = &table.columns[index];
+        let problem = |what: String| format!("column {:?} ({}): {what}", column.name, field.name());
+        match column.kind {
+            Kind::Logical => return Err(problem("logical values, not a field's".into())),
+            Kind::Integer | Kind::Real if column.repeat != 1 => {
+                return Err(problem(format!("{} values a row, not one", column.repeat)));
             }
-            ColumnDataType::Logical | ColumnDataType::Bit => {
-                return Err(problem("logical values, not a field's".into()));
-            }
-            _ => Kind::Integer,
-        };
-        if kind != Kind::Text && data.repeat != 1 {
-            return Err(problem(format!("{} values a row, not one", data.repeat)));
+            _ => {}
         }
-        let unit: String = hdu
-            .read_key(&mut file, &format!("TUNIT{}", index + 1))
-            .unwrap_or_default();
-        let scale = super::unit_scale(field.quantity(), &unit).map_err(problem)?;
-        columns.push(Some(Column {
-            name: name.clone(),
-            kind,
-            scale,
-        }));
+        let scale = super::unit_scale(field.quantity(), &column.unit).map_err(problem)?;
+        columns.push(Some(Column { index, scale }));
     }
     Ok(Box::new(FitsRows {
-        file: file.threadsafe(),
-        hdu,
+        table,
         columns,
         context,
-        rows,
         next: 0,
         span: 0..0,
         block: Ok(Vec::new()),
@@ -145,48 +82,29 @@ impl FitsRows {
     /// Reads the block that starts at row `start` (one row if blocks fail here).
     fn load(&mut self, start: usize) {
         let block = if start < self.single_until { 1 } else { BLOCK };
-        self.span = start..(start + block).min(self.rows);
-        self.block = self.read(&self.span.clone());
+        self.span = start..(start + block).min(self.table.rows);
+        self.block = self
+            .columns
+            .iter()
+            .map(|column| {
+                column
+                    .as_ref()
+                    .map(|column| self.table.read(column.index, &self.span))
+                    .transpose()
+            })
+            .collect();
         if self.block.is_err() && block > 1 {
             self.single_until = self.span.end;
             self.load(start);
         }
     }
-
-    fn read(&self, rows: &Range<usize>) -> Result<Vec<Option<Values>>, String> {
-        let mut file = self.file.lock().map_err(|e| e.to_string())?;
-        self.columns
-            .iter()
-            .map(|column| {
-                column
-                    .as_ref()
-                    .map(|column| read_column(&self.hdu, &mut file, column, rows))
-                    .transpose()
-                    .map_err(|e| e.to_string())
-            })
-            .collect()
-    }
-}
-
-fn read_column(
-    hdu: &FitsHdu,
-    file: &mut FitsFile,
-    column: &Column,
-    rows: &Range<usize>,
-) -> Result<Values, fitsio::errors::Error> {
-    let name = column.name.as_str();
-    Ok(match column.kind {
-        Kind::Text => Values::Text(hdu.read_col_range(file, name, rows)?),
-        Kind::Integer => Values::Integer(hdu.read_col_range(file, name, rows)?),
-        Kind::Real => Values::Real(hdu.read_col_range(file, name, rows)?),
-    })
 }
 
 impl Iterator for FitsRows {
     type Item = Result<Detection, Rejected>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.next >= self.rows {
+        if self.next >= self.table.rows {
             return None;
         }
         let at = self.next;
@@ -261,54 +179,13 @@ impl Row for FitsRow<'_> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use std::path::PathBuf;
 
-    use fitsio::tables::{ColumnDataType, ColumnDescription};
-
     use super::super::tests::{config, header_error, items_with, messages};
+    use crate::cutout::table::{TestColumn as Data, write_table};
     use crate::domain::Origin;
     use crate::proto::RejectReason;
-
-    /// A column of a test table.
-    pub(crate) enum Data {
-        Text(Vec<String>),
-        Integer(Vec<i32>),
-        Real(Vec<f64>),
-    }
-
-    /// Writes a FITS file whose first extension is a binary table of `columns` (name,
-    /// `TUNITn` or "" for none, values).
-    pub(crate) fn write_table(path: &std::path::Path, columns: &[(&str, &str, Data)]) {
-        let descriptions: Vec<_> = columns
-            .iter()
-            .map(|(name, _, data)| {
-                let mut d = ColumnDescription::new(*name);
-                match data {
-                    Data::Text(v) => d
-                        .with_type(ColumnDataType::String)
-                        .that_repeats(v.iter().map(String::len).max().unwrap_or(1).max(1)),
-                    Data::Integer(_) => d.with_type(ColumnDataType::Int),
-                    Data::Real(_) => d.with_type(ColumnDataType::Double),
-                };
-                d.create().unwrap()
-            })
-            .collect();
-        let mut file = fitsio::FitsFile::create(path).open().unwrap();
-        let hdu = file.create_table("CATALOG", &descriptions).unwrap();
-        for (index, (name, unit, data)) in columns.iter().enumerate() {
-            match data {
-                Data::Text(v) => hdu.write_col(&mut file, *name, v),
-                Data::Integer(v) => hdu.write_col(&mut file, *name, v),
-                Data::Real(v) => hdu.write_col(&mut file, *name, v),
-            }
-            .unwrap();
-            if !unit.is_empty() {
-                hdu.write_key(&mut file, &format!("TUNIT{}", index + 1), *unit)
-                    .unwrap();
-            }
-        }
-    }
 
     fn text(values: &[&str]) -> Data {
         Data::Text(values.iter().map(|s| s.to_string()).collect())

@@ -30,27 +30,11 @@ use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::config::CATALOG_FIELDS as FIELDS;
 use crate::domain::{Detection, Origin, Rejected};
 use crate::proto::{self, MosaicHint, RejectReason, source_detection::Pixels};
 
 use super::{Detections, SourceError};
-
-/// The names of a catalogue's fields, as `source.columns` takes them.
-pub const FIELDS: [&str; 13] = [
-    "source_id",
-    "ra",
-    "dec",
-    "survey",
-    "tile",
-    "fits_path",
-    "peak_flux",
-    "integrated_flux",
-    "local_rms",
-    "major",
-    "minor",
-    "pa",
-    "detected_at",
-];
 
 /// A field of a detection that a catalogue column can give (the index of its name in
 /// [`FIELDS`]).
