@@ -29,12 +29,23 @@ pub struct GlobalArgs {
     /// Log format on stderr; default: the configuration's `telemetry.json_logs`, else text.
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Log filter, e.g. `info` or `radiogate=debug,ort=warn` (tracing-subscriber syntax).
-    #[arg(long, global = true, default_value = "info")]
-    pub log_level: String,
+    /// Log filter, e.g. `info` or `radiogate=debug,ort=warn` (tracing-subscriber syntax);
+    /// default `info`, `warn` with `classify --quiet`.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
 }
 
 impl GlobalArgs {
+    /// The log filter: `--log-level` when given, else `warn` for a quiet command and `info`
+    /// for the others.
+    pub fn log_filter(&self, quiet: bool) -> &str {
+        match &self.log_level {
+            Some(level) => level,
+            None if quiet => "warn",
+            None => "info",
+        }
+    }
+
     /// Applies the global flags that the configuration also has (`--log-format`).
     pub fn apply(&self, config: &mut Config) {
         if let Some(format) = self.log_format {
@@ -191,7 +202,8 @@ pub struct ClassifyArgs {
     /// Largest batch sent to the model.
     #[arg(long, value_name = "N")]
     pub max_batch: Option<i64>,
-    /// No progress bar and no end-of-run summary.
+    /// No progress bar, and only warnings and errors logged unless --log-level says
+    /// otherwise; the one-line summary at the end is still printed.
     #[arg(long, short)]
     pub quiet: bool,
     /// A CSV of true classes (columns `source_id`, `class`: FRI or FRII) to print beside
@@ -395,7 +407,9 @@ mod tests {
             "dir",
         ]);
         assert_eq!(cli.global.log_format, Some(LogFormat::Json));
-        assert_eq!(cli.global.log_level, "info");
+        assert_eq!(cli.global.log_level, None);
+        assert_eq!(cli.global.log_filter(true), "warn");
+        assert_eq!(cli.global.log_filter(false), "info");
         let Command::Classify(args) = cli.command else {
             panic!("not classify")
         };
@@ -416,7 +430,8 @@ mod tests {
             "--log-level",
             "debug",
         ]);
-        assert_eq!(cli.global.log_level, "debug");
+        assert_eq!(cli.global.log_level.as_deref(), Some("debug"));
+        assert_eq!(cli.global.log_filter(true), "debug");
         assert!(
             matches!(cli.command, Command::Run(RunArgs { config }) if config == Path::new("c.toml"))
         );

@@ -217,8 +217,9 @@ fn explain(cli: &Cli, args: &cli::ExplainArgs) -> ExitCode {
 }
 
 fn init_logging(cli: &Cli, config: &Config) {
+    let quiet = matches!(&cli.command, Command::Classify(args) if args.quiet);
     let filter = EnvFilter::try_from_env("RADIOGATE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(&cli.global.log_level));
+        .unwrap_or_else(|_| EnvFilter::new(cli.global.log_filter(quiet)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -485,3 +485,23 @@ fn check_config_prints_the_resolved_configuration_and_refuses_a_bad_field() {
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("batch.max_batch"), "{stderr}");
 }
+
+#[test]
+fn quiet_classify_prints_its_summary_and_no_info_logs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_radiogate"))
+        .args(["classify", "--quiet", "--model"])
+        .arg(common::model())
+        .arg("--out")
+        .arg(dir.path().join("out.jsonl"))
+        .arg(common::sample_dir())
+        .current_dir(common::repo())
+        .env_remove("RADIOGATE_LOG")
+        .output()
+        .expect("radiogate runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("radiogate: 20 classified"), "{stderr}");
+}

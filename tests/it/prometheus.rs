@@ -325,7 +325,15 @@ fn classify_serves_metrics_and_logs_json_when_asked() {
     let out = dir.path().join("out.jsonl");
     let listen = format!("127.0.0.1:{}", free_port());
     let output = Command::new(env!("CARGO_BIN_EXE_radiogate"))
-        .args(["--log-format", "json", "classify", "--quiet", "--model"])
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+            "classify",
+            "--quiet",
+        ])
+        .arg("--model")
         .arg(common::model())
         .arg("--out")
         .arg(&out)
@@ -346,7 +354,15 @@ fn classify_serves_metrics_and_logs_json_when_asked() {
 
     // Without `listen` nothing is served and nothing is required.
     let output = Command::new(env!("CARGO_BIN_EXE_radiogate"))
-        .args(["--log-format", "json", "classify", "--quiet", "--model"])
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+            "classify",
+            "--quiet",
+        ])
+        .arg("--model")
         .arg(common::model())
         .arg("--out")
         .arg(dir.path().join("out2.jsonl"))
