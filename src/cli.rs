@@ -226,6 +226,8 @@ pub enum FormatArg {
     Jsonl,
     /// Length-delimited protobuf `radiogate.v1.Classification` messages.
     Protobuf,
+    /// A table for astropy or TOPCAT (ECSV): a row per classification or rejection.
+    Ecsv,
 }
 
 impl FormatArg {
@@ -233,6 +235,7 @@ impl FormatArg {
         match self {
             FormatArg::Jsonl => "jsonl",
             FormatArg::Protobuf => "protobuf",
+            FormatArg::Ecsv => "ecsv",
         }
     }
 }
@@ -315,6 +318,20 @@ pub fn classify_config_with_env(
         return Err(ConfigError::Usage(
             "nothing to classify: give FITS files or folders, --catalog FILE, \
              or a --config whose [source] names some"
+                .into(),
+        ));
+    }
+    let jsonl = matches!(
+        &config.sink,
+        config::SinkConfig::File {
+            format: config::OutputFormat::Jsonl,
+            ..
+        }
+    );
+    if args.truth.is_some() && !jsonl {
+        return Err(ConfigError::Usage(
+            "--truth reads the results back, which it does from JSON Lines only: \
+             drop --format or give --format jsonl"
                 .into(),
         ));
     }
@@ -617,6 +634,17 @@ mod tests {
     fn nothing_to_classify_is_refused() {
         let err = classify_config_with_env(&classify_args(&[]), no_env()).unwrap_err();
         assert!(matches!(err, ConfigError::Usage(_)), "{err:?}");
+    }
+
+    #[test]
+    fn truth_is_refused_with_results_it_cannot_read_back() {
+        let args = classify_args(&[
+            "--out", "r.ecsv", "--truth", "t.csv", "--format", "ecsv", "x.fits",
+        ]);
+        let err = classify_config_with_env(&args, no_env()).unwrap_err();
+        assert!(err.to_string().contains("--truth"), "{err}");
+        let args = classify_args(&["--out", "r.jsonl", "--truth", "t.csv", "x.fits"]);
+        assert!(classify_config_with_env(&args, no_env()).is_ok());
     }
 
     #[test]

@@ -322,6 +322,9 @@ pub enum OutputFormat {
     Jsonl,
     /// Length-delimited protobuf `Classification`s, rejections in a sibling file.
     Protobuf,
+    /// A table (astropy's ECSV): a row per classification or rejection, the attention
+    /// summarised by its share on the emission and its strongest peak.
+    Ecsv,
 }
 
 /// Where results go.
@@ -918,6 +921,7 @@ enum RawFormat {
     #[default]
     Jsonl,
     Protobuf,
+    Ecsv,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1404,6 +1408,7 @@ impl RawSink {
         let format = match self.format.unwrap_or_default() {
             RawFormat::Jsonl => OutputFormat::Jsonl,
             RawFormat::Protobuf => OutputFormat::Protobuf,
+            RawFormat::Ecsv => OutputFormat::Ecsv,
         };
         if format == OutputFormat::Protobuf && path.is_none() {
             check.fail(
@@ -2163,6 +2168,15 @@ mod tests {
             SinkConfig::File {
                 path: Some("out.pb".into()),
                 format: OutputFormat::Protobuf
+            }
+        );
+        // A table can go to standard output: its rejections are rows of it.
+        let config = from_toml("[sink]\npath = \"-\"\nformat = \"ecsv\"\n").unwrap();
+        assert_eq!(
+            config.sink,
+            SinkConfig::File {
+                path: None,
+                format: OutputFormat::Ecsv
             }
         );
     }

@@ -62,6 +62,11 @@ pub enum ExplainError {
         source_id: String,
         rejection: Option<String>,
     },
+    #[error(
+        "results {}: an ECSV table holds no attention maps; explain reads JSON Lines or protobuf results",
+        .0.display()
+    )]
+    Table(PathBuf),
     #[error("the result of '{0}' has no {1}")]
     Incomplete(String, &'static str),
     #[error(
@@ -244,7 +249,8 @@ pub fn classify_one(path: &Path, config: &Config) -> Result<proto::Classificatio
 
 /// The classification of `source_id` in a results file of `radiogate classify`: JSON
 /// Lines, or length-delimited protobuf `Classification`s (told apart by the first byte:
-/// a JSON line starts with `{`, a protobuf result with a length of more than 127 bytes).
+/// a JSON line starts with `{`, a protobuf result with a length of more than 127 bytes;
+/// an ECSV table, which starts with `#`, is refused).
 pub fn find_result(results: &Path, source_id: &str) -> Result<proto::Classification, ExplainError> {
     let results_error = |source| ExplainError::Results {
         path: results.to_path_buf(),
@@ -261,6 +267,9 @@ pub fn find_result(results: &Path, source_id: &str) -> Result<proto::Classificat
         source_id: source_id.to_string(),
         rejection,
     };
+    if first == Some(b'#') {
+        return Err(ExplainError::Table(results.to_path_buf()));
+    }
     if first == Some(b'{') {
         let mut rejection = None;
         for record in sink::read_jsonl(results).map_err(results_error)? {

@@ -1,12 +1,13 @@
 //! Sinks: where results leave the worker. [`FileSink`] writes classifications and
-//! rejections to a file or to standard output, as JSON Lines (schema in [`record`]) or as
-//! length-delimited protobuf.
+//! rejections to a file or to standard output, as JSON Lines (schema in [`record`]), as
+//! length-delimited protobuf, or as an ECSV table (`ecsv`).
 //!
 //! This module owns the output formats and the durability of a file (flush and fsync on
 //! [`FileSink::finish`]). It does not decide what a result contains (the summary stage
 //! builds `proto::Classification`s; the pipeline builds `proto::Rejection`s), nor when to
 //! acknowledge input: the pipeline does that once a write here has returned.
 
+mod ecsv;
 pub mod html;
 pub mod kafka;
 pub mod record;
@@ -155,7 +156,7 @@ impl Output {
 /// Writes results to a file or standard output.
 ///
 /// JSON Lines: classifications and rejections interleaved in the order written, one object
-/// per line. Protobuf: length-delimited `Classification`s to the path and length-delimited
+/// per line. ECSV: a header, then a row per classification or rejection. Protobuf: length-delimited `Classification`s to the path and length-delimited
 /// `Rejection`s to `<path>.rejections` (configuration refuses protobuf on standard output,
 /// which would have nowhere to put rejections).
 ///
@@ -195,10 +196,13 @@ impl FileSink {
         let SinkConfig::File { path, format } = config else {
             return Err(SinkError::NotAFile);
         };
-        let results = match path {
+        let mut results = match path {
             Some(path) => Output::create(path)?,
             None => Output::stdout(),
         };
+        if *format == OutputFormat::Ecsv {
+            results.write(ecsv::header().as_bytes())?;
+        }
         let rejections = match (format, path) {
             (OutputFormat::Protobuf, Some(path)) => Some(Output::create(&rejections_path(path))?),
             _ => None,
@@ -217,6 +221,7 @@ impl FileSink {
         self.scratch.clear();
         match self.format {
             OutputFormat::Jsonl => json_line(&Record::from(c), &mut self.scratch),
+            OutputFormat::Ecsv => ecsv::classification(c, &mut self.scratch),
             OutputFormat::Protobuf => c
                 .encode_length_delimited(&mut self.scratch)
                 .expect("encoding into a Vec cannot run out of room: Vec grows as prost writes"),
@@ -235,6 +240,10 @@ impl FileSink {
                     "encoding into a Vec cannot run out of room: Vec grows as prost writes",
                 );
                 output
+            }
+            (OutputFormat::Ecsv, _) => {
+                ecsv::rejection(r, &mut self.scratch);
+                &mut self.results
             }
             _ => {
                 json_line(&Record::from(r), &mut self.scratch);

@@ -216,7 +216,93 @@ fn bad_files_become_rejections_with_reasons_and_good_ones_still_classify() {
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
     assert_eq!(reasons, expected);
+
+    // The same run as an ECSV table, as astropy reads it: a row per input, units and types
+    // from the header, the rejections' cells that do not apply masked.
+    let table_path = dir.path().join("out.ecsv");
+    let mut config = common::files_config(vec![inputs], &table_path);
+    config.sink = SinkConfig::File {
+        path: Some(table_path.clone()),
+        format: OutputFormat::Ecsv,
+    };
+    let again = common::run(config);
+    assert_eq!((again.classified, again.rejected), (1, 6));
+    let read = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(ASTROPY_READS_ECSV)
+        .arg(&table_path)
+        .output()
+        .expect("python3 with astropy runs");
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let table: serde_json::Value = serde_json::from_slice(&read.stdout).expect("JSON");
+    assert_eq!(table["units"]["ra"], "deg");
+    assert_eq!(table["units"]["entropy"], "bit");
+    assert_eq!(table["dtypes"]["prob_frii"], "float32");
+    assert_eq!(table["dtypes"]["resampled"], "bool");
+    let rows = table["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 7);
+    let from_table: BTreeMap<String, String> = rows
+        .iter()
+        .filter(|r| r["status"] == "rejected")
+        .map(|r| {
+            assert!(r["label"].is_null() && r["prob_frii"].is_null(), "{r}");
+            let id = r["source_id"].as_str().expect("id").to_string();
+            (id, r["reason"].as_str().expect("reason").to_string())
+        })
+        .collect();
+    assert_eq!(from_table, expected);
+    let Some(Record::Classification(c)) = common::read(&out)
+        .into_iter()
+        .find(|r| matches!(r, Record::Classification(_)))
+    else {
+        panic!("a classification")
+    };
+    let row = rows
+        .iter()
+        .find(|r| r["status"] == "classified")
+        .expect("the classified row");
+    assert_eq!(row["source_id"], c.source_id.as_str());
+    assert_eq!(row["label"], serde_json::json!(c.label));
+    // float32 cells, through Python's float and serde_json's parsing (not correctly
+    // rounded in its last bit): the same float32.
+    assert_eq!(
+        row["prob_frii"].as_f64().map(|p| p as f32),
+        Some(c.probabilities.frii)
+    );
+    assert!(
+        (row["ra"].as_f64().expect("ra") - c.ra).abs() < 1e-12,
+        "{row}"
+    );
+    assert_eq!(row["resampled"], false);
+    assert!(row["reason"].is_null(), "{row}");
+    // It holds no maps to draw, and explain says so.
+    assert!(matches!(
+        radiogate::explain::find_result(&table_path, &c.source_id),
+        Err(radiogate::explain::ExplainError::Table(_))
+    ));
 }
+
+/// Reads the ECSV table at argv[1] with astropy and prints its units, datatypes and rows
+/// (masked cells as null) as JSON.
+const ASTROPY_READS_ECSV: &str = r#"
+import json, sys
+import numpy as np
+from astropy.table import Table
+t = Table.read(sys.argv[1], format="ascii.ecsv")
+def cell(v):
+    if v is np.ma.masked:
+        return None
+    return v.item() if hasattr(v, "item") else v
+print(json.dumps({
+    "units": {c: str(t[c].unit) for c in t.colnames if t[c].unit is not None},
+    "dtypes": {c: str(t[c].dtype) for c in t.colnames},
+    "rows": [{c: cell(r[c]) for c in t.colnames} for r in t],
+}))
+"#;
 
 #[test]
 fn catalogue_positions_resolved_against_mosaics_match_the_files_mode() {

@@ -1,0 +1,442 @@
+//! Results as a table: ECSV (astropy's Enhanced Character Separated Values, APE 6), which
+//! astropy (`Table.read`), TOPCAT and any CSV reader open, with each column's type, unit and
+//! meaning in its commented YAML header.
+//!
+//! One row per input, classified or rejected (`status`), so that the table joins one to one
+//! with the catalogue it came from and nothing is left out. The attention is summarised by
+//! its share on the emission and its strongest peak; the map itself (and the per-gate maps)
+//! are only in JSON Lines and protobuf results, which `radiogate explain` reads. An empty cell
+//! is a missing value (astropy reads it as masked).
+//!
+//! The header is written first and each row as it comes, so a run that stops early leaves a
+//! table of the rows written so far.
+
+use serde::{Serialize, Serializer};
+
+use crate::domain::{label_name, reason_name};
+use crate::proto;
+
+/// A column of the table: its name, ECSV datatype, unit and description, in order.
+struct Column {
+    name: &'static str,
+    datatype: &'static str,
+    unit: Option<&'static str>,
+    description: &'static str,
+}
+
+const fn column(
+    name: &'static str,
+    datatype: &'static str,
+    unit: Option<&'static str>,
+    description: &'static str,
+) -> Column {
+    Column {
+        name,
+        datatype,
+        unit,
+        description,
+    }
+}
+
+/// The columns, in the order of [`Row`]'s fields (a test checks it).
+const COLUMNS: [Column; 25] = [
+    column("source_id", "string", None, "Source identifier"),
+    column(
+        "status",
+        "string",
+        None,
+        "classified, or rejected (see reason and detail)",
+    ),
+    column("survey", "string", None, "Survey the detection came from"),
+    column(
+        "ra",
+        "float64",
+        Some("deg"),
+        "Right ascension (ICRS) of the source",
+    ),
+    column(
+        "dec",
+        "float64",
+        Some("deg"),
+        "Declination (ICRS) of the source",
+    ),
+    column("label", "string", None, "Predicted class: FRI or FRII"),
+    column("prob_fri", "float32", None, "Probability of FRI"),
+    column("prob_frii", "float32", None, "Probability of FRII"),
+    column(
+        "confidence",
+        "float32",
+        None,
+        "Probability of the predicted class",
+    ),
+    column(
+        "entropy",
+        "float32",
+        Some("bit"),
+        "Shannon entropy of the two probabilities (0 certain, 1 undecided)",
+    ),
+    column(
+        "attention_on_emission",
+        "float32",
+        None,
+        "Share of the combined attention map on pixels above the clipping threshold",
+    ),
+    column(
+        "attention_peak_ra",
+        "float64",
+        Some("deg"),
+        "Right ascension of the strongest attention peak",
+    ),
+    column(
+        "attention_peak_dec",
+        "float64",
+        Some("deg"),
+        "Declination of the strongest attention peak",
+    ),
+    column(
+        "attention_peak_weight",
+        "float32",
+        None,
+        "Share of the combined attention in the strongest peak's cell",
+    ),
+    column(
+        "rms",
+        "float32",
+        None,
+        "Sigma-clipped rms of the cutout window, in the image's units (Jy/beam for FIRST)",
+    ),
+    column(
+        "pixel_scale",
+        "float32",
+        Some("arcsec"),
+        "Size of an image pixel at the source",
+    ),
+    column(
+        "resampled",
+        "bool",
+        None,
+        "The window was resampled to the model's pixel size",
+    ),
+    column(
+        "cutout_file",
+        "string",
+        None,
+        "FITS file the pixels were cut from, or inline",
+    ),
+    column("model", "string", None, "Model name"),
+    column(
+        "model_sha256",
+        "string",
+        None,
+        "sha256 of the ONNX model file",
+    ),
+    column(
+        "views",
+        "uint32",
+        None,
+        "Test-time views averaged (symmetries of the image)",
+    ),
+    column(
+        "execution_provider",
+        "string",
+        None,
+        "ONNX Runtime execution provider that ran the model",
+    ),
+    column(
+        "reason",
+        "string",
+        None,
+        "Why the input was rejected (a short name)",
+    ),
+    column(
+        "detail",
+        "string",
+        None,
+        "What was wrong with the rejected input",
+    ),
+    column(
+        "input",
+        "string",
+        None,
+        "Where the rejected input came from: file, catalogue row, or topic:partition:offset",
+    ),
+];
+
+/// One row; `None` is an empty cell.
+#[derive(Serialize)]
+struct Row<'a> {
+    source_id: Option<&'a str>,
+    status: &'static str,
+    survey: Option<&'a str>,
+    ra: Option<f64>,
+    dec: Option<f64>,
+    label: Option<&'static str>,
+    prob_fri: Option<f32>,
+    prob_frii: Option<f32>,
+    confidence: Option<f32>,
+    entropy: Option<f32>,
+    attention_on_emission: Option<f32>,
+    attention_peak_ra: Option<f64>,
+    attention_peak_dec: Option<f64>,
+    attention_peak_weight: Option<f32>,
+    rms: Option<f32>,
+    pixel_scale: Option<f32>,
+    #[serde(serialize_with = "python_bool")]
+    resampled: Option<bool>,
+    cutout_file: Option<&'a str>,
+    model: Option<&'a str>,
+    model_sha256: Option<&'a str>,
+    views: Option<u32>,
+    execution_provider: Option<&'a str>,
+    reason: Option<&'static str>,
+    detail: Option<&'a str>,
+    input: Option<String>,
+}
+
+/// ECSV spells booleans as Python does.
+fn python_bool<S: Serializer>(value: &Option<bool>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(true) => serializer.serialize_str("True"),
+        Some(false) => serializer.serialize_str("False"),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// A YAML single-quoted scalar.
+fn quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The ECSV header: the YAML block (each line commented) and the row of column names.
+pub(super) fn header() -> String {
+    let mut out = String::from("# %ECSV 1.0\n# ---\n# delimiter: ','\n# datatype:\n");
+    for c in &COLUMNS {
+        let unit = c.unit.map_or(String::new(), |u| format!(", unit: {u}"));
+        out.push_str(&format!(
+            "# - {{name: {}, datatype: {}{unit}, description: {}}}\n",
+            c.name,
+            c.datatype,
+            quoted(c.description)
+        ));
+    }
+    out.push_str(&format!(
+        "# meta:\n#   creator: {}\n#   description: {}\n",
+        quoted(&format!("radiogate {}", env!("CARGO_PKG_VERSION"))),
+        quoted("FRI/FRII classifications and rejections, one row per input"),
+    ));
+    let names: Vec<&str> = COLUMNS.iter().map(|c| c.name).collect();
+    out.push_str(&names.join(","));
+    out.push('\n');
+    out
+}
+
+/// Appends a classification's row to `buf`.
+pub(super) fn classification(c: &proto::Classification, buf: &mut Vec<u8>) {
+    let peak = c.attention.as_ref().and_then(|a| a.peaks.first());
+    let model = c.model.as_ref();
+    let cutout = c.cutout.as_ref();
+    write(
+        &Row {
+            source_id: Some(&c.source_id),
+            status: "classified",
+            survey: Some(&c.survey),
+            ra: Some(c.ra_deg),
+            dec: Some(c.dec_deg),
+            label: Some(label_name(c.label())),
+            prob_fri: Some(c.prob_fri),
+            prob_frii: Some(c.prob_frii),
+            confidence: Some(c.confidence),
+            entropy: Some(c.entropy_bits),
+            attention_on_emission: c.attention.as_ref().map(|a| a.on_emission_fraction),
+            attention_peak_ra: peak.map(|p| p.ra_deg),
+            attention_peak_dec: peak.map(|p| p.dec_deg),
+            attention_peak_weight: peak.map(|p| p.weight),
+            rms: cutout.map(|p| p.rms),
+            pixel_scale: cutout.map(|p| p.pixel_scale_arcsec),
+            resampled: cutout.map(|p| p.resampled),
+            cutout_file: cutout.map(|p| p.file.as_str()),
+            model: model.map(|m| m.name.as_str()),
+            model_sha256: model.map(|m| m.sha256.as_str()),
+            views: model.map(|m| m.views.max(1)),
+            execution_provider: model.map(|m| m.execution_provider.as_str()),
+            reason: None,
+            detail: None,
+            input: None,
+        },
+        buf,
+    );
+}
+
+/// Appends a rejection's row to `buf`.
+pub(super) fn rejection(r: &proto::Rejection, buf: &mut Vec<u8>) {
+    let input = match &r.stream {
+        Some(s) if r.input.is_empty() => Some(format!("{}:{}:{}", s.topic, s.partition, s.offset)),
+        _ => Some(r.input.clone()).filter(|i| !i.is_empty()),
+    };
+    write(
+        &Row {
+            source_id: Some(r.source_id.as_str()).filter(|s| !s.is_empty()),
+            status: "rejected",
+            survey: None,
+            ra: None,
+            dec: None,
+            label: None,
+            prob_fri: None,
+            prob_frii: None,
+            confidence: None,
+            entropy: None,
+            attention_on_emission: None,
+            attention_peak_ra: None,
+            attention_peak_dec: None,
+            attention_peak_weight: None,
+            rms: None,
+            pixel_scale: None,
+            resampled: None,
+            cutout_file: None,
+            model: None,
+            model_sha256: None,
+            views: None,
+            execution_provider: None,
+            reason: Some(reason_name(r.reason())),
+            detail: Some(&r.detail),
+            input,
+        },
+        buf,
+    );
+}
+
+fn write(row: &Row, buf: &mut Vec<u8>) {
+    let mut writer = csv::WriterBuilder::new()
+        .has_headers(false)
+        .buffer_capacity(1024)
+        .from_writer(buf);
+    writer
+        .serialize(row)
+        .and_then(|()| writer.flush().map_err(csv::Error::from))
+        .expect("a row of strings and numbers serialises into a Vec, which cannot fail");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classification_message() -> proto::Classification {
+        proto::Classification {
+            source_id: "J1, \"odd\" name".into(),
+            survey: "FIRST".into(),
+            ra_deg: 150.125,
+            dec_deg: -2.5,
+            label: proto::Label::Frii as i32,
+            prob_fri: 0.25,
+            prob_frii: 0.75,
+            confidence: 0.75,
+            entropy_bits: 0.811_278_1,
+            attention: Some(proto::AttentionSummary {
+                on_emission_fraction: 0.5,
+                peaks: vec![proto::AttentionPeak {
+                    ra_deg: 150.126,
+                    dec_deg: -2.501,
+                    weight: 0.125,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            model: Some(proto::ModelInfo {
+                name: "agcnn".into(),
+                sha256: "ab".into(),
+                execution_provider: "cpu".into(),
+                views: 8,
+            }),
+            cutout: Some(proto::CutoutProvenance {
+                file: "a.fits".into(),
+                rms: 1.5e-4,
+                pixel_scale_arcsec: 1.8,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn columns_follow_the_rows_fields() {
+        let mut buf = Vec::new();
+        let mut writer = csv::Writer::from_writer(&mut buf);
+        writer
+            .serialize(Row {
+                source_id: None,
+                status: "",
+                survey: None,
+                ra: None,
+                dec: None,
+                label: None,
+                prob_fri: None,
+                prob_frii: None,
+                confidence: None,
+                entropy: None,
+                attention_on_emission: None,
+                attention_peak_ra: None,
+                attention_peak_dec: None,
+                attention_peak_weight: None,
+                rms: None,
+                pixel_scale: None,
+                resampled: None,
+                cutout_file: None,
+                model: None,
+                model_sha256: None,
+                views: None,
+                execution_provider: None,
+                reason: None,
+                detail: None,
+                input: None,
+            })
+            .unwrap();
+        drop(writer);
+        let text = String::from_utf8(buf).unwrap();
+        let names: Vec<&str> = COLUMNS.iter().map(|c| c.name).collect();
+        assert_eq!(text.lines().next().unwrap(), names.join(","));
+        assert!(header().ends_with(&format!("\n{}\n", names.join(","))));
+    }
+
+    #[test]
+    fn rows_quote_what_needs_it_and_leave_missing_values_empty() {
+        let mut buf = Vec::new();
+        classification(&classification_message(), &mut buf);
+        let row = String::from_utf8(buf).unwrap();
+        assert_eq!(
+            row,
+            "\"J1, \"\"odd\"\" name\",classified,FIRST,150.125,-2.5,FRII,0.25,0.75,0.75,\
+             0.8112781,0.5,150.126,-2.501,0.125,0.00015,1.8,False,a.fits,agcnn,ab,8,cpu,,,\n"
+        );
+
+        let mut buf = Vec::new();
+        rejection(
+            &proto::Rejection {
+                reason: proto::RejectReason::NotCovered as i32,
+                detail: "no mosaic covers it".into(),
+                stream: Some(proto::StreamPosition {
+                    topic: "detections".into(),
+                    partition: 3,
+                    offset: 42,
+                }),
+                ..Default::default()
+            },
+            &mut buf,
+        );
+        let row = String::from_utf8(buf).unwrap();
+        assert_eq!(
+            row,
+            ",rejected,,,,,,,,,,,,,,,,,,,,,not_covered,no mosaic covers it,detections:3:42\n"
+        );
+    }
+
+    #[test]
+    fn the_header_is_ecsv_with_every_column_described() {
+        let header = header();
+        assert!(header.starts_with("# %ECSV 1.0\n# ---\n"));
+        assert_eq!(header.matches("# - {name: ").count(), COLUMNS.len());
+        assert!(header.contains("# - {name: ra, datatype: float64, unit: deg, description: "));
+        // Every header line but the column names is a comment.
+        let lines: Vec<&str> = header.lines().collect();
+        assert!(lines[..lines.len() - 1].iter().all(|l| l.starts_with('#')));
+    }
+}
