@@ -202,6 +202,11 @@ pub struct ClassifyArgs {
     /// Largest batch sent to the model.
     #[arg(long, value_name = "N")]
     pub max_batch: Option<i64>,
+    /// Keep the results --out already holds (JSON Lines or ECSV, written by a run that
+    /// stopped early) and classify only the inputs after them; the inputs must be the same,
+    /// in the same order, and so must the model.
+    #[arg(long, requires = "out", conflicts_with = "report")]
+    pub resume: bool,
     /// No progress bar, and only warnings and errors logged unless --log-level says
     /// otherwise; the one-line summary at the end is still printed.
     #[arg(long, short)]
@@ -312,6 +317,9 @@ pub fn classify_config_with_env(
     }
     if let Some(max_batch) = args.max_batch {
         builder.set("batch.max_batch", max_batch, "--max-batch");
+    }
+    if args.resume {
+        builder.set("sink.resume", true, "--resume");
     }
     let config = builder.build()?;
     if matches!(&config.source, config::SourceConfig::Files { inputs, .. } if inputs.is_empty()) {
@@ -500,7 +508,8 @@ mod tests {
             config.sink,
             SinkConfig::File {
                 path: Some("out.pb".into()),
-                format: OutputFormat::Protobuf
+                format: OutputFormat::Protobuf,
+                resume: false,
             }
         );
         assert_eq!(config.batch.max_batch, 7);

@@ -334,6 +334,9 @@ pub enum SinkConfig {
     File {
         path: Option<PathBuf>,
         format: OutputFormat,
+        /// Keep the records the file already holds and continue after them (a run that
+        /// stopped early, run again over the same input); JSON Lines or ECSV only.
+        resume: bool,
     },
     /// Kafka topics: results and dead letters.
     Kafka(KafkaSinkConfig),
@@ -930,6 +933,7 @@ struct RawSink {
     kind: RawSinkKind,
     path: Option<PathBuf>,
     format: Option<RawFormat>,
+    resume: bool,
     brokers: Option<String>,
     results_topic: Option<String>,
     dead_letter_topic: Option<String>,
@@ -1416,7 +1420,23 @@ impl RawSink {
                 "protobuf output needs a file (rejections go to <path>.rejections), not standard output",
             );
         }
-        SinkConfig::File { path, format }
+        if self.resume && path.is_none() {
+            check.fail(
+                "sink.resume",
+                "needs sink.path: there is nothing to resume on standard output",
+            );
+        } else if self.resume && format == OutputFormat::Protobuf {
+            check.fail(
+                "sink.resume",
+                "needs sink.format \"jsonl\" or \"ecsv\": protobuf keeps rejections in a file of their own, \
+                 so its records are not one sequence in input order",
+            );
+        }
+        SinkConfig::File {
+            path,
+            format,
+            resume: self.resume,
+        }
     }
 
     fn resolve_kafka(self, check: &mut Checker) -> SinkConfig {
@@ -1424,6 +1444,7 @@ impl RawSink {
             [
                 ("sink.path", self.path.is_some()),
                 ("sink.format", self.format.is_some()),
+                ("sink.resume", self.resume),
             ],
             "not used when sink.kind = \"kafka\" (messages are protobuf)",
         );
@@ -1568,7 +1589,8 @@ mod tests {
             config.sink,
             SinkConfig::File {
                 path: None,
-                format: OutputFormat::Jsonl
+                format: OutputFormat::Jsonl,
+                resume: false,
             }
         );
         assert_eq!(config.pipeline.queue_capacity, 64);
@@ -2159,7 +2181,8 @@ mod tests {
             config.sink,
             SinkConfig::File {
                 path: None,
-                format: OutputFormat::Jsonl
+                format: OutputFormat::Jsonl,
+                resume: false,
             }
         );
         let config = from_toml("[sink]\npath = \"out.pb\"\nformat = \"protobuf\"\n").unwrap();
@@ -2167,7 +2190,8 @@ mod tests {
             config.sink,
             SinkConfig::File {
                 path: Some("out.pb".into()),
-                format: OutputFormat::Protobuf
+                format: OutputFormat::Protobuf,
+                resume: false,
             }
         );
         // A table can go to standard output: its rejections are rows of it.
@@ -2176,9 +2200,32 @@ mod tests {
             config.sink,
             SinkConfig::File {
                 path: None,
-                format: OutputFormat::Ecsv
+                format: OutputFormat::Ecsv,
+                resume: false,
             }
         );
+    }
+
+    #[test]
+    fn resume_needs_a_file_of_one_sequence() {
+        let config =
+            from_toml("[sink]\npath = \"r.ecsv\"\nformat = \"ecsv\"\nresume = true\n").unwrap();
+        assert!(matches!(config.sink, SinkConfig::File { resume: true, .. }));
+        for (toml, why) in [
+            ("[sink]\nresume = true\n", "needs sink.path"),
+            (
+                "[sink]\npath = \"r.pb\"\nformat = \"protobuf\"\nresume = true\n",
+                "protobuf keeps rejections",
+            ),
+            (
+                "[sink]\nkind = \"kafka\"\nresume = true\nbrokers = \"b:9092\"\n\
+                 results_topic = \"r\"\ndead_letter_topic = \"d\"\n",
+                "not used when sink.kind",
+            ),
+        ] {
+            let err = from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains("sink.resume") && err.contains(why), "{err}");
+        }
     }
 
     #[test]

@@ -205,6 +205,7 @@ pub fn classify_one(path: &Path, config: &Config) -> Result<proto::Classificatio
     config.sink = SinkConfig::File {
         path: Some(results.clone()),
         format: OutputFormat::Jsonl,
+        resume: false,
     };
     config.summary.per_gate_maps = true;
     let classify_error = |source: PipelineError| ExplainError::Classify {

@@ -97,9 +97,10 @@ fn main() -> ExitCode {
             tracing::error!(error = %why, "run failed");
             eprintln!("radiogate: {why}");
             match e {
-                PipelineError::Source(_) | PipelineError::Mosaics(_) | PipelineError::Model(_) => {
-                    ExitCode::from(2)
-                }
+                PipelineError::Source(_)
+                | PipelineError::Mosaics(_)
+                | PipelineError::Model(_)
+                | PipelineError::Resume(_) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }
@@ -274,7 +275,15 @@ fn print_summary(summary: &RunSummary) {
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     eprintln!(
-        "radiogate: {} classified ({}), {} rejected{} in {:.2} s, {:.1} sources/s{}; model {} ({}){}",
+        "radiogate: {}{} classified ({}), {} rejected{} in {:.2} s, {:.1} sources/s{}; model {} ({}){}",
+        if summary.resumed > 0 {
+            format!(
+                "resumed after the {} results already written; ",
+                summary.resumed
+            )
+        } else {
+            String::new()
+        },
         summary.classified,
         if labels.is_empty() {
             "none".to_string()

@@ -84,6 +84,9 @@ pub enum PipelineError {
     DrainTimeout(Duration),
     #[error("acknowledgement: {0}")]
     Ack(#[from] AckError),
+    /// `sink.resume`: the results file is not this input's (or this model's) to continue.
+    #[error("cannot resume: {0}")]
+    Resume(String),
 }
 
 /// What a finished run did: the end-of-run summary.
@@ -102,6 +105,9 @@ pub struct RunSummary {
     /// The batches the model ran, and the items in them: how full the batcher made them.
     pub batches: u64,
     pub batched_items: u64,
+    /// Records an earlier run had written to the resumed results file, whose inputs this
+    /// run skipped (`sink.resume`); not counted above.
+    pub resumed: u64,
 }
 
 impl RunSummary {
@@ -173,6 +179,14 @@ impl Output {
         }
     }
 
+    /// What the results file held before this run, when it resumed one.
+    fn resumed(&self) -> Option<&crate::sink::Resumed> {
+        match self {
+            Output::File(sink) => sink.resumed(),
+            Output::Kafka(_) => None,
+        }
+    }
+
     /// Nothing queues upstream: sends what was written without waiting for more.
     fn idle(&mut self) {
         if let Output::Kafka(sink) = self {
@@ -213,7 +227,56 @@ fn open_ends(config: &Config) -> Result<(Intake, Output, Option<Acks>), Pipeline
         (other, _) => Intake::Items(source::open(other)?),
     };
     let output = open_output(config, acks.as_ref())?;
+    let intake = match (intake, output.resumed()) {
+        (Intake::Items(mut detections), Some(resumed)) => {
+            skip_resumed(&mut detections, resumed)?;
+            Intake::Items(detections)
+        }
+        (intake, _) => intake,
+    };
     Ok((intake, output, acks))
+}
+
+/// Skips the inputs whose records a resumed results file holds: as many as it has records,
+/// the last of them the same source as its last record (else the input is not the one
+/// those results came from, or not in the same order).
+fn skip_resumed(
+    detections: &mut Detections,
+    resumed: &crate::sink::Resumed,
+) -> Result<(), PipelineError> {
+    let mut last = None;
+    for taken in 0..resumed.records {
+        match detections.next() {
+            Some(item) => last = Some(item),
+            None => {
+                return Err(PipelineError::Resume(format!(
+                    "the results hold {} records, the input only {taken} items: \
+                     they are not this input's",
+                    resumed.records
+                )));
+            }
+        }
+    }
+    let source_id = match last {
+        Some(Ok(detection)) => Some(detection.message.source_id),
+        Some(Err(rejected)) => rejected.source_id,
+        None => None,
+    }
+    .filter(|id| !id.is_empty());
+    if source_id != resumed.last_source_id {
+        let name = |id: &Option<String>| {
+            id.as_deref()
+                .map_or("(no source id)".into(), |id| format!("'{id}'"))
+        };
+        return Err(PipelineError::Resume(format!(
+            "the results' record {n} is {}, the input's item {n} is {}: \
+             the input is not the one they came from, or not in the same order",
+            name(&resumed.last_source_id),
+            name(&source_id),
+            n = resumed.records,
+        )));
+    }
+    Ok(())
 }
 
 /// Opens the configured sink (within the acknowledgement path's transactions, when given
@@ -403,6 +466,24 @@ async fn run_with(
         "pipeline started"
     );
     metrics.model_loaded(&model);
+    let resumed = sink.resumed().map_or(0, |r| r.records);
+    if let Some(r) = sink.resumed() {
+        tracing::info!(
+            records = r.records,
+            cut_bytes = r.cut_bytes,
+            "resuming a results file: its records' inputs skipped"
+        );
+    }
+    if let Some((sha256, views)) = sink.resumed().and_then(|r| r.model.as_ref()) {
+        if *sha256 != model.sha256 || *views != model.views.max(1) {
+            return Err(PipelineError::Resume(format!(
+                "the results were written by model {sha256} with {views} view(s), \
+                 this run has {} with {}",
+                model.sha256,
+                model.views.max(1)
+            )));
+        }
+    }
 
     let capacity = config.pipeline.queue_capacity.max(1);
     let stop = Arc::new(AtomicBool::new(false));
@@ -607,6 +688,7 @@ async fn run_with(
 
     summary.elapsed = started.elapsed();
     summary.model = model;
+    summary.resumed = resumed;
     summary.interrupted = interrupted;
     let batches = metrics.batches();
     (summary.batches, summary.batched_items) = (

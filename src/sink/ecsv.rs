@@ -305,6 +305,55 @@ pub(super) fn rejection(r: &proto::Rejection, buf: &mut Vec<u8>) {
     );
 }
 
+/// The whole rows of an ECSV results file (its header, then rows as [`write`] writes them):
+/// the header's column names must be these, and every row but an unfinished last one must
+/// have every column and a `status`.
+pub(super) fn scan(reader: &mut dyn std::io::BufRead) -> Result<super::Scan, String> {
+    let mut csv = csv::ReaderBuilder::new()
+        .comment(Some(b'#'))
+        .flexible(true)
+        .from_reader(reader);
+    let names: Vec<&str> = COLUMNS.iter().map(|c| c.name).collect();
+    let header = csv.byte_headers().map_err(|e| e.to_string())?;
+    if header.iter().ne(names.iter().map(|n| n.as_bytes())) {
+        return Err(format!(
+            "its columns are not those of radiogate's table ({})",
+            names.join(",")
+        ));
+    }
+    let column = |name: &str| names.iter().position(|n| *n == name).unwrap_or(0);
+    let (status, sha256, views) = (column("status"), column("model_sha256"), column("views"));
+    let mut scan = super::Scan {
+        kept: csv.position().byte(),
+        ..Default::default()
+    };
+    let mut record = csv::ByteRecord::new();
+    let mut unfinished = None;
+    while csv
+        .read_byte_record(&mut record)
+        .map_err(|e| e.to_string())?
+    {
+        if let Some(line) = unfinished {
+            return Err(format!("the row on line {line} is not a whole result row"));
+        }
+        let cell = |i: usize| std::str::from_utf8(record.get(i).unwrap_or_default()).ok();
+        let whole = record.len() == COLUMNS.len()
+            && matches!(cell(status), Some("classified" | "rejected"));
+        if !whole {
+            unfinished = Some(record.position().map_or(0, csv::Position::line));
+            continue;
+        }
+        scan.records += 1;
+        scan.kept = csv.position().byte();
+        scan.last_source_id = cell(0).filter(|id| !id.is_empty()).map(str::to_string);
+        if scan.model.is_none() && cell(status) == Some("classified") {
+            let views = cell(views).and_then(|v| v.parse().ok()).unwrap_or(1);
+            scan.model = cell(sha256).map(|sha| (sha.to_string(), views));
+        }
+    }
+    Ok(scan)
+}
+
 fn write(row: &Row, buf: &mut Vec<u8>) {
     let mut writer = csv::WriterBuilder::new()
         .has_headers(false)

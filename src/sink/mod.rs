@@ -14,7 +14,7 @@ pub mod record;
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
@@ -76,6 +76,9 @@ pub enum SinkError {
     /// A file sink was asked for with a configuration that names another kind of sink.
     #[error("the configured sink is not a file")]
     NotAFile,
+    /// `sink.resume`: the file is not results this run can continue.
+    #[error("cannot resume {}: {reason}", path.display())]
+    Resume { path: PathBuf, reason: String },
     #[error("{}: message {index} does not decode: {source}", path.display())]
     BadMessage {
         path: PathBuf,
@@ -90,6 +93,30 @@ pub enum SinkError {
 pub struct SinkCounts {
     pub classifications: u64,
     pub rejections: u64,
+}
+
+/// What a results file held when a run resumed it (`sink.resume`): whole records in input
+/// order, which the run skips in its input.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resumed {
+    /// Whole records kept.
+    pub records: u64,
+    /// The source id of the last record kept (None: a rejection that has none).
+    pub last_source_id: Option<String>,
+    /// The model (sha256, test-time views) of the first classification kept.
+    pub model: Option<(String, u32)>,
+    /// Bytes of an unfinished last record that were cut off.
+    pub cut_bytes: u64,
+}
+
+/// What reading a results file back for [`Resumed`] found in its whole lines.
+#[derive(Debug, Default)]
+struct Scan {
+    records: u64,
+    /// Bytes of the whole records (and the header before them).
+    kept: u64,
+    last_source_id: Option<String>,
+    model: Option<(String, u32)>,
 }
 
 /// A buffered output and the name it is reported by.
@@ -125,6 +152,54 @@ impl Output {
             file: Some(sync_handle),
             target: path.display().to_string(),
         })
+    }
+
+    /// Opens `path` to write after the whole records it holds, which `scan` finds in its
+    /// whole lines; the rest (an unfinished record) is cut off. None when there is nothing
+    /// to resume: no file, or an empty one.
+    fn resume(
+        path: &Path,
+        scan: impl FnOnce(&mut dyn BufRead) -> Result<Scan, String>,
+    ) -> Result<Option<(Self, Resumed)>, SinkError> {
+        let io_error = |source: std::io::Error| SinkError::Resume {
+            path: path.to_path_buf(),
+            reason: source.to_string(),
+        };
+        let mut file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(e)),
+        };
+        let len = file.metadata().map_err(io_error)?.len();
+        if len == 0 {
+            return Ok(None);
+        }
+        let whole_lines = end_of_last_line(&mut file, len).map_err(io_error)?;
+        file.rewind().map_err(io_error)?;
+        let mut reader = BufReader::with_capacity(1 << 20, (&file).take(whole_lines));
+        let scan = scan(&mut reader).map_err(|reason| SinkError::Resume {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        file.set_len(scan.kept).map_err(io_error)?;
+        file.seek(SeekFrom::End(0)).map_err(io_error)?;
+        let sync_handle = file.try_clone().map_err(io_error)?;
+        let output = Self {
+            writer: BufWriter::new(Box::new(file)),
+            file: Some(sync_handle),
+            target: path.display().to_string(),
+        };
+        let resumed = Resumed {
+            records: scan.records,
+            last_source_id: scan.last_source_id,
+            model: scan.model,
+            cut_bytes: len - scan.kept,
+        };
+        Ok(Some((output, resumed)))
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
@@ -169,6 +244,8 @@ pub struct FileSink {
     /// Protobuf rejections.
     rejections: Option<Output>,
     counts: SinkCounts,
+    /// What the file held before this run, when it resumed one.
+    resumed: Option<Resumed>,
     /// Reused encoding buffer.
     scratch: Vec<u8>,
 }
@@ -193,14 +270,29 @@ pub fn rejections_path(path: &Path) -> PathBuf {
 impl FileSink {
     /// Creates (truncating) the output files that `config` names.
     pub fn create(config: &SinkConfig) -> Result<Self, SinkError> {
-        let SinkConfig::File { path, format } = config else {
+        let SinkConfig::File {
+            path,
+            format,
+            resume,
+        } = config
+        else {
             return Err(SinkError::NotAFile);
         };
-        let mut results = match path {
-            Some(path) => Output::create(path)?,
-            None => Output::stdout(),
+        let resumed = match (path, resume) {
+            (Some(path), true) => Output::resume(path, |reader| match format {
+                OutputFormat::Jsonl => scan_jsonl(reader),
+                OutputFormat::Ecsv => ecsv::scan(reader),
+                // The configuration refuses it: its rejections are in a file of their own.
+                OutputFormat::Protobuf => Err("protobuf results cannot be resumed".into()),
+            })?,
+            _ => None,
         };
-        if *format == OutputFormat::Ecsv {
+        let (mut results, resumed) = match (resumed, path) {
+            (Some((output, resumed)), _) => (output, Some(resumed)),
+            (None, Some(path)) => (Output::create(path)?, None),
+            (None, None) => (Output::stdout(), None),
+        };
+        if *format == OutputFormat::Ecsv && resumed.is_none() {
             results.write(ecsv::header().as_bytes())?;
         }
         let rejections = match (format, path) {
@@ -212,8 +304,14 @@ impl FileSink {
             results,
             rejections,
             counts: SinkCounts::default(),
+            resumed,
             scratch: Vec::with_capacity(4096),
         })
+    }
+
+    /// What the file held before this run, when it resumed one that had written something.
+    pub fn resumed(&self) -> Option<&Resumed> {
+        self.resumed.as_ref()
     }
 
     /// Writes one classification.
@@ -277,6 +375,64 @@ impl FileSink {
         }
         Ok(self.counts)
     }
+}
+
+/// The length of `file` up to its last newline (0 when it has none).
+fn end_of_last_line(file: &mut File, len: u64) -> std::io::Result<u64> {
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..usize::try_from(end - start).unwrap_or(0)];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(part)?;
+        if let Some(i) = part.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// The whole records of a JSON Lines results file: every non-blank line a record (told by
+/// its start, as [`json_line`] writes it), the first classification's model and the last
+/// record's source id read from their JSON.
+fn scan_jsonl(reader: &mut dyn BufRead) -> Result<Scan, String> {
+    let mut scan = Scan::default();
+    let (mut line, mut last) = (Vec::new(), Vec::new());
+    let mut number = 0u64;
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        number += 1;
+        scan.kept += n as u64;
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        if !line.starts_with(b"{\"kind\":\"") {
+            return Err(format!("line {number} is not a result record"));
+        }
+        scan.records += 1;
+        if scan.model.is_none() && line.starts_with(b"{\"kind\":\"classification\"") {
+            if let Ok(Record::Classification(c)) = serde_json::from_slice(&line) {
+                scan.model = c.model.map(|m| (m.sha256, m.views));
+            }
+        }
+        std::mem::swap(&mut line, &mut last);
+    }
+    if scan.records > 0 {
+        scan.last_source_id = match serde_json::from_slice(&last) {
+            Ok(Record::Classification(c)) => Some(c.source_id),
+            Ok(Record::Rejection(r)) => r.source_id,
+            Err(e) => return Err(format!("its last record does not read back: {e}")),
+        };
+    }
+    Ok(scan)
 }
 
 /// Appends `record` as one JSON line.
@@ -345,6 +501,7 @@ mod tests {
         let sink = FileSink::create(&SinkConfig::File {
             path: Some(path.clone()),
             format,
+            resume: false,
         })
         .unwrap();
         (sink, path)
@@ -474,6 +631,81 @@ mod tests {
         );
     }
 
+    fn resume_at(path: &Path, format: OutputFormat) -> Result<FileSink, SinkError> {
+        FileSink::create(&SinkConfig::File {
+            path: Some(path.to_path_buf()),
+            format,
+            resume: true,
+        })
+    }
+
+    #[test]
+    fn resuming_keeps_whole_records_and_cuts_an_unfinished_one() {
+        for (format, name) in [
+            (OutputFormat::Jsonl, "out.jsonl"),
+            (OutputFormat::Ecsv, "out.ecsv"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut sink, path) = sink_at(dir.path(), name, format);
+            write_some(&mut sink);
+            sink.finish().unwrap();
+            let whole = std::fs::read(&path).unwrap();
+            let unfinished = b"{\"kind\":\"classification\",\"sou";
+            let mut killed = whole.clone();
+            killed.extend_from_slice(unfinished);
+            std::fs::write(&path, &killed).unwrap();
+
+            let mut sink = resume_at(&path, format).unwrap();
+            let resumed = sink.resumed().unwrap().clone();
+            assert_eq!(resumed.records, 5, "{name}");
+            assert_eq!(resumed.last_source_id.as_deref(), Some("src-2"), "{name}");
+            let sha = full_classification().model.unwrap().sha256;
+            assert_eq!(resumed.model, Some((sha, 1)), "{name}");
+            assert_eq!(resumed.cut_bytes, unfinished.len() as u64, "{name}");
+            let mut c = full_classification();
+            c.source_id = "src-3".into();
+            sink.write_classification(&c).unwrap();
+            sink.finish().unwrap();
+            let mut after = std::fs::read(&path).unwrap();
+            assert_eq!(&after[..whole.len()], &whole[..], "{name}: kept as it was");
+            after.drain(..whole.len());
+            let mut one = Vec::new();
+            match format {
+                OutputFormat::Ecsv => ecsv::classification(&c, &mut one),
+                _ => json_line(&Record::from(&c), &mut one),
+            }
+            assert_eq!(
+                after, one,
+                "{name}: the new record after them, no second header"
+            );
+        }
+    }
+
+    #[test]
+    fn resuming_nothing_starts_afresh_and_resuming_something_else_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.ecsv");
+        let sink = resume_at(&path, OutputFormat::Ecsv).unwrap();
+        assert!(sink.resumed().is_none());
+        sink.finish().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), ecsv::header());
+
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, "{\"kind\":\"rejection\"}\nsome notes\n").unwrap();
+        let err = resume_at(&path, OutputFormat::Jsonl).unwrap_err();
+        assert!(
+            err.to_string().contains("line 2 is not a result record"),
+            "{err}"
+        );
+        let err = resume_at(&path, OutputFormat::Ecsv).unwrap_err();
+        assert!(err.to_string().contains("columns"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"kind\":\"rejection\"}\nsome notes\n",
+            "a file that is not results is left alone"
+        );
+    }
+
     #[test]
     fn output_folders_are_created_and_an_impossible_path_is_a_create_error() {
         let dir = tempfile::tempdir().unwrap();
@@ -481,6 +713,7 @@ mod tests {
         let config = SinkConfig::File {
             path: Some(nested.clone()),
             format: OutputFormat::Jsonl,
+            resume: false,
         };
         FileSink::create(&config).unwrap().finish().unwrap();
         assert!(nested.exists());
@@ -488,6 +721,7 @@ mod tests {
         let config = SinkConfig::File {
             path: Some(nested.join("out.jsonl")),
             format: OutputFormat::Jsonl,
+            resume: false,
         };
         assert!(matches!(
             FileSink::create(&config),

@@ -67,6 +67,7 @@ pub fn files_config(inputs: Vec<PathBuf>, out: &Path) -> Config {
         sink: SinkConfig::File {
             path: Some(out.to_path_buf()),
             format: OutputFormat::Jsonl,
+            resume: false,
         },
         ..Config::default()
     };

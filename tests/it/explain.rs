@@ -110,6 +110,7 @@ fn explain_from_results_recuts_the_pixels_and_draws_the_same_picture() {
     protobuf.sink = SinkConfig::File {
         path: Some(pb.clone()),
         format: OutputFormat::Protobuf,
+        resume: false,
     };
     common::run(protobuf);
 

@@ -224,6 +224,7 @@ fn bad_files_become_rejections_with_reasons_and_good_ones_still_classify() {
     config.sink = SinkConfig::File {
         path: Some(table_path.clone()),
         format: OutputFormat::Ecsv,
+        resume: false,
     };
     let again = common::run(config);
     assert_eq!((again.classified, again.rejected), (1, 6));
@@ -428,6 +429,7 @@ fn protobuf_output_carries_every_result() {
     config.sink = SinkConfig::File {
         path: Some(out.clone()),
         format: OutputFormat::Protobuf,
+        resume: false,
     };
     common::run(config);
     let results: Vec<proto::Classification> =
@@ -590,4 +592,92 @@ fn quiet_classify_prints_its_summary_and_no_info_logs() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].starts_with("radiogate: 20 classified"), "{stderr}");
+}
+
+/// A run killed part way, run again with `sink.resume`: the file ends as one uninterrupted
+/// run's would, every input once, in order; the wrong input or model is refused.
+#[test]
+fn a_resumed_run_finishes_what_a_killed_one_began() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let full = dir.path().join("full.jsonl");
+    common::run(common::files_config(vec![common::sample_dir()], &full));
+    let without_times = |records: Vec<Record>| -> Vec<String> {
+        records
+            .into_iter()
+            .map(|record| {
+                let mut value = serde_json::to_value(record).expect("JSON");
+                let object = value.as_object_mut().expect("an object");
+                object.remove("classified_at");
+                object.remove("timings_us");
+                value.to_string()
+            })
+            .collect()
+    };
+    let expected = without_times(common::read(&full));
+    assert_eq!(expected.len(), 20);
+
+    // Killed after 7 whole records and half of the 8th.
+    let text = std::fs::read_to_string(&full).expect("results");
+    let cut: usize = text
+        .split_inclusive('\n')
+        .take(7)
+        .map(str::len)
+        .sum::<usize>()
+        + text
+            .split_inclusive('\n')
+            .nth(7)
+            .expect("an 8th record")
+            .len()
+            / 2;
+    let part = dir.path().join("part.jsonl");
+    std::fs::write(&part, &text[..cut]).expect("write");
+
+    let resume = |inputs: Vec<std::path::PathBuf>, model: Option<&str>| {
+        let mut config = common::files_config(inputs, &part);
+        config.sink = SinkConfig::File {
+            path: Some(part.clone()),
+            format: OutputFormat::Jsonl,
+            resume: true,
+        };
+        if let Some(model) = model {
+            config.inference.model = common::repo().join(model);
+        }
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(radiogate::pipeline::run(
+                config,
+                Default::default(),
+                std::future::pending(),
+            ))
+    };
+    // Another model's results are not continued, nor another input's.
+    let other_model = resume(
+        vec![common::sample_dir()],
+        Some("models/agcnn-mirabest.onnx"),
+    );
+    assert!(
+        matches!(other_model, Err(radiogate::pipeline::PipelineError::Resume(ref m)) if m.contains("model")),
+        "{other_model:?}"
+    );
+    let mut files: Vec<_> = std::fs::read_dir(common::sample_dir())
+        .expect("sample")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "fits"))
+        .collect();
+    files.sort();
+    files.reverse();
+    let reordered = resume(files, None);
+    assert!(
+        matches!(reordered, Err(radiogate::pipeline::PipelineError::Resume(ref m)) if m.contains("order")),
+        "{reordered:?}"
+    );
+
+    let summary = resume(vec![common::sample_dir()], None).expect("the resumed run");
+    assert_eq!((summary.resumed, summary.classified), (7, 13));
+    assert_eq!(without_times(common::read(&part)), expected);
+
+    // Resuming a finished file classifies nothing more.
+    let summary = resume(vec![common::sample_dir()], None).expect("a finished file");
+    assert_eq!((summary.resumed, summary.classified), (20, 0));
+    assert_eq!(common::read(&part).len(), 20);
 }
