@@ -5,7 +5,7 @@
 # sample's 20 images (so nearly every row is a `not_covered` rejection: the run measures the
 # catalogue's reading and the rejections' path, not the model). Alternated ROUNDS times;
 # prints wall time, peak RSS and rows/s of each, and checks that both gave the same outcome
-# for every row.
+# for every row. Then times resuming the finished FITS run (`--resume`: every row skipped).
 #
 #   scripts/bench/catalogue.sh
 #
@@ -53,6 +53,15 @@ for r in $(seq "$ROUNDS"); do
       'BEGIN { printf "%s round %d: %.2f s, %.0f rows/s, peak RSS %.0f MB\n", f, r, w, n / w, k / 1024 }'
   done
 done
+# Resuming the finished run (`--resume`): the cost of reading the results back and skipping
+# as many rows, with nothing left to classify; the file must come out as it went in.
+cp "$OUT/fits.jsonl" "$OUT/resumed.jsonl"
+/usr/bin/time -f '%e %M' -o "$OUT/time.txt" "$RG" classify --quiet --catalog "$OUT/catalogue.fits" \
+  --mosaics "$ROOT/samples/first" --out "$OUT/resumed.jsonl" --resume 2>"$OUT/resume.log"
+read -r wall peak_kb <"$OUT/time.txt"
+cmp -s "$OUT/fits.jsonl" "$OUT/resumed.jsonl" || { echo "resuming changed the results" >&2; exit 1; }
+awk -v w="$wall" -v k="$peak_kb" -v n="$ROWS" -v b="$(stat -c %s "$OUT/fits.jsonl")" \
+  'BEGIN { printf "resume of the finished FITS run (%d records, %.0f MB of results): %.2f s, peak RSS %.0f MB\n", n, b / 1e6, w, k / 1024 }'
 # The same outcome for every row: its label and P(FRII), or its reason.
 "${PYTHON:-python3}" - "$OUT/fits.jsonl" "$OUT/csv.jsonl" <<'PY'
 import json, sys
