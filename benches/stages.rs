@@ -83,6 +83,15 @@ fn stages(c: &mut Criterion) {
         .iter()
         .map(|c| preprocess::prepare(&c.pixels).expect("prepares"))
         .collect();
+    c.bench_function("emission shape (islands, largest size; 150x150)", |b| {
+        b.iter(|| {
+            i = (i + 1) % n;
+            black_box(preprocess::emission::measure(
+                &prepared[i].image_u8,
+                radiogate::domain::MODEL_SIZE,
+            ))
+        })
+    });
     let outputs: Vec<_> = (0..n).map(model_output).collect();
     let cfg = SummaryConfig {
         grid: 30,

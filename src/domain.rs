@@ -178,6 +178,21 @@ pub struct Prepared {
     /// Sigma-clipped std of the cutout and the threshold (3 std) below which pixels were zeroed.
     pub rms: f32,
     pub threshold: f32,
+    /// The extent of the emission in `image_u8` (`preprocess::emission`).
+    pub shape: EmissionShape,
+}
+
+/// The emission of a model image: its islands (touching emission pixels, at least
+/// `preprocess::emission::MIN_ISLAND_PIXELS` of them) and their largest size.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EmissionShape {
+    /// Islands counted.
+    pub islands: u32,
+    /// Pixels in them.
+    pub pixels: u32,
+    /// Longest distance between two of their pixels' centres, in model pixels (0 without
+    /// an island).
+    pub largest_size: f32,
 }
 
 /// What the model said about one image.

@@ -53,7 +53,8 @@ use crate::batch;
 use crate::config::{Config, DeliveryMode, SinkConfig, SourceConfig};
 use crate::cutout::{CutoutSetupError, Cutter};
 use crate::domain::{
-    Cutout, Detection, ItemError, ModelOutput, Prepared, Rejected, SkyProjection, label_name,
+    Cutout, Detection, EmissionShape, ItemError, ModelOutput, Prepared, Rejected, SkyProjection,
+    label_name,
 };
 use crate::infer::{InferError, Inference, StartError};
 use crate::preprocess;
@@ -1091,7 +1092,18 @@ fn classification(
         }),
         classified_at: Some(SystemTime::now().into()),
         stream: ready.detection.origin.stream_position(),
+        emission: Some(emission(&ready.prepared.shape, config)),
     })
+}
+
+/// The emission of a model image as results give it, its size in arcsec.
+fn emission(shape: &EmissionShape, config: &Config) -> proto::Emission {
+    proto::Emission {
+        islands: shape.islands,
+        pixels: shape.pixels,
+        largest_angular_size_arcsec: (f64::from(shape.largest_size)
+            * config.cutout.pixel_scale_arcsec) as f32,
+    }
 }
 
 /// A detection that failed after decoding. From a stream, the dead letter carries the

@@ -11,7 +11,10 @@
 //!    released batches (through float32, truncated, clamped);
 //! 5. `(u8 / 255 - 0.5) / 0.5` in float32, as the training transforms do.
 //!
-//! It owns only this arithmetic: no I/O, no knowledge of where the window came from.
+//! It owns only this arithmetic, and the measurement of the emission in the model image
+//! that it made (`emission`): no I/O, no knowledge of where the window came from.
+
+pub mod emission;
 
 use std::cell::RefCell;
 
@@ -85,12 +88,14 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
             *value = (f32::from(u) / 255.0 - 0.5) / 0.5;
         }
         let std = clipped.spread.estimate;
+        let shape = emission::measure(&image_u8, MODEL_SIZE);
         Ok(Prepared {
             input,
             image_u8,
             emission,
             rms: std as f32,
             threshold: (THRESHOLD_SIGMA * std) as f32,
+            shape,
         })
     })
 }

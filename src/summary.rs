@@ -499,6 +499,7 @@ mod tests {
                 .collect(),
             rms: 1.0,
             threshold: 3.0,
+            shape: Default::default(),
         }
     }
 

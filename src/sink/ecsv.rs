@@ -39,7 +39,7 @@ const fn column(
 }
 
 /// The columns, in the order of [`Row`]'s fields (a test checks it).
-const COLUMNS: [Column; 25] = [
+const COLUMNS: [Column; 27] = [
     column("source_id", "string", None, "Source identifier"),
     column(
         "status",
@@ -98,6 +98,18 @@ const COLUMNS: [Column; 25] = [
         "float32",
         None,
         "Share of the combined attention in the strongest peak's cell",
+    ),
+    column(
+        "islands",
+        "uint32",
+        None,
+        "Islands of emission the model saw (at least 10 touching pixels above 3 sigma)",
+    ),
+    column(
+        "las",
+        "float32",
+        Some("arcsec"),
+        "Largest angular size of those islands (model card: the training images' range)",
     ),
     column(
         "rms",
@@ -179,6 +191,8 @@ struct Row<'a> {
     attention_peak_ra: Option<f64>,
     attention_peak_dec: Option<f64>,
     attention_peak_weight: Option<f32>,
+    islands: Option<u32>,
+    las: Option<f32>,
     rms: Option<f32>,
     pixel_scale: Option<f32>,
     #[serde(serialize_with = "python_bool")]
@@ -251,6 +265,8 @@ pub(super) fn classification(c: &proto::Classification, buf: &mut Vec<u8>) {
             attention_peak_ra: peak.map(|p| p.ra_deg),
             attention_peak_dec: peak.map(|p| p.dec_deg),
             attention_peak_weight: peak.map(|p| p.weight),
+            islands: c.emission.map(|e| e.islands),
+            las: c.emission.map(|e| e.largest_angular_size_arcsec),
             rms: cutout.map(|p| p.rms),
             pixel_scale: cutout.map(|p| p.pixel_scale_arcsec),
             resampled: cutout.map(|p| p.resampled),
@@ -289,6 +305,8 @@ pub(super) fn rejection(r: &proto::Rejection, buf: &mut Vec<u8>) {
             attention_peak_ra: None,
             attention_peak_dec: None,
             attention_peak_weight: None,
+            islands: None,
+            las: None,
             rms: None,
             pixel_scale: None,
             resampled: None,
@@ -396,6 +414,11 @@ mod tests {
                 execution_provider: "cpu".into(),
                 views: 8,
             }),
+            emission: Some(proto::Emission {
+                islands: 2,
+                pixels: 300,
+                largest_angular_size_arcsec: 97.5,
+            }),
             cutout: Some(proto::CutoutProvenance {
                 file: "a.fits".into(),
                 rms: 1.5e-4,
@@ -426,6 +449,8 @@ mod tests {
                 attention_peak_ra: None,
                 attention_peak_dec: None,
                 attention_peak_weight: None,
+                islands: None,
+                las: None,
                 rms: None,
                 pixel_scale: None,
                 resampled: None,
@@ -454,7 +479,7 @@ mod tests {
         assert_eq!(
             row,
             "\"J1, \"\"odd\"\" name\",classified,FIRST,150.125,-2.5,FRII,0.25,0.75,0.75,\
-             0.8112781,0.5,150.126,-2.501,0.125,0.00015,1.8,False,a.fits,agcnn,ab,8,cpu,,,\n"
+             0.8112781,0.5,150.126,-2.501,0.125,2,97.5,0.00015,1.8,False,a.fits,agcnn,ab,8,cpu,,,\n"
         );
 
         let mut buf = Vec::new();
@@ -474,7 +499,7 @@ mod tests {
         let row = String::from_utf8(buf).unwrap();
         assert_eq!(
             row,
-            ",rejected,,,,,,,,,,,,,,,,,,,,,not_covered,no mosaic covers it,detections:3:42\n"
+            ",rejected,,,,,,,,,,,,,,,,,,,,,,,not_covered,no mosaic covers it,detections:3:42\n"
         );
     }
 

@@ -1,7 +1,7 @@
 //! The HTML report of a run (`radiogate classify --report report.html`): one
 //! self-contained file (thumbnails as base64 PNG data URIs, CSS and JS inline, no external
 //! URL) with a card per classified source (attention overlay, label, confidence, entropy,
-//! attention on emission), sortable and filterable by label and confidence, and a table of
+//! attention on emission, largest angular size), sortable and filterable by label and confidence, and a table of
 //! the rejections with their reasons.
 //!
 //! It is a sink beside the results, written by the same run as results arrive: each card is
@@ -103,6 +103,7 @@ impl HtmlReport {
 <option value="confidence-asc">confidence, lowest first</option>
 <option value="entropy-desc">entropy, highest first</option>
 <option value="emission-asc">attention on emission, lowest first</option>
+<option value="las-asc">largest angular size, smallest first</option>
 <option value="id-asc">source id</option>
 </select></label>
 </div>
@@ -142,12 +143,23 @@ impl HtmlReport {
         let attention = c.attention.as_ref();
         let emission = attention.map_or(f32::NAN, |a| a.on_emission_fraction);
         let label = label_name(c.label());
+        let las = c
+            .emission
+            .map_or(f32::NAN, |e| e.largest_angular_size_arcsec);
+        let extent = c.emission.map_or(String::new(), |e| {
+            format!(
+                "<dt>LAS</dt><dd>{:.0}&Prime; ({} island{})</dd>",
+                e.largest_angular_size_arcsec,
+                e.islands,
+                if e.islands == 1 { "" } else { "s" }
+            )
+        });
         let card = format!(
-            r#"<figure class="card" data-seq="{seq}" data-id="{id}" data-label="{label}" data-confidence="{conf:.6}" data-entropy="{entropy:.6}" data-emission="{emission:.6}">
+            r#"<figure class="card" data-seq="{seq}" data-id="{id}" data-label="{label}" data-confidence="{conf:.6}" data-entropy="{entropy:.6}" data-emission="{emission:.6}" data-las="{las:.3}">
 {image}
 <figcaption><span class="label">{label}</span> <span class="confidence">{conf:.3}</span>
 <div class="id">{id}</div>
-<dl><dt>entropy</dt><dd>{entropy:.3} bits</dd><dt>on emission</dt><dd>{percent:.0}%</dd></dl></figcaption>
+<dl><dt>entropy</dt><dd>{entropy:.3} bits</dd><dt>on emission</dt><dd>{percent:.0}%</dd>{extent}</dl></figcaption>
 </figure>
 "#,
             seq = self.counts.cards,
@@ -310,6 +322,7 @@ mod tests {
             emission: (0..MODEL_PIXELS).map(inside).collect(),
             rms: 1.0,
             threshold: 3.0,
+            shape: Default::default(),
         }
     }
 
@@ -330,6 +343,11 @@ mod tests {
             model: Some(proto::ModelInfo {
                 name: "m<1>".into(),
                 ..Default::default()
+            }),
+            emission: with_attention.then_some(proto::Emission {
+                islands: 2,
+                pixels: 900,
+                largest_angular_size_arcsec: 97.4,
             }),
             ..Default::default()
         }
@@ -376,6 +394,9 @@ mod tests {
         assert!(html.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&#x27;"));
         assert!(html.contains("&lt;/td&gt;&lt;img src=x onerror=alert(1)&gt;"));
         assert!(html.contains("model m&lt;1&gt;"));
+        // The emission's extent, on the card and as a sort key; absent, no extent.
+        assert!(html.contains("<dt>LAS</dt><dd>97&Prime; (2 islands)</dd>"));
+        assert!(html.contains("data-las=\"97.400\"") && html.contains("data-las=\"NaN\""));
         // One rejection row with its reason, after the gallery; nothing loaded from outside.
         let rejections = html.find("<section id=\"rejections\">").expect("section");
         assert!(html.find("</main>").expect("gallery end") < rejections);

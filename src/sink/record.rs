@@ -56,6 +56,20 @@ pub struct ClassificationRecord {
     /// Present when the detection came from a stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamRecord>,
+    /// The extent of the emission the model saw; absent from results written before it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emission: Option<EmissionRecord>,
+}
+
+/// The emission in the model image (see `Emission` in the proto).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EmissionRecord {
+    /// Islands of at least 10 touching pixels above 0.
+    pub islands: u32,
+    /// Pixels in them.
+    pub pixels: u32,
+    /// Longest distance between two of their pixels, arcsec.
+    pub largest_angular_size_arcsec: f32,
 }
 
 /// The predicted class as results spell it.
@@ -301,6 +315,11 @@ impl From<&proto::Classification> for ClassificationRecord {
                 total: t.total_us,
             }),
             stream: c.stream.as_ref().map(StreamRecord::from),
+            emission: c.emission.map(|e| EmissionRecord {
+                islands: e.islands,
+                pixels: e.pixels,
+                largest_angular_size_arcsec: e.largest_angular_size_arcsec,
+            }),
         }
     }
 }
@@ -448,6 +467,11 @@ impl TryFrom<ClassificationRecord> for proto::Classification {
             }),
             classified_at: time("classified_at", r.classified_at)?,
             stream: r.stream.map(Into::into),
+            emission: r.emission.map(|e| proto::Emission {
+                islands: e.islands,
+                pixels: e.pixels,
+                largest_angular_size_arcsec: e.largest_angular_size_arcsec,
+            }),
         })
     }
 }
@@ -556,6 +580,11 @@ pub(crate) mod tests {
                 topic: "detections".into(),
                 partition: 3,
                 offset: 42,
+            }),
+            emission: Some(proto::Emission {
+                islands: 2,
+                pixels: 311,
+                largest_angular_size_arcsec: 97.2,
             }),
         }
     }

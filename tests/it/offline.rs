@@ -62,6 +62,12 @@ fn classifies_the_bundled_sample_in_input_order() {
         );
         assert!(!attention.peaks.is_empty());
         assert!((0.0..=1.0).contains(&attention.on_emission_fraction));
+        // MiraBest's sources are extended: an island at least, some tens of arcsec across.
+        let emission = c.emission.expect("the emission's extent");
+        assert!(
+            emission.islands >= 1 && emission.largest_angular_size_arcsec > 20.0,
+            "{emission:?}"
+        );
         // The source sits at the centre of its cutout: the position echoed is the image centre.
         let (ra, dec) = centre_from_name(&c.source_id);
         assert!(

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use radiogate::config::CutoutConfig;
 use radiogate::cutout::Cutter;
+use radiogate::preprocess::emission::measure;
 use radiogate::preprocess::prepare;
 use radiogate::proto::{SourceDetection, source_detection::Pixels};
 
@@ -92,4 +93,54 @@ fn mirabest_test_batch_is_reproduced_from_the_raw_fits() {
     );
     assert!(identical >= 155, "only {identical} of 157 images identical");
     assert!(worst <= 1, "a pixel differs by {worst} grey levels");
+}
+
+/// The emission's extent, measured by the worker (`preprocess::emission`) and by the Python
+/// that measures the training images for the model card (`radiogate_model.morphology`), is the
+/// same on every MiraBest test image.
+#[test]
+fn emission_extent_is_measured_as_python_measures_the_training_images() {
+    let golden = common::mirabest_test_batch();
+    let mut stems: Vec<&String> = golden.keys().collect();
+    stems.sort();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let images = dir.path().join("images.u8");
+    let bytes: Vec<u8> = stems.iter().flat_map(|s| golden[*s].clone()).collect();
+    std::fs::write(&images, bytes).expect("write images");
+    let output = std::process::Command::new("python3")
+        .args(["-m", "radiogate_model.morphology", "shapes"])
+        .arg(&images)
+        .current_dir(common::repo().join("python"))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let python = String::from_utf8(output.stdout).expect("UTF-8");
+    let lines: Vec<&str> = python.lines().collect();
+    assert_eq!(lines.len(), stems.len());
+    let mut islands = [0usize; 4];
+    for (stem, line) in stems.iter().zip(lines) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let rust = measure(&golden[*stem], radiogate::domain::MODEL_SIZE);
+        assert_eq!(
+            (fields[0], fields[1]),
+            (
+                rust.islands.to_string().as_str(),
+                rust.pixels.to_string().as_str()
+            ),
+            "{stem}"
+        );
+        let size: f64 = fields[2].parse().expect("a size");
+        assert!(
+            (size - f64::from(rust.largest_size)).abs() < 1e-4,
+            "{stem}: Python {size}, Rust {}",
+            rust.largest_size
+        );
+        islands[(rust.islands as usize).min(3)] += 1;
+    }
+    // Every test image has an island (MiraBest's sources are extended and bright).
+    assert_eq!(islands[0], 0, "{islands:?}");
 }

@@ -1,0 +1,158 @@
+"""The extent of the emission in a model image, measured as the worker measures it
+(src/preprocess/emission.rs), and its range over the MiraBest images a model was trained on.
+
+Emission: pixels above 0 in the 8-bit image. Islands: 8-connected groups of them with at
+least MIN_ISLAND_PIXELS pixels (about FIRST's beam area) and a peak of at least 5/3 of the
+image's faintest emission (which lies just above 3 sigma: about 5 sigma); smaller or fainter
+groups are noise. Largest angular size: the longest distance between the centres of two
+pixels of the islands. The worker reports both for every classification (`emission`), so a survey's source
+can be set against the training images' range written on the model card.
+
+    python -m radiogate_model.morphology shapes IMAGES.u8    # islands, pixels, size (px) per image
+    python -m radiogate_model.morphology card --card ../models/agcnn-mirabest-confident.card.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+from scipy.spatial.distance import pdist
+
+from .data import CLASS_NAMES, SUBSETS, default_data_dir, load_split
+
+MIN_ISLAND_PIXELS = 10
+PIXEL_ARCSEC = 1.8
+SIDE = 150
+SECTION = "## Emission extent of the training images"
+PERCENTILES = (1, 5, 50, 95, 99)
+
+
+def measure(image: np.ndarray) -> tuple[int, int, float]:
+    """(islands, pixels in them, largest size in pixels) of one 8-bit image."""
+    labels, n = ndimage.label(image > 0, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return 0, 0, 0.0
+    sizes = np.bincount(labels.ravel())
+    peaks = np.zeros(n + 1, dtype=np.int64)
+    np.maximum.at(peaks, labels.ravel(), image.ravel().astype(np.int64))
+    faintest = int(image[image > 0].min())
+    counted = (sizes >= MIN_ISLAND_PIXELS) & (3 * peaks >= 5 * faintest)
+    counted[0] = False
+    kept = np.flatnonzero(counted)
+    points = np.argwhere(np.isin(labels, kept)).astype(float)
+    if len(points) < 2:
+        return len(kept), len(points), 0.0
+    # All on one line, the hull cannot be made: every point is then a candidate.
+    with contextlib.suppress(QhullError):
+        points = points[ConvexHull(points).vertices]
+    return len(kept), int(sizes[kept].sum()), float(pdist(points).max())
+
+
+def distribution(images: np.ndarray) -> dict:
+    """Percentiles of the largest angular size (arcsec) and the shares of 1, 2 and 3+ islands."""
+    shapes = np.array([measure(i) for i in images])
+    islands, las = shapes[:, 0], shapes[:, 2] * PIXEL_ARCSEC
+    return {
+        "n": len(images),
+        "las_arcsec": {str(p): round(float(np.percentile(las, p)), 1) for p in PERCENTILES},
+        "islands": {
+            "1": round(float(np.mean(islands == 1)), 3),
+            "2": round(float(np.mean(islands == 2)), 3),
+            "3+": round(float(np.mean(islands >= 3)), 3),
+            "0": round(float(np.mean(islands == 0)), 3),
+        },
+    }
+
+
+def card_entry(subset: str, data_dir: Path, card: str) -> dict:
+    rows = []
+    for name, train in (("training batches", True), ("test batch", False)):
+        split = load_split(data_dir, subset, train=train)
+        for label, cls in enumerate(CLASS_NAMES):
+            rows.append({"images": name, "class": cls, **distribution(split.images[split.labels == label])})
+    return {
+        "rows": rows,
+        "min_island_pixels": MIN_ISLAND_PIXELS,
+        "pixel_arcsec": PIXEL_ARCSEC,
+        "reproduce": f"cd python && python -m radiogate_model.morphology card --card ../models/{card}",
+    }
+
+
+def render_section(entry: dict) -> str:
+    head = "| images | class | n | LAS 1% | 5% | median | 95% | 99% | islands: 1 / 2 / 3+ |"
+    lines = [
+        SECTION,
+        "",
+        "How large is the emission the model learnt from? Each image measured as the worker measures a "
+        "source's `emission` (src/preprocess/emission.rs): islands of at least "
+        f"{entry['min_island_pixels']} touching pixels above 0 in the 8-bit image (about FIRST's beam area) "
+        "whose peak is at least 5/3 of the image's faintest emission (about 5 sigma; smaller or fainter groups "
+        "are noise above 3 sigma), and the largest angular size (LAS) between the centres of two of their "
+        f"pixels, at {entry['pixel_arcsec']} arcsec a pixel.",
+        "",
+        head,
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in entry["rows"]:
+        las = r["las_arcsec"]
+        isl = r["islands"]
+        sizes = " | ".join(f"{las[str(p)]}″" for p in PERCENTILES)
+        shares = f"{isl['1']:.0%} / {isl['2']:.0%} / {isl['3+']:.0%}"
+        lines.append(f"| {r['images']} | {r['class']} | {r['n']} | {sizes} | {shares} |")
+    training = [r for r in entry["rows"] if r["images"] == "training batches"]
+    floor = min(r["las_arcsec"]["1"] for r in training)
+    lines += [
+        "",
+        f"A source whose LAS is below about {floor}″ (the training images' 1st percentile) is more compact than "
+        "nearly anything the model learnt from, and its label says little about it: filter on "
+        "`emission.largest_angular_size_arcsec` (JSON Lines) or `las` (ECSV).",
+        "",
+        f"Reproduce: `{entry['reproduce']}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def update_card(card_path: Path, entry: dict) -> None:
+    """Writes the entry into the card JSON (`emission_extent`) and its section into the card
+    Markdown (before the departures from the authors' code)."""
+    from .agreement import BEFORE, with_section
+
+    card = json.loads(card_path.read_text())
+    card["emission_extent"] = entry
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    md_path = card_path.with_name(card_path.name.removesuffix(".json") + ".md")
+    md_path.write_text(with_section(md_path.read_text(), render_section(entry), heading=SECTION, before=BEFORE))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    shapes = sub.add_parser("shapes", help="islands, pixels and largest size (px) of each image of a .u8 file")
+    shapes.add_argument("images", type=Path, help="150x150 uint8 images, row-major, concatenated")
+    card = sub.add_parser("card", help="the training images' range, written into a model card")
+    card.add_argument("--card", type=Path, required=True, help="model card JSON (its .md beside it)")
+    card.add_argument("--data-dir", type=Path, default=None)
+    a = p.parse_args(argv)
+    if a.command == "shapes":
+        images = np.fromfile(a.images, dtype=np.uint8).reshape(-1, SIDE, SIDE)
+        for image in images:
+            islands, pixels, size = measure(image)
+            print(f"{islands}\t{pixels}\t{size:.6f}")
+        return
+    subset = json.loads(a.card.read_text())["subset"]
+    if subset not in SUBSETS:
+        raise SystemExit(f"unknown subset {subset!r} in {a.card}")
+    entry = card_entry(subset, a.data_dir or default_data_dir(), a.card.name)
+    update_card(a.card, entry)
+    print(render_section(entry))
+
+
+if __name__ == "__main__":
+    main()
