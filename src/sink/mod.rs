@@ -231,9 +231,10 @@ impl Output {
 /// Writes results to a file or standard output.
 ///
 /// JSON Lines: classifications and rejections interleaved in the order written, one object
-/// per line. ECSV: a header, then a row per classification or rejection. Protobuf: length-delimited `Classification`s to the path and length-delimited
-/// `Rejection`s to `<path>.rejections` (configuration refuses protobuf on standard output,
-/// which would have nowhere to put rejections).
+/// per line. ECSV: a header, then a row per classification or rejection. Protobuf:
+/// length-delimited `Classification`s to the path and length-delimited `Rejection`s to
+/// `<path>.rejections` (configuration refuses protobuf on standard output, which would have
+/// nowhere to put rejections).
 ///
 /// Writes are buffered: call [`FileSink::flush`] to push them out (e.g. on a timer in a
 /// long run) and [`FileSink::finish`] at the end, which also fsyncs files.
@@ -268,7 +269,8 @@ pub fn rejections_path(path: &Path) -> PathBuf {
 }
 
 impl FileSink {
-    /// Creates (truncating) the output files that `config` names.
+    /// Creates (truncating) the output files that `config` names; with `resume`, keeps the
+    /// whole records the file holds instead and writes after them.
     pub fn create(config: &SinkConfig) -> Result<Self, SinkError> {
         let SinkConfig::File {
             path,
