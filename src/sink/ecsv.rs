@@ -170,12 +170,12 @@ const COLUMNS: [Column; 27] = [
         "input",
         "string",
         None,
-        "Where the rejected input came from: file, catalogue row, or topic:partition:offset",
+        "Where the rejected input came from: file, catalogue row (path:row) or topic/partition@offset",
     ),
 ];
 
 /// One row; `None` is an empty cell.
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 struct Row<'a> {
     source_id: Option<&'a str>,
     status: &'static str,
@@ -204,7 +204,7 @@ struct Row<'a> {
     execution_provider: Option<&'a str>,
     reason: Option<&'static str>,
     detail: Option<&'a str>,
-    input: Option<String>,
+    input: Option<&'a str>,
 }
 
 /// ECSV spells booleans as Python does.
@@ -285,39 +285,14 @@ pub(super) fn classification(c: &proto::Classification, buf: &mut Vec<u8>) {
 
 /// Appends a rejection's row to `buf`.
 pub(super) fn rejection(r: &proto::Rejection, buf: &mut Vec<u8>) {
-    let input = match &r.stream {
-        Some(s) if r.input.is_empty() => Some(format!("{}:{}:{}", s.topic, s.partition, s.offset)),
-        _ => Some(r.input.clone()).filter(|i| !i.is_empty()),
-    };
     write(
         &Row {
             source_id: Some(r.source_id.as_str()).filter(|s| !s.is_empty()),
             status: "rejected",
-            survey: None,
-            ra: None,
-            dec: None,
-            label: None,
-            prob_fri: None,
-            prob_frii: None,
-            confidence: None,
-            entropy: None,
-            attention_on_emission: None,
-            attention_peak_ra: None,
-            attention_peak_dec: None,
-            attention_peak_weight: None,
-            islands: None,
-            las: None,
-            rms: None,
-            pixel_scale: None,
-            resampled: None,
-            cutout_file: None,
-            model: None,
-            model_sha256: None,
-            views: None,
-            execution_provider: None,
             reason: Some(reason_name(r.reason())),
             detail: Some(&r.detail),
-            input,
+            input: Some(r.input.as_str()).filter(|i| !i.is_empty()),
+            ..Row::default()
         },
         buf,
     );
@@ -433,37 +408,7 @@ mod tests {
     fn columns_follow_the_rows_fields() {
         let mut buf = Vec::new();
         let mut writer = csv::Writer::from_writer(&mut buf);
-        writer
-            .serialize(Row {
-                source_id: None,
-                status: "",
-                survey: None,
-                ra: None,
-                dec: None,
-                label: None,
-                prob_fri: None,
-                prob_frii: None,
-                confidence: None,
-                entropy: None,
-                attention_on_emission: None,
-                attention_peak_ra: None,
-                attention_peak_dec: None,
-                attention_peak_weight: None,
-                islands: None,
-                las: None,
-                rms: None,
-                pixel_scale: None,
-                resampled: None,
-                cutout_file: None,
-                model: None,
-                model_sha256: None,
-                views: None,
-                execution_provider: None,
-                reason: None,
-                detail: None,
-                input: None,
-            })
-            .unwrap();
+        writer.serialize(Row::default()).unwrap();
         drop(writer);
         let text = String::from_utf8(buf).unwrap();
         let names: Vec<&str> = COLUMNS.iter().map(|c| c.name).collect();
@@ -487,11 +432,7 @@ mod tests {
             &proto::Rejection {
                 reason: proto::RejectReason::NotCovered as i32,
                 detail: "no mosaic covers it".into(),
-                stream: Some(proto::StreamPosition {
-                    topic: "detections".into(),
-                    partition: 3,
-                    offset: 42,
-                }),
+                input: "detections/3@42".into(),
                 ..Default::default()
             },
             &mut buf,
@@ -499,7 +440,7 @@ mod tests {
         let row = String::from_utf8(buf).unwrap();
         assert_eq!(
             row,
-            ",rejected,,,,,,,,,,,,,,,,,,,,,,,not_covered,no mosaic covers it,detections:3:42\n"
+            ",rejected,,,,,,,,,,,,,,,,,,,,,,,not_covered,no mosaic covers it,detections/3@42\n"
         );
     }
 
