@@ -322,29 +322,31 @@ fn prometheus_scrapes_a_running_worker_and_sees_its_classifications() {
 #[test]
 fn classify_serves_metrics_and_logs_json_when_asked() {
     let dir = tempfile::tempdir().expect("temp dir");
+    // `classify` with JSON logs at info (not the warnings of --quiet alone), serving on
+    // `listen` when given.
+    let classify = |out: &std::path::Path, listen: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_radiogate"));
+        command
+            .args(["--log-format", "json", "--log-level", "info", "classify"])
+            .args(["--quiet", "--model"])
+            .arg(common::model())
+            .arg("--out")
+            .arg(out)
+            .arg(common::sample_dir())
+            .current_dir(common::repo())
+            .stdin(Stdio::null());
+        match listen {
+            Some(listen) => command.env("RADIOGATE__TELEMETRY__LISTEN", listen),
+            None => command.env_remove("RADIOGATE__TELEMETRY__LISTEN"),
+        };
+        let output = command.output().expect("radiogate classify runs");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        stderr
+    };
     let out = dir.path().join("out.jsonl");
     let listen = format!("127.0.0.1:{}", free_port());
-    let output = Command::new(env!("CARGO_BIN_EXE_radiogate"))
-        .args([
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-            "classify",
-            "--quiet",
-        ])
-        .arg("--model")
-        .arg(common::model())
-        .arg("--out")
-        .arg(&out)
-        .arg(common::sample_dir())
-        .env("RADIOGATE__TELEMETRY__LISTEN", &listen)
-        .current_dir(common::repo())
-        .stdin(Stdio::null())
-        .output()
-        .expect("radiogate classify runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    let stderr = classify(&out, Some(&listen));
     assert_json_logs(&stderr);
     assert!(
         stderr.contains("telemetry endpoint") && stderr.contains(&listen),
@@ -353,26 +355,6 @@ fn classify_serves_metrics_and_logs_json_when_asked() {
     assert_eq!(common::read(&out).len(), 20);
 
     // Without `listen` nothing is served and nothing is required.
-    let output = Command::new(env!("CARGO_BIN_EXE_radiogate"))
-        .args([
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-            "classify",
-            "--quiet",
-        ])
-        .arg("--model")
-        .arg(common::model())
-        .arg("--out")
-        .arg(dir.path().join("out2.jsonl"))
-        .arg(common::sample_dir())
-        .env_remove("RADIOGATE__TELEMETRY__LISTEN")
-        .current_dir(common::repo())
-        .stdin(Stdio::null())
-        .output()
-        .expect("radiogate classify runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    let stderr = classify(&dir.path().join("out2.jsonl"), None);
     assert!(!stderr.contains("telemetry endpoint"), "{stderr}");
 }
