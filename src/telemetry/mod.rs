@@ -28,7 +28,7 @@ use crate::proto::{self, Label, RejectReason};
 
 /// Every metric name [`Metrics`] registers: the contract with the alert rules and dashboards
 /// (`deploy/`). A test checks that each one renders.
-pub const METRIC_NAMES: [&str; 12] = [
+pub const METRIC_NAMES: [&str; 13] = [
     "radiogate_detections_consumed_total",
     "radiogate_classifications_total",
     "radiogate_resampled_total",
@@ -36,6 +36,7 @@ pub const METRIC_NAMES: [&str; 12] = [
     "radiogate_stage_duration_seconds",
     "radiogate_end_to_end_latency_seconds",
     "radiogate_batch_size_items",
+    "radiogate_largest_angular_size_arcsec",
     "radiogate_in_flight_items",
     "radiogate_consumer_lag_messages",
     "radiogate_ready",
@@ -51,6 +52,11 @@ const STAGE_BUCKETS: [f64; 16] = [
 /// Buckets of the end-to-end latency: 5 ms to 10 min (detections may wait in the topic).
 const LATENCY_BUCKETS: [f64; 16] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+/// Buckets of the emission's largest angular size (arcsec): the MiraBest training images'
+/// 1st percentile is 14-23 arcsec, their median about 90 (model cards).
+const LAS_BUCKETS: [f64; 12] = [
+    10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0,
 ];
 /// Buckets of the batch sizes (items).
 const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
@@ -132,6 +138,7 @@ pub struct Metrics {
     stage_duration: HistogramVec,
     end_to_end_latency: Histogram,
     batch_size: Histogram,
+    largest_angular_size: Histogram,
     in_flight: IntGauge,
     consumer_lag: IntGaugeVec,
     /// The (topic, partition) series of `consumer_lag` now exported, so that those of
@@ -216,6 +223,11 @@ impl Metrics {
                 "Items per inference batch.",
                 &BATCH_BUCKETS,
             ))?,
+            largest_angular_size: Histogram::with_opts(histogram_opts(
+                "radiogate_largest_angular_size_arcsec",
+                "Largest angular size of the emission the model saw, per classification (Classification.emission): set against the training images' range on the model card.",
+                &LAS_BUCKETS,
+            ))?,
             in_flight: IntGauge::with_opts(Opts::new(
                 "radiogate_in_flight_items",
                 "Detections taken in and not yet published.",
@@ -254,6 +266,7 @@ impl Metrics {
         r.register(Box::new(metrics.stage_duration.clone()))?;
         r.register(Box::new(metrics.end_to_end_latency.clone()))?;
         r.register(Box::new(metrics.batch_size.clone()))?;
+        r.register(Box::new(metrics.largest_angular_size.clone()))?;
         r.register(Box::new(metrics.in_flight.clone()))?;
         r.register(Box::new(metrics.consumer_lag.clone()))?;
         r.register(Box::new(metrics.ready.clone()))?;
@@ -292,6 +305,10 @@ impl Metrics {
             .inc();
         if c.cutout.as_ref().is_some_and(|p| p.resampled) {
             self.resampled.inc();
+        }
+        if let Some(emission) = &c.emission {
+            self.largest_angular_size
+                .observe(f64::from(emission.largest_angular_size_arcsec));
         }
         self.in_flight.dec();
         if let Some(t) = &c.timings {

@@ -80,6 +80,7 @@ fn every_contract_name_renders_with_its_type() {
         ("radiogate_stage_duration_seconds", "histogram"),
         ("radiogate_end_to_end_latency_seconds", "histogram"),
         ("radiogate_batch_size_items", "histogram"),
+        ("radiogate_largest_angular_size_arcsec", "histogram"),
         ("radiogate_in_flight_items", "gauge"),
         ("radiogate_consumer_lag_messages", "gauge"),
         ("radiogate_ready", "gauge"),
@@ -103,6 +104,7 @@ fn every_contract_name_renders_with_its_type() {
             "_seconds",
             "_items",
             "_messages",
+            "_arcsec",
             "_info",
             "_ready",
         ]
@@ -184,6 +186,33 @@ fn a_resampled_window_is_counted() {
     m.classified(&c, Duration::from_millis(1), Instant::now());
     let text = m.render().unwrap();
     assert_eq!(value(&text, "radiogate_resampled_total", ""), 1.0);
+}
+
+#[test]
+fn the_emissions_extent_is_observed() {
+    let m = Metrics::new();
+    for las in [12.0, 90.0] {
+        m.consumed();
+        let mut c = classification(Label::Frii, None);
+        c.emission = Some(proto::Emission {
+            islands: 1,
+            pixels: 40,
+            largest_angular_size_arcsec: las,
+        });
+        m.classified(&c, Duration::from_millis(1), Instant::now());
+    }
+    // Without an extent (results of an older worker), nothing is observed.
+    m.consumed();
+    m.classified(
+        &classification(Label::Fri, None),
+        Duration::ZERO,
+        Instant::now(),
+    );
+    let text = m.render().unwrap();
+    let name = "radiogate_largest_angular_size_arcsec";
+    assert_eq!(value(&text, &format!("{name}_count"), ""), 2.0);
+    assert_eq!(value(&text, &format!("{name}_bucket"), "le=\"15\""), 1.0);
+    assert_eq!(value(&text, &format!("{name}_sum"), ""), 102.0);
 }
 
 #[test]
