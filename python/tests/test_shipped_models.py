@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from radiogate_model import morphology
 from radiogate_model.evaluate import compare, evaluate, square_views
 from radiogate_model.fuse import fused_form
 from radiogate_model.model import AGCNN, ModelConfig, count_parameters
@@ -97,6 +98,15 @@ def test_the_eight_views_score_what_the_documentation_says(card_path, data_dir):
     views = result["square_views"]
     got = (views["accuracy"], views["roc_auc"], views["FRI"]["f1"], views["FRII"]["f1"])
     assert got == pytest.approx(VIEWS_8[card["subset"]], abs=5e-4)
+
+
+@pytest.mark.parametrize("card_path", CARDS, ids=lambda p: p.name)
+def test_the_emission_extent_on_the_card_is_measured_again(card_path, data_dir):
+    card = json.loads(card_path.read_text())
+    entry = morphology.card_entry(card["subset"], data_dir, card_path.name)
+    assert entry == card["emission_extent"]
+    md = card_path.with_name(card_path.name.removesuffix(".json") + ".md").read_text()
+    assert morphology.render_section(entry) in md
 
 
 def test_square_views_are_the_squares_symmetries():
