@@ -8,6 +8,8 @@ import pytest
 
 from radiogate_model import morphology as mo
 
+from .conftest import REPO
+
 
 def image(on: list[tuple[int, int]], value: int = 200) -> np.ndarray:
     """`on` at `value`, and one lone pixel at 100 (the faintest emission) in a far corner."""
@@ -49,7 +51,8 @@ def test_the_card_gets_the_training_range(tmp_path, data_dir) -> None:
     card = tmp_path / "m.card.json"
     card.write_text(json.dumps({"subset": "mirabest_confident"}))
     (tmp_path / "m.card.md").write_text("# Model card\n\n## Departures from the authors' code\n\n- x\n")
-    entry = mo.card_entry("mirabest_confident", data_dir, card.name)
+    model = REPO / "models" / "agcnn-mirabest-confident.onnx"
+    entry = mo.card_entry("mirabest_confident", data_dir, card.name, model)
     mo.update_card(card, entry)
     rows = json.loads(card.read_text())["emission_extent"]["rows"]
     assert [(r["images"], r["class"], r["n"]) for r in rows] == [
@@ -59,6 +62,9 @@ def test_the_card_gets_the_training_range(tmp_path, data_dir) -> None:
         ("test batch", "FRII", 55),
     ]
     assert all(r["islands"]["0"] == 0 for r in rows), "every MiraBest image has an island"
+    thirds = json.loads(card.read_text())["emission_extent"]["accuracy_by_size"]
+    assert sum(t["images"] for t in thirds) == 104
+    assert [t["las_arcsec"][1] for t in thirds[:2]] == [t["las_arcsec"][0] for t in thirds[1:]]
     md = (tmp_path / "m.card.md").read_text()
     assert md.index(mo.SECTION) < md.index("## Departures")
     mo.update_card(card, entry)

@@ -103,7 +103,7 @@ def test_the_eight_views_score_what_the_documentation_says(card_path, data_dir):
 @pytest.mark.parametrize("card_path", CARDS, ids=lambda p: p.name)
 def test_the_emission_extent_on_the_card_is_measured_again(card_path, data_dir):
     card = json.loads(card_path.read_text())
-    entry = morphology.card_entry(card["subset"], data_dir, card_path.name)
+    entry = morphology.card_entry(card["subset"], data_dir, card_path.name, REPO / "models" / card["file"])
     assert entry == card["emission_extent"]
     md = card_path.with_name(card_path.name.removesuffix(".json") + ".md").read_text()
     assert morphology.render_section(entry) in md
