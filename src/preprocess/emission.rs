@@ -11,11 +11,11 @@
 //! usual detection threshold of source finders). The largest angular size is the longest
 //! distance between the centres of two pixels of the counted islands, in model pixels.
 
+use crate::domain::EmissionShape;
+
 /// The fewest pixels an island needs to count: about the area of FIRST's 5.4 arcsec beam in
 /// 1.8 arcsec pixels (1.133 x 3^2 = 10.2).
 pub const MIN_ISLAND_PIXELS: usize = 10;
-
-use crate::domain::EmissionShape;
 
 /// Measures the emission of a `side` x `side` row-major 8-bit image.
 pub fn measure(image: &[u8], side: usize) -> EmissionShape {

@@ -348,14 +348,24 @@ pub(super) fn scan(reader: &mut dyn std::io::BufRead) -> Result<super::Scan, Str
 }
 
 fn write(row: &Row, buf: &mut Vec<u8>) {
+    let start = buf.len();
     let mut writer = csv::WriterBuilder::new()
         .has_headers(false)
         .buffer_capacity(1024)
-        .from_writer(buf);
+        .from_writer(&mut *buf);
     writer
         .serialize(row)
         .and_then(|()| writer.flush().map_err(csv::Error::from))
         .expect("a row of strings and numbers serialises into a Vec, which cannot fail");
+    drop(writer);
+    // A line that starts with '#' (after blanks) is a comment to ECSV readers: a source id
+    // like that is quoted. Unquoted, it holds no comma, so the first comma ends it.
+    let row = &buf[start..];
+    if row.iter().find(|b| !matches!(b, b' ' | b'\t')) == Some(&b'#') {
+        let end = start + row.iter().position(|&b| b == b',').unwrap_or(row.len());
+        buf.insert(end, b'"');
+        buf.insert(start, b'"');
+    }
 }
 
 #[cfg(test)]
@@ -442,6 +452,30 @@ mod tests {
             row,
             ",rejected,,,,,,,,,,,,,,,,,,,,,,,not_covered,no mosaic covers it,detections/3@42\n"
         );
+    }
+
+    #[test]
+    fn an_id_that_would_start_a_comment_is_quoted() {
+        let mut buf = Vec::new();
+        rejection(
+            &proto::Rejection {
+                source_id: "#7".into(),
+                reason: proto::RejectReason::BadFits as i32,
+                detail: "x".into(),
+                ..Default::default()
+            },
+            &mut buf,
+        );
+        assert!(
+            buf.starts_with(b"\"#7\",rejected,"),
+            "{}",
+            String::from_utf8_lossy(&buf)
+        );
+        let mut file = header().into_bytes();
+        file.extend_from_slice(&buf);
+        let scan = scan(&mut file.as_slice()).unwrap();
+        assert_eq!(scan.records, 1);
+        assert_eq!(scan.last_source_id.as_deref(), Some("#7"));
     }
 
     #[test]
