@@ -196,6 +196,10 @@ pub struct ClassifyArgs {
     /// known alias (repeatable; e.g. `--column source_id=Component_id`).
     #[arg(long = "column", value_name = "FIELD=COLUMN", value_parser = catalog_column)]
     pub columns: Vec<(String, String)>,
+    /// Take only every Nth input, starting at the Kth (0-based): N runs with K = 0 .. N-1 (a
+    /// batch system's array job) classify the inputs between them, each once.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
     /// Folder or file of FITS mosaics to cut from (repeatable); replaces the configured ones.
     #[arg(long, value_name = "DIR")]
     pub mosaics: Vec<PathBuf>,
@@ -320,6 +324,9 @@ pub fn classify_config_with_env(
     }
     if args.resume {
         builder.set("sink.resume", true, "--resume");
+    }
+    if let Some(shard) = &args.shard {
+        builder.set("source.shard", shard.as_str(), "--shard");
     }
     let config = builder.build()?;
     if matches!(&config.source, config::SourceConfig::Files { inputs, .. } if inputs.is_empty()) {

@@ -17,6 +17,8 @@ use serde::Deserialize;
 pub struct Config {
     /// `[source]`: where detections come from.
     pub source: SourceConfig,
+    /// `[source] shard`: which share of a finite source this run takes.
+    pub shard: Shard,
     /// `[cutout]`: mosaics and cutting threads.
     pub cutout: CutoutConfig,
     /// `[batch]`: the dynamic batcher.
@@ -56,6 +58,21 @@ pub enum SourceConfig {
     DetectionsFile { path: PathBuf },
     /// `SourceDetection` messages from a Kafka topic, in a consumer group.
     Kafka(KafkaSourceConfig),
+}
+
+/// Which share of a finite source a run takes (`[source] shard = "K/N"`): the items whose
+/// place in the input (0-based) is K modulo N, so that N runs (the tasks of a batch system's
+/// array job, say) classify an input between them, each item once. The whole input: 0/1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self { index: 0, count: 1 }
+    }
 }
 
 /// A Kafka consumer in a group (`[source]` with `kind = "kafka"`). Its `Debug` output
@@ -745,6 +762,7 @@ struct RawSource {
     topic: Option<String>,
     properties: BTreeMap<String, RawProperty>,
     columns: BTreeMap<String, String>,
+    shard: Option<String>,
 }
 
 /// A librdkafka property's value: the text itself, or where to read a secret from, so that
@@ -1048,8 +1066,10 @@ const MAX_GPU_BATCH: usize = 1024;
 impl RawConfig {
     fn resolve(self) -> Result<Config, Vec<FieldError>> {
         let mut check = Checker::default();
+        let shard = self.source.shard(&mut check);
         let config = Config {
             source: self.source.resolve(&mut check),
+            shard,
             cutout: CutoutConfig {
                 mosaics: self.cutout.mosaics,
                 workers: check.range("cutout.workers", self.cutout.workers, 1, 256),
@@ -1226,6 +1246,35 @@ impl RawSource {
 }
 
 impl RawSource {
+    /// `shard = "K/N"`, 0 <= K < N; not for a Kafka source, whose consumer group shares the
+    /// topic's partitions among workers.
+    fn shard(&self, check: &mut Checker) -> Shard {
+        let Some(text) = &self.shard else {
+            return Shard::default();
+        };
+        if self.kind == RawSourceKind::Kafka {
+            check.fail(
+                "source.shard",
+                "not used when source.kind = \"kafka\": the consumer group shares the topic's \
+                 partitions among the workers",
+            );
+            return Shard::default();
+        }
+        let parsed = text.split_once('/').and_then(|(k, n)| {
+            Some((k.trim().parse::<u64>().ok()?, n.trim().parse::<u64>().ok()?))
+        });
+        match parsed {
+            Some((index, count)) if index < count => Shard { index, count },
+            _ => {
+                check.fail(
+                    "source.shard",
+                    format!("must be \"K/N\" with 0 <= K < N (e.g. \"0/8\"), got {text:?}"),
+                );
+                Shard::default()
+            }
+        }
+    }
+
     fn resolve_kafka(self, check: &mut Checker) -> SourceConfig {
         check.unused(
             [
@@ -2203,6 +2252,33 @@ mod tests {
                 format: OutputFormat::Ecsv,
                 resume: false,
             }
+        );
+    }
+
+    #[test]
+    fn a_shard_is_k_of_n_and_not_for_kafka() {
+        let config = from_toml("[source]\ninputs = [\"a\"]\nshard = \"2/8\"\n").unwrap();
+        assert_eq!(config.shard, Shard { index: 2, count: 8 });
+        assert_eq!(Config::default().shard, Shard { index: 0, count: 1 });
+        for bad in ["8/8", "1/0", "x", "3", "-1/4"] {
+            let err = from_toml(&format!("[source]\ninputs = [\"a\"]\nshard = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("source.shard") && err.contains("K/N"),
+                "{bad}: {err}"
+            );
+        }
+        let err = from_toml(
+            "[source]\nkind = \"kafka\"\nbrokers = \"b:9092\"\ngroup_id = \"g\"\ntopic = \"t\"\n\
+             shard = \"0/2\"\n[sink]\nkind = \"kafka\"\nbrokers = \"b:9092\"\n\
+             results_topic = \"r\"\ndead_letter_topic = \"d\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("source.shard") && err.contains("consumer group"),
+            "{err}"
         );
     }
 

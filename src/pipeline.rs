@@ -225,7 +225,16 @@ fn open_ends(config: &Config) -> Result<(Intake, Output, Option<Acks>), Pipeline
             acks.attach(source.consumer());
             Intake::Kafka(source)
         }
-        (other, _) => Intake::Items(source::open(other)?),
+        (other, _) => {
+            if config.shard.count > 1 {
+                tracing::info!(
+                    index = config.shard.index,
+                    count = config.shard.count,
+                    "taking one shard of the input: the items whose place is index modulo count"
+                );
+            }
+            Intake::Items(source::shard(source::open(other)?, config.shard))
+        }
     };
     let output = open_output(config, acks.as_ref())?;
     let intake = match (intake, output.resumed()) {

@@ -17,7 +17,7 @@ pub mod kafka;
 
 use std::path::PathBuf;
 
-use crate::config::SourceConfig;
+use crate::config::{Shard, SourceConfig};
 use crate::domain::{Detection, ItemError, Rejected};
 use crate::proto::{self, RejectReason, source_detection::Pixels};
 
@@ -66,6 +66,19 @@ pub fn open(config: &SourceConfig) -> Result<Detections, SourceError> {
         SourceConfig::DetectionsFile { path } => detections::open(path),
         SourceConfig::Kafka(_) => Err(SourceError::NotIterable),
     }
+}
+
+/// The items of `detections` whose place (0-based) is `shard.index` modulo `shard.count`, in
+/// their order; every item when the shard is the whole input.
+pub fn shard(detections: Detections, shard: Shard) -> Detections {
+    if shard.count <= 1 {
+        return detections;
+    }
+    Box::new(
+        detections
+            .zip(0u64..)
+            .filter_map(move |(item, place)| (place % shard.count == shard.index).then_some(item)),
+    )
 }
 
 /// Makes a detection that names its cutout file carry the file's bytes instead (`fits_path`

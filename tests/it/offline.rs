@@ -687,3 +687,41 @@ fn a_resumed_run_finishes_what_a_killed_one_began() {
     assert_eq!((summary.resumed, summary.classified), (20, 0));
     assert_eq!(common::read(&part).len(), 20);
 }
+
+/// Three runs, each with its shard (`source.shard` K/3), classify the bundled sample between
+/// them: every source once, each run's in input order.
+#[test]
+fn shards_split_the_input_between_runs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ids = |records: Vec<Record>| -> Vec<String> {
+        records
+            .into_iter()
+            .map(|r| match r {
+                Record::Classification(c) => c.source_id,
+                Record::Rejection(r) => panic!("unexpected rejection {r:?}"),
+            })
+            .collect()
+    };
+    let whole = dir.path().join("whole.jsonl");
+    common::run(common::files_config(vec![common::sample_dir()], &whole));
+    let whole = ids(common::read(&whole));
+    let mut together = Vec::new();
+    for index in 0..3 {
+        let out = dir.path().join(format!("shard-{index}.jsonl"));
+        let mut config = common::files_config(vec![common::sample_dir()], &out);
+        config.shard = radiogate::config::Shard { index, count: 3 };
+        let summary = common::run(config);
+        let shard = ids(common::read(&out));
+        assert_eq!(summary.classified as usize, shard.len());
+        let expected: Vec<String> = whole
+            .iter()
+            .skip(index as usize)
+            .step_by(3)
+            .cloned()
+            .collect();
+        assert_eq!(shard, expected, "shard {index}/3");
+        together.extend(shard);
+    }
+    together.sort();
+    assert_eq!(together, whole, "every source once");
+}
