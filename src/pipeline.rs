@@ -289,6 +289,30 @@ fn skip_resumed(
     Ok(())
 }
 
+/// The records of a resumed results file (0 without one), once the model that wrote them
+/// is known to be `model`, with the same test-time views.
+fn resumed_records(sink: &Output, model: &proto::ModelInfo) -> Result<u64, PipelineError> {
+    let Some(resumed) = sink.resumed() else {
+        return Ok(0);
+    };
+    if let Some((sha256, views)) = &resumed.model {
+        if *sha256 != model.sha256 || *views != model.views.max(1) {
+            return Err(PipelineError::Resume(format!(
+                "the results were written by model {sha256} with {views} view(s), \
+                 this run has {} with {}",
+                model.sha256,
+                model.views.max(1)
+            )));
+        }
+    }
+    tracing::info!(
+        records = resumed.records,
+        cut_bytes = resumed.cut_bytes,
+        "resuming a results file: its records' inputs skipped"
+    );
+    Ok(resumed.records)
+}
+
 /// Opens the configured sink (within the acknowledgement path's transactions, when given
 /// one that has them).
 fn open_output(config: &Config, acks: Option<&Acks>) -> Result<Output, PipelineError> {
@@ -476,24 +500,7 @@ async fn run_with(
         "pipeline started"
     );
     metrics.model_loaded(&model);
-    let resumed = sink.resumed().map_or(0, |r| r.records);
-    if let Some(r) = sink.resumed() {
-        tracing::info!(
-            records = r.records,
-            cut_bytes = r.cut_bytes,
-            "resuming a results file: its records' inputs skipped"
-        );
-    }
-    if let Some((sha256, views)) = sink.resumed().and_then(|r| r.model.as_ref()) {
-        if *sha256 != model.sha256 || *views != model.views.max(1) {
-            return Err(PipelineError::Resume(format!(
-                "the results were written by model {sha256} with {views} view(s), \
-                 this run has {} with {}",
-                model.sha256,
-                model.views.max(1)
-            )));
-        }
-    }
+    let resumed = resumed_records(&sink, &model)?;
 
     let capacity = config.pipeline.queue_capacity.max(1);
     let stop = Arc::new(AtomicBool::new(false));
