@@ -5,8 +5,8 @@ Emission: pixels above 0 in the 8-bit image. Islands: 8-connected groups of them
 least MIN_ISLAND_PIXELS pixels (about FIRST's beam area) and a peak of at least 5/3 of the
 image's faintest emission (which lies just above 3 sigma: about 5 sigma); smaller or fainter
 groups are noise. Largest angular size: the longest distance between the centres of two
-pixels of the islands. The worker reports both for every classification (`emission`), so a survey's source
-can be set against the training images' range written on the model card.
+pixels of the islands. The worker reports both for every classification (`emission`), so a
+survey's source can be set against the training images' range written on the model card.
 
     python -m radiogate_model.morphology shapes IMAGES.u8    # islands, pixels, size (px) per image
     python -m radiogate_model.morphology card --card ../models/agcnn-mirabest-confident.card.json
