@@ -724,4 +724,22 @@ fn shards_split_the_input_between_runs() {
     }
     together.sort();
     assert_eq!(together, whole, "every source once");
+
+    // A task of the array stopped after 2 of its sources, run again with resume (the
+    // documented batch-system recipe): its shard's file ends whole.
+    let out = dir.path().join("shard-1.jsonl");
+    let text = std::fs::read_to_string(&out).expect("shard 1");
+    let two: usize = text.split_inclusive('\n').take(2).map(str::len).sum();
+    std::fs::write(&out, &text[..two]).expect("cut");
+    let mut config = common::files_config(vec![common::sample_dir()], &out);
+    config.shard = radiogate::config::Shard { index: 1, count: 3 };
+    config.sink = SinkConfig::File {
+        path: Some(out.clone()),
+        format: OutputFormat::Jsonl,
+        resume: true,
+    };
+    let summary = common::run(config);
+    assert_eq!((summary.resumed, summary.classified), (2, 5));
+    let expected: Vec<String> = whole.iter().skip(1).step_by(3).cloned().collect();
+    assert_eq!(ids(common::read(&out)), expected);
 }
