@@ -449,9 +449,13 @@ pub fn figure(
     writer.text(
         &mut img,
         &format!(
-            "entropy {:.3} bits   attention on emission {:.0}%",
+            "entropy {:.3} bits   attention on emission {:.0}%{}",
             c.entropy_bits,
-            100.0 * attention.on_emission_fraction
+            100.0 * attention.on_emission_fraction,
+            c.emission.map_or(String::new(), |e| format!(
+                "   LAS {:.0} arcsec",
+                e.largest_angular_size_arcsec
+            )),
         ),
         pad as i32,
         y as i32,
