@@ -1,8 +1,8 @@
 //! The HTML report of a run (`radiogate classify --report report.html`): one
 //! self-contained file (thumbnails as base64 PNG data URIs, CSS and JS inline, no external
 //! URL) with a card per classified source (attention overlay, label, confidence, entropy,
-//! attention on emission, largest angular size), sortable and filterable by label and confidence, and a table of
-//! the rejections with their reasons.
+//! attention on emission, largest angular size), sortable and filterable by label,
+//! confidence and size, and a table of the rejections with their reasons.
 //!
 //! It is a sink beside the results, written by the same run as results arrive: each card is
 //! written out at once and rejections go to an anonymous temporary file until the end, so
@@ -97,6 +97,7 @@ impl HtmlReport {
 <div class="controls">
 <label>label <select id="label"><option value="all">all</option><option value="FRI">FRI</option><option value="FRII">FRII</option></select></label>
 <label>confidence &ge; <input id="min" type="range" min="0.5" max="1" step="0.01" value="0.5"> <span id="min-shown">0.50</span></label>
+<label title="largest angular size of the emission; the model card gives the training images' range">LAS &ge; <input id="las" type="number" min="0" step="5" value="0" size="4"> arcsec</label>
 <label>sort by <select id="sort">
 <option value="seq-asc">input order</option>
 <option value="confidence-desc">confidence, highest first</option>

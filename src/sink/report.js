@@ -1,6 +1,7 @@
-// The report's gallery controls: filter by label and minimum confidence, sort by a field.
-// The state also lives in the URL fragment (#label=FRII&min=0.9&sort=confidence-desc), so
-// a filtered view can be bookmarked or shared. Plain JS, no libraries.
+// The report's gallery controls: filter by label, minimum confidence and minimum largest
+// angular size, sort by a field. The state also lives in the URL fragment
+// (#label=FRII&min=0.9&las=30&sort=confidence-desc), so a filtered view can be bookmarked or
+// shared. Plain JS, no libraries.
 (function () {
   "use strict";
   var gallery = document.getElementById("gallery");
@@ -8,6 +9,7 @@
   var label = document.getElementById("label");
   var min = document.getElementById("min");
   var minShown = document.getElementById("min-shown");
+  var las = document.getElementById("las");
   var sort = document.getElementById("sort");
   var shown = document.getElementById("shown");
 
@@ -36,6 +38,8 @@
   function apply() {
     var wanted = label.value;
     var floor = parseFloat(min.value);
+    // Cards without an extent (results of an older worker) stay unless a floor is set.
+    var lasFloor = parseFloat(las.value) || 0;
     var parts = sort.value.split("-");
     var visible = 0;
     minShown.textContent = floor.toFixed(2);
@@ -43,7 +47,8 @@
     cards.forEach(function (card) {
       var keep =
         (wanted === "all" || card.dataset.label === wanted) &&
-        number(card, "confidence") >= floor;
+        number(card, "confidence") >= floor &&
+        (lasFloor <= 0 || number(card, "las") >= lasFloor);
       card.hidden = !keep;
       if (keep) {
         visible += 1;
@@ -76,6 +81,9 @@
     if (state.min && !isNaN(parseFloat(state.min))) {
       min.value = state.min;
     }
+    if (state.las && !isNaN(parseFloat(state.las))) {
+      las.value = state.las;
+    }
     if (state.sort && offers(sort, state.sort)) {
       sort.value = state.sort;
     }
@@ -85,13 +93,14 @@
     var hash =
       "#label=" + encodeURIComponent(label.value) +
       "&min=" + encodeURIComponent(min.value) +
+      "&las=" + encodeURIComponent(las.value) +
       "&sort=" + encodeURIComponent(sort.value);
     if (window.history && window.history.replaceState) {
       window.history.replaceState(null, "", hash);
     }
   }
 
-  [label, min, sort].forEach(function (control) {
+  [label, min, las, sort].forEach(function (control) {
     control.addEventListener("input", function () {
       apply();
       toFragment();

@@ -346,10 +346,11 @@ fn report_renders_in_headless_chromium_without_console_errors() {
     assert!(dom.contains(&format!("{sources} of {sources} sources shown")));
     assert!(!dom.contains(" hidden"), "nothing filtered by default");
 
-    // The controls work: FRII only, most confident first (state from the URL fragment).
+    // The controls work: FRII only, most confident first, none under 40 arcsec (state from
+    // the URL fragment).
     let (dom, console) = chromium_dom(
         &report,
-        "#label=FRII&min=0.8&sort=confidence-desc",
+        "#label=FRII&min=0.8&las=40&sort=confidence-desc",
         &dir.path().join("profile-2"),
     );
     assert!(console.is_empty(), "console output: {console:#?}");
@@ -363,12 +364,20 @@ fn report_renders_in_headless_chromium_without_console_errors() {
         confidence.windows(2).all(|w| w[0] >= w[1]),
         "{confidence:?}"
     );
+    let las: Vec<f32> = card_attributes(&dom, "data-las")
+        .iter()
+        .map(|l| l.parse().expect("number"))
+        .collect();
     let shown: Vec<usize> = (0..sources)
         .filter(|&i| !hidden_attr_present(&dom, i))
         .collect();
     let expected: Vec<usize> = (0..sources)
-        .filter(|&i| labels[i] == "FRII" && confidence[i] >= 0.8)
+        .filter(|&i| labels[i] == "FRII" && confidence[i] >= 0.8 && las[i] >= 40.0)
         .collect();
+    assert!(
+        (0..sources).any(|i| labels[i] == "FRII" && confidence[i] >= 0.8 && las[i] < 40.0),
+        "the size floor must hide a source here for the test to mean anything"
+    );
     assert!(!expected.is_empty());
     assert_eq!(shown, expected);
     assert!(dom.contains(&format!("{} of {sources} sources shown", expected.len())));
