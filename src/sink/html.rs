@@ -97,7 +97,7 @@ impl HtmlReport {
 <div class="controls">
 <label>label <select id="label"><option value="all">all</option><option value="FRI">FRI</option><option value="FRII">FRII</option></select></label>
 <label>confidence &ge; <input id="min" type="range" min="0.5" max="1" step="0.01" value="0.5"> <span id="min-shown">0.50</span></label>
-<label title="largest angular size of the emission; the model card gives the training images' range">LAS &ge; <input id="las" type="number" min="0" step="5" value="0" size="4"> arcsec</label>
+<label title="largest angular size of the emission; the model card gives the training images' range">LAS &ge; <input id="las" type="number" min="0" step="5" value="0"> arcsec</label>
 <label>sort by <select id="sort">
 <option value="seq-asc">input order</option>
 <option value="confidence-desc">confidence, highest first</option>
