@@ -126,8 +126,8 @@ pub struct PublishArgs {
     /// detection without a `detected_at` is stamped with its send time.
     #[arg(long, value_name = "PER_SECOND", value_parser = positive_rate)]
     pub rate: Option<f64>,
-    /// Catalogue of positions, CSV or a FITS table (fields source_id, ra, dec, ...), instead
-    /// of FITS inputs.
+    /// Catalogue of positions, CSV, ECSV or a FITS table (fields source_id, ra, dec, ...),
+    /// instead of FITS inputs.
     #[arg(
         long,
         value_name = "FILE",
@@ -188,8 +188,8 @@ pub struct ClassifyArgs {
     /// Output format (protobuf needs --out: rejections go to `<out>.rejections`).
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
-    /// Catalogue of sources, CSV or a FITS table (fields source_id, ra, dec, ...), instead
-    /// of FITS inputs.
+    /// Catalogue of sources, CSV, ECSV or a FITS table (fields source_id, ra, dec, ...),
+    /// instead of FITS inputs.
     #[arg(long, value_name = "FILE", conflicts_with = "inputs")]
     pub catalog: Option<PathBuf>,
     /// The catalogue column that gives a field, when it has neither the field's name nor a

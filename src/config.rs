@@ -44,7 +44,7 @@ pub enum SourceConfig {
         inputs: Vec<PathBuf>,
         survey: String,
     },
-    /// A catalogue, CSV or a FITS table (fields source_id, ra, dec, optional survey,
+    /// A catalogue, CSV, ECSV or a FITS table (fields source_id, ra, dec, optional survey,
     /// fits_path/tile, fluxes and sizes), positions resolved against the mosaics. `survey`
     /// is used for rows without one; `columns` names the column of a field (by its name
     /// in `CATALOG_FIELDS`) whose column has neither the field's name nor a known

@@ -293,6 +293,21 @@ fn bad_files_become_rejections_with_reasons_and_good_ones_still_classify() {
     ));
 }
 
+/// Writes the CSV catalogue at argv[1] to argv[2] as an ECSV table with LoTSS's column
+/// names and units (astropy's default form: space-delimited, units in the header).
+const ASTROPY_WRITES_ECSV: &str = r#"
+import sys
+import astropy.units as u
+from astropy.table import Table
+t = Table.read(sys.argv[1], format="ascii.csv")
+out = Table()
+out["Source_Name"] = t["source_id"]
+out["RA"] = t["ra"] * u.deg
+out["DEC"] = t["dec"] * u.deg
+out["Peak_flux"] = [3.5] * len(t) * u.mJy / u.beam
+out.write(sys.argv[2], format="ascii.ecsv")
+"#;
+
 /// Reads the ECSV table at argv[1] with astropy and prints its units, datatypes and rows
 /// (masked cells as null) as JSON.
 const ASTROPY_READS_ECSV: &str = r#"
@@ -343,8 +358,22 @@ fn catalogue_positions_resolved_against_mosaics_match_the_files_mode() {
     std::fs::write(&csv, format!("source_id,ra,dec\n{text}")).expect("write catalogue");
     let fits = dir.path().join("catalog.fits");
     write_vlass_table(&fits, &rows);
+    // And as astropy writes an ECSV table with LoTSS's names and units.
+    let ecsv = dir.path().join("catalog.ecsv");
+    let written = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(ASTROPY_WRITES_ECSV)
+        .arg(&csv)
+        .arg(&ecsv)
+        .output()
+        .expect("python3 with astropy runs");
+    assert!(
+        written.status.success(),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
 
-    for catalog in [csv, fits] {
+    for catalog in [csv, fits, ecsv] {
         let out = dir.path().join("catalog.jsonl");
         let mut config = common::files_config(vec![], &out);
         config.source = SourceConfig::Catalog {

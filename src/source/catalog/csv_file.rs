@@ -1,9 +1,12 @@
-//! A CSV catalogue: a header row naming the columns, then a detection per row. It declares
-//! no units: values are in the fields' own.
+//! A CSV catalogue: a header row naming the columns, then a detection per row. A plain CSV
+//! file declares no units: values are in the fields' own. An ECSV file (astropy's Enhanced
+//! CSV, APE 6: what `Table.write("x.ecsv")` writes) declares each column's unit in its
+//! commented YAML header, and values are converted from it as a FITS table's are.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::{BufRead, BufReader, Seek};
 
 use crate::domain::{Detection, Rejected};
 use crate::proto::RejectReason;
@@ -15,6 +18,8 @@ use crate::source::Detections;
 struct CsvRows {
     reader: csv::Reader<File>,
     columns: Columns,
+    /// Each field's factor from its column's unit (1 in a plain CSV file), by `Field as usize`.
+    scales: [f64; 13],
     context: Context,
     record: csv::StringRecord,
     done: bool,
@@ -22,21 +27,43 @@ struct CsvRows {
 
 /// Reads the header and finds the fields' columns; an error is the header's problem.
 pub(super) fn open(
-    file: File,
+    mut file: File,
     context: Context,
     overrides: &BTreeMap<String, String>,
 ) -> Result<Detections, String> {
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(file);
+    let ecsv = ecsv_header(&mut file)?;
+    let mut builder = csv::ReaderBuilder::new();
+    builder.flexible(true);
+    if let Some(header) = &ecsv {
+        builder.comment(Some(b'#')).delimiter(header.delimiter);
+    }
+    let mut reader = builder.from_reader(file);
     let names: Vec<String> = reader
         .headers()
         .map_err(|e| e.to_string())?
         .iter()
         .map(str::to_string)
         .collect();
-    let columns = Columns::resolve(&names, overrides, super::Format::Csv)?;
+    let format = match ecsv {
+        Some(_) => super::Format::Units,
+        None => super::Format::Csv,
+    };
+    let columns = Columns::resolve(&names, overrides, format)?;
+    let mut scales = [1.0; 13];
+    if let Some(header) = &ecsv {
+        for field in Field::ALL {
+            if let Some(index) = columns.get(field) {
+                let name = &names[index];
+                let unit = header.units.get(name).map_or("", String::as_str);
+                scales[field as usize] = super::unit_scale(field.quantity(), unit)
+                    .map_err(|e| format!("column {name:?} ({}): {e}", field.name()))?;
+            }
+        }
+    }
     Ok(Box::new(CsvRows {
         reader,
         columns,
+        scales,
         context,
         record: csv::StringRecord::new(),
         done: false,
@@ -60,6 +87,7 @@ impl Iterator for CsvRows {
                 let row = CsvRow {
                     record: &self.record,
                     columns: &self.columns,
+                    scales: &self.scales,
                 };
                 Some(self.context.item(&row, self.context.origin(line)))
             }
@@ -82,6 +110,7 @@ impl Iterator for CsvRows {
 struct CsvRow<'a> {
     record: &'a csv::StringRecord,
     columns: &'a Columns,
+    scales: &'a [f64; 13],
 }
 
 impl CsvRow<'_> {
@@ -101,7 +130,59 @@ impl Row for CsvRow<'_> {
 
     fn number(&self, field: Field) -> Result<Option<f64>, String> {
         self.cell(field)
-            .map(|text| super::parse_number(text, field, 1.0))
+            .map(|text| super::parse_number(text, field, self.scales[field as usize]))
             .transpose()
     }
+}
+
+/// What an ECSV header declares that reading the rows needs.
+#[derive(Debug)]
+struct EcsvHeader {
+    delimiter: u8,
+    /// Each column's unit, by name (absent: none given).
+    units: BTreeMap<String, String>,
+}
+
+/// The ECSV header at the start of `file`, when it starts with one (`# %ECSV`); the file is
+/// left at its start, where the CSV reader skips the header's comment lines.
+fn ecsv_header(file: &mut File) -> Result<Option<EcsvHeader>, String> {
+    let mut lines = Vec::new();
+    for line in BufReader::new(&mut *file).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let Some(comment) = line.strip_prefix('#') else {
+            break;
+        };
+        if lines.is_empty() && !comment.trim_start().starts_with("%ECSV") {
+            break;
+        }
+        lines.push(comment.strip_prefix(' ').unwrap_or(comment).to_string());
+    }
+    file.rewind().map_err(|e| e.to_string())?;
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    let yaml = lines[1..].join("\n");
+    let bad = |why: String| format!("ECSV header: {why}");
+    let docs = yaml_rust2::YamlLoader::load_from_str(&yaml).map_err(|e| bad(e.to_string()))?;
+    let doc = docs
+        .first()
+        .ok_or_else(|| bad("no YAML after the first line".into()))?;
+    let delimiter = match doc["delimiter"].as_str() {
+        None | Some(" ") => b' ',
+        Some(",") => b',',
+        Some(other) => return Err(bad(format!("delimiter {other:?}, not a space or a comma"))),
+    };
+    let columns = doc["datatype"]
+        .as_vec()
+        .ok_or_else(|| bad("no datatype list".into()))?;
+    let mut units = BTreeMap::new();
+    for column in columns {
+        let name = column["name"]
+            .as_str()
+            .ok_or_else(|| bad("a datatype entry without a name".into()))?;
+        if let Some(unit) = column["unit"].as_str() {
+            units.insert(name.to_string(), unit.to_string());
+        }
+    }
+    Ok(Some(EcsvHeader { delimiter, units }))
 }

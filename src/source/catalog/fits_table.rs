@@ -48,7 +48,7 @@ pub(super) fn open(
 ) -> Result<Detections, String> {
     let table = Table::open(path)?;
     let names: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
-    let found = Columns::resolve(&names, overrides, super::Format::Fits)?;
+    let found = Columns::resolve(&names, overrides, super::Format::Units)?;
     let mut columns = Vec::with_capacity(super::FIELDS.len());
     for field in super::Field::ALL {
         let Some(index) = found.get(field) else {

@@ -1,6 +1,6 @@
 //! A catalogue as a source: one detection per row, positions in degrees. A catalogue is a
-//! CSV file or a FITS table (the first table extension), told apart by the file's first
-//! bytes.
+//! CSV file (plain, or astropy's ECSV) or a FITS table (the first table extension), told
+//! apart by the file's first bytes.
 //!
 //! Fields (see [`FIELDS`]): `source_id`, `ra`, `dec` are required; `survey`, `tile` (a
 //! mosaic hint), `fits_path` (relative paths are relative to the catalogue's folder),
@@ -9,14 +9,14 @@
 //! `source.columns` names for it, else from the column of its own name, else from the first
 //! of its aliases that the catalogue has (the names of PyBDSF, as in LoTSS and VLASS
 //! catalogues, and of Selavy, as in ASKAP EMU ones; see [`Field::candidates`] for what a
-//! CSV file and a FITS table each look for). Names are matched without regard to case or
-//! surrounding spaces; other columns are ignored.
+//! plain CSV file and a table with units each look for). Names are matched without regard to
+//! case or surrounding spaces; other columns are ignored.
 //!
-//! A FITS table declares each column's unit (`TUNITn`), and values are converted from it
-//! (mJy/beam to Jy, degrees to arcsec, ...); a unit that does not fit the field is refused
-//! at start. A CSV file declares none, so its values are taken in the units above, and the
-//! aliases of fields with units (fluxes, sizes, angles), whose units differ between
-//! catalogues, are not looked for in it. An empty cell, or a null (NaN) in a FITS table,
+//! A FITS table declares each column's unit (`TUNITn`), and so does an ECSV file (in its
+//! header); values are converted from it (mJy/beam to Jy, degrees to arcsec, ...), and a
+//! unit that does not fit the field is refused at start. A plain CSV file declares none, so
+//! its values are taken in the units above, and the aliases of fields with units (fluxes,
+//! sizes, angles), whose units differ between catalogues, are not looked for in it. An empty cell, or a null (NaN) in a FITS table,
 //! means absent. A row that cannot be a detection becomes a rejection naming its line (CSV)
 //! or row (FITS) and the field.
 
@@ -69,13 +69,13 @@ enum Quantity {
     Angle,
 }
 
-/// The two forms of catalogue, which differ in what their column names can be trusted for.
+/// The two kinds of catalogue, which differ in what their column names can be trusted for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
-    /// radiogate's own schema, without units.
+    /// radiogate's own schema, without units (a plain CSV file).
     Csv,
-    /// A survey's catalogue, with units.
-    Fits,
+    /// A survey's catalogue, whose columns declare their units (a FITS table, ECSV).
+    Units,
 }
 
 impl Field {
@@ -139,7 +139,7 @@ impl Field {
     fn candidates(self, format: Format) -> &'static [&'static str] {
         let quantity = self.quantity();
         match format {
-            Format::Fits if self == Field::Tile => &[],
+            Format::Units if self == Field::Tile => &[],
             Format::Csv if !matches!(quantity, Quantity::Text | Quantity::Position) => {
                 &self.names()[..1]
             }
@@ -148,11 +148,17 @@ impl Field {
     }
 }
 
-/// The factor that converts a FITS column's values from `unit` (its `TUNITn`, empty when it
-/// has none) to the field's units; an error says why the unit does not fit.
+/// The factor that converts a column's values from `unit` (a FITS table's `TUNITn`, an ECSV
+/// column's `unit`; empty when it has none) to the field's units; an error says why the
+/// unit does not fit.
 fn unit_scale(quantity: Quantity, unit: &str) -> Result<f64, String> {
     let unit = unit.trim();
-    let lower = unit.to_ascii_lowercase();
+    // astropy writes "mJy / beam" where FITS tables have "mJy/beam".
+    let lower: String = unit
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
     let degrees = ["", "deg", "degree", "degrees"];
     let scale = match quantity {
         Quantity::Text => Some(1.0),
@@ -656,10 +662,54 @@ mod tests {
         }
     }
 
+    /// An ECSV catalogue as astropy writes one (`Table.write("x.ecsv")`): space-delimited,
+    /// PyBDSF's names, units in the header, a masked cell as "".
+    const ECSV: &str = "# %ECSV 1.0\n\
+        # ---\n\
+        # datatype:\n\
+        # - {name: Source_Name, datatype: string}\n\
+        # - {name: RA, unit: deg, datatype: float64}\n\
+        # - {name: DEC, unit: deg, datatype: float64}\n\
+        # - {name: Peak_flux, unit: mJy / beam, datatype: float64, description: peak of the\n\
+        #     source's flux density}\n\
+        # - {name: Maj, unit: arcmin, datatype: float64}\n\
+        # meta: !!omap\n\
+        # - {comments: [LoTSS-like]}\n\
+        # schema: astropy-2.0\n\
+        Source_Name RA DEC Peak_flux Maj\n\
+        \"ILTJ1 A\" 10.5 -20.25 3.5 0.5\n\
+        ILTJ2 11.0 -21.0 \"\" 0.25\n";
+
+    #[test]
+    fn ecsv_is_read_with_its_units_and_other_catalogues_names() {
+        let (_dir, path) = write_catalog(ECSV);
+        let got = items(&path);
+        let m = messages(&got);
+        assert_eq!(m.len(), 2, "{got:?}");
+        assert_eq!(
+            (m[0].source_id.as_str(), m[0].ra_deg, m[0].dec_deg),
+            ("ILTJ1 A", 10.5, -20.25)
+        );
+        assert!(
+            (m[0].peak_flux_jy.unwrap() - 3.5e-3).abs() < 1e-15,
+            "mJy/beam to Jy"
+        );
+        assert_eq!(m[0].major_axis_arcsec, Some(30.0), "arcmin to arcsec");
+        assert_eq!(m[1].peak_flux_jy, None, "a masked cell is absent");
+        // A unit that does not fit its field is refused at start, naming the column.
+        let (_dir, path) = write_catalog(&ECSV.replace("unit: arcmin", "unit: pix"));
+        let err = header_error(&config(&path, &[]));
+        assert!(err.contains("\"Maj\"") && err.contains("pix"), "{err}");
+        // Broken YAML is the header's problem too.
+        let (_dir, path) = write_catalog(&ECSV.replace("# datatype:", "# datatype: [oops"));
+        assert!(header_error(&config(&path, &[])).contains("ECSV header"));
+    }
+
     #[test]
     fn units_convert_or_are_refused() {
         let cases = [
             (Quantity::Flux, "mJy/beam", Some(1e-3)),
+            (Quantity::Flux, "mJy / beam", Some(1e-3)),
             (Quantity::Flux, "MJY/BEAM", Some(1e-3)),
             (Quantity::Flux, "Jy", Some(1.0)),
             (Quantity::Flux, "uJy beam-1", Some(1e-6)),
