@@ -16,6 +16,11 @@ pub const CUTOUT_SIZE: usize = 300;
 pub const MODEL_SIZE: usize = 150;
 /// Pixels of one model input (`MODEL_SIZE` x `MODEL_SIZE`).
 pub const MODEL_PIXELS: usize = MODEL_SIZE * MODEL_SIZE;
+/// A source whose emission spans less than this (arcsec) is more compact than nearly every
+/// image the shipped models were trained on: about the 1st percentile of the MiraBest
+/// training images' largest angular size (13.6-31.9 arcsec by model and class, model cards).
+/// The same bound is in the dashboard's and the alert rules' queries (`deploy/`).
+pub const COMPACT_ARCSEC: f32 = 20.0;
 
 /// Where a detection came from, so that its result or rejection can say so and,
 /// for streams, so that its offset can be acknowledged.

@@ -310,4 +310,14 @@ fn print_summary(summary: &RunSummary) {
             ""
         },
     );
+    if summary.compact > 0 {
+        eprintln!(
+            "radiogate: {} of the {} classified span less than {} arcsec: more compact than the \
+             model's training images, their labels say little (the model card's \
+             \"Emission extent\")",
+            summary.compact,
+            summary.classified,
+            radiogate::domain::COMPACT_ARCSEC
+        );
+    }
 }

@@ -53,8 +53,8 @@ use crate::batch;
 use crate::config::{Config, DeliveryMode, SinkConfig, SourceConfig};
 use crate::cutout::{CutoutSetupError, Cutter};
 use crate::domain::{
-    Cutout, Detection, EmissionShape, ItemError, ModelOutput, Prepared, Rejected, SkyProjection,
-    label_name,
+    COMPACT_ARCSEC, Cutout, Detection, EmissionShape, ItemError, ModelOutput, Prepared, Rejected,
+    SkyProjection, label_name,
 };
 use crate::infer::{InferError, Inference, StartError};
 use crate::preprocess;
@@ -109,6 +109,9 @@ pub struct RunSummary {
     /// Records an earlier run had written to the resumed results file, whose inputs this
     /// run skipped (`sink.resume`); not counted above.
     pub resumed: u64,
+    /// Classifications whose emission spans less than `domain::COMPACT_ARCSEC`: sources more
+    /// compact than the model's training images, whose labels say little.
+    pub compact: u64,
 }
 
 impl RunSummary {
@@ -1015,6 +1018,11 @@ fn write_outcome(
                 .entry(label_name(c.label()).to_string())
                 .or_default() += 1;
             summary.classified += 1;
+            if c.emission
+                .is_some_and(|e| e.largest_angular_size_arcsec < COMPACT_ARCSEC)
+            {
+                summary.compact += 1;
+            }
             let started = Instant::now();
             sink.write_classification(&c, ack)?;
             metrics.classified(&c, started.elapsed(), received);

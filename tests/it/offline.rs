@@ -772,3 +772,44 @@ fn shards_split_the_input_between_runs() {
     let expected: Vec<String> = whole.iter().skip(1).step_by(3).cloned().collect();
     assert_eq!(ids(common::read(&out)), expected);
 }
+
+/// An unresolved source (a Gaussian of FIRST's beam) is measured as compact: its emission
+/// spans less than `COMPACT_ARCSEC`, one island, and the run counts it.
+#[test]
+fn a_compact_source_is_measured_and_counted_as_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let n = 300;
+    // FIRST's 5.4 arcsec beam in 1.8 arcsec pixels: sigma 1.27 pixels; peak 1000 times the
+    // noise, so the noise is below the 8 bits' first step.
+    let sigma = 5.4 / 1.8 / 2.3548;
+    let pixels: Vec<f32> = (0..n * n)
+        .map(|i| {
+            let (y, x) = ((i / n) as f64 - 149.5, (i % n) as f64 - 149.5);
+            let noise = ((i * 7919) % 1000) as f64 * 2e-7 - 1e-4;
+            (0.1 * (-(x * x + y * y) / (2.0 * sigma * sigma)).exp() + noise) as f32
+        })
+        .collect();
+    // 1.8 arcsec pixels (CDELT 0.0005 degrees).
+    let cards = common::tan_cards(n, 150.0, 20.0);
+    let file = dir.path().join("compact.fits");
+    std::fs::write(&file, fits_f32(&cards_ref(&cards), &pixels)).expect("write");
+    let out = dir.path().join("out.jsonl");
+    let summary = common::run(common::files_config(vec![file], &out));
+    assert_eq!((summary.classified, summary.compact), (1, 1), "{summary:?}");
+    let Some(Record::Classification(c)) = common::read(&out).into_iter().next() else {
+        panic!("a classification")
+    };
+    let emission = c.emission.expect("its extent");
+    // What the model says of a source it was never trained on (`--nocapture` shows it):
+    // a label, with a confidence that does not warn of it.
+    eprintln!(
+        "compact source: {:?} at {:.3}, {emission:?}",
+        c.label, c.confidence
+    );
+    assert_eq!(emission.islands, 1, "{emission:?}");
+    assert!(
+        emission.largest_angular_size_arcsec > 5.0
+            && emission.largest_angular_size_arcsec < radiogate::domain::COMPACT_ARCSEC,
+        "{emission:?}"
+    );
+}
