@@ -48,6 +48,22 @@ pub fn mirabest_test_batch() -> HashMap<String, Vec<u8>> {
         .collect()
 }
 
+/// Runs python3 with `args` in `dir` (python3 with the packages of
+/// python/requirements.txt), requires it to succeed, and returns what it printed.
+pub fn python3(args: &[&std::ffi::OsStr], dir: &Path) -> Vec<u8> {
+    let output = Command::new("python3")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "python3 {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
 /// The model the tests classify with: the shipped default.
 pub fn model() -> PathBuf {
     repo().join("models/agcnn-mirabest-confident.onnx")

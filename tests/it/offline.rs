@@ -234,18 +234,15 @@ fn bad_files_become_rejections_with_reasons_and_good_ones_still_classify() {
     };
     let again = common::run(config);
     assert_eq!((again.classified, again.rejected), (1, 6));
-    let read = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(ASTROPY_READS_ECSV)
-        .arg(&table_path)
-        .output()
-        .expect("python3 with astropy runs");
-    assert!(
-        read.status.success(),
-        "{}",
-        String::from_utf8_lossy(&read.stderr)
+    let read = common::python3(
+        &[
+            "-c".as_ref(),
+            ASTROPY_READS_ECSV.as_ref(),
+            table_path.as_os_str(),
+        ],
+        dir.path(),
     );
-    let table: serde_json::Value = serde_json::from_slice(&read.stdout).expect("JSON");
+    let table: serde_json::Value = serde_json::from_slice(&read).expect("JSON");
     assert_eq!(table["units"]["ra"], "deg");
     assert_eq!(table["units"]["entropy"], "bit");
     assert_eq!(table["dtypes"]["prob_frii"], "float32");
@@ -360,17 +357,14 @@ fn catalogue_positions_resolved_against_mosaics_match_the_files_mode() {
     write_vlass_table(&fits, &rows);
     // And as astropy writes an ECSV table with LoTSS's names and units.
     let ecsv = dir.path().join("catalog.ecsv");
-    let written = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(ASTROPY_WRITES_ECSV)
-        .arg(&csv)
-        .arg(&ecsv)
-        .output()
-        .expect("python3 with astropy runs");
-    assert!(
-        written.status.success(),
-        "{}",
-        String::from_utf8_lossy(&written.stderr)
+    common::python3(
+        &[
+            "-c".as_ref(),
+            ASTROPY_WRITES_ECSV.as_ref(),
+            csv.as_os_str(),
+            ecsv.as_os_str(),
+        ],
+        dir.path(),
     );
 
     for catalog in [csv, fits, ecsv] {

@@ -107,18 +107,16 @@ fn emission_extent_is_measured_as_python_measures_the_training_images() {
     let images = dir.path().join("images.u8");
     let bytes: Vec<u8> = stems.iter().flat_map(|s| golden[*s].clone()).collect();
     std::fs::write(&images, bytes).expect("write images");
-    let output = std::process::Command::new("python3")
-        .args(["-m", "radiogate_model.morphology", "shapes"])
-        .arg(&images)
-        .current_dir(common::repo().join("python"))
-        .output()
-        .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = common::python3(
+        &[
+            "-m".as_ref(),
+            "radiogate_model.morphology".as_ref(),
+            "shapes".as_ref(),
+            images.as_os_str(),
+        ],
+        &common::repo().join("python"),
     );
-    let python = String::from_utf8(output.stdout).expect("UTF-8");
+    let python = String::from_utf8(output).expect("UTF-8");
     let lines: Vec<&str> = python.lines().collect();
     assert_eq!(lines.len(), stems.len());
     let mut islands = [0usize; 4];

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Seek};
 use crate::domain::{Detection, Rejected};
 use crate::proto::RejectReason;
 
-use super::{Columns, Context, Field, Row};
+use super::{Columns, Context, FIELDS, Field, Row};
 use crate::source::Detections;
 
 /// Reads rows lazily; stops after an I/O error, since the reader cannot resynchronise.
@@ -19,7 +19,7 @@ struct CsvRows {
     reader: csv::Reader<File>,
     columns: Columns,
     /// Each field's factor from its column's unit (1 in a plain CSV file), by `Field as usize`.
-    scales: [f64; 13],
+    scales: [f64; FIELDS.len()],
     context: Context,
     record: csv::StringRecord,
     done: bool,
@@ -49,7 +49,7 @@ pub(super) fn open(
         None => super::Format::Csv,
     };
     let columns = Columns::resolve(&names, overrides, format)?;
-    let mut scales = [1.0; 13];
+    let mut scales = [1.0; FIELDS.len()];
     if let Some(header) = &ecsv {
         for field in Field::ALL {
             if let Some(index) = columns.get(field) {
@@ -110,7 +110,7 @@ impl Iterator for CsvRows {
 struct CsvRow<'a> {
     record: &'a csv::StringRecord,
     columns: &'a Columns,
-    scales: &'a [f64; 13],
+    scales: &'a [f64; FIELDS.len()],
 }
 
 impl CsvRow<'_> {

@@ -79,7 +79,7 @@ enum Format {
 }
 
 impl Field {
-    const ALL: [Field; 13] = [
+    const ALL: [Field; FIELDS.len()] = [
         Field::SourceId,
         Field::Ra,
         Field::Dec,
@@ -197,7 +197,7 @@ fn unit_scale(quantity: Quantity, unit: &str) -> Result<f64, String> {
 
 /// Which column each field is read from (its index among the catalogue's columns).
 #[derive(Debug)]
-struct Columns([Option<usize>; 13]);
+struct Columns([Option<usize>; FIELDS.len()]);
 
 impl Columns {
     /// Finds each field's column among `names`: the one `overrides` names for it, else the
@@ -218,7 +218,7 @@ impl Columns {
                 FIELDS.join(", ")
             ));
         }
-        let mut columns = [None; 13];
+        let mut columns = [None; FIELDS.len()];
         for field in Field::ALL {
             let column = match overrides.get(field.name()) {
                 Some(name) => Some(find(name).ok_or_else(|| {
