@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sourced by scripts/gpu/run.sh and scripts/gpu/profile.sh, from the repository root, with SRC,
-# OUT and GPU_SCRIPT (the caller's name, for the log) set: makes the results folder OUT
+# Sourced by scripts/gpu/run.sh and scripts/gpu/profile.sh, from the repository root, with OUT
+# and GPU_SCRIPT (the caller's name, for the log) set, and SRC (default vendor/gpu), where the
+# pieces are: makes the results folder OUT
 # (absolute from here on) and defines log (to stderr and OUT/run.log) and die; reassembles,
 # checks and unpacks the pieces that scripts/gpu/prepare.sh made (in SRC; once: a later call
 # finds them unpacked), then puts ONNX Runtime's GPU build and the CUDA 13 / cuDNN 9 libraries
@@ -14,6 +15,7 @@ die() {
   log "FAILED: $*"
   exit 1
 }
+SRC="${SRC:-vendor/gpu}"
 PYTHON_GIVEN="${PYTHON:-}"
 PYTHON="${PYTHON:-python3}"
 

@@ -6,8 +6,9 @@
 # the GPU machine lacks them, and the float16 copy of the model and its fused form without the
 # upsampling as matrix products, which run.sh times beside it (python -m radiogate_model.half
 # and radiogate_model.fuse --no-upsample; need python/requirements.txt). Packed, compressed
-# (xz) and split into pieces of at most PIECE_MB (default 52 MiB: with the 9 MB working tree
-# a piece fits one 64 MiB device call):
+# (xz) and split into pieces of at most PIECE_MB MiB (default: what one 64 MiB device call
+# leaves beside the working tree, which travels with every call, less 1 MiB; 50 with the
+# 13 MiB tree of November 2026):
 #
 #   scripts/gpu/prepare.sh            # -> vendor/gpu/radiogate-gpu.tar.xz.part-NN + .sha256
 #   DEST=dir scripts/gpu/prepare.sh   # elsewhere (a gitignored folder of the repository)
@@ -17,8 +18,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DEST="${DEST:-vendor/gpu}"
-PIECE_MB="${PIECE_MB:-52}"
+# The working tree that travels: tracked files and untracked ones that git does not ignore.
+tree_bytes="$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)"
+PIECE_MB="${PIECE_MB:-$((63 - (tree_bytes + 1048575) / 1048576))}"
 log() { echo "gpu/prepare: $*" >&2; }
+((PIECE_MB >= 8)) || { log "the working tree ($tree_bytes bytes) leaves no room for pieces"; exit 1; }
 
 cargo build --release --quiet --bin radiogate --bin radiogate-bench
 

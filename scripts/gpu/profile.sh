@@ -17,7 +17,6 @@
 # run is stopped after it, keeping the kernels timed so far).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-SRC="${SRC:-vendor/gpu}"
 OUT="${OUT:-out/gpu/profile-$(date -u +%Y%m%dT%H%M%SZ)}"
 BATCH="${BATCH:-128}"
 SESSIONS="${SESSIONS:-8}"

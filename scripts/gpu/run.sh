@@ -45,7 +45,6 @@ cd "$(dirname "$0")/../.."
 ROOT="$PWD"
 # shellcheck source=scripts/bench/lib.sh
 . scripts/bench/lib.sh
-SRC="${SRC:-vendor/gpu}"
 QUICK="${QUICK:-0}"
 OUT="${OUT:-out/gpu/$(date -u +%Y%m%dT%H%M%SZ)}"
 DEVICE_ID="${DEVICE_ID:-0}"
