@@ -33,11 +33,12 @@ fn main() -> ExitCode {
         Ok(Some(loaded)) => loaded,
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("radiogate: {e:#}");
+            eprintln!("radiogate: {}", radiogate::error_chain(e.as_ref()));
             return ExitCode::from(2);
         }
     };
     init_logging(&cli, &config);
+    let json_logs = config.telemetry.json_logs;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -74,7 +75,7 @@ fn main() -> ExitCode {
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(e) => {
-            eprintln!("radiogate: {e}");
+            fail(json_logs, &e.to_string());
             return ExitCode::from(2);
         }
     };
@@ -85,7 +86,7 @@ fn main() -> ExitCode {
                 match report::truth_table(&results, &truth) {
                     Ok(table) => print!("{table}"),
                     Err(e) => {
-                        eprintln!("radiogate: {e}");
+                        fail(json_logs, &e.to_string());
                         return ExitCode::FAILURE;
                     }
                 }
@@ -93,9 +94,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let why = radiogate::error_chain(&e);
-            tracing::error!(error = %why, "run failed");
-            eprintln!("radiogate: {why}");
+            fail(json_logs, &radiogate::error_chain(&e));
             match e {
                 PipelineError::Source(_)
                 | PipelineError::Mosaics(_)
@@ -228,6 +227,17 @@ fn init_logging(cli: &Cli, config: &Config) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// Says why a started run failed, once: as an error record where logs are JSON (a plain line
+/// would break the stream their collector parses), else as a plain line (the text log's
+/// ERROR record would only repeat it).
+fn fail(json_logs: bool, why: &str) {
+    if json_logs {
+        tracing::error!(error = %why, "run failed");
+    } else {
+        eprintln!("radiogate: {why}");
     }
 }
 

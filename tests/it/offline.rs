@@ -623,6 +623,43 @@ fn quiet_classify_prints_its_summary_and_no_info_logs() {
     assert!(lines[0].starts_with("radiogate: 20 classified"), "{stderr}");
 }
 
+/// A run that fails says why once: a plain line with text logs, one JSON error record with
+/// JSON logs (a plain line would break the collector's stream); a configuration file that
+/// cannot be read names the OS error once.
+#[test]
+fn a_failed_run_says_why_once() {
+    let classify = |json_logs: &str, args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_radiogate"))
+            .arg("classify")
+            .args(args)
+            .current_dir(common::repo())
+            .env_remove("RADIOGATE_LOG")
+            .env("RADIOGATE__TELEMETRY__JSON_LOGS", json_logs)
+            .output()
+            .expect("radiogate runs");
+        assert_eq!(output.status.code(), Some(2));
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let missing = "no/such/folder";
+    let why = format!("input {missing} does not exist");
+
+    let text = classify("false", &[missing]);
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(&why)).collect();
+    assert_eq!(lines, [format!("radiogate: source: {why}")], "{text}");
+
+    let json = classify("true", &[missing]);
+    let records: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|r: &serde_json::Value| r["level"] == "ERROR")
+        .collect();
+    assert_eq!(records.len(), 1, "{json}");
+    assert_eq!(records[0]["fields"]["error"], format!("source: {why}"));
+
+    let config = classify("false", &["--config", "no/such.toml", missing]);
+    assert_eq!(config.matches("os error 2").count(), 1, "{config}");
+}
+
 /// A run killed part way, run again with `sink.resume`: the file ends as one uninterrupted
 /// run's would, every input once, in order; the wrong input or model is refused.
 #[test]
