@@ -453,7 +453,8 @@ pub fn figure(
             c.entropy_bits,
             100.0 * attention.on_emission_fraction,
             c.emission.map_or(String::new(), |e| format!(
-                "   LAS {:.0} arcsec",
+                "   LAS {}{:.0} arcsec",
+                if e.truncated { "≥ " } else { "" },
                 e.largest_angular_size_arcsec
             )),
         ),

@@ -1127,6 +1127,7 @@ fn emission(shape: &EmissionShape, config: &Config) -> proto::Emission {
         pixels: shape.pixels,
         largest_angular_size_arcsec: (f64::from(shape.largest_size)
             * config.cutout.pixel_scale_arcsec) as f32,
+        truncated: shape.truncated,
     }
 }
 

@@ -26,13 +26,13 @@ def block(y: int, x: int, h: int, w: int) -> list[tuple[int, int]]:
 
 def test_two_lobes_span_corner_to_corner_and_noise_does_not_count() -> None:
     on = block(10, 10, 4, 5) + block(40, 60, 3, 4) + [(0, 149), (140, 1), (141, 2)]
-    islands, pixels, size = mo.measure(image(on))
-    assert (islands, pixels) == (2, 32)
+    islands, pixels, size, truncated = mo.measure(image(on))
+    assert (islands, pixels, truncated) == (2, 32, False)
     assert size == pytest.approx(np.hypot(32, 53))
 
 
 def test_diagonal_neighbours_join_and_a_line_is_measured_end_to_end() -> None:
-    islands, pixels, size = mo.measure(image([(20 + i, 30 + i) for i in range(10)]))
+    islands, pixels, size, _ = mo.measure(image([(20 + i, 30 + i) for i in range(10)]))
     assert (islands, pixels) == (1, 10)
     assert size == pytest.approx(9 * np.sqrt(2))
 
@@ -44,7 +44,17 @@ def test_a_faint_island_is_noise() -> None:
     for y, x in block(50, 50, 4, 5):
         img[y, x] = 170
     assert mo.measure(img)[:2] == (1, 20)
-    assert mo.measure(np.zeros((150, 150), dtype=np.uint8)) == (0, 0, 0.0)
+    assert mo.measure(np.zeros((150, 150), dtype=np.uint8)) == (0, 0, 0.0, False)
+
+
+def test_only_a_counted_island_at_an_edge_truncates() -> None:
+    for y, x, h, w in [(1, 60, 3, 4), (60, 1, 4, 3), (146, 60, 3, 4), (60, 146, 4, 3)]:
+        assert not mo.measure(image(block(y, x, h, w))).truncated
+    for y, x, h, w in [(0, 60, 3, 4), (60, 0, 4, 3), (147, 60, 3, 4), (60, 147, 4, 3)]:
+        assert mo.measure(image(block(y, x, h, w))).truncated
+    # Noise at the edge (an island of 9) does not.
+    shape = mo.measure(image(block(60, 60, 3, 4) + block(0, 0, 3, 3)))
+    assert (shape.islands, shape.truncated) == (1, False)
 
 
 def test_the_card_gets_the_training_range(tmp_path, data_dir) -> None:

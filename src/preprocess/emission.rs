@@ -9,7 +9,10 @@
 //! with at least [`MIN_ISLAND_PIXELS`] pixels and a peak of at least 5/3 of the image's
 //! faintest emission (which lies just above 3 sigma: the peak is then at about 5 sigma, the
 //! usual detection threshold of source finders). The largest angular size is the longest
-//! distance between the centres of two pixels of the counted islands, in model pixels.
+//! distance between the centres of two pixels of the counted islands, in model pixels. The
+//! emission is truncated when a counted island reaches the image's edge (the model image is
+//! the cutout's central 150 x 150 pixels, so the source may go on beyond it): its size is
+//! then a lower bound.
 
 use crate::domain::EmissionShape;
 
@@ -79,6 +82,7 @@ pub fn measure(image: &[u8], side: usize) -> EmissionShape {
             let (y, x) = (at / side, at % side);
             let row = rows[y].get_or_insert((x, x));
             *row = (row.0.min(x), row.1.max(x));
+            shape.truncated |= y == 0 || x == 0 || y == side - 1 || x == side - 1;
         }
     }
     // The row ends in (row, column) order, then their convex hull, whose vertices hold the
@@ -260,5 +264,33 @@ mod tests {
         let shape = measure(&image(150, &on), 150);
         assert_eq!((shape.islands, shape.pixels), (2, 20));
         assert_eq!(shape.largest_size, (2.0f64 * 149.0 * 149.0).sqrt() as f32);
+        assert!(shape.truncated);
+    }
+
+    #[test]
+    fn only_a_counted_island_at_an_edge_truncates() {
+        // An island one pixel in from each edge in turn is whole; on the edge it is not.
+        for (y, x, h, w) in [
+            (1, 60, 3, 4),
+            (60, 1, 4, 3),
+            (146, 60, 3, 4),
+            (60, 146, 4, 3),
+        ] {
+            assert!(!measure(&image(150, &block(y, x, h, w)), 150).truncated);
+        }
+        for (y, x, h, w) in [
+            (0, 60, 3, 4),
+            (60, 0, 4, 3),
+            (147, 60, 3, 4),
+            (60, 147, 4, 3),
+        ] {
+            assert!(measure(&image(150, &block(y, x, h, w)), 150).truncated);
+        }
+        // Noise at the edge (an island of 9) does not.
+        let mut on = block(60, 60, 3, 4);
+        on.extend(block(0, 0, 3, 3));
+        let shape = measure(&image(150, &on), 150);
+        assert_eq!(shape.islands, 1);
+        assert!(!shape.truncated);
     }
 }

@@ -39,7 +39,7 @@ const fn column(
 }
 
 /// The columns, in the order of [`Row`]'s fields (a test checks it).
-const COLUMNS: [Column; 27] = [
+const COLUMNS: [Column; 28] = [
     column("source_id", "string", None, "Source identifier"),
     column(
         "status",
@@ -110,6 +110,12 @@ const COLUMNS: [Column; 27] = [
         "float32",
         Some("arcsec"),
         "Largest angular size of those islands (model card: the training images' range)",
+    ),
+    column(
+        "truncated",
+        "bool",
+        None,
+        "An island reaches the model image's edge: the source may go on beyond it, las is a lower bound",
     ),
     column(
         "rms",
@@ -193,6 +199,8 @@ struct Row<'a> {
     attention_peak_weight: Option<f32>,
     islands: Option<u32>,
     las: Option<f32>,
+    #[serde(serialize_with = "python_bool")]
+    truncated: Option<bool>,
     rms: Option<f32>,
     pixel_scale: Option<f32>,
     #[serde(serialize_with = "python_bool")]
@@ -267,6 +275,7 @@ pub(super) fn classification(c: &proto::Classification, buf: &mut Vec<u8>) {
             attention_peak_weight: peak.map(|p| p.weight),
             islands: c.emission.map(|e| e.islands),
             las: c.emission.map(|e| e.largest_angular_size_arcsec),
+            truncated: c.emission.map(|e| e.truncated),
             rms: cutout.map(|p| p.rms),
             pixel_scale: cutout.map(|p| p.pixel_scale_arcsec),
             resampled: cutout.map(|p| p.resampled),
@@ -403,6 +412,7 @@ mod tests {
                 islands: 2,
                 pixels: 300,
                 largest_angular_size_arcsec: 97.5,
+                truncated: true,
             }),
             cutout: Some(proto::CutoutProvenance {
                 file: "a.fits".into(),
@@ -434,7 +444,7 @@ mod tests {
         assert_eq!(
             row,
             "\"J1, \"\"odd\"\" name\",classified,FIRST,150.125,-2.5,FRII,0.25,0.75,0.75,\
-             0.8112781,0.5,150.126,-2.501,0.125,2,97.5,0.00015,1.8,False,a.fits,agcnn,ab,8,cpu,,,\n"
+             0.8112781,0.5,150.126,-2.501,0.125,2,97.5,True,0.00015,1.8,False,a.fits,agcnn,ab,8,cpu,,,\n"
         );
 
         let mut buf = Vec::new();
@@ -450,7 +460,7 @@ mod tests {
         let row = String::from_utf8(buf).unwrap();
         assert_eq!(
             row,
-            ",rejected,,,,,,,,,,,,,,,,,,,,,,,not_covered,no mosaic covers it,detections/3@42\n"
+            ",rejected,,,,,,,,,,,,,,,,,,,,,,,,not_covered,no mosaic covers it,detections/3@42\n"
         );
     }
 

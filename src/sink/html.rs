@@ -149,10 +149,16 @@ impl HtmlReport {
             .map_or(f32::NAN, |e| e.largest_angular_size_arcsec);
         let extent = c.emission.map_or(String::new(), |e| {
             format!(
-                "<dt>LAS</dt><dd>{:.0}&Prime; ({} island{})</dd>",
+                "<dt>LAS</dt><dd>{}{:.0}&Prime; ({} island{}{})</dd>",
+                if e.truncated { "&ge; " } else { "" },
                 e.largest_angular_size_arcsec,
                 e.islands,
-                if e.islands == 1 { "" } else { "s" }
+                if e.islands == 1 { "" } else { "s" },
+                if e.truncated {
+                    ", cut off at the image's edge"
+                } else {
+                    ""
+                }
             )
         });
         let card = format!(
@@ -349,6 +355,7 @@ mod tests {
                 islands: 2,
                 pixels: 900,
                 largest_angular_size_arcsec: 97.4,
+                truncated: true,
             }),
             ..Default::default()
         }
@@ -396,7 +403,9 @@ mod tests {
         assert!(html.contains("&lt;/td&gt;&lt;img src=x onerror=alert(1)&gt;"));
         assert!(html.contains("model m&lt;1&gt;"));
         // The emission's extent, on the card and as a sort key; absent, no extent.
-        assert!(html.contains("<dt>LAS</dt><dd>97&Prime; (2 islands)</dd>"));
+        assert!(html.contains(
+            "<dt>LAS</dt><dd>&ge; 97&Prime; (2 islands, cut off at the image's edge)</dd>"
+        ));
         assert!(html.contains("data-las=\"97.400\"") && html.contains("data-las=\"NaN\""));
         // One rejection row with its reason, after the gallery; nothing loaded from outside.
         let rejections = html.find("<section id=\"rejections\">").expect("section");

@@ -70,6 +70,10 @@ pub struct EmissionRecord {
     pub pixels: u32,
     /// Longest distance between two of their pixels, arcsec.
     pub largest_angular_size_arcsec: f32,
+    /// An island reaches the model image's edge (the size is then a lower bound); false in
+    /// records written before it was recorded.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// The predicted class as results spell it.
@@ -319,6 +323,7 @@ impl From<&proto::Classification> for ClassificationRecord {
                 islands: e.islands,
                 pixels: e.pixels,
                 largest_angular_size_arcsec: e.largest_angular_size_arcsec,
+                truncated: e.truncated,
             }),
         }
     }
@@ -471,6 +476,7 @@ impl TryFrom<ClassificationRecord> for proto::Classification {
                 islands: e.islands,
                 pixels: e.pixels,
                 largest_angular_size_arcsec: e.largest_angular_size_arcsec,
+                truncated: e.truncated,
             }),
         })
     }
@@ -585,6 +591,7 @@ pub(crate) mod tests {
                 islands: 2,
                 pixels: 311,
                 largest_angular_size_arcsec: 97.2,
+                truncated: true,
             }),
         }
     }

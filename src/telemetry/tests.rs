@@ -198,6 +198,7 @@ fn the_emissions_extent_is_observed() {
             islands: 1,
             pixels: 40,
             largest_angular_size_arcsec: las,
+            truncated: false,
         });
         m.classified(&c, Duration::from_millis(1), Instant::now());
     }

@@ -95,9 +95,9 @@ fn mirabest_test_batch_is_reproduced_from_the_raw_fits() {
     assert!(worst <= 1, "a pixel differs by {worst} grey levels");
 }
 
-/// The emission's extent, measured by the worker (`preprocess::emission`) and by the Python
-/// that measures the training images for the model card (`radiogate_model.morphology`), is the
-/// same on every MiraBest test image.
+/// The emission's extent (islands, pixels, largest size, truncated), measured by the worker
+/// (`preprocess::emission`) and by the Python that measures the training images for the model
+/// card (`radiogate_model.morphology`), is the same on every MiraBest test image.
 #[test]
 fn emission_extent_is_measured_as_python_measures_the_training_images() {
     let golden = common::mirabest_test_batch();
@@ -120,6 +120,7 @@ fn emission_extent_is_measured_as_python_measures_the_training_images() {
     let lines: Vec<&str> = python.lines().collect();
     assert_eq!(lines.len(), stems.len());
     let mut islands = [0usize; 4];
+    let mut truncated = 0;
     for (stem, line) in stems.iter().zip(lines) {
         let fields: Vec<&str> = line.split('\t').collect();
         let rust = measure(&golden[*stem], radiogate::domain::MODEL_SIZE);
@@ -137,8 +138,12 @@ fn emission_extent_is_measured_as_python_measures_the_training_images() {
             "{stem}: Python {size}, Rust {}",
             rust.largest_size
         );
+        assert_eq!(fields[3] == "1", rust.truncated, "{stem}");
         islands[(rust.islands as usize).min(3)] += 1;
+        truncated += usize::from(rust.truncated);
     }
-    // Every test image has an island (MiraBest's sources are extended and bright).
+    // Every test image has an island (MiraBest's sources are extended and bright), and some
+    // reach the edge of the crop.
     assert_eq!(islands[0], 0, "{islands:?}");
+    assert!(truncated > 0 && truncated < stems.len() / 4, "{truncated}");
 }

@@ -1,6 +1,8 @@
 //! A catalogue as a source: one detection per row, positions in degrees. A catalogue is a
 //! CSV file (plain, or astropy's ECSV) or a FITS table (the first table extension), told
-//! apart by the file's first bytes.
+//! apart by the file's first bytes. An XML file (a VOTable) is refused with how to convert
+//! it: the one Rust VOTable reader, the CDS's `votable` crate (0.7.0), uses a private module
+//! of serde 1.0.228 and does not build against later serde releases.
 //!
 //! Fields (see [`FIELDS`]): `source_id`, `ra`, `dec` are required; `survey`, `tile` (a
 //! mosaic hint), `fits_path` (relative paths are relative to the catalogue's folder),
@@ -409,6 +411,16 @@ pub(super) fn open(
     if start == b"SIMPLE  =" || start.starts_with(&[0x1f, 0x8b]) {
         drop(file);
         fits_table::open(path, context, overrides).map_err(header_error)
+    } else if start
+        .strip_prefix(b"\xef\xbb\xbf")
+        .unwrap_or(&start)
+        .starts_with(b"<")
+    {
+        Err(header_error(
+            "an XML file (a VOTable?): catalogues are CSV, ECSV or FITS tables; convert it with \
+             astropy (Table.read(\"x.xml\").write(\"x.fits\")) or STILTS (stilts tcopy x.xml x.fits)"
+                .into(),
+        ))
     } else {
         csv_file::open(file, context, overrides).map_err(header_error)
     }
@@ -595,6 +607,18 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(rejection(&got[0]).reason, RejectReason::Undecodable);
         assert_eq!(got[1].as_ref().unwrap().message.source_id, "ok");
+    }
+
+    #[test]
+    fn a_votable_is_refused_with_how_to_convert_it() {
+        let (_dir, path) = write_catalog(
+            "<?xml version=\"1.0\"?>\n<VOTABLE version=\"1.4\"><RESOURCE/></VOTABLE>\n",
+        );
+        let error = header_error(&config(&path, &[]));
+        assert!(
+            error.contains("VOTable") && error.contains("stilts tcopy"),
+            "{error}"
+        );
     }
 
     #[test]
