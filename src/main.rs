@@ -75,7 +75,7 @@ fn main() -> ExitCode {
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(e) => {
-            fail(json_logs, &e.to_string());
+            fail(json_logs, &radiogate::error_chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
                 match report::truth_table(&results, &truth) {
                     Ok(table) => print!("{table}"),
                     Err(e) => {
-                        fail(json_logs, &e.to_string());
+                        fail(json_logs, &radiogate::error_chain(&e));
                         return ExitCode::FAILURE;
                     }
                 }

@@ -88,7 +88,7 @@ def distribution(images: np.ndarray) -> dict:
     }
 
 
-def accuracy_by_size(model: Path, subset: str, data_dir: Path) -> tuple[list[dict], dict]:
+def accuracy_by_extent(model: Path, subset: str, data_dir: Path) -> tuple[list[dict], dict]:
     """The model's single-pass test accuracy in the thirds of the test batch by largest angular
     size (smallest first), and on the truncated test images against the others."""
     from .evaluate import session
@@ -120,7 +120,7 @@ def card_entry(subset: str, data_dir: Path, card: str, model: Path) -> dict:
         split = load_split(data_dir, subset, train=train)
         for label, cls in enumerate(CLASS_NAMES):
             rows.append({"images": name, "class": cls, **distribution(split.images[split.labels == label])})
-    thirds, by_edge = accuracy_by_size(model, subset, data_dir)
+    thirds, by_edge = accuracy_by_extent(model, subset, data_dir)
     return {
         "rows": rows,
         "accuracy_by_size": thirds,
@@ -142,7 +142,7 @@ def render_section(entry: dict) -> str:
         "whose peak is at least 5/3 of the image's faintest emission (about 5 sigma; smaller or fainter groups "
         "are noise above 3 sigma), and the largest angular size (LAS) between the centres of two of their "
         f"pixels, at {entry['pixel_arcsec']} arcsec a pixel. Truncated: an island reaches the edge of the "
-        "150 x 150 image (the source may go on beyond it, and its LAS is a lower bound).",
+        f"{SIDE} x {SIDE} image (the source may go on beyond it, and its LAS is a lower bound).",
         "",
         head,
         "|---|---|---|---|---|---|---|---|---|---|",

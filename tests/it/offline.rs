@@ -247,6 +247,7 @@ fn bad_files_become_rejections_with_reasons_and_good_ones_still_classify() {
     assert_eq!(table["units"]["entropy"], "bit");
     assert_eq!(table["dtypes"]["prob_frii"], "float32");
     assert_eq!(table["dtypes"]["resampled"], "bool");
+    assert_eq!(table["dtypes"]["truncated"], "bool");
     let rows = table["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 7);
     let from_table: BTreeMap<String, String> = rows
@@ -282,6 +283,8 @@ fn bad_files_become_rejections_with_reasons_and_good_ones_still_classify() {
         "{row}"
     );
     assert_eq!(row["resampled"], false);
+    let emission = c.emission.expect("the emission");
+    assert_eq!(row["truncated"], emission.truncated);
     assert!(row["reason"].is_null(), "{row}");
     // It holds no maps to draw, and explain says so.
     assert!(matches!(
