@@ -330,4 +330,13 @@ fn print_summary(summary: &RunSummary) {
             radiogate::domain::COMPACT_ARCSEC
         );
     }
+    if summary.truncated > 0 {
+        eprintln!(
+            "radiogate: {} of the {} classified reach the edge of the model's {m} x {m} image: \
+             the model saw only part of them (emission.truncated)",
+            summary.truncated,
+            summary.classified,
+            m = radiogate::domain::MODEL_SIZE
+        );
+    }
 }

@@ -112,6 +112,9 @@ pub struct RunSummary {
     /// Classifications whose emission spans less than `domain::COMPACT_ARCSEC`: sources more
     /// compact than the model's training images, whose labels say little.
     pub compact: u64,
+    /// Classifications whose emission reaches the model image's edge (`emission.truncated`):
+    /// the model saw only part of the source.
+    pub truncated: u64,
 }
 
 impl RunSummary {
@@ -1018,10 +1021,9 @@ fn write_outcome(
                 .entry(label_name(c.label()).to_string())
                 .or_default() += 1;
             summary.classified += 1;
-            if c.emission
-                .is_some_and(|e| e.largest_angular_size_arcsec < COMPACT_ARCSEC)
-            {
-                summary.compact += 1;
+            if let Some(e) = c.emission {
+                summary.compact += u64::from(e.largest_angular_size_arcsec < COMPACT_ARCSEC);
+                summary.truncated += u64::from(e.truncated);
             }
             let started = Instant::now();
             sink.write_classification(&c, ack)?;
