@@ -98,6 +98,7 @@ impl HtmlReport {
 <label>label <select id="label"><option value="all">all</option><option value="FRI">FRI</option><option value="FRII">FRII</option></select></label>
 <label>confidence &ge; <input id="min" type="range" min="0.5" max="1" step="0.01" value="0.5"> <span id="min-shown">0.50</span></label>
 <label title="largest angular size of the emission; the model card gives the training images' range">LAS &ge; <input id="las" type="number" min="0" step="5" value="0"> arcsec</label>
+<label title="hide sources whose emission reaches the edge of the model's image: the model saw only part of them"><input id="whole" type="checkbox"> whole sources only</label>
 <label>sort by <select id="sort">
 <option value="seq-asc">input order</option>
 <option value="confidence-desc">confidence, highest first</option>
@@ -162,7 +163,7 @@ impl HtmlReport {
             )
         });
         let card = format!(
-            r#"<figure class="card" data-seq="{seq}" data-id="{id}" data-label="{label}" data-confidence="{conf:.6}" data-entropy="{entropy:.6}" data-emission="{emission:.6}" data-las="{las:.3}">
+            r#"<figure class="card" data-seq="{seq}" data-id="{id}" data-label="{label}" data-confidence="{conf:.6}" data-entropy="{entropy:.6}" data-emission="{emission:.6}" data-las="{las:.3}" data-truncated="{truncated}">
 {image}
 <figcaption><span class="label">{label}</span> <span class="confidence">{conf:.3}</span>
 <div class="id">{id}</div>
@@ -174,6 +175,7 @@ impl HtmlReport {
             conf = c.confidence,
             entropy = c.entropy_bits,
             percent = 100.0 * emission,
+            truncated = c.emission.is_some_and(|e| e.truncated),
         );
         self.write(card.as_bytes())?;
         self.counts.cards += 1;

@@ -1,7 +1,8 @@
-// The report's gallery controls: filter by label, minimum confidence and minimum largest
-// angular size, sort by a field. The state also lives in the URL fragment
-// (#label=FRII&min=0.9&las=30&sort=confidence-desc), so a filtered view can be bookmarked or
-// shared. Plain JS, no libraries.
+// The report's gallery controls: filter by label, minimum confidence, minimum largest angular
+// size and whole sources (emission not cut off at the model image's edge), sort by a field.
+// The state also lives in the URL fragment
+// (#label=FRII&min=0.9&las=30&whole=1&sort=confidence-desc), so a filtered view can be
+// bookmarked or shared. Plain JS, no libraries.
 (function () {
   "use strict";
   var gallery = document.getElementById("gallery");
@@ -10,6 +11,7 @@
   var min = document.getElementById("min");
   var minShown = document.getElementById("min-shown");
   var las = document.getElementById("las");
+  var whole = document.getElementById("whole");
   var sort = document.getElementById("sort");
   var shown = document.getElementById("shown");
 
@@ -48,7 +50,8 @@
       var keep =
         (wanted === "all" || card.dataset.label === wanted) &&
         number(card, "confidence") >= floor &&
-        (lasFloor <= 0 || number(card, "las") >= lasFloor);
+        (lasFloor <= 0 || number(card, "las") >= lasFloor) &&
+        !(whole.checked && card.dataset.truncated === "true");
       card.hidden = !keep;
       if (keep) {
         visible += 1;
@@ -84,6 +87,7 @@
     if (state.las && !isNaN(parseFloat(state.las))) {
       las.value = state.las;
     }
+    whole.checked = state.whole === "1";
     if (state.sort && offers(sort, state.sort)) {
       sort.value = state.sort;
     }
@@ -94,14 +98,16 @@
       "#label=" + encodeURIComponent(label.value) +
       "&min=" + encodeURIComponent(min.value) +
       "&las=" + encodeURIComponent(las.value) +
+      "&whole=" + (whole.checked ? "1" : "0") +
       "&sort=" + encodeURIComponent(sort.value);
     if (window.history && window.history.replaceState) {
       window.history.replaceState(null, "", hash);
     }
   }
 
-  [label, min, las, sort].forEach(function (control) {
-    control.addEventListener("input", function () {
+  [label, min, las, whole, sort].forEach(function (control) {
+    // A checkbox reports its change as "change" in every browser, "input" only in some.
+    control.addEventListener(control === whole ? "change" : "input", function () {
       apply();
       toFragment();
     });

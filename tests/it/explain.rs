@@ -220,7 +220,12 @@ fn explain_command_line_from_a_results_file() {
     assert_eq!(refused.status.code(), Some(2));
 }
 
-/// The bundled sample plus one truncated FITS file: 20 sources, 1 rejection.
+/// A MiraBest test source (FRII at 0.99, 170 arcsec) whose emission reaches the edge of the
+/// model's image.
+const CUT_OFF: &str = "200_138.991+041.484_0.1510_0015.63.fits";
+
+/// The bundled sample, a source cut off at the model image's edge and one truncated FITS
+/// file: 21 sources, 1 rejection.
 fn classify_with_report(dir: &Path) -> (PathBuf, Vec<Record>) {
     let inputs = dir.join("inputs");
     std::fs::create_dir_all(&inputs).expect("inputs");
@@ -230,12 +235,15 @@ fn classify_with_report(dir: &Path) -> (PathBuf, Vec<Record>) {
             std::fs::copy(&path, inputs.join(path.file_name().expect("name"))).expect("copy");
         }
     }
+    let mirabest = common::shared_data().join("first-cutouts/mirabest-test");
+    std::fs::copy(mirabest.join(CUT_OFF), inputs.join(CUT_OFF)).expect("copy");
     let bytes = std::fs::read(sample(SOURCE)).expect("sample");
     std::fs::write(inputs.join("zz_truncated <b>.fits"), &bytes[..4000]).expect("bad file");
     let results = dir.join("results.jsonl");
     let report = dir.join("report.html");
     let summary = run_with_report(common::files_config(vec![inputs], &results), &report);
-    assert_eq!((summary.classified, summary.rejected), (20, 1));
+    assert_eq!((summary.classified, summary.rejected), (21, 1));
+    assert_eq!(summary.truncated, 1);
     (report, common::read(&results))
 }
 
@@ -264,13 +272,13 @@ fn report_has_a_card_per_source_and_lists_rejections() {
             }
         }
     }
-    assert_eq!(cards, 20);
+    assert_eq!(cards, 21);
     assert_eq!(html.matches("<figure class=\"card\"").count(), cards);
     assert_eq!(html.matches("data:image/png;base64,").count(), cards);
     assert!(html.contains("<h2>Rejections (1)</h2>"));
     // Bounded: small thumbnails, the whole page well under 20 KB a source.
     let size = std::fs::metadata(&report).expect("report").len();
-    assert!(size < 20_000 * 21, "{size} bytes");
+    assert!(size < 20_000 * 22, "{size} bytes");
 }
 
 /// What headless Chromium made of a page: the DOM after its scripts ran, and the console
@@ -346,11 +354,11 @@ fn report_renders_in_headless_chromium_without_console_errors() {
     assert!(dom.contains(&format!("{sources} of {sources} sources shown")));
     assert!(!dom.contains(" hidden"), "nothing filtered by default");
 
-    // The controls work: FRII only, most confident first, none under 40 arcsec (state from
-    // the URL fragment).
+    // The controls work: FRII only, most confident first, none under 40 arcsec, none cut
+    // off at the image's edge (state from the URL fragment).
     let (dom, console) = chromium_dom(
         &report,
-        "#label=FRII&min=0.8&las=40&sort=confidence-desc",
+        "#label=FRII&min=0.8&las=40&whole=1&sort=confidence-desc",
         &dir.path().join("profile-2"),
     );
     assert!(console.is_empty(), "console output: {console:#?}");
@@ -368,15 +376,24 @@ fn report_renders_in_headless_chromium_without_console_errors() {
         .iter()
         .map(|l| l.parse().expect("number"))
         .collect();
+    let cut_off: Vec<bool> = card_attributes(&dom, "data-truncated")
+        .iter()
+        .map(|t| t == "true")
+        .collect();
     let shown: Vec<usize> = (0..sources)
         .filter(|&i| !hidden_attr_present(&dom, i))
         .collect();
+    let passes = |i: usize| labels[i] == "FRII" && confidence[i] >= 0.8;
     let expected: Vec<usize> = (0..sources)
-        .filter(|&i| labels[i] == "FRII" && confidence[i] >= 0.8 && las[i] >= 40.0)
+        .filter(|&i| passes(i) && las[i] >= 40.0 && !cut_off[i])
         .collect();
     assert!(
-        (0..sources).any(|i| labels[i] == "FRII" && confidence[i] >= 0.8 && las[i] < 40.0),
+        (0..sources).any(|i| passes(i) && las[i] < 40.0),
         "the size floor must hide a source here for the test to mean anything"
+    );
+    assert!(
+        (0..sources).any(|i| passes(i) && las[i] >= 40.0 && cut_off[i]),
+        "so must the whole-sources filter"
     );
     assert!(!expected.is_empty());
     assert_eq!(shown, expected);
