@@ -75,7 +75,9 @@ def test_unreadable_promql_is_an_error():
 
 
 def test_contract_table_has_every_metric_with_its_type_and_labels():
-    assert len(CONTRACT) == 13
+    assert len(CONTRACT) == 14
+    assert CONTRACT["radiogate_truncated_sources_total"].kind == "counter"
+    assert CONTRACT["radiogate_truncated_sources_total"].labels == set()
     assert CONTRACT["radiogate_largest_angular_size_arcsec"].kind == "histogram"
     assert CONTRACT["radiogate_largest_angular_size_arcsec"].labels == set()
     assert CONTRACT["radiogate_resampled_total"].kind == "counter"

@@ -28,7 +28,7 @@ use crate::proto::{self, Label, RejectReason};
 
 /// Every metric name [`Metrics`] registers: the contract with the alert rules and dashboards
 /// (`deploy/`). A test checks that each one renders.
-pub const METRIC_NAMES: [&str; 13] = [
+pub const METRIC_NAMES: [&str; 14] = [
     "radiogate_detections_consumed_total",
     "radiogate_classifications_total",
     "radiogate_resampled_total",
@@ -37,6 +37,7 @@ pub const METRIC_NAMES: [&str; 13] = [
     "radiogate_end_to_end_latency_seconds",
     "radiogate_batch_size_items",
     "radiogate_largest_angular_size_arcsec",
+    "radiogate_truncated_sources_total",
     "radiogate_in_flight_items",
     "radiogate_consumer_lag_messages",
     "radiogate_ready",
@@ -139,6 +140,7 @@ pub struct Metrics {
     end_to_end_latency: Histogram,
     batch_size: Histogram,
     largest_angular_size: Histogram,
+    truncated: IntCounter,
     in_flight: IntGauge,
     consumer_lag: IntGaugeVec,
     /// The (topic, partition) series of `consumer_lag` now exported, so that those of
@@ -228,6 +230,10 @@ impl Metrics {
                 "Largest angular size of the emission the model saw, per classification (Classification.emission): set against the training images' range on the model card.",
                 &LAS_BUCKETS,
             ))?,
+            truncated: counter(
+                "radiogate_truncated_sources_total",
+                "Classifications whose emission reaches the edge of the model's image (Classification.emission.truncated): the model saw only part of the source.",
+            )?,
             in_flight: IntGauge::with_opts(Opts::new(
                 "radiogate_in_flight_items",
                 "Detections taken in and not yet published.",
@@ -267,6 +273,7 @@ impl Metrics {
         r.register(Box::new(metrics.end_to_end_latency.clone()))?;
         r.register(Box::new(metrics.batch_size.clone()))?;
         r.register(Box::new(metrics.largest_angular_size.clone()))?;
+        r.register(Box::new(metrics.truncated.clone()))?;
         r.register(Box::new(metrics.in_flight.clone()))?;
         r.register(Box::new(metrics.consumer_lag.clone()))?;
         r.register(Box::new(metrics.ready.clone()))?;
@@ -309,6 +316,9 @@ impl Metrics {
         if let Some(emission) = &c.emission {
             self.largest_angular_size
                 .observe(f64::from(emission.largest_angular_size_arcsec));
+            if emission.truncated {
+                self.truncated.inc();
+            }
         }
         self.in_flight.dec();
         if let Some(t) = &c.timings {

@@ -81,6 +81,7 @@ fn every_contract_name_renders_with_its_type() {
         ("radiogate_end_to_end_latency_seconds", "histogram"),
         ("radiogate_batch_size_items", "histogram"),
         ("radiogate_largest_angular_size_arcsec", "histogram"),
+        ("radiogate_truncated_sources_total", "counter"),
         ("radiogate_in_flight_items", "gauge"),
         ("radiogate_consumer_lag_messages", "gauge"),
         ("radiogate_ready", "gauge"),
@@ -191,14 +192,14 @@ fn a_resampled_window_is_counted() {
 #[test]
 fn the_emissions_extent_is_observed() {
     let m = Metrics::new();
-    for las in [12.0, 90.0] {
+    for (las, truncated) in [(12.0, false), (90.0, true)] {
         m.consumed();
         let mut c = classification(Label::Frii, None);
         c.emission = Some(proto::Emission {
             islands: 1,
             pixels: 40,
             largest_angular_size_arcsec: las,
-            truncated: false,
+            truncated,
         });
         m.classified(&c, Duration::from_millis(1), Instant::now());
     }
@@ -214,6 +215,7 @@ fn the_emissions_extent_is_observed() {
     assert_eq!(value(&text, &format!("{name}_count"), ""), 2.0);
     assert_eq!(value(&text, &format!("{name}_bucket"), "le=\"15\""), 1.0);
     assert_eq!(value(&text, &format!("{name}_sum"), ""), 102.0);
+    assert_eq!(value(&text, "radiogate_truncated_sources_total", ""), 1.0);
 }
 
 #[test]
