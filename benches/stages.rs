@@ -89,6 +89,7 @@ fn stages(c: &mut Criterion) {
             black_box(preprocess::emission::measure(
                 &prepared[i].image_u8,
                 radiogate::domain::MODEL_SIZE,
+                None,
             ))
         })
     });

@@ -198,8 +198,9 @@ pub struct EmissionShape {
     /// Longest distance between two of their pixels' centres, in model pixels (0 without
     /// an island).
     pub largest_size: f32,
-    /// A counted island reaches the image's edge: the source may go on beyond what the model
-    /// saw, and `largest_size` is then a lower bound.
+    /// A counted island reaches the image's edge, or blank pixels where the window ran off
+    /// its image: the source may go on beyond what the model saw, and `largest_size` is then
+    /// a lower bound.
     pub truncated: bool,
 }
 

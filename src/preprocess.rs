@@ -58,7 +58,7 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
         })?;
         // The std's bounds decide every crop pixel and the recorded values almost always;
         // when they do not, the exact std does.
-        let (emission, mut input) = loop {
+        let (emission, mut input, any_blank) = loop {
             if let Some(kept) = keep_emission(crop, clipped.spread) {
                 break kept;
             }
@@ -88,7 +88,9 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
             *value = (f32::from(u) / 255.0 - 0.5) / 0.5;
         }
         let std = clipped.spread.estimate;
-        let shape = emission::measure(&image_u8, MODEL_SIZE);
+        // Blank pixels (NaN: a window that runs off its image) where emission may go on.
+        let blank: Option<Vec<bool>> = any_blank.then(|| crop.iter().map(|v| v.is_nan()).collect());
+        let shape = emission::measure(&image_u8, MODEL_SIZE, blank.as_deref());
         Ok(Prepared {
             input,
             image_u8,
@@ -100,12 +102,13 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
     })
 }
 
-/// Step 2 on the crop: which pixels are emission (above 3 std; NaN is not), and the crop
-/// with every other pixel zeroed, in the model input's own buffer (the kept values stay
-/// float32: each is a pixel or 0, exact in either width). None when `spread` is not exact
+/// Step 2 on the crop: which pixels are emission (above 3 std; NaN is not), the crop with
+/// every other pixel zeroed, in the model input's own buffer (the kept values stay float32:
+/// each is a pixel or 0, exact in either width), and whether any pixel is NaN. None when
+/// `spread` is not exact
 /// and the exact std might decide otherwise: a pixel between the thresholds of its bounds,
 /// or bounds whose std or threshold round to different float32 values for the record.
-fn keep_emission(crop: ArrayView2<'_, f32>, spread: Spread) -> Option<(Vec<bool>, Vec<f32>)> {
+fn keep_emission(crop: ArrayView2<'_, f32>, spread: Spread) -> Option<(Vec<bool>, Vec<f32>, bool)> {
     let (lo, hi) = (THRESHOLD_SIGMA * spread.lo(), THRESHOLD_SIGMA * spread.hi());
     if !spread.is_exact() && (spread.lo() as f32 != spread.hi() as f32 || lo as f32 != hi as f32) {
         return None;
@@ -114,6 +117,7 @@ fn keep_emission(crop: ArrayView2<'_, f32>, spread: Spread) -> Option<(Vec<bool>
     let mut emission = vec![false; MODEL_PIXELS];
     let mut input = vec![0.0f32; MODEL_PIXELS];
     let mut undecided = false;
+    let mut blank = false;
     let rows = emission
         .chunks_exact_mut(MODEL_SIZE)
         .zip(input.chunks_exact_mut(MODEL_SIZE));
@@ -123,9 +127,10 @@ fn keep_emission(crop: ArrayView2<'_, f32>, spread: Spread) -> Option<(Vec<bool>
             *on = v64 > threshold;
             *kept = if *on { v } else { 0.0 };
             undecided |= lo <= v64 && v64 <= hi;
+            blank |= v.is_nan();
         }
     }
-    (spread.is_exact() || !undecided).then_some((emission, input))
+    (spread.is_exact() || !undecided).then_some((emission, input, blank))
 }
 
 /// The smallest and largest of `values` (none NaN) as float64.
@@ -895,10 +900,12 @@ mod tests {
         // A pixel between the bounds' thresholds (2.999999997 .. 3.000000003).
         assert!(keep_emission(crop.view(), inexact).is_none());
         // The exact std decides it (3.0 is not above 3 x 1.0).
-        let (emission, kept) = keep_emission(crop.view(), Spread::exact(1.0)).expect("exact");
+        let (emission, kept, blank) =
+            keep_emission(crop.view(), Spread::exact(1.0)).expect("exact");
+        assert!(!blank);
         assert!(!emission.iter().any(|&on| on) && kept.iter().all(|&v| v == 0.0));
         // Nothing between the bounds' thresholds: decided, as the exact std would.
-        let (emission, _) = keep_emission(
+        let (emission, ..) = keep_emission(
             crop.view(),
             Spread {
                 estimate: 0.9,
@@ -963,6 +970,21 @@ mod tests {
             p.input.iter().copied().fold(f32::NEG_INFINITY, f32::max),
             1.0
         );
+    }
+
+    #[test]
+    fn emission_that_runs_off_the_image_is_truncated() {
+        // The synthetic source is whole (its window's scattered NaNs are bad pixels inside
+        // the image); with the window blank from its right edge on, as where a window runs
+        // off its image, it is cut off.
+        let whole = prepare(&synthetic()).expect("prepared");
+        assert_eq!(whole.shape.islands, 1);
+        assert!(!whole.shape.truncated);
+        let mut cut = synthetic();
+        cut.slice_mut(ndarray::s![.., 160..]).fill(f32::NAN);
+        let p = prepare(&cut).expect("prepared");
+        assert_eq!(p.shape.islands, 1);
+        assert!(p.shape.truncated);
     }
 
     #[test]

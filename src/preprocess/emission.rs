@@ -11,8 +11,9 @@
 //! usual detection threshold of source finders). The largest angular size is the longest
 //! distance between the centres of two pixels of the counted islands, in model pixels. The
 //! emission is truncated when a counted island reaches the image's edge (the model image is
-//! the cutout's central 150 x 150 pixels, so the source may go on beyond it): its size is
-//! then a lower bound.
+//! the cutout's central 150 x 150 pixels, so the source may go on beyond it) or touches
+//! blank pixels that reach the edge (where the window ran off its survey image; an isolated
+//! blank pixel inside the image does not count): its size is then a lower bound.
 
 use crate::domain::EmissionShape;
 
@@ -20,9 +21,13 @@ use crate::domain::EmissionShape;
 /// 1.8 arcsec pixels (1.133 x 3^2 = 10.2).
 pub const MIN_ISLAND_PIXELS: usize = 10;
 
-/// Measures the emission of a `side` x `side` row-major 8-bit image.
-pub fn measure(image: &[u8], side: usize) -> EmissionShape {
+/// Measures the emission of a `side` x `side` row-major 8-bit image; `blank`, where given,
+/// marks its pixels that hold no data (NaN before scaling).
+pub fn measure(image: &[u8], side: usize, blank: Option<&[bool]>) -> EmissionShape {
     debug_assert_eq!(image.len(), side * side);
+    debug_assert!(blank.is_none_or(|b| b.len() == image.len()));
+    let off_image = blank.map(|b| off_image(b, side));
+    let is_blank = |i: usize| off_image.as_ref().is_some_and(|b| b[i]);
     let mut seen = vec![false; image.len()];
     let mut island = Vec::new();
     // Per row, the leftmost and rightmost column of a counted pixel: the pair farthest apart
@@ -59,6 +64,7 @@ pub fn measure(image: &[u8], side: usize) -> EmissionShape {
         seen[start] = true;
         let mut next = 0;
         let mut peak = 0;
+        let mut beside_blank = false;
         while let Some(&at) = island.get(next) {
             next += 1;
             peak = peak.max(image[at]);
@@ -70,6 +76,7 @@ pub fn measure(image: &[u8], side: usize) -> EmissionShape {
                         seen[n] = true;
                         island.push(n);
                     }
+                    beside_blank |= is_blank(n);
                 }
             }
         }
@@ -78,6 +85,7 @@ pub fn measure(image: &[u8], side: usize) -> EmissionShape {
         }
         shape.islands += 1;
         shape.pixels += u32::try_from(island.len()).unwrap_or(u32::MAX);
+        shape.truncated |= beside_blank;
         for &at in &island {
             let (y, x) = (at / side, at % side);
             let row = rows[y].get_or_insert((x, x));
@@ -102,6 +110,32 @@ pub fn measure(image: &[u8], side: usize) -> EmissionShape {
     }
     shape.largest_size = (farthest as f64).sqrt() as f32;
     shape
+}
+
+/// The blank pixels joined to the image's edge through blank pixels (diagonals included):
+/// where the window ran off its image.
+fn off_image(blank: &[bool], side: usize) -> Vec<bool> {
+    let mut off = vec![false; blank.len()];
+    let mut queue: Vec<usize> = (0..side)
+        .flat_map(|i| [i, (side - 1) * side + i, i * side, i * side + side - 1])
+        .filter(|&i| blank[i])
+        .collect();
+    for &i in &queue {
+        off[i] = true;
+    }
+    while let Some(at) = queue.pop() {
+        let (y, x) = (at / side, at % side);
+        for ny in y.saturating_sub(1)..=(y + 1).min(side - 1) {
+            for nx in x.saturating_sub(1)..=(x + 1).min(side - 1) {
+                let n = ny * side + nx;
+                if blank[n] && !off[n] {
+                    off[n] = true;
+                    queue.push(n);
+                }
+            }
+        }
+    }
+    off
 }
 
 /// The vertices of the convex hull of `points`, which are sorted (Andrew's monotone chain;
@@ -165,7 +199,7 @@ mod tests {
         on.extend(block(40, 60, 3, 4));
         // Noise: a single pixel and a diagonal pair far away, islands of fewer than 10.
         on.extend([(0, 149), (140, 0), (141, 1)]);
-        let shape = measure(&image(150, &on), 150);
+        let shape = measure(&image(150, &on), 150, None);
         assert_eq!(shape.islands, 2);
         assert_eq!(shape.pixels, 20 + 12);
         // From (10, 10) to (42, 63).
@@ -177,7 +211,7 @@ mod tests {
     fn diagonal_neighbours_join_an_island() {
         // A diagonal line of 10 pixels is one island of 10: it counts.
         let on: Vec<_> = (0..10).map(|i| (20 + i, 30 + i)).collect();
-        let shape = measure(&image(150, &on), 150);
+        let shape = measure(&image(150, &on), 150, None);
         assert_eq!((shape.islands, shape.pixels), (1, 10));
         assert_eq!(shape.largest_size, (2.0f64 * 81.0).sqrt() as f32);
     }
@@ -193,15 +227,18 @@ mod tests {
         for (y, x) in block(50, 50, 4, 5) {
             img[y * 150 + x] = 170;
         }
-        let shape = measure(&img, 150);
+        let shape = measure(&img, 150, None);
         assert_eq!((shape.islands, shape.pixels), (1, 20));
     }
 
     #[test]
     fn an_image_of_noise_alone_has_no_extent() {
-        let shape = measure(&image(150, &block(5, 5, 3, 3)), 150);
+        let shape = measure(&image(150, &block(5, 5, 3, 3)), 150, None);
         assert_eq!(shape, EmissionShape::default());
-        assert_eq!(measure(&vec![0; 150 * 150], 150), EmissionShape::default());
+        assert_eq!(
+            measure(&vec![0; 150 * 150], 150, None),
+            EmissionShape::default()
+        );
     }
 
     #[test]
@@ -221,7 +258,7 @@ mod tests {
                 on.extend(block(y, x, h, w).into_iter().filter(|_| random(4) > 0));
             }
             let img = image(150, &on);
-            let shape = measure(&img, 150);
+            let shape = measure(&img, 150, None);
             // Every pixel of a counted island, by brute force.
             let counted: Vec<(f64, f64)> = (0..150 * 150)
                 .filter(|&i| img[i] != 0 && island_size(&img, i) >= MIN_ISLAND_PIXELS)
@@ -261,10 +298,34 @@ mod tests {
     fn islands_at_the_edges_are_measured_whole() {
         let mut on = block(0, 0, 2, 5);
         on.extend(block(148, 145, 2, 5));
-        let shape = measure(&image(150, &on), 150);
+        let shape = measure(&image(150, &on), 150, None);
         assert_eq!((shape.islands, shape.pixels), (2, 20));
         assert_eq!(shape.largest_size, (2.0f64 * 149.0 * 149.0).sqrt() as f32);
         assert!(shape.truncated);
+    }
+
+    #[test]
+    fn an_island_beside_blank_pixels_is_truncated() {
+        // Columns 75 on blank (a window that ran off its image): an island whose pixels
+        // reach column 74 touches them and is cut off; one ending at column 73 is whole.
+        let blank: Vec<bool> = (0..150 * 150).map(|i| i % 150 >= 75).collect();
+        for (x, truncated) in [(71, true), (70, false)] {
+            let shape = measure(&image(150, &block(60, x, 3, 4)), 150, Some(&blank));
+            assert_eq!((shape.islands, shape.truncated), (1, truncated), "x {x}");
+        }
+        // A blank stretch that reaches the edge, diagonal to the island's corner, is enough;
+        // an isolated blank pixel there (a bad pixel inside the image) is not.
+        let mut corner = vec![false; 150 * 150];
+        for y in 63..150 {
+            corner[y * 150 + 75] = true;
+        }
+        let island = image(150, &block(60, 71, 3, 4));
+        assert!(measure(&island, 150, Some(&corner)).truncated);
+        let mut lone = vec![false; 150 * 150];
+        lone[63 * 150 + 75] = true;
+        assert!(!measure(&island, 150, Some(&lone)).truncated);
+        // Without the mask the same island is whole.
+        assert!(!measure(&image(150, &block(60, 71, 3, 4)), 150, None).truncated);
     }
 
     #[test]
@@ -276,7 +337,7 @@ mod tests {
             (146, 60, 3, 4),
             (60, 146, 4, 3),
         ] {
-            assert!(!measure(&image(150, &block(y, x, h, w)), 150).truncated);
+            assert!(!measure(&image(150, &block(y, x, h, w)), 150, None).truncated);
         }
         for (y, x, h, w) in [
             (0, 60, 3, 4),
@@ -284,12 +345,12 @@ mod tests {
             (147, 60, 3, 4),
             (60, 147, 4, 3),
         ] {
-            assert!(measure(&image(150, &block(y, x, h, w)), 150).truncated);
+            assert!(measure(&image(150, &block(y, x, h, w)), 150, None).truncated);
         }
         // Noise at the edge (an island of 9) does not.
         let mut on = block(60, 60, 3, 4);
         on.extend(block(0, 0, 3, 3));
-        let shape = measure(&image(150, &on), 150);
+        let shape = measure(&image(150, &on), 150, None);
         assert_eq!(shape.islands, 1);
         assert!(!shape.truncated);
     }

@@ -123,7 +123,7 @@ fn emission_extent_is_measured_as_python_measures_the_training_images() {
     let mut truncated = 0;
     for (stem, line) in stems.iter().zip(lines) {
         let fields: Vec<&str> = line.split('\t').collect();
-        let rust = measure(&golden[*stem], radiogate::domain::MODEL_SIZE);
+        let rust = measure(&golden[*stem], radiogate::domain::MODEL_SIZE, None);
         assert_eq!(
             (fields[0], fields[1]),
             (
