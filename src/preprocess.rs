@@ -105,9 +105,9 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
 /// Step 2 on the crop: which pixels are emission (above 3 std; NaN is not), the crop with
 /// every other pixel zeroed, in the model input's own buffer (the kept values stay float32:
 /// each is a pixel or 0, exact in either width), and whether any pixel is NaN. None when
-/// `spread` is not exact
-/// and the exact std might decide otherwise: a pixel between the thresholds of its bounds,
-/// or bounds whose std or threshold round to different float32 values for the record.
+/// `spread` is not exact and the exact std might decide otherwise: a pixel between the
+/// thresholds of its bounds, or bounds whose std or threshold round to different float32
+/// values for the record.
 fn keep_emission(crop: ArrayView2<'_, f32>, spread: Spread) -> Option<(Vec<bool>, Vec<f32>, bool)> {
     let (lo, hi) = (THRESHOLD_SIGMA * spread.lo(), THRESHOLD_SIGMA * spread.hi());
     if !spread.is_exact() && (spread.lo() as f32 != spread.hi() as f32 || lo as f32 != hi as f32) {
