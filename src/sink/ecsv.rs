@@ -115,7 +115,7 @@ const COLUMNS: [Column; 28] = [
         "truncated",
         "bool",
         None,
-        "An island reaches the model image's edge: the source may go on beyond it, las is a lower bound",
+        "An island reaches the model image's edge, or where the cutout ran off its image: the source may go on beyond it, las is a lower bound",
     ),
     column(
         "rms",

@@ -70,8 +70,8 @@ pub struct EmissionRecord {
     pub pixels: u32,
     /// Longest distance between two of their pixels, arcsec.
     pub largest_angular_size_arcsec: f32,
-    /// An island reaches the model image's edge (the size is then a lower bound); false in
-    /// records written before it was recorded.
+    /// An island reaches the model image's edge, or where the cutout ran off its image (the
+    /// size is then a lower bound); false in records written before it was recorded.
     #[serde(default)]
     pub truncated: bool,
 }
