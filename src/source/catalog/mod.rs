@@ -18,9 +18,9 @@
 //! header); values are converted from it (mJy/beam to Jy, degrees to arcsec, ...), and a
 //! unit that does not fit the field is refused at start. A plain CSV file declares none, so
 //! its values are taken in the units above, and the aliases of fields with units (fluxes,
-//! sizes, angles), whose units differ between catalogues, are not looked for in it. An empty cell, or a null (NaN) in a FITS table,
-//! means absent. A row that cannot be a detection becomes a rejection naming its line (CSV)
-//! or row (FITS) and the field.
+//! sizes, angles), whose units differ between catalogues, are not looked for in it. An
+//! empty cell, or a null (NaN) in a FITS table, means absent. A row that cannot be a
+//! detection becomes a rejection naming its line (CSV) or row (FITS) and the field.
 
 mod csv_file;
 mod fits_table;
