@@ -114,16 +114,18 @@ pub fn attention_summary(
         }
     }
 
-    let combined = combine(&output.attention);
-    let cells = area_sum(&combined, MODEL_SIZE, grid);
+    let (cells, on_emission) = separable_cells(&output.attention, grid, &prepared.emission)
+        .unwrap_or_else(|| {
+            let combined = combine(&output.attention);
+            let on_emission = combined
+                .iter()
+                .zip(&prepared.emission)
+                .filter(|(_, e)| **e)
+                .map(|(v, _)| v)
+                .sum();
+            (area_sum(&combined, MODEL_SIZE, grid), on_emission)
+        });
     let (map_zstd, scale) = encode(&cells, cfg.zstd_level)?;
-
-    let on_emission: f64 = combined
-        .iter()
-        .zip(&prepared.emission)
-        .filter(|(_, e)| **e)
-        .map(|(v, _)| v)
-        .sum();
 
     let pixels_per_cell = MODEL_SIZE as f64 / grid as f64;
     let peaks = local_maxima(&cells, grid)
@@ -207,6 +209,152 @@ fn decode(map_zstd: &[u8], cells: usize, scale: f32) -> Result<Vec<f32>, DecodeE
     Ok(bytes.into_iter().map(|q| f32::from(q) * scale).collect())
 }
 
+/// The combined map's `grid` x `grid` cells and its sum over the emission pixels, for maps
+/// whose values are all finite and non-negative (what sigmoid gates give) and not all zero;
+/// None for others, which [`combine`] takes pixel by pixel.
+///
+/// For such maps no interpolated value needs zeroing, so the cells are linear and
+/// separable in each gate's map: upsampling and summing into cells along one axis is one
+/// small banded matrix ([`Band`]), applied along y to whole rows of the map, then along x
+/// to each resulting cell row: `grid` x `side` work instead of `MODEL_SIZE` squared. A
+/// gate's sum is its cells' (the area weights of each pixel add up to 1); its sum over the
+/// emission pixels takes each emission pixel's upsampled value as [`bilinear_into`] does.
+/// In real arithmetic these are the sums [`combine`] and [`area_sum`] take; in float64
+/// they are grouped otherwise, so a cell can differ from theirs by a few ulps, below what
+/// the float32 fields or the 8-bit map resolve (the outputs are compared with the first
+/// version's in the tests, and over the MiraBest test images in BENCHMARKS.md). Where
+/// cells tie exactly, as on the plateaus of a map upsampled from a few pixels, those ulps
+/// can make another of the tied cells the peak.
+fn separable_cells(
+    maps: &[AttentionMap],
+    grid: usize,
+    emission: &[bool],
+) -> Option<(Vec<f64>, f64)> {
+    // No early exit: a test per value would keep the loop scalar.
+    let gated = |m: &AttentionMap| {
+        m.values
+            .iter()
+            .fold(true, |ok, v| ok & (0.0..f32::INFINITY).contains(v))
+    };
+    if !maps.iter().all(gated) {
+        return None;
+    }
+    let gates = maps.len() as f64;
+    let mut cells = vec![0.0; grid * grid];
+    // -0.0, where a sum starts: no emission pixels give what `combine`'s pixel sum gives.
+    let mut on_emission = -0.0;
+    SCRATCH.with_borrow_mut(|scratch| {
+        let Scratch {
+            rows: partial,
+            emission: pixels,
+            bands,
+            ..
+        } = scratch;
+        // The emission pixels' indices, passing over eight at a time where there are none.
+        pixels.clear();
+        for (at, chunk) in emission.chunks(8).enumerate() {
+            if chunk.contains(&true) {
+                let first = at * 8;
+                pixels.extend((first..first + chunk.len()).filter(|&p| emission[p]));
+            }
+        }
+        let mut gate_cells = vec![0.0; grid * grid];
+        for map in maps {
+            let side = map.side;
+            let band = Band::cached(bands, side, grid);
+            // Along y first, for whole rows at once: each cell row's share of every source
+            // column; then along x: each cell from its cell row.
+            partial.clear();
+            partial.resize(grid * side, 0.0);
+            for (out, (start, w)) in partial.chunks_exact_mut(side).zip(&band.cells) {
+                for (&w, row) in w.iter().zip(map.values.chunks_exact(side).skip(*start)) {
+                    for (o, &v) in out.iter_mut().zip(row) {
+                        *o += w * f64::from(v);
+                    }
+                }
+            }
+            for (out, row) in gate_cells
+                .chunks_exact_mut(grid)
+                .zip(partial.chunks_exact(side))
+            {
+                for (cell, (start, w)) in out.iter_mut().zip(&band.cells) {
+                    *cell = w.iter().zip(&row[*start..]).map(|(w, v)| w * v).sum();
+                }
+            }
+            let sum: f64 = gate_cells.iter().sum();
+            if sum <= 0.0 {
+                return None;
+            }
+            let v = &map.values;
+            let gate_emission: f64 = pixels
+                .iter()
+                .map(|&p| {
+                    let ((y0, y1, wy), (x0, x1, wx)) =
+                        (band.taps[p / MODEL_SIZE], band.taps[p % MODEL_SIZE]);
+                    let at = |y: usize, x: usize| f64::from(v[y * side + x]);
+                    let top = at(y0, x0) * (1.0 - wx) + at(y0, x1) * wx;
+                    let bottom = at(y1, x0) * (1.0 - wx) + at(y1, x1) * wx;
+                    top * (1.0 - wy) + bottom * wy
+                })
+                .sum();
+            for (c, g) in cells.iter_mut().zip(&gate_cells) {
+                *c += g / sum / gates;
+            }
+            on_emission += gate_emission / sum / gates;
+        }
+        Some((cells, on_emission))
+    })
+}
+
+/// Upsampling a square map's axis of `side` pixels to `MODEL_SIZE` and summing it into
+/// `grid` cells, as one matrix: for each cell, the first source pixel it takes and the
+/// weights of that and the following ones (the band of the matrix's row). And the
+/// bilinear taps themselves, for single pixels.
+struct Band {
+    side: usize,
+    grid: usize,
+    cells: Vec<(usize, Vec<f64>)>,
+    taps: Vec<(usize, usize, f64)>,
+}
+
+impl Band {
+    fn new(side: usize, grid: usize) -> Self {
+        let taps = bilinear_taps(side, MODEL_SIZE);
+        let cells = area_weights(MODEL_SIZE, grid)
+            .iter()
+            .map(|pixels| {
+                let mut row = vec![0.0; side];
+                for &(p, f) in pixels {
+                    let (i0, i1, wi) = taps[p];
+                    row[i0] += f * (1.0 - wi);
+                    row[i1] += f * wi;
+                }
+                let first = row.iter().position(|&w| w != 0.0).unwrap_or(0);
+                let last = row.iter().rposition(|&w| w != 0.0).unwrap_or(first);
+                (first, row[first..=last].to_vec())
+            })
+            .collect();
+        Self {
+            side,
+            grid,
+            cells,
+            taps,
+        }
+    }
+
+    /// The band for `side` and `grid` from `cache`, made once.
+    fn cached(cache: &mut Vec<Band>, side: usize, grid: usize) -> &Band {
+        let at = match cache.iter().position(|b| (b.side, b.grid) == (side, grid)) {
+            Some(at) => at,
+            None => {
+                cache.push(Band::new(side, grid));
+                cache.len() - 1
+            }
+        };
+        &cache[at]
+    }
+}
+
 /// Mean of the gates' maps, each upsampled to the model input and normalised to unit sum.
 ///
 /// The arithmetic, and its order, is exactly that of the first version (kept in
@@ -219,9 +367,10 @@ fn combine(maps: &[AttentionMap]) -> Vec<f64> {
     let mut combined = vec![0.0; MODEL_PIXELS];
     let gates = maps.len() as f64;
     SCRATCH.with_borrow_mut(|scratch| {
-        let Resize {
+        let Scratch {
             rows,
             maps: upsampled,
+            ..
         } = scratch;
         if upsampled.len() < maps.len() {
             upsampled.resize_with(maps.len(), Vec::new);
@@ -279,8 +428,8 @@ fn sums_in_order(maps: &[Vec<f64>]) -> Vec<f64> {
 }
 
 thread_local! {
-    /// The bilinear resize's buffers, reused across calls.
-    static SCRATCH: std::cell::RefCell<Resize> = const { std::cell::RefCell::new(Resize::new()) };
+    /// The combined map's buffers, reused across calls.
+    static SCRATCH: std::cell::RefCell<Scratch> = const { std::cell::RefCell::new(Scratch::new()) };
     /// zstd compression contexts by level: creating one costs more than compressing 900 bytes.
     static COMPRESSORS: std::cell::RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> =
         const { std::cell::RefCell::new(Vec::new()) };
@@ -302,16 +451,22 @@ fn unit_sum(mut map: Vec<f64>) -> Vec<f64> {
     map
 }
 
-/// Buffers of [`combine`]: the source rows resized along x, and each gate's upsampled map.
-struct Resize {
+/// Buffers of [`separable_cells`] and [`combine`]: rows (resized along x, or summed into
+/// cells), the emission pixels' indices, the bands by side and grid, and each gate's
+/// upsampled map.
+struct Scratch {
     rows: Vec<f64>,
+    emission: Vec<usize>,
+    bands: Vec<Band>,
     maps: Vec<Vec<f64>>,
 }
 
-impl Resize {
+impl Scratch {
     const fn new() -> Self {
         Self {
             rows: Vec::new(),
+            emission: Vec::new(),
+            bands: Vec::new(),
             maps: Vec::new(),
         }
     }
@@ -387,17 +542,7 @@ fn bilinear_taps(side: usize, out: usize) -> Vec<(usize, usize, f64)> {
 /// Sums a square `side` x `side` map into `grid` x `grid` cells, splitting pixels that
 /// straddle a cell border by area, so the cells sum to what the map sums to.
 fn area_sum(map: &[f64], side: usize, grid: usize) -> Vec<f64> {
-    // weights[cell] = (pixel, fraction of that pixel's width inside the cell)
-    let cell_width = side as f64 / grid as f64;
-    let weights: Vec<Vec<(usize, f64)>> = (0..grid)
-        .map(|cell| {
-            let (lo, hi) = (cell as f64 * cell_width, (cell + 1) as f64 * cell_width);
-            (lo.floor() as usize..(hi.ceil() as usize).min(side))
-                .map(|p| (p, (hi.min(p as f64 + 1.0) - lo.max(p as f64)).max(0.0)))
-                .filter(|&(_, w)| w > 0.0)
-                .collect()
-        })
-        .collect();
+    let weights = area_weights(side, grid);
     let mut cells = vec![0.0; grid * grid];
     for (cy, wy) in weights.iter().enumerate() {
         for (cx, wx) in weights.iter().enumerate() {
@@ -410,6 +555,21 @@ fn area_sum(map: &[f64], side: usize, grid: usize) -> Vec<f64> {
         }
     }
     cells
+}
+
+/// For each of `grid` cells along an axis of `side` pixels: the pixels it covers, each
+/// with the fraction of its width inside the cell (a pixel's fractions add up to 1).
+fn area_weights(side: usize, grid: usize) -> Vec<Vec<(usize, f64)>> {
+    let cell_width = side as f64 / grid as f64;
+    (0..grid)
+        .map(|cell| {
+            let (lo, hi) = (cell as f64 * cell_width, (cell + 1) as f64 * cell_width);
+            (lo.floor() as usize..(hi.ceil() as usize).min(side))
+                .map(|p| (p, (hi.min(p as f64 + 1.0) - lo.max(p as f64)).max(0.0)))
+                .filter(|&(_, w)| w > 0.0)
+                .collect()
+        })
+        .collect()
 }
 
 /// Quantises non-negative values to u8 with `scale = max / 255` and compresses them.
@@ -442,18 +602,23 @@ fn encode(values: &[f64], level: i32) -> Result<(Vec<u8>, f32), SummaryError> {
 /// order, so a flat top yields one peak.
 fn local_maxima(cells: &[f64], grid: usize) -> Vec<usize> {
     let beats = |a: usize, b: usize| cells[a] > cells[b] || (cells[a] == cells[b] && a < b);
-    let mut peaks: Vec<usize> = (0..cells.len())
-        .filter(|&i| cells[i] > 0.0)
-        .filter(|&i| {
-            let (y, x) = (i / grid, i % grid);
-            (y.saturating_sub(1)..=(y + 1).min(grid - 1))
-                .flat_map(|ny| {
-                    (x.saturating_sub(1)..=(x + 1).min(grid - 1)).map(move |nx| ny * grid + nx)
-                })
-                .filter(|&n| n != i)
-                .all(|n| beats(i, n))
-        })
-        .collect();
+    let mut peaks = Vec::new();
+    for (i, &v) in cells.iter().enumerate() {
+        if v <= 0.0 || v.is_nan() {
+            continue;
+        }
+        let (y, x) = (i / grid, i % grid);
+        let columns = x.saturating_sub(1)..(x + 2).min(grid);
+        let peak = (y.saturating_sub(1)..(y + 2).min(grid)).all(|ny| {
+            columns
+                .clone()
+                .map(|nx| ny * grid + nx)
+                .all(|n| n == i || beats(i, n))
+        });
+        if peak {
+            peaks.push(i);
+        }
+    }
     peaks.sort_by(|&a, &b| cells[b].total_cmp(&cells[a]).then(a.cmp(&b)));
     peaks
 }
@@ -526,7 +691,10 @@ mod tests {
     /// The optimised summary is the first version's, bit for bit: random maps of every
     /// gate shape the model has and some it has not, with negative, non-finite and all-zero
     /// maps (and full-size maps with negatives and signed zeros but nothing non-finite),
-    /// over several grids, zstd levels and with per-gate maps.
+    /// over several grids, zstd levels and with per-gate maps; then 100 cases of maps as
+    /// sigmoid gates give them, which take `separable_cells`. Those leave out maps of 2
+    /// and 10 pixels on a side: upsampled, they are plateaus of cells that tie exactly,
+    /// where `separable_cells`'s ulps may make another of the tied cells the peak.
     #[test]
     fn summary_is_identical_to_the_reference_implementation() {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -537,10 +705,15 @@ mod tests {
             (state >> 11) as f64 / (1u64 << 53) as f64
         };
         let sky = TestSky::default();
-        let mut cases = 0;
-        for case in 0..60 {
+        let (mut cases, mut separable) = (0, 0);
+        for case in 0..160 {
+            // From case 60 on, every map is what sigmoid gates give (finite, non-negative),
+            // which takes `separable_cells`: random values, or smooth bumps through a
+            // sigmoid with a little noise.
+            let gated = case >= 60;
             let sides: &[usize] = match case % 4 {
                 0 => &[37, 75, 150],
+                1 if gated => &[5, 12, 40],
                 1 => &[1, 2, 10],
                 2 => &[150],
                 _ => &[37, 75, 150, 19],
@@ -553,6 +726,11 @@ mod tests {
                     map(side, |x, y| {
                         let r = values[y * side + x];
                         match (case + k) % 5 {
+                            _ if gated && case % 2 == 0 => (r * r * 3.0) as f32,
+                            _ if gated => {
+                                let b = bump(x, y, side as f32 * 0.4, side as f32 * 0.55, 8.0);
+                                1.0 / (1.0 + (4.0 - b - r as f32).exp())
+                            }
                             // all zero: a uniform map
                             0 if case % 3 == 0 => 0.0,
                             // some negatives and non-finite values
@@ -572,6 +750,9 @@ mod tests {
             let mask: Vec<bool> = (0..MODEL_PIXELS).map(|_| next() < emission).collect();
             let prepared = prepared(|x, y| mask[y * MODEL_SIZE + x]);
             let out = output(maps);
+            if separable_cells(&out.attention, 30, &prepared.emission).is_some() {
+                separable += 1;
+            }
             for (grid, level, per_gate) in [
                 (30, 3, false),
                 (7, 3, true),
@@ -595,7 +776,48 @@ mod tests {
                 cases += 1;
             }
         }
-        assert_eq!(cases, 240);
+        assert_eq!(cases, 640);
+        assert!(
+            separable >= 100,
+            "{separable} cases took the separable path"
+        );
+    }
+
+    /// The same with the shipped model's own gates: its three maps for the 16 bundled
+    /// MiraBest images, each with its own emission (its pixels above 0), every grid and
+    /// the per-gate maps.
+    #[tokio::test]
+    async fn summary_of_the_models_gates_is_the_reference_one() {
+        use crate::infer::{Inference, testing};
+        let (inference, _) =
+            Inference::start(&testing::test_config(1)).expect("the test model starts");
+        let sample = testing::mirabest_sample();
+        let outputs = inference
+            .infer(sample.iter().map(|s| s.input()).collect())
+            .await
+            .expect("batch runs");
+        let sky = TestSky::default();
+        for (image, out) in sample.iter().zip(&outputs) {
+            assert!(separable_cells(&out.attention, 30, &vec![false; MODEL_PIXELS]).is_some());
+            let prepared = prepared(|x, y| image.image_u8[y * MODEL_SIZE + x] > 0);
+            for grid in [30, 7, 150] {
+                let cfg = SummaryConfig {
+                    grid,
+                    zstd_level: 3,
+                    per_gate_maps: true,
+                };
+                let ours = attention_summary(&prepared, out, &sky, &cfg).expect("summary");
+                let theirs =
+                    reference::attention_summary(&prepared, out, &sky, &cfg).expect("reference");
+                assert_eq!(ours, theirs);
+                assert_eq!(ours.scale.to_bits(), theirs.scale.to_bits());
+                assert_eq!(
+                    ours.on_emission_fraction.to_bits(),
+                    theirs.on_emission_fraction.to_bits()
+                );
+            }
+        }
+        inference.join();
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod gpu;
 mod runtime;
 mod session;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 pub mod views;
