@@ -451,9 +451,9 @@ fn unit_sum(mut map: Vec<f64>) -> Vec<f64> {
     map
 }
 
-/// Buffers of [`separable_cells`] and [`combine`]: rows (resized along x, or summed into
-/// cells), the emission pixels' indices, the bands by side and grid, and each gate's
-/// upsampled map.
+/// Buffers of [`separable_cells`] and [`combine`]: rows (each cell row's share of every
+/// source column, or the source rows resized along x), the emission pixels' indices, the
+/// bands by side and grid, and each gate's upsampled map.
 struct Scratch {
     rows: Vec<f64>,
     emission: Vec<usize>,
@@ -784,8 +784,8 @@ mod tests {
     }
 
     /// The same with the shipped model's own gates: its three maps for the 16 bundled
-    /// MiraBest images, each with its own emission (its pixels above 0), every grid and
-    /// the per-gate maps.
+    /// MiraBest images, each with its own emission (its pixels above 0), at grids 30, 7 and
+    /// 150 with the per-gate maps.
     #[tokio::test]
     async fn summary_of_the_models_gates_is_the_reference_one() {
         use crate::infer::{Inference, testing};

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from radiogate_model import agreement as ag
+from radiogate_model.agreement import IMAGE_SIZE
 from radiogate_model.data import load_split
 
 from .conftest import REPO
@@ -166,10 +167,24 @@ def test_cards_carry_the_agreement_of_their_model(card_path, data_dir):
     test = load_split(data_dir, card["subset"], train=False)
     fresh = ag.measure(REPO / "models" / card["file"], test.images, test.labels, result["grid"])
     assert fresh["test_accuracy"] == pytest.approx(shipped["test_accuracy"], abs=1e-12)
+    # Which pixels are an image's peaks can change where two of them tie to float32 rounding,
+    # and ONNX Runtime's kernels round differently on CPUs with other vector instructions
+    # (AVX2 against AVX-512: MiraBest's FRI mean peak distance moved by 0.017 px, 3.8 px over
+    # its 222 peaks, as when one peak becomes another; nothing else moved by more than 1e-7
+    # of itself). So the peak statistics' means allow one peak of the class to become
+    # another, at most the image's diagonal away; the rest stays as it was.
+    diagonal = IMAGE_SIZE * 2**0.5
     for name, c in fresh["classes"].items():
         for key, value in c.items():
             want = shipped["classes"][name][key]
-            if isinstance(value, dict):
+            if key in ("peak_distance_px", "strongest_peak_distance_px"):
+                assert value["n"] == want["n"], (name, key)
+                assert value["mean"] == pytest.approx(want["mean"], abs=diagonal / value["n"]), (name, key)
+                rest = {k: v for k, v in value.items() if k != "mean"}
+                assert rest == pytest.approx({k: want[k] for k in rest}, rel=1e-6, abs=1e-9), (name, key)
+            elif key == "peaks_on_emission":
+                assert value == pytest.approx(want, abs=1 / c["peak_distance_px"]["n"]), (name, key)
+            elif isinstance(value, dict):
                 assert value == pytest.approx(want, rel=1e-6, abs=1e-9), (name, key)
             else:
                 assert value == pytest.approx(want, rel=1e-6), (name, key)

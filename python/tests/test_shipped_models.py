@@ -54,7 +54,10 @@ def test_evaluation_reproduces_card(card_path, data_dir):
     shipped = card["metrics"]["shipped"]
     tta = shipped["rotation_tta"]["rotations"] if shipped["rotation_tta"] else 0
     result = evaluate(REPO / "models" / card["file"], card["subset"], data_dir, tta)
-    assert _flat(result["single_pass"]) == pytest.approx(_flat(shipped["single_pass"]), abs=1e-9)
+    # rel 1e-6: ONNX Runtime's float32 kernels round differently on CPUs with other vector
+    # instructions (AVX2 against AVX-512: ECE moved by 1.3e-8, 1.8e-7 of itself), while a
+    # count or an accuracy (steps of 1/104 and more) must still be the same.
+    assert _flat(result["single_pass"]) == pytest.approx(_flat(shipped["single_pass"]), rel=1e-6, abs=1e-9)
     if tta:
         assert _flat(result["rotation_tta"]) == pytest.approx(_flat(shipped["rotation_tta"]), abs=1e-6)
 
