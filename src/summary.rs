@@ -245,7 +245,7 @@ fn separable_cells(
     let mut on_emission = -0.0;
     SCRATCH.with_borrow_mut(|scratch| {
         let Scratch {
-            rows: partial,
+            partial,
             emission: pixels,
             bands,
             ..
@@ -451,22 +451,24 @@ fn unit_sum(mut map: Vec<f64>) -> Vec<f64> {
     map
 }
 
-/// Buffers of [`separable_cells`] and [`combine`]: rows (each cell row's share of every
-/// source column, or the source rows resized along x), the emission pixels' indices, the
-/// bands by side and grid, and each gate's upsampled map.
+/// Buffers of [`separable_cells`] (each cell row's share of every source column, the
+/// emission pixels' indices, the bands by side and grid) and of [`combine`] (the source rows
+/// resized along x, each gate's upsampled map).
 struct Scratch {
-    rows: Vec<f64>,
+    partial: Vec<f64>,
     emission: Vec<usize>,
     bands: Vec<Band>,
+    rows: Vec<f64>,
     maps: Vec<Vec<f64>>,
 }
 
 impl Scratch {
     const fn new() -> Self {
         Self {
-            rows: Vec::new(),
+            partial: Vec::new(),
             emission: Vec::new(),
             bands: Vec::new(),
+            rows: Vec::new(),
             maps: Vec::new(),
         }
     }

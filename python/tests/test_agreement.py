@@ -178,9 +178,8 @@ def test_cards_carry_the_agreement_of_their_model(card_path, data_dir):
         for key, value in c.items():
             want = shipped["classes"][name][key]
             if key in ("peak_distance_px", "strongest_peak_distance_px"):
-                assert value["n"] == want["n"], (name, key)
                 assert value["mean"] == pytest.approx(want["mean"], abs=diagonal / value["n"]), (name, key)
-                rest = {k: v for k, v in value.items() if k != "mean"}
+                rest = {k: v for k, v in value.items() if k != "mean"}  # n and the quantiles
                 assert rest == pytest.approx({k: want[k] for k in rest}, rel=1e-6, abs=1e-9), (name, key)
             elif key == "peaks_on_emission":
                 assert value == pytest.approx(want, abs=1 / c["peak_distance_px"]["n"]), (name, key)
