@@ -89,3 +89,47 @@ def test_the_host_cost_is_the_median_of_the_null_model_rounds(tmp_path: Path) ->
     # Older runs have no host rounds, and their summary has no host entry.
     (tmp_path / "host.jsonl").unlink()
     assert "host" not in run_folder(tmp_path, bare, {k: v for k, v in runs.items() if k != "host"})
+
+
+def test_the_latency_says_what_its_slowest_records_met(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bare = [{**SETTING, "images_per_s": 200.0, "ms_per_batch": 10.0}]
+    runs = {
+        "offline": [e2e(180.0, 1)],
+        "streaming": [e2e(160.0, 1)],
+        "latency": [
+            {"rate": 80.0, "peak_rss_mb": 150.0, "latency_ms": {"n": 800, "p50": 15.0, "p99": 300.0, "max": 600.0}}
+        ],
+    }
+    met = {
+        "slowest": 8,
+        "slowest_from_s": 12.5,
+        "slowest_to_s": 13.5,
+        "samples": {"slowest_in_flight": 10, "rest": 190},
+        "while_slowest_in_flight": {"busy": 0.4, "iowait": 1.9, "worker": 0.0, "disk_busy": 1.0},
+        "otherwise": {"busy": 1.2, "iowait": 0.0, "worker": 1.0, "disk_busy": 0.03},
+        "top_while_slowest_in_flight": {"radiogate": 2},
+    }
+    write(tmp_path / "latency-cpu-attribution.json", [met])
+    s = run_folder(tmp_path, bare, runs)
+    assert s["latency"]["p99_ms"] == 300.0
+    assert s["latency"]["slowest_1pct_met"] == met
+    printed = capsys.readouterr().out
+    assert "While the slowest 1% were in flight" in printed
+    assert "iowait 1.9 (0.0)" in printed and "disk_busy 1.0 (0.03)" in printed
+    # Runs before the trace have none, and say nothing of it.
+    (tmp_path / "latency-cpu-attribution.json").unlink()
+    assert run_folder(tmp_path, bare, runs)["latency"]["slowest_1pct_met"] is None
+    assert "While the slowest 1%" not in capsys.readouterr().out
+
+
+def test_the_summary_names_the_file_system_of_the_brokers_log(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bare = [{**SETTING, "images_per_s": 200.0, "ms_per_batch": 10.0}]
+    runs = {"offline": [e2e(180.0, 1)], "streaming": [e2e(160.0, 1)]}
+    run_folder(tmp_path, bare, runs)
+    assert "the broker's log" not in capsys.readouterr().out  # runs before 2026-11-29
+    write(
+        tmp_path / "machine-start.json",
+        [{"cpus": 2, "cpu": "test", "when": "now", "uptime": "1", "commit": "x", "broker_log_fs": "tmpfs"}],
+    )
+    summarise.main(tmp_path)
+    assert "- the broker's log: on tmpfs" in capsys.readouterr().out

@@ -8,11 +8,15 @@
 #       'normal=target/release/radiogate RADIOGATE__PIPELINE__SCHEDULING=normal'
 #
 # A variant is NAME=BINARY, then any VAR=VALUE words for its environment (no spaces in a
-# value). Needs the broker (scripts/kafka/broker.sh start). Environment: ROUNDS (3), RATE
+# value). Needs the broker (scripts/kafka/broker.sh start; with KAFKA_DIR when it was given
+# one, as for a broker whose log is in memory). Environment: ROUNDS (3), RATE
 # (detections/s, 135: about half of what `make bench` measured on the machine of 2026-11-26;
 # take half its streaming rate), SECONDS_PER_ROUND (20), WARM_SECONDS (20: the paced warm-up,
 # not counted), CUTOUTS (the MiraBest test cutouts), BROKERS (127.0.0.1:9092),
-# SINK_PROPERTIES (as in run.sh), OUT (out/latency-ab/<UTC time>).
+# SINK_PROPERTIES (as in run.sh), OUT (out/latency-ab/<UTC time>). Each round also says what
+# the slowest 1% met while they were in flight, the rest of the round's in brackets: the cores
+# used (busy, steal, iowait, worker, broker, other) and the disks' state (lib.sh's
+# paced_latency traces them with scripts/bench/cpu_trace.py).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
@@ -44,7 +48,8 @@ cleanup() {
   if ((${#TOPICS[@]})); then "$RB" topics --brokers "$BROKERS" --delete "${TOPICS[@]}" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
-echo "latency-ab: $items detections at $RATE/s, $ROUNDS rounds, load: $(uptime | sed 's/.*load/load/')" | tee "$OUT/summary.txt"
+echo "latency-ab: $items detections at $RATE/s, $ROUNDS rounds, the broker's log on $(broker_log_fs)," \
+  "load: $(uptime | sed 's/.*load/load/')" | tee "$OUT/summary.txt"
 
 for r in $(seq "$ROUNDS"); do
   for variant in "$@"; do
@@ -57,7 +62,7 @@ for r in $(seq "$ROUNDS"); do
     "${VARIANT_CMD[@]}" run --config "$OUT/$name-$r.toml" 2>>"$OUT/$name.log" &
     WORKER=$!
     paced_latency "$live" "$live.results" "$RATE" "$OUT/warmup" "$OUT/live" "$name" \
-      "$OUT/$name-$r-records.jsonl" |
+      "$OUT/$name-$r-records.jsonl" "$WORKER" |
       sed "s/^{/{\"variant\":\"$name\",\"round\":$r,/" >>"$OUT/rounds.jsonl"
     kill -INT "$WORKER"
     wait "$WORKER" || true
@@ -76,5 +81,14 @@ for name in names:
         values = [m[key] for m in mine]
         return f"{statistics.median(values):.1f} ({', '.join(f'{v:.1f}' for v in values)})"
     print(f"{name}: p50 {med('p50')} ms; p99 {med('p99')} ms; max {med('max')} ms")
+    # What the slowest 1% met, each round (scripts/bench/cpu_trace.py attribute): cores used
+    # and the disks' state while they were in flight, against the rest of the round.
+    for r in sorted({r["round"] for r in rows if r["variant"] == name}):
+        a = json.loads((out / f"{name}-{r}-cpu-attribution.json").read_text())
+        during, rest = a["while_slowest_in_flight"], a["otherwise"]
+        print(
+            f"  round {r}: slowest {a['slowest_from_s']}-{a['slowest_to_s']} s in: "
+            + ", ".join(f"{k} {during[k]} ({rest[k]})" for k in during)
+        )
 EOF
 echo "latency-ab: load at end: $(uptime | sed 's/.*load/load/')" | tee -a "$OUT/summary.txt"

@@ -57,8 +57,16 @@ cpu_s() {
   fi
 }
 
-# The local test broker's pid (its CPU is counted beside the worker's), if it runs here.
-broker_pid() { cat "vendor/kafka/run-${BROKERS##*:}/broker.pid" 2>/dev/null || true; }
+# The state folder of the local test broker that scripts/kafka/broker.sh started for
+# $BROKERS's port: $KAFKA_DIR when that is set (as for a broker whose log is in memory,
+# KAFKA_DIR=/dev/shm/kafka-9192 KAFKA_PORT=9192), else broker.sh's default.
+broker_dir() { echo "${KAFKA_DIR:-vendor/kafka/run-${BROKERS##*:}}"; }
+
+# Its pid (its CPU is counted beside the worker's), if it runs here.
+broker_pid() { cat "$(broker_dir)/broker.pid" 2>/dev/null || true; }
+
+# The file system its log is on (ext4, tmpfs, ...; empty when it is not here).
+broker_log_fs() { df --output=fstype "$(broker_dir)/data" 2>/dev/null | tail -n +2 || true; }
 
 # Symlinks to the cutouts in $CUTOUTS, each under a distinct name (so a distinct source id):
 # $1: folder, $2: how many links, $3: name prefix; cycles through the cutouts.
@@ -78,7 +86,11 @@ PY
 # collect`'s JSON line. $1 detections topic, $2 its results topic (empty so far; one
 # partition), $3 rate (detections/s), $4 folder of warm-up detections, $5 folder of the
 # measured ones, $6 label, $7 where each measured record's latency and parts go (JSON
-# lines, `collect --records`). Uses $RG, $RB, $BROKERS and appends to $OUT/publish.log.
+# lines, `collect --records`; a name ending in -records.jsonl), $8 the worker's pid. Uses $RG,
+# $RB, $BROKERS and appends to $OUT/publish.log. While it runs, the machine's CPU is traced
+# (scripts/bench/cpu_trace.py: busy, steal, the worker, the local broker, any other process)
+# into $7's name with -cpu.jsonl for -records.jsonl, and what the slowest 1% of the records
+# met goes beside it as -cpu-attribution.json.
 # The warm-up and the measured detections are one stream from one publisher; the warm-up's
 # results are read but not counted. Without the warm-up, the worker's first batches and a
 # freshly started broker's JIT (the request paths of a paced stream are not those of a
@@ -88,7 +100,16 @@ paced_latency() {
   local warm live
   warm=$(find "$4" -name '*.fits' | wc -l)
   live=$(find "$5" -name '*.fits' | wc -l)
+  local trace="${7%-records.jsonl}-cpu.jsonl" tracer broker
+  broker="$(broker_pid)"
+  "${PYTHON:-python3}" "$(dirname "${BASH_SOURCE[0]}")/cpu_trace.py" trace "$trace" \
+    "worker=$8" ${broker:+"broker=$broker"} &
+  tracer=$!
   "$RG" publish --brokers "$BROKERS" --topic "$1" --inline --rate "$3" "$4" "$5" 2>>"$OUT/publish.log"
   "$RB" collect --brokers "$BROKERS" --topic "$2" --skip "$warm" --expect "$live" --label "$6" \
     --records "$7"
+  kill -TERM "$tracer" 2>/dev/null || true # it stops by itself when the worker ends
+  wait "$tracer" || true
+  "${PYTHON:-python3}" "$(dirname "${BASH_SOURCE[0]}")/cpu_trace.py" attribute "$trace" "$7" \
+    >"${7%-records.jsonl}-cpu-attribution.json"
 }

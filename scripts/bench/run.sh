@@ -24,9 +24,11 @@
 # inference (a GPU) can lift.
 #
 # Environment: REPEATS (3; QUICK: 1), COPIES (32 -> 5,024 items; QUICK: 8), BROKERS
-# (127.0.0.1:9092), CUTOUTS (the MiraBest test cutouts), OUT (out/bench/<UTC time>),
-# CARGO_TARGET_DIR (where cargo builds), LONG_ITEMS (100000), RATE_SECONDS (20; QUICK: 10),
-# WARM_SECONDS (the paced warm-up before the latency is measured, 20; QUICK: 5),
+# (127.0.0.1:9092), KAFKA_DIR (the broker's state folder when broker.sh was given one, as for
+# a broker whose log is in memory: BENCHMARKS.md, "How to run"), CUTOUTS (the MiraBest test
+# cutouts), OUT (out/bench/<UTC time>), CARGO_TARGET_DIR (where cargo builds), LONG_ITEMS
+# (100000), RATE_SECONDS (20; QUICK: 10), WARM_SECONDS (the paced warm-up before the latency
+# is measured, 20; QUICK: 5),
 # QUEUE_CAPACITY (pipeline.queue_capacity of every run, default 64: the shipped 256 holds up
 # to ~350 MB of inline cutouts in flight), SINK_PROPERTIES (the streaming workers'
 # `sink.properties`, a TOML inline table, e.g. '{ "linger.ms" = "50" }'), WORKER_SETTING
@@ -34,7 +36,8 @@
 # (the model of every run but the null one: models/agcnn-mirabest-confident.onnx, or e.g. its
 # fused form models/agcnn-mirabest-confident-fused.onnx).
 # Needs the broker (scripts/kafka/broker.sh start) and python3. Prints a summary and writes
-# everything to $OUT (summary.json, summary.md, raw JSON lines, logs).
+# everything to $OUT (summary.json, summary.md, raw JSON lines, logs; the latency stage's CPU
+# and disk trace, latency-cpu.jsonl, and what its slowest records met).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -78,6 +81,8 @@ RB="${CARGO_TARGET_DIR:-$ROOT/target}/release/radiogate-bench"
 
 log "building (release)"
 cargo build --release --quiet --bin radiogate --bin radiogate-bench
+# The local broker for $BROKERS's port (and $KAFKA_DIR's state folder, when set).
+export KAFKA_PORT="${BROKERS##*:}"
 scripts/kafka/broker.sh status >/dev/null 2>&1 || scripts/kafka/broker.sh start
 
 # Everything this run created on the broker is deleted at the end (inline detections are
@@ -97,7 +102,7 @@ machine() {
   {
     echo "{\"bench\":\"machine\",\"when\":\"$(date -u +%FT%TZ)\",\"uptime\":\"$(uptime | sed 's/^ *//')\","
     echo "\"cpus\":$(nproc),\"cpu\":\"$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)\","
-    echo "\"model\":\"$MODEL\","
+    echo "\"model\":\"$MODEL\",\"broker_log_fs\":\"$(broker_log_fs)\","
     echo "\"commit\":\"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo +dirty)\"}"
   } | tr -d '\n'
   echo
@@ -249,7 +254,7 @@ worker_config "$W/worker-live.toml" "$LIVE" "$PREFIX-group-live" "$LIVE.results"
 "$RG" run --config "$W/worker-live.toml" 2>"$OUT/worker-live.log" &
 WORKER_PID=$!
 paced_latency "$LIVE" "$LIVE.results" "$RATE" "$W/warmup" "$W/live" "half load" \
-  "$OUT/latency-records.jsonl" >"$W/collect"
+  "$OUT/latency-records.jsonl" "$WORKER_PID" >"$W/collect"
 peak="$(rss_mb "$WORKER_PID" VmHWM)"
 stop_worker
 sed "s/^{/{\"rate\":$RATE,\"peak_rss_mb\":$peak,/" "$W/collect" >"$OUT/latency.jsonl"

@@ -156,6 +156,8 @@ def main(out: Path) -> None:
             "target_p99_ms": MAX_WAIT_MS + 3 * worker_batch_ms(worker, candidates, sweep, batch_ms),
             # Runs before 2026-11-27 23:08 lack the records.
             "slowest_1pct_bursts_s": slowest_bursts(lines(out / "latency-records.jsonl")),
+            # Runs before 2026-11-29 lack the CPU trace (scripts/bench/cpu_trace.py).
+            "slowest_1pct_met": next(iter(lines(out / "latency-cpu-attribution.json")), None),
         }
     if long:
         rss = []
@@ -181,6 +183,8 @@ def main(out: Path) -> None:
     print(f"- machine: {start['cpus']} x {start['cpu']}")
     if "model" in start:
         print(f"- model: `{start['model']}`")
+    if start.get("broker_log_fs"):  # runs before 2026-11-29 lack it (their broker: on disk)
+        print(f"- the broker's log: on {start['broker_log_fs']}")
     print(f"- load at start: `{start['uptime']}`")
     if end:
         print(f"- load at end: `{end[0]['uptime']}`")
@@ -275,6 +279,15 @@ def main(out: Path) -> None:
         spans = [(f"{a:.1f}", f"{b:.1f}", n) for a, b, n in bursts]
         listed = ", ".join((a if a == b else f"{a}-{b}") + f" ({n})" for a, b, n in spans)
         print(f"When the slowest 1% were sent (s into the measured part; records within 1 s grouped): {listed}.")
+    met = s.get("latency", {}).get("slowest_1pct_met")
+    if met:
+        during, rest = met["while_slowest_in_flight"], met["otherwise"]
+        print(
+            "While the slowest 1% were in flight (the rest of the measured part; in cores, the disks' "
+            "in fractions of the time and MB/s): "
+            + ", ".join(f"{k} {during[k]} ({rest[k]})" for k in during)
+            + f"; most often on top then: {met['top_while_slowest_in_flight']} (scripts/bench/cpu_trace.py)."
+        )
     if s["bare_by_setting"]:
         print()
         for name, rates in s["bare_by_setting"].items():
