@@ -87,10 +87,11 @@ PY
 # partition), $3 rate (detections/s), $4 folder of warm-up detections, $5 folder of the
 # measured ones, $6 label, $7 where each measured record's latency and parts go (JSON
 # lines, `collect --records`; a name ending in -records.jsonl), $8 the worker's pid. Uses $RG,
-# $RB, $BROKERS and appends to $OUT/publish.log. While it runs, the machine's CPU is traced
-# (scripts/bench/cpu_trace.py: busy, steal, the worker, the local broker, any other process)
-# into $7's name with -cpu.jsonl for -records.jsonl, and what the slowest 1% of the records
-# met goes beside it as -cpu-attribution.json.
+# $RB, $BROKERS and appends to $OUT/publish.log. While it runs, the machine's CPU and disks
+# are traced (scripts/bench/cpu_trace.py: busy, steal, iowait, the worker, the local broker,
+# any other process, the disks' busy time and writes) into $7's name with -cpu.jsonl for
+# -records.jsonl, and what the slowest 1% of the records met goes beside it as
+# -cpu-attribution.json.
 # The warm-up and the measured detections are one stream from one publisher; the warm-up's
 # results are read but not counted. Without the warm-up, the worker's first batches and a
 # freshly started broker's JIT (the request paths of a paced stream are not those of a
