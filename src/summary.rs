@@ -246,6 +246,7 @@ fn separable_cells(
     SCRATCH.with_borrow_mut(|scratch| {
         let Scratch {
             partial,
+            gate_cells,
             emission: pixels,
             bands,
             ..
@@ -258,7 +259,8 @@ fn separable_cells(
                 pixels.extend((first..first + chunk.len()).filter(|&p| emission[p]));
             }
         }
-        let mut gate_cells = vec![0.0; grid * grid];
+        gate_cells.clear();
+        gate_cells.resize(grid * grid, 0.0);
         for map in maps {
             let side = map.side;
             let band = Band::cached(bands, side, grid);
@@ -297,7 +299,7 @@ fn separable_cells(
                     top * (1.0 - wy) + bottom * wy
                 })
                 .sum();
-            for (c, g) in cells.iter_mut().zip(&gate_cells) {
+            for (c, g) in cells.iter_mut().zip(gate_cells.iter()) {
                 *c += g / sum / gates;
             }
             on_emission += gate_emission / sum / gates;
@@ -451,11 +453,12 @@ fn unit_sum(mut map: Vec<f64>) -> Vec<f64> {
     map
 }
 
-/// Buffers of [`separable_cells`] (each cell row's share of every source column, the
-/// emission pixels' indices, the bands by side and grid) and of [`combine`] (the source rows
-/// resized along x, each gate's upsampled map).
+/// Buffers of [`separable_cells`] (each cell row's share of every source column, one gate's
+/// cells, the emission pixels' indices, the bands by side and grid) and of [`combine`] (the
+/// source rows resized along x, each gate's upsampled map).
 struct Scratch {
     partial: Vec<f64>,
+    gate_cells: Vec<f64>,
     emission: Vec<usize>,
     bands: Vec<Band>,
     rows: Vec<f64>,
@@ -466,6 +469,7 @@ impl Scratch {
     const fn new() -> Self {
         Self {
             partial: Vec::new(),
+            gate_cells: Vec::new(),
             emission: Vec::new(),
             bands: Vec::new(),
             rows: Vec::new(),
