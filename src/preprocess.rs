@@ -82,8 +82,8 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
         let mut image_u8 = vec![0u8; MODEL_PIXELS];
         for (value, u8) in input.iter_mut().zip(&mut image_u8) {
             // PIL's float to 'L': the float64 array becomes float32 ('F'), then truncates
-            // toward zero and clamps to 0..255 (`as u8` from f32 does both).
-            let u = (255.0 * (f64::from(*value) - min) / range) as f32 as u8;
+            // toward zero and clamps to 0..255.
+            let u = truncate_to_u8((255.0 * (f64::from(*value) - min) / range) as f32);
             *u8 = u;
             *value = (f32::from(u) / 255.0 - 0.5) / 0.5;
         }
@@ -102,6 +102,15 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
     })
 }
 
+/// `v as u8` (toward zero, clamped to 0..=255, NaN to 0) in vector instructions, eight at a
+/// time in a loop (`as u8` is compiled one value at a time): a whole number from 0 to 255
+/// plus 2^23 is a float32 whose low mantissa bits are that number. Not `clamp`: it keeps
+/// NaN, which `max` makes 0.
+#[allow(clippy::manual_clamp)]
+fn truncate_to_u8(v: f32) -> u8 {
+    (v.max(0.0).min(255.0).trunc() + 8_388_608.0).to_bits() as u8
+}
+
 /// Step 2 on the crop: which pixels are emission (above 3 std; NaN is not), the crop with
 /// every other pixel zeroed, in the model input's own buffer (the kept values stay float32:
 /// each is a pixel or 0, exact in either width), and whether any pixel is NaN. None when
@@ -113,7 +122,10 @@ fn keep_emission(crop: ArrayView2<'_, f32>, spread: Spread) -> Option<(Vec<bool>
     if !spread.is_exact() && (spread.lo() as f32 != spread.hi() as f32 || lo as f32 != hi as f32) {
         return None;
     }
-    let threshold = THRESHOLD_SIGMA * spread.estimate;
+    // The float64 comparisons as float32 ones with the same outcome for every float32
+    // pixel, over slices: eight pixels to a vector instead of one at a time.
+    let threshold = f32_at_or_below(THRESHOLD_SIGMA * spread.estimate);
+    let (lo, hi) = (f32_at_or_above(lo), f32_at_or_below(hi));
     let mut emission = vec![false; MODEL_PIXELS];
     let mut input = vec![0.0f32; MODEL_PIXELS];
     let mut undecided = false;
@@ -122,11 +134,18 @@ fn keep_emission(crop: ArrayView2<'_, f32>, spread: Spread) -> Option<(Vec<bool>
         .chunks_exact_mut(MODEL_SIZE)
         .zip(input.chunks_exact_mut(MODEL_SIZE));
     for (row, (emission, kept)) in crop.rows().into_iter().zip(rows) {
+        let owned;
+        let row = match row.to_slice() {
+            Some(row) => row,
+            None => {
+                owned = row.to_vec();
+                &owned
+            }
+        };
         for ((&v, on), kept) in row.iter().zip(emission).zip(kept) {
-            let v64 = f64::from(v);
-            *on = v64 > threshold;
+            *on = v > threshold;
             *kept = if *on { v } else { 0.0 };
-            undecided |= lo <= v64 && v64 <= hi;
+            undecided |= lo <= v && v <= hi;
             blank |= v.is_nan();
         }
     }
@@ -323,8 +342,7 @@ impl Scratch {
         // stores the vector's header each time), in their order of before (the placing
         // pass's lane sums follow it): the values past the last whole `LANES` first, then
         // the others in order.
-        self.tmp.resize(values.len(), 0);
-        let tmp = self.tmp.as_mut_slice();
+        let tmp = overwritable(&mut self.tmp, values.len());
         let (body, tail) = values.split_at(values.len() - values.len() % LANES);
         let mut n = keys_of(tail, tmp, 0);
         // Eight at a time where all eight are finite (nearly everywhere): no branch per
@@ -499,6 +517,21 @@ fn key_above(x: f64) -> u64 {
     if f64::from(y) > x { k } else { k + 1 }
 }
 
+/// The smallest float32 at or above `x` (finite): for any float32 `v`, `x <= v` exactly
+/// when this `<= v`.
+fn f32_at_or_above(x: f64) -> f32 {
+    from_key(key_at_or_above(x) as u32)
+}
+
+/// The largest float32 at or below `x` (finite): for any float32 `v`, `v <= x` exactly when
+/// `v <=` this, and `v > x` exactly when `v >` this.
+fn f32_at_or_below(x: f64) -> f32 {
+    // The key below `key_above`'s, past -0.0's (which no pixel has: its keys are those of
+    // 0.0): the largest float32 below 0.0 is the negative subnormal.
+    let below = key_above(x) as u32 - 1;
+    from_key(below - u32::from(below == sort_key(-0.0)))
+}
+
 /// Sums of a range's values (shifted, against cancellation), kept as the whole set's sums
 /// less the tails clipped so far, with what bounds their rounding error.
 struct RunningSums {
@@ -637,8 +670,7 @@ fn sort_lower_digits(keys: &mut [u32], tmp: &mut Vec<u32>) {
         keys.sort_unstable();
         return;
     }
-    tmp.clear();
-    tmp.resize(keys.len(), 0);
+    let tmp = overwritable(tmp, keys.len());
     for pass in 0..TOP_PASS {
         let mut next = [0u32; RADIX_BUCKETS];
         for &k in keys.iter() {
@@ -658,6 +690,15 @@ fn sort_lower_digits(keys: &mut [u32], tmp: &mut Vec<u32>) {
         }
         keys.copy_from_slice(tmp);
     }
+}
+
+/// The first `len` elements of a reused buffer, for the caller to overwrite; it grows
+/// (zeroed) only when shorter, so that it is not cleared call after call.
+fn overwritable(buf: &mut Vec<u32>, len: usize) -> &mut [u32] {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    &mut buf[..len]
 }
 
 /// Population standard deviation (ddof 0) with numpy's two-pass formula and pairwise sums.
@@ -815,6 +856,31 @@ mod tests {
             (a, b) = (na, nb);
         }
         Some(population_std(&sorted[a..b]))
+    }
+
+    #[test]
+    fn truncate_to_u8_is_as_u8() {
+        let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 256.0];
+        let spread = (0..u32::MAX).step_by(997).map(f32::from_bits);
+        let near = (0..300 * 64).map(|i| i as f32 / 64.0 - 20.0);
+        for v in special.into_iter().chain(spread).chain(near) {
+            assert_eq!(truncate_to_u8(v), v as u8, "{v:e}");
+        }
+    }
+
+    #[test]
+    fn float32_thresholds_compare_as_their_float64_ones() {
+        let xs = [0.0, 1e-45, 3e-4, 1.0 / 3.0, 0.1, 255.0, 1e30, 1e-300];
+        for x in xs.into_iter().flat_map(|x| [x, -x]) {
+            let (up, down) = (f32_at_or_above(x), f32_at_or_below(x));
+            let v0 = x as f32;
+            for v in [v0.next_down(), v0, v0.next_up(), up, down, 0.0, -0.0] {
+                let v64 = f64::from(v);
+                assert_eq!(x <= v64, up <= v, "{x:e} <= {v:e}");
+                assert_eq!(v64 <= x, v <= down, "{v:e} <= {x:e}");
+                assert_eq!(v64 > x, v > down, "{v:e} > {x:e}");
+            }
+        }
     }
 
     #[test]
