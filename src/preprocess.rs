@@ -873,8 +873,9 @@ mod tests {
         let xs = [0.0, 1e-45, 3e-4, 1.0 / 3.0, 0.1, 255.0, 1e30, 1e-300];
         for x in xs.into_iter().flat_map(|x| [x, -x]) {
             let (up, down) = (f32_at_or_above(x), f32_at_or_below(x));
-            let v0 = x as f32;
-            for v in [v0.next_down(), v0, v0.next_up(), up, down, 0.0, -0.0] {
+            let k = sort_key(x as f32);
+            let around = [k - 1, k, k + 1].map(from_key);
+            for v in around.into_iter().chain([up, down, 0.0, -0.0]) {
                 let v64 = f64::from(v);
                 assert_eq!(x <= v64, up <= v, "{x:e} <= {v:e}");
                 assert_eq!(v64 <= x, v <= down, "{v:e} <= {x:e}");

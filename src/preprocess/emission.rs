@@ -42,11 +42,11 @@ pub fn measure(image: &[u8], side: usize, blank: Option<&[bool]>) -> EmissionSha
             .min()
             .unwrap_or(u8::MAX),
     ) + 1;
+    // Most of an image is empty: pass over it 16 pixels at a time (a test without an early
+    // exit, one vector compare; `all` tested pixel after pixel).
+    const STRETCH: usize = 16;
     let mut start = 0;
     while start < image.len() {
-        // Most of an image is empty: pass over it 16 pixels at a time (a test without an
-        // early exit, one vector compare; `all` tested pixel after pixel).
-        const STRETCH: usize = 16;
         if start % STRETCH == 0
             && image
                 .get(start..start + STRETCH)
