@@ -11,29 +11,37 @@
 # A variant is NAME=BINARY, then any VAR=VALUE words for its environment. Needs GNU time
 # (/usr/bin/time, Debian package `time`).
 # Environment: ROUNDS (5), COPIES (32 -> 5,024 items), CUTOUTS (the MiraBest test cutouts),
-# OUT (out/ab/<UTC time>).
+# OUT (out/ab/<UTC time>), FROM (files; `memory`: each BINARY is a `radiogate-bench`, run as
+# `radiogate-bench memory` over as many detections carrying the cutouts inline, no file read).
+# The host's own cost, old against new:
+#   FROM=memory scripts/bench/ab.sh \
+#       'old=/tmp/radiogate-bench-old RADIOGATE__INFERENCE__MODEL=benches/models/null.onnx' \
+#       'new=target/release/radiogate-bench RADIOGATE__INFERENCE__MODEL=benches/models/null.onnx'
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 ROUNDS="${ROUNDS:-5}"
 COPIES="${COPIES:-32}"
 CUTOUTS="${CUTOUTS:-$ROOT/../shared/data/first-cutouts/mirabest-test}"
 OUT="${OUT:-$ROOT/out/ab/$(date -u +%Y%m%dT%H%M%SZ)}"
+FROM="${FROM:-files}"
 # shellcheck source=scripts/bench/lib.sh
 . "$ROOT/scripts/bench/lib.sh"
 ab_usage "$@"
 
 cutouts=("$CUTOUTS"/*.fits)
 items=$((COPIES * ${#cutouts[@]}))
-links "$OUT/items" "$items" c
-echo "ab: $items items, $ROUNDS rounds, load: $(uptime | sed 's/.*load/load/')" | tee "$OUT/summary.txt"
+mkdir -p "$OUT"
+[[ "$FROM" == memory ]] || links "$OUT/items" "$items" c
+echo "ab: $items items from $FROM, $ROUNDS rounds, load: $(uptime | sed 's/.*load/load/')" | tee "$OUT/summary.txt"
 
 for r in $(seq "$ROUNDS"); do
   for variant in "$@"; do
     split_variant "$variant"
     name="$VARIANT_NAME"
+    run=(classify --quiet --out "$OUT/$name-$r.jsonl" "$OUT/items")
+    [[ "$FROM" != memory ]] || run=(memory --inputs "$CUTOUTS" --items "$items" --out "$OUT/$name-$r.jsonl")
     start=$(date +%s.%N)
-    /usr/bin/time -f '%U %S' -o "$OUT/cpu.txt" \
-      "${VARIANT_CMD[@]}" classify --quiet --out "$OUT/$name-$r.jsonl" "$OUT/items" 2>>"$OUT/$name.log"
+    /usr/bin/time -f '%U %S' -o "$OUT/cpu.txt" "${VARIANT_CMD[@]}" "${run[@]}" >>"$OUT/$name.log" 2>&1
     end=$(date +%s.%N)
     read -r user sys <"$OUT/cpu.txt"
     echo "{\"variant\":\"$name\",\"round\":$r,\"items\":$items,\"start\":$start,\"end\":$end,\"user_s\":$user,\"sys_s\":$sys}" >>"$OUT/rounds.jsonl"
