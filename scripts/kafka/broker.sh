@@ -23,6 +23,9 @@ scram_user="${KAFKA_SCRAM_USER:-radiogate}"
 scram_password="${KAFKA_SCRAM_PASSWORD:-radiogate-test-secret}"
 lib="vendor/kafka/lib"
 dir="${KAFKA_DIR:-vendor/kafka/run-$port}"
+# Absolute from here on, for the paths handed to Java (a relative one is the repository's;
+# an absolute one, such as a tmpfs for a log in memory, stays where it is).
+[[ "$dir" == /* ]] || dir="$PWD/$dir"
 heap="${KAFKA_HEAP:--Xms256m -Xmx512m}"
 pid_file="$dir/broker.pid"
 log_file="$dir/broker.log"
@@ -44,7 +47,7 @@ fetch() {
 
 java_run() {
   # shellcheck disable=SC2086 # heap holds several flags
-  java $heap -Dlog4j2.configurationFile="$PWD/$dir/log4j2.properties" -cp "$lib/*" "$@"
+  java $heap -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$lib/*" "$@"
 }
 
 running() {
@@ -69,7 +72,7 @@ listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLA
 sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
-log.dirs=$PWD/$dir/data
+log.dirs=$dir/data
 num.partitions=1
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=4
@@ -113,7 +116,7 @@ start() {
   java_run kafka.tools.StorageTool format -t "$(cat "$dir/cluster.id")" \
     -c "$dir/server.properties" --ignore-formatted >>"$log_file" 2>&1
   # shellcheck disable=SC2086 # heap holds several flags
-  nohup java $heap -Dlog4j2.configurationFile="$PWD/$dir/log4j2.properties" -cp "$lib/*" \
+  nohup java $heap -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$lib/*" \
     kafka.Kafka "$dir/server.properties" >>"$log_file" 2>&1 </dev/null &
   echo $! >"$pid_file"
   if ! ready 120; then
