@@ -355,16 +355,14 @@ impl Scratch {
     /// Groups the keys of the finite `values`; returns their sums (None when there are none).
     fn group(&mut self, values: &[f32]) -> Option<RunningSums> {
         // The keys written through a plain slice (a `Vec::push` per key reloads and
-        // stores the vector's header each time): the values past the last whole `LANES`
-        // first, then the others in order.
+        // stores the vector's header each time), in pixel order.
         let pixel_keys = overwritable(&mut self.pixel_keys, values.len());
-        let (body, tail) = values.split_at(values.len() - values.len() % LANES);
-        let mut n = keys_of(tail, pixel_keys, 0);
+        let mut n = 0;
         // A vector at a time where all its values are finite (nearly everywhere): no
         // branch per value, so the compiler vectorises the keys. They are written, then
         // kept when all were finite, a test without an early exit (`all` has one, and kept
         // the test from vectorising: the clipping took 30% longer with it).
-        let chunks = body.chunks_exact(VECTOR);
+        let chunks = values.chunks_exact(VECTOR);
         let rest = chunks.remainder();
         for chunk in chunks {
             let mut finite = true;
@@ -403,12 +401,11 @@ impl Scratch {
         self.keys.resize(n, 0);
         self.sorted.clear();
         self.sorted.resize(TOP_GROUPS, false);
-        if n == 0 {
-            self.unplaced = Core::default();
-            return None;
-        }
         let core = Core::of(|rank| self.group_of(rank), n);
         self.unplaced = core;
+        if n == 0 {
+            return None;
+        }
         // The sums of the first round, shifted against cancellation by a value of the
         // median's group: within a half octave of the median.
         let low_key = (self.group_of(n / 2) as u32) << GROUP_SHIFT;
