@@ -1,6 +1,7 @@
 //! Division by one divisor, many times, bit for bit what `/` gives, for about a third of a
 //! division's cost: the attention summary divides every pixel of every gate's map by the
-//! map's sum and by the number of gates, and its results must stay exactly what they were.
+//! map's sum and by the number of gates, the preprocessing every pixel of the model image by
+//! its range, and their results must stay exactly what they were.
 //!
 //! With `y = 1/d` correctly rounded and `q = a * y` within an ulp of `a / d`, the remainder
 //! `a - q * d` is exact in one fused multiply-add, and `q + remainder * y` rounds to the

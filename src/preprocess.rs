@@ -21,6 +21,7 @@ use std::cell::RefCell;
 
 use ndarray::{Array2, ArrayView2};
 
+use crate::divide::Divisor;
 use crate::domain::{ItemError, MODEL_PIXELS, MODEL_SIZE, Prepared};
 use crate::proto::RejectReason;
 use outside::Core;
@@ -82,12 +83,11 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
         }
         let range = max - min;
         let mut image_u8 = vec![0u8; MODEL_PIXELS];
-        for (value, u8) in input.iter_mut().zip(&mut image_u8) {
-            // PIL's float to 'L': the float64 array becomes float32 ('F'), then truncates
-            // toward zero and clamps to 0..255.
-            let u = truncate_to_u8((255.0 * (f64::from(*value) - min) / range) as f32);
-            *u8 = u;
-            *value = (f32::from(u) / 255.0 - 0.5) / 0.5;
+        // `/ range`, by the shortcut that gives what `/` gives (a range of float32 values
+        // and a dividend of 255 times a difference of two are always in its range).
+        match Divisor::new(range) {
+            Some(by) => scale(&mut input, &mut image_u8, min, |a| by.divide(a)),
+            None => scale(&mut input, &mut image_u8, min, |a| a / range),
         }
         let std = clipped.spread.estimate;
         // Blank pixels (NaN: a window that runs off its image) where emission may go on.
@@ -104,13 +104,42 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
     })
 }
 
-/// `v as u8` (toward zero, clamped to 0..=255, NaN to 0) in vector instructions, eight at a
-/// time in a loop (`as u8` is compiled one value at a time): a whole number from 0 to 255
-/// plus 2^23 is a float32 whose low mantissa bits are that number. Not `clamp`: it keeps
-/// NaN, which `max` makes 0.
+/// Steps 4 and 5 on the kept values (`min` the least): each scaled to 0..255 and made 8
+/// bits as PIL makes the float64 array (through float32, truncated toward zero, clamped),
+/// then normalised in float32; `divide_by_range` divides as `/ (max - min)` does.
+fn scale(input: &mut [f32], image_u8: &mut [u8], min: f64, divide_by_range: impl Fn(f64) -> f64) {
+    for (value, u8) in input.iter_mut().zip(image_u8) {
+        let level = pil_level(divide_by_range(255.0 * (f64::from(*value) - min)) as f32);
+        *u8 = level_to_u8(level);
+        *value = normalise(level);
+    }
+}
+
+/// `v as u8` as a float32 (toward zero, clamped to 0..=255, NaN to 0), in vector
+/// instructions, eight at a time in a loop (`as u8` is compiled one value at a time). Not
+/// `clamp`: it keeps NaN, which `max` makes 0.
 #[allow(clippy::manual_clamp)]
-fn truncate_to_u8(v: f32) -> u8 {
-    (v.max(0.0).min(255.0).trunc() + 8_388_608.0).to_bits() as u8
+fn pil_level(v: f32) -> f32 {
+    v.max(0.0).min(255.0).trunc()
+}
+
+/// A level of [`pil_level`] as the u8 it is: a whole number from 0 to 255 plus 2^23 is a
+/// float32 whose low mantissa bits are that number.
+fn level_to_u8(level: f32) -> u8 {
+    (level + 8_388_608.0).to_bits() as u8
+}
+
+/// `(level / 255 - 0.5) / 0.5` in float32, as the training transforms normalise, for the
+/// whole numbers 0 to 255: the division by 255 as a multiplication by its reciprocal and
+/// a correction of the remainder (exact in a fused multiply-add), which rounds as the
+/// division does (Markstein's theorem, as in `divide`; the test checks all 256 levels),
+/// and the division by 0.5 as the doubling it is. A third of the division's cost, in
+/// vector instructions.
+fn normalise(level: f32) -> f32 {
+    const RECIP: f32 = 1.0 / 255.0;
+    let q = level * RECIP;
+    let q = (-q).mul_add(255.0, level).mul_add(RECIP, q);
+    (q - 0.5) * 2.0
 }
 
 /// Step 2 on the crop: which pixels are emission (above 3 std; NaN is not), the crop with
@@ -898,12 +927,22 @@ mod tests {
     }
 
     #[test]
-    fn truncate_to_u8_is_as_u8() {
+    fn levels_are_as_u8() {
         let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 256.0];
         let spread = (0..u32::MAX).step_by(997).map(f32::from_bits);
         let near = (0..300 * 64).map(|i| i as f32 / 64.0 - 20.0);
         for v in special.into_iter().chain(spread).chain(near) {
-            assert_eq!(truncate_to_u8(v), v as u8, "{v:e}");
+            let level = pil_level(v);
+            assert_eq!(level_to_u8(level), v as u8, "{v:e}");
+            assert_eq!(level.to_bits(), f32::from(v as u8).to_bits(), "{v:e}");
+        }
+    }
+
+    #[test]
+    fn every_level_normalises_as_the_division_does() {
+        for u in 0..=255u8 {
+            let want = (f32::from(u) / 255.0 - 0.5) / 0.5;
+            assert_eq!(normalise(f32::from(u)).to_bits(), want.to_bits(), "{u}");
         }
     }
 

@@ -26,9 +26,14 @@ pub const MIN_ISLAND_PIXELS: usize = 10;
 pub fn measure(image: &[u8], side: usize, blank: Option<&[bool]>) -> EmissionShape {
     debug_assert_eq!(image.len(), side * side);
     debug_assert!(blank.is_none_or(|b| b.len() == image.len()));
-    let off_image = blank.map(|b| off_image(b, side));
-    let is_blank = |i: usize| off_image.as_ref().is_some_and(|b| b[i]);
-    let mut seen = vec![false; image.len()];
+    // The image inside a border of one empty pixel, so that every pixel has its eight
+    // neighbours at fixed offsets and none needs a bounds test. A pixel found for an island
+    // is emptied there, which also marks it seen.
+    let wide = side + 2;
+    let mut unseen = bordered(image, side);
+    let off = blank.map(|blank| bordered(&off_image(blank, side), side));
+    let w = wide as isize;
+    let neighbours = [-w - 1, -w, -w + 1, -1, 1, w - 1, w, w + 1];
     let mut island = Vec::new();
     // Per row, the leftmost and rightmost column of a counted pixel: the pair farthest apart
     // are two of these (the ends of the convex hull's rows).
@@ -42,13 +47,14 @@ pub fn measure(image: &[u8], side: usize, blank: Option<&[bool]>) -> EmissionSha
             .min()
             .unwrap_or(u8::MAX),
     ) + 1;
-    // Most of an image is empty: pass over it 16 pixels at a time (a test without an early
-    // exit, one vector compare; `all` tested pixel after pixel).
+    // Most of an image is empty, and more of it as islands are found: pass over it 16
+    // pixels at a time (a test without an early exit, one vector compare; `all` tested
+    // pixel after pixel).
     const STRETCH: usize = 16;
     let mut start = 0;
-    while start < image.len() {
+    while start < unseen.len() {
         if start % STRETCH == 0
-            && image
+            && unseen
                 .get(start..start + STRETCH)
                 .is_some_and(|run| run.iter().fold(0, |any, &v| any | v) == 0)
         {
@@ -56,30 +62,28 @@ pub fn measure(image: &[u8], side: usize, blank: Option<&[bool]>) -> EmissionSha
             continue;
         }
         start += 1;
-        let start = start - 1;
-        if image[start] == 0 || seen[start] {
+        let first = start - 1;
+        if unseen[first] == 0 {
             continue;
         }
-        // Flood fill of one island, `island` doubling as the queue.
+        // Flood fill of one island (indices into `unseen`), `island` doubling as the queue.
         island.clear();
-        island.push(start);
-        seen[start] = true;
+        island.push(first);
+        let mut peak = std::mem::take(&mut unseen[first]);
         let mut next = 0;
-        let mut peak = 0;
         let mut beside_blank = false;
         while let Some(&at) = island.get(next) {
             next += 1;
-            peak = peak.max(image[at]);
-            let (y, x) = (at / side, at % side);
-            for ny in y.saturating_sub(1)..=(y + 1).min(side - 1) {
-                for nx in x.saturating_sub(1)..=(x + 1).min(side - 1) {
-                    let n = ny * side + nx;
-                    if image[n] != 0 && !seen[n] {
-                        seen[n] = true;
-                        island.push(n);
-                    }
-                    beside_blank |= is_blank(n);
+            for d in neighbours {
+                let n = at.wrapping_add_signed(d);
+                let v = std::mem::take(&mut unseen[n]);
+                if v != 0 {
+                    peak = peak.max(v);
+                    island.push(n);
                 }
+            }
+            if let Some(off) = &off {
+                beside_blank |= neighbours.iter().any(|&d| off[at.wrapping_add_signed(d)]);
             }
         }
         if island.len() < MIN_ISLAND_PIXELS || 3 * u32::from(peak) < 5 * faintest {
@@ -89,7 +93,7 @@ pub fn measure(image: &[u8], side: usize, blank: Option<&[bool]>) -> EmissionSha
         shape.pixels += u32::try_from(island.len()).unwrap_or(u32::MAX);
         shape.truncated |= beside_blank;
         for &at in &island {
-            let (y, x) = (at / side, at % side);
+            let (y, x) = (at / wide - 1, at % wide - 1);
             let row = rows[y].get_or_insert((x, x));
             *row = (row.0.min(x), row.1.max(x));
             shape.truncated |= y == 0 || x == 0 || y == side - 1 || x == side - 1;
@@ -112,6 +116,19 @@ pub fn measure(image: &[u8], side: usize, blank: Option<&[bool]>) -> EmissionSha
     }
     shape.largest_size = (farthest as f64).sqrt() as f32;
     shape
+}
+
+/// A `side` x `side` row-major image inside a border of one pixel of `T::default()`.
+fn bordered<T: Copy + Default>(image: &[T], side: usize) -> Vec<T> {
+    let wide = side + 2;
+    let mut out = vec![T::default(); wide * wide];
+    for (row, pixels) in out[wide..]
+        .chunks_exact_mut(wide)
+        .zip(image.chunks_exact(side))
+    {
+        row[1..=side].copy_from_slice(pixels);
+    }
+    out
 }
 
 /// The blank pixels joined to the image's edge through blank pixels (diagonals included):
