@@ -26,6 +26,9 @@ pub const MIN_ISLAND_PIXELS: usize = 10;
 pub fn measure(image: &[u8], side: usize, blank: Option<&[bool]>) -> EmissionShape {
     debug_assert_eq!(image.len(), side * side);
     debug_assert!(blank.is_none_or(|b| b.len() == image.len()));
+    if side == 0 {
+        return EmissionShape::default();
+    }
     // The image inside a border of one empty pixel, so that every pixel has its eight
     // neighbours at fixed offsets and none needs a bounds test. A pixel found for an island
     // is emptied there, which also marks it seen.
@@ -83,7 +86,8 @@ pub fn measure(image: &[u8], side: usize, blank: Option<&[bool]>) -> EmissionSha
                 }
             }
             if let Some(off) = &off {
-                beside_blank |= neighbours.iter().any(|&d| off[at.wrapping_add_signed(d)]);
+                beside_blank |=
+                    off[at] || neighbours.iter().any(|&d| off[at.wrapping_add_signed(d)]);
             }
         }
         if island.len() < MIN_ISLAND_PIXELS || 3 * u32::from(peak) < 5 * faintest {
@@ -248,6 +252,12 @@ mod tests {
         }
         let shape = measure(&img, 150, None);
         assert_eq!((shape.islands, shape.pixels), (1, 20));
+    }
+
+    #[test]
+    fn an_empty_image_has_no_extent() {
+        assert_eq!(measure(&[], 0, None), EmissionShape::default());
+        assert_eq!(measure(&[], 0, Some(&[])), EmissionShape::default());
     }
 
     #[test]
