@@ -12,7 +12,8 @@
 #     and prometheus-operator CRDs from their Go modules), no schema may be missing; a broken
 #     manifest must be refused (so the schemas really apply); grace period > drain_timeout.
 #  4. The worker configuration of the ConfigMap passes `radiogate check-config` (CPU and CUDA).
-#  5. Compose parses, and every file it and the Dockerfiles name exists (and is not .dockerignored).
+#  5. Compose parses, and every file it and the Dockerfiles name exists (and is not .dockerignored);
+#     the Dockerfiles' build stage compiles (`cargo check`) from only the files it copies.
 #
 # Tools (Go installs) and schemas are cached under vendor/deploy/ (DEPLOY_CACHE), so reruns are
 # fast. Needs: promtool (Debian: prometheus), go, python3 with pyyaml and prometheus-client.
@@ -127,6 +128,17 @@ RADIOGATE__INFERENCE__EXECUTION_PROVIDER=cuda RADIOGATE__BATCH__MAX_BATCH=128 \
 step "compose file and Dockerfiles"
 python3 scripts/check_deploy_files.py compose deploy/compose.yaml
 python3 scripts/check_deploy_files.py dockerfiles . deploy/docker/Dockerfile deploy/docker/Dockerfile.cuda
+# The build stage compiles from exactly what it copies (cargo reads every target Cargo.toml
+# declares; include_bytes! reads assets/): `cargo check` on that tree, offline, sharing this
+# checkout's target folder for the dependencies.
+repo="$PWD"
+for dockerfile in deploy/docker/Dockerfile deploy/docker/Dockerfile.cuda; do
+  context="$(mktemp -d)"
+  python3 scripts/check_deploy_files.py build-context . "$dockerfile" "$context"
+  (cd "$context" && CARGO_TARGET_DIR="$repo/target" cargo check --offline --locked --quiet --bin radiogate)
+  rm -rf "$context"
+  echo "$dockerfile: the build stage's files compile"
+done
 
 echo
 echo "check-deploy: all passed"

@@ -7,11 +7,16 @@
     check_deploy_files.py dockerfiles CONTEXT Dockerfile...
         Every file that the Dockerfiles COPY from the build context exists there and is not
         excluded by the context's .dockerignore.
+    check_deploy_files.py build-context CONTEXT Dockerfile DEST
+        Copies what the Dockerfile's first stage (the build) COPYs from the context into the
+        empty folder DEST, at the same paths, so that the build can be tried on exactly that
+        (scripts/check-deploy.sh runs `cargo check` there).
     check_deploy_files.py manifests RENDERED.yaml...
         In `kustomize build` output: each Deployment's terminationGracePeriodSeconds exceeds the
         pipeline.drain_timeout of the radiogate.toml it mounts (and of any environment override),
         its probes ask /healthz and /readyz on the port that telemetry.listen names, and a
-        KEDA ScaledObject's maxReplicaCount is at least its minReplicaCount.
+        KEDA ScaledObject's maxReplicaCount is at least its minReplicaCount, its Kafka trigger
+        names the workers' brokers by their full Service name.
 
 Exit status 0 when everything checks, 1 with one line per problem otherwise.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import shutil
 import sys
 import tomllib
 from pathlib import Path
@@ -40,19 +46,51 @@ def seconds(text: str) -> float:
     return sum(float(n) * DURATION_UNITS[u] for n, u in parts)
 
 
-def dockerfile_sources(dockerfile: Path) -> list[str]:
-    """Sources of COPY/ADD lines that copy from the build context (not --from a stage)."""
-    sources = []
+def dockerfile_copies(dockerfile: Path) -> list[tuple[int, list[str], str]]:
+    """COPY/ADD lines that copy from the build context (not --from a stage): the stage's
+    index (0 for the first FROM), the sources and the destination."""
+    copies = []
+    stage = -1
     text = re.sub(r"\\\n", " ", dockerfile.read_text(encoding="utf-8"))
     for line in text.splitlines():
         words = line.split()
+        if words and words[0].upper() == "FROM":
+            stage += 1
         if len(words) < 3 or words[0].upper() not in ("COPY", "ADD"):
             continue
         args = [w for w in words[1:] if not w.startswith("--")]
         if any(w.startswith("--from") for w in words[1:]):
             continue
-        sources += args[:-1]
-    return sources
+        copies.append((stage, args[:-1], args[-1]))
+    return copies
+
+
+def dockerfile_sources(dockerfile: Path) -> list[str]:
+    """Sources of COPY/ADD lines that copy from the build context (not --from a stage)."""
+    return [source for _, sources, _ in dockerfile_copies(dockerfile) for source in sources]
+
+
+def build_context(context: Path, dockerfile: Path, dest: Path) -> list[str]:
+    """Copies the first stage's sources from `context` into `dest` at their own paths; a COPY
+    that puts a source elsewhere (relative to the WORKDIR) is a problem, since the copy would
+    then not be the build's tree."""
+    problems = []
+    for stage, sources, target in dockerfile_copies(dockerfile):
+        if stage != 0:
+            continue
+        into_folder = target.endswith("/") or target == "." or len(sources) > 1
+        for source in sources:
+            placed = Path(target) / Path(source).name if into_folder else Path(target)
+            if placed != Path(source):
+                problems.append(f"{dockerfile}: COPY {source} {target} does not keep its path")
+                continue
+            origin, copy = context / source, dest / source
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            if origin.is_dir():
+                shutil.copytree(origin, copy, dirs_exist_ok=True)
+            else:
+                shutil.copy2(origin, copy)
+    return problems
 
 
 def dockerignored(context: Path, source: str) -> bool:
@@ -138,6 +176,7 @@ def check_manifests(paths: list[Path]) -> list[str]:
     docs = [d for p in paths for d in yaml.safe_load_all(p.read_text(encoding="utf-8")) if d]
     config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
     deployments = [d for d in docs if d["kind"] == "Deployment"]
+    workers_brokers: set[str] = set()
     if not deployments:
         problems.append(f"{', '.join(map(str, paths))}: no Deployment")
     for deployment in deployments:
@@ -146,6 +185,7 @@ def check_manifests(paths: list[Path]) -> list[str]:
         volumes = {v["name"]: v.get("configMap", {}).get("name") for v in pod.get("volumes", [])}
         for container in pod["containers"]:
             env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+            workers_brokers.add(env.get("RADIOGATE__SOURCE__BROKERS", ""))
             config = None
             for mount in container.get("volumeMounts", []):
                 data = config_maps.get(volumes.get(mount["name"]) or "", {})
@@ -176,6 +216,21 @@ def check_manifests(paths: list[Path]) -> list[str]:
         spec = scaled["spec"]
         if spec.get("maxReplicaCount", 100) < spec.get("minReplicaCount", 0):
             problems.append(f"ScaledObject {scaled['metadata']['name']}: maxReplicaCount below minReplicaCount")
+        for trigger in spec.get("triggers", []):
+            servers = trigger.get("metadata", {}).get("bootstrapServers", "")
+            if trigger.get("type") != "kafka":
+                continue
+            # KEDA's operator resolves the name in its own namespace.
+            if any("." not in host.rsplit(":", 1)[0] for host in servers.split(",")):
+                problems.append(
+                    f"ScaledObject {scaled['metadata']['name']}: bootstrapServers {servers!r} is not a "
+                    "full Service name (<service>.<namespace>.svc): KEDA connects from its own namespace"
+                )
+            if servers not in workers_brokers:
+                problems.append(
+                    f"ScaledObject {scaled['metadata']['name']}: bootstrapServers {servers!r} is not "
+                    f"the workers' RADIOGATE__SOURCE__BROKERS ({', '.join(sorted(workers_brokers))})"
+                )
     return problems
 
 
@@ -184,6 +239,8 @@ def main(argv: list[str]) -> int:
         problems = check_compose(Path(argv[1]))
     elif len(argv) >= 3 and argv[0] == "dockerfiles":
         problems = check_dockerfiles(Path(argv[1]), [Path(a) for a in argv[2:]])
+    elif len(argv) == 4 and argv[0] == "build-context":
+        problems = build_context(Path(argv[1]), Path(argv[2]), Path(argv[3]))
     elif len(argv) >= 2 and argv[0] == "manifests":
         problems = check_manifests([Path(a) for a in argv[1:]])
     else:

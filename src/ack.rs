@@ -27,6 +27,7 @@
 //! not consume: the Kafka source does, with the context made here; the pipeline wires them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
@@ -43,6 +44,10 @@ use crate::telemetry::{ConsumerStats, Metrics};
 
 /// A topic and partition.
 pub type Partition = (String, i32);
+
+/// How many times a transactional call that timed out (a retriable error) is made before
+/// the worker gives up on the transaction.
+const TRANSACTION_TRIES: u32 = 5;
 
 /// How long a transaction's broker round trips (offsets, commit, abort) may take.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -180,6 +185,30 @@ pub enum AckError {
     /// must stop; what it did not commit is redone by the others.
     #[error("this worker was fenced and must stop (another instance took over its work): {0}")]
     Fenced(KafkaError),
+    /// A transaction's commit did not finish in time and may still be going on, so it can
+    /// be neither aborted nor taken as done: the worker stops, and the next instance with
+    /// its `transactional.id` settles it (committed or aborted, never both).
+    #[error(
+        "a transaction's outcome is unknown after {TRANSACTION_TRIES} tries and this worker must stop (its restart settles it): {0}"
+    )]
+    Unsettled(KafkaError),
+    /// `at_least_once`: results were not delivered (refused by the broker, or expired).
+    #[error(
+        "{failed} results were not delivered (the first: {first}); their records stay uncommitted and are read again after a restart"
+    )]
+    Undelivered { failed: u64, first: String },
+    /// A partition could not be rewound to where an aborted transaction began: reading on
+    /// would commit past records whose results were discarded.
+    #[error(
+        "cannot rewind {topic} [{partition}] to offset {offset} after an aborted transaction: {source}"
+    )]
+    Rewind {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        #[source]
+        source: KafkaError,
+    },
     #[error("{action}: {source}")]
     Kafka {
         action: &'static str,
@@ -214,6 +243,9 @@ struct Shared {
     metrics: OnceLock<Arc<Metrics>>,
     /// `exactly_once` only.
     transaction: Option<Mutex<Transaction>>,
+    /// `at_least_once`: the results the producer could not deliver (their offsets hold
+    /// their partitions' commits back).
+    undelivered: Arc<DeliveryFailures>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -274,6 +306,20 @@ impl Acks {
     pub fn delivery_context(&self) -> DeliveryContext {
         DeliveryContext {
             acks: Some(self.clone()),
+            failures: self.shared.undelivered.clone(),
+        }
+    }
+
+    /// `at_least_once`: Err once a result was not delivered. Its record's offset, and every
+    /// later one of its partition, can no longer be committed: the worker must stop, and its
+    /// restart reads them again.
+    pub fn check_delivered(&self) -> Result<(), AckError> {
+        match self.shared.undelivered.get() {
+            None => Ok(()),
+            Some((failed, first)) => Err(AckError::Undelivered {
+                failed,
+                first: first.to_string(),
+            }),
         }
     }
 
@@ -339,7 +385,7 @@ impl Acks {
         };
         let mut txn = lock(transaction);
         if let Some(reason) = &txn.fenced {
-            return Err(TransactionSendError::Fenced(reason.clone()));
+            return Err(TransactionSendError::Stopped(reason.clone()));
         }
         if let Some(ack) = ack {
             // In input order every earlier offset of the partition is already sent, so
@@ -386,11 +432,10 @@ impl Acks {
             return Ok(());
         }
         match self.commit_transaction(&consumer, &[]) {
-            Err(AckError::Fenced(e)) => Err(AckError::Fenced(e)),
+            Err(e @ (AckError::Fenced(_) | AckError::Unsettled(_))) => Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "transaction aborted; its records are read again");
-                self.rewind_aborted();
-                Ok(())
+                self.rewind_aborted()
             }
             Ok(()) => Ok(()),
         }
@@ -444,6 +489,10 @@ impl Acks {
                 txn.fenced = Some(e.to_string());
                 Err(AckError::Fenced(e))
             }
+            Err(e) if is_retriable(&e) => {
+                txn.fenced = Some(e.to_string());
+                Err(AckError::Unsettled(e))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "transaction failed: aborting it and rewinding its partitions");
                 let abort = txn.producer.abort_transaction(TRANSACTION_TIMEOUT);
@@ -478,11 +527,12 @@ impl Acks {
     /// Seeks the consumer back to where aborted transactions began (call from the polling
     /// thread; a transaction aborted in a rebalance callback leaves its rewinds for this).
     /// Until then, records of those partitions are not registered (their outcomes are
-    /// dropped), so nothing read past the aborted range can commit over it.
-    pub fn rewind_aborted(&self) {
+    /// dropped), so nothing read past the aborted range can commit over it. Err when a
+    /// partition still assigned could not be rewound: the worker must stop.
+    pub fn rewind_aborted(&self) -> Result<(), AckError> {
         let (Some(transaction), Some(consumer)) = (&self.shared.transaction, self.consumer())
         else {
-            return;
+            return Ok(());
         };
         let rewinds = std::mem::take(&mut lock(transaction).rewinds);
         for ((topic, partition), offset) in rewinds {
@@ -498,11 +548,23 @@ impl Acks {
                     offset,
                     "partition rewound after an aborted transaction"
                 ),
-                Err(e) => {
-                    tracing::error!(topic, partition, offset, error = %e, "cannot rewind the partition")
+                // Revoked meanwhile: its next owner reads from the committed offset.
+                Err(_)
+                    if self
+                        .tracker()
+                        .generation(&(topic.clone(), partition))
+                        .is_none() => {}
+                Err(source) => {
+                    return Err(AckError::Rewind {
+                        topic,
+                        partition,
+                        offset,
+                        source,
+                    });
                 }
             }
         }
+        Ok(())
     }
 
     fn consumer(&self) -> Option<Arc<AckConsumer>> {
@@ -519,8 +581,8 @@ impl Acks {
 pub enum TransactionSendError<E> {
     #[error("not an exactly_once acknowledgement path")]
     NotTransactional,
-    #[error("the producer was fenced: {0}")]
-    Fenced(String),
+    #[error("the transactional producer stopped (fenced, or a transaction left unsettled): {0}")]
+    Stopped(String),
     #[error("{0}: {1}")]
     Kafka(&'static str, KafkaError),
     #[error(transparent)]
@@ -542,9 +604,34 @@ fn commit_open<C: ConsumerContext>(
         let group = consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(
             rdkafka::types::RDKafkaErrorCode::State,
         ))?;
-        producer.send_offsets_to_transaction(&offsets, &group, TRANSACTION_TIMEOUT)?;
+        retrying(|| producer.send_offsets_to_transaction(&offsets, &group, TRANSACTION_TIMEOUT))?;
     }
-    producer.commit_transaction(TRANSACTION_TIMEOUT)
+    retrying(|| producer.commit_transaction(TRANSACTION_TIMEOUT))
+}
+
+/// Makes a transactional call, again while it fails with a retriable error (it timed out
+/// and goes on in the background; the next call waits for it), up to `TRANSACTION_TRIES`
+/// times. librdkafka's documentation: retriable errors are retried, not aborted.
+fn retrying(mut call: impl FnMut() -> KafkaResult<()>) -> KafkaResult<()> {
+    let mut tries = 1;
+    loop {
+        match call() {
+            Err(e) if is_retriable(&e) && tries < TRANSACTION_TRIES => {
+                tracing::warn!(error = %e, tries, "transaction call not finished in time; trying again");
+                tries += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// A transaction error that calling again may cure (a timeout), which does not ask for an
+/// abort.
+fn is_retriable(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(inner) => inner.is_retriable() && !inner.txn_requires_abort(),
+        _ => false,
+    }
 }
 
 /// A transaction error after which the producer cannot go on (fenced, or fatal).
@@ -734,17 +821,46 @@ fn partitions(list: &TopicPartitionList) -> Vec<Partition> {
 /// The producer context: in `at_least_once`, a delivery report acknowledges the input
 /// record the message was made from (carried as the delivery opaque; None for input that
 /// is not a stream). Without acknowledgements (`exactly_once`, where the transaction
-/// commits the offsets, or `radiogate publish`) it logs failures only.
+/// commits the offsets, or `radiogate publish`) it acknowledges nothing. Either way it
+/// counts the messages that were not delivered, for the sink to stop on.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryContext {
     /// None: nothing to acknowledge.
     acks: Option<Acks>,
+    failures: Arc<DeliveryFailures>,
+}
+
+/// The messages a producer could not deliver (refused by the broker, or expired after
+/// `message.timeout.ms` of retries): how many, and the first one's error.
+#[derive(Debug, Default)]
+pub struct DeliveryFailures {
+    count: AtomicU64,
+    first: OnceLock<String>,
+}
+
+impl DeliveryFailures {
+    /// How many messages were not delivered, and why the first was not; None while every
+    /// report so far was a delivery.
+    pub fn get(&self) -> Option<(u64, &str)> {
+        let count = self.count.load(Ordering::Acquire);
+        (count > 0).then(|| (count, self.first.get().map_or("", String::as_str)))
+    }
+
+    fn add(&self, error: &KafkaError) {
+        let _ = self.first.set(error.to_string());
+        self.count.fetch_add(1, Ordering::Release);
+    }
 }
 
 impl DeliveryContext {
     /// A context for a producer with no acknowledgements.
     pub fn without_acks() -> Self {
-        Self { acks: None }
+        Self::default()
+    }
+
+    /// The failures this context's producer reports.
+    pub fn failures(&self) -> Arc<DeliveryFailures> {
+        self.failures.clone()
     }
 }
 
@@ -762,14 +878,19 @@ impl ProducerContext for DeliveryContext {
             }
             (Ok(_), None) => {}
             (Err((e, _)), Some(ack)) => {
-                // Not acknowledged: the input offset stays uncommitted and is read again on
-                // a restart (at least once); in a transaction, its commit fails and aborts.
+                // Not acknowledged: the input offset, and every later one of its partition,
+                // stays uncommitted; the sink stops the worker, and the record is read again
+                // on a restart (at least once). In a transaction, its commit fails and aborts.
                 tracing::error!(
                     topic = %ack.partition.0, partition = ack.partition.1, offset = ack.offset, error = %e,
                     "result not delivered; its input will be read again"
                 );
+                self.failures.add(e);
             }
-            (Err((e, _)), None) => tracing::error!(error = %e, "result not delivered"),
+            (Err((e, _)), None) => {
+                tracing::error!(error = %e, "message not delivered");
+                self.failures.add(e);
+            }
         }
     }
 }

@@ -781,16 +781,60 @@ enum RawProperty {
     },
 }
 
+/// librdkafka's default `max.poll.interval.ms`.
+const DEFAULT_MAX_POLL_INTERVAL: Duration = Duration::from_secs(300);
+
+/// librdkafka properties of the consumer that radiogate sets itself, and why; refused in
+/// `source.properties`.
+const SOURCE_RESERVED: [(&str, &str); 6] = [
+    ("bootstrap.servers", "set by source.brokers"),
+    ("group.id", "set by source.group_id"),
+    (
+        "enable.auto.commit",
+        "radiogate commits an offset only after its result is delivered",
+    ),
+    (
+        "enable.auto.offset.store",
+        "radiogate commits an offset only after its result is delivered",
+    ),
+    (
+        "partition.assignment.strategy",
+        "radiogate's rebalances are cooperative (cooperative-sticky)",
+    ),
+    (
+        "auto.offset.reset",
+        "a new group reads from the earliest offset, so that no detection is skipped",
+    ),
+];
+
+/// librdkafka properties of the producer that radiogate sets itself, and why; refused in
+/// `sink.properties`.
+const SINK_RESERVED: [(&str, &str); 4] = [
+    ("bootstrap.servers", "set by sink.brokers"),
+    ("transactional.id", "set by sink.transactional_id"),
+    (
+        "enable.idempotence",
+        "the delivery guarantees need enable.idempotence = true",
+    ),
+    ("acks", "the delivery guarantees need acks = all"),
+];
+
 /// Resolves `properties` (`section.properties`), reading secrets from the environment and
-/// from files; a missing one is an error naming the property, never its value.
+/// from files; a missing one is an error naming the property, never its value, and so is
+/// one of `reserved` (which radiogate sets itself).
 fn resolve_properties(
     check: &mut Checker,
     section: &str,
     properties: BTreeMap<String, RawProperty>,
+    reserved: &[(&str, &str)],
 ) -> BTreeMap<String, String> {
     let mut resolved = BTreeMap::new();
     for (key, value) in properties {
         let field = format!("{section}.properties.\"{key}\"");
+        if let Some((_, why)) = reserved.iter().find(|(name, _)| *name == key) {
+            check.fail(&field, format!("cannot be set here: {why}"));
+            continue;
+        }
         let value = match value {
             RawProperty::Text(text) => Some(text),
             RawProperty::Env { env } => match std::env::var(&env) {
@@ -1133,6 +1177,25 @@ impl RawConfig {
                 "must be \"kafka\" when source.kind = \"kafka\" (offsets are acknowledged by delivery reports)",
             );
         }
+        if let SourceConfig::Kafka(source) = &config.source {
+            // The consumer is not polled while the worker drains (it has stopped fetching):
+            // a drain longer than this gets it expelled from its group, and the records it
+            // finishes are then committed by no one.
+            let max_poll = source
+                .properties
+                .get("max.poll.interval.ms")
+                .and_then(|ms| ms.trim().parse().ok())
+                .map_or(DEFAULT_MAX_POLL_INTERVAL, Duration::from_millis);
+            if config.pipeline.drain_timeout >= max_poll {
+                check.fail(
+                    "pipeline.drain_timeout",
+                    format!(
+                        "must be shorter than the consumer's max.poll.interval.ms ({} s) with a Kafka source: the consumer is not polled while the worker drains",
+                        max_poll.as_secs_f64()
+                    ),
+                );
+            }
+        }
         if let SinkConfig::Kafka(sink) = &config.sink
             && sink.delivery == DeliveryMode::ExactlyOnce
             && !matches!(config.source, SourceConfig::Kafka(_))
@@ -1288,7 +1351,7 @@ impl RawSource {
             brokers: required(check, "source.brokers", self.brokers, "kafka"),
             group_id: required(check, "source.group_id", self.group_id, "kafka"),
             topic: required(check, "source.topic", self.topic, "kafka"),
-            properties: resolve_properties(check, "source", self.properties),
+            properties: resolve_properties(check, "source", self.properties, &SOURCE_RESERVED),
         })
     }
 }
@@ -1537,7 +1600,7 @@ impl RawSink {
             dead_letter_topic,
             delivery,
             transactional_id,
-            properties: resolve_properties(check, "sink", self.properties),
+            properties: resolve_properties(check, "sink", self.properties, &SINK_RESERVED),
         })
     }
 }
@@ -2161,6 +2224,46 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("from-the-env") && !err.contains("from-a-file"));
+    }
+
+    #[test]
+    fn a_kafka_worker_drains_within_the_poll_interval() {
+        let kafka = "[source]\nkind = \"kafka\"\nbrokers = \"b\"\ngroup_id = \"g\"\ntopic = \"in\"\n\
+             [sink]\nkind = \"kafka\"\nbrokers = \"b\"\nresults_topic = \"out\"\ndead_letter_topic = \"dead\"\n";
+        let msg = field_error(from_toml(&format!(
+            "{kafka}[pipeline]\ndrain_timeout = \"10m\"\n"
+        )));
+        assert!(
+            msg.starts_with("pipeline.drain_timeout: must be shorter than the consumer's max.poll.interval.ms (300 s)"),
+            "{msg}"
+        );
+        let longer_poll = kafka.replace(
+            "topic = \"in\"\n",
+            "topic = \"in\"\nproperties = { \"max.poll.interval.ms\" = \"900000\" }\n",
+        );
+        assert!(
+            from_toml(&format!(
+                "{longer_poll}[pipeline]\ndrain_timeout = \"10m\"\n"
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn properties_radiogate_sets_are_refused_by_name() {
+        let toml = "[source]\nkind = \"kafka\"\nbrokers = \"b\"\ngroup_id = \"g\"\ntopic = \"in\"\n\
+             properties = { \"auto.offset.reset\" = \"latest\", \"group.id\" = \"other\", \"fetch.wait.max.ms\" = \"10\" }\n\
+             [sink]\nkind = \"kafka\"\nbrokers = \"b\"\nresults_topic = \"out\"\ndead_letter_topic = \"dead\"\n\
+             properties = { \"acks\" = \"1\" }\n";
+        let err = from_toml(toml).unwrap_err().to_string();
+        for field in [
+            "source.properties.\"auto.offset.reset\": cannot be set here",
+            "source.properties.\"group.id\": cannot be set here: set by source.group_id",
+            "sink.properties.\"acks\": cannot be set here",
+        ] {
+            assert!(err.contains(field), "{field} in {err}");
+        }
+        assert!(!err.contains("fetch.wait.max.ms"), "{err}");
     }
 
     #[test]

@@ -166,22 +166,29 @@ enum Output {
 }
 
 impl Output {
-    /// Writes a classification; `ack`: the stream record it answers.
+    /// Writes a classification; `ack`: the stream record it answers. False when it was
+    /// dropped instead (`exactly_once`: its partition was revoked or rewound, and the record
+    /// is read again).
     fn write_classification(
         &mut self,
         c: &proto::Classification,
         ack: Option<Ack>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<bool, SinkError> {
         match self {
-            Output::File(sink) => sink.write_classification(c),
+            Output::File(sink) => sink.write_classification(c).map(|()| true),
             Output::Kafka(sink) => sink.write_classification(c, ack),
         }
     }
 
-    /// Writes a rejection; `ack`: the stream record it answers.
-    fn write_rejection(&mut self, r: &proto::Rejection, ack: Option<Ack>) -> Result<(), SinkError> {
+    /// Writes a rejection; `ack`: the stream record it answers. False when it was dropped
+    /// instead, as for a classification.
+    fn write_rejection(
+        &mut self,
+        r: &proto::Rejection,
+        ack: Option<Ack>,
+    ) -> Result<bool, SinkError> {
         match self {
-            Output::File(sink) => sink.write_rejection(r),
+            Output::File(sink) => sink.write_rejection(r).map(|()| true),
             Output::Kafka(sink) => sink.write_rejection(r, ack),
         }
     }
@@ -776,6 +783,10 @@ fn consume(
             tracing::error!(error = %fatal, "stopping intake");
             return (source, Err(SourceError::from(fatal).into()));
         }
+        if let Err(e) = acks.check_delivered() {
+            tracing::error!(error = %e, "stopping intake");
+            return (source, Err(e.into()));
+        }
         if let Some(mut item) = polled {
             let origin = match &mut item {
                 Ok(detection) => &mut detection.origin,
@@ -801,7 +812,10 @@ fn consume(
             held.push_back(item);
         }
         // After registering: a record polled before the seek was refused registration.
-        acks.rewind_aborted();
+        if let Err(e) = acks.rewind_aborted() {
+            tracing::error!(error = %e, "stopping intake");
+            return (source, Err(e.into()));
+        }
         if last_commit.elapsed() >= COMMIT_INTERVAL {
             if let Err(e) = acks.commit_periodic() {
                 tracing::error!(error = %e, "stopping intake");
@@ -819,23 +833,28 @@ fn consume(
 fn cut_and_prepare(cutter: &Cutter, detection: Detection) -> Result<Ready, Rejected> {
     let origin = detection.origin.clone();
     let source_id = detection.message.source_id.clone();
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cut_and_prepare_inner(cutter, detection))).unwrap_or_else(
-        |panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            tracing::error!(source_id = %source_id, panic = %what, "cutout stage panicked; detection rejected");
-            Err(Rejected {
-                reason: RejectReason::InternalError,
-                detail: format!("the cutout stage failed on this input: {what}"),
-                source_id: Some(source_id).filter(|id| !id.is_empty()),
-                original: None,
-                origin,
-            })
-        },
-    )
+    catch_panic(|| cut_and_prepare_inner(cutter, detection)).unwrap_or_else(|what| {
+        tracing::error!(source_id = %source_id, panic = %what, "cutout stage panicked; detection rejected");
+        Err(Rejected {
+            reason: RejectReason::InternalError,
+            detail: format!("the cutout stage failed on this input: {what}"),
+            source_id: Some(source_id).filter(|id| !id.is_empty()),
+            original: None,
+            origin,
+        })
+    })
+}
+
+/// Runs `f`, turning a panic into its message: a defect met on one item rejects that item
+/// instead of ending the stage (and, for a stream, stalling every item behind it).
+fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into())
+    })
 }
 
 fn cut_and_prepare_inner(cutter: &Cutter, detection: Detection) -> Result<Ready, Rejected> {
@@ -900,20 +919,37 @@ async fn infer_batch(
             };
             let (finish, outcomes_tx) = (finish.clone(), outcomes_tx.clone());
             tokio::task::spawn_blocking(move || {
-                for (Numbered { seq, item }, output) in batch.into_iter().zip(outputs) {
+                let mut outputs = outputs.into_iter();
+                for Numbered { seq, item } in batch {
                     let queue_us = micros(started.saturating_duration_since(item.ready_at));
                     let (config, model) = (&finish.config, &finish.model);
-                    let outcome =
-                        match classification(&item, &output, config, model, queue_us, inference_us)
-                        {
-                            Ok(classification) => Outcome::Classified(Box::new(Classified {
-                                classification,
-                                ack: Ack::of(&item.detection.origin),
-                                received: item.detection.received,
-                                prepared: item.prepared,
-                            })),
-                            Err(e) => Outcome::Rejected(reject(&item.detection, e)),
-                        };
+                    // Every item gets an outcome, so that none is missing from the sequence.
+                    let built = match outputs.next() {
+                        Some(output) => catch_panic(|| {
+                            classification(&item, &output, config, model, queue_us, inference_us)
+                        })
+                        .unwrap_or_else(|what| {
+                            tracing::error!(source_id = %item.detection.message.source_id, panic = %what,
+                                "building the result panicked; detection rejected");
+                            Err(ItemError::new(
+                                RejectReason::InternalError,
+                                format!("building the result failed: {what}"),
+                            ))
+                        }),
+                        None => Err(ItemError::new(
+                            RejectReason::InferenceFailed,
+                            "the model returned fewer outputs than the batch had images",
+                        )),
+                    };
+                    let outcome = match built {
+                        Ok(classification) => Outcome::Classified(Box::new(Classified {
+                            classification,
+                            ack: Ack::of(&item.detection.origin),
+                            received: item.detection.received,
+                            prepared: item.prepared,
+                        })),
+                        Err(e) => Outcome::Rejected(reject(&item.detection, e)),
+                    };
                     if outcomes_tx
                         .blocking_send(Numbered { seq, item: outcome })
                         .is_err()
@@ -1016,6 +1052,11 @@ fn write_outcome(
                 received,
                 prepared,
             } = *classified;
+            let started = Instant::now();
+            if !sink.write_classification(&c, ack)? {
+                return Ok(()); // read again: counted then
+            }
+            metrics.classified(&c, started.elapsed(), received);
             *summary
                 .by_label
                 .entry(label_name(c.label()).to_string())
@@ -1025,23 +1066,22 @@ fn write_outcome(
                 summary.compact += u64::from(e.largest_angular_size_arcsec < COMPACT_ARCSEC);
                 summary.truncated += u64::from(e.truncated);
             }
-            let started = Instant::now();
-            sink.write_classification(&c, ack)?;
-            metrics.classified(&c, started.elapsed(), received);
             match report {
                 Some(report) => report.add_classification(&c, &prepared),
                 None => Ok(()),
             }
         }
         Outcome::Rejected(rejected) => {
+            let r = rejection(&rejected);
+            if !sink.write_rejection(&r, Ack::of(&rejected.origin))? {
+                return Ok(()); // read again: counted then
+            }
+            metrics.rejected(rejected.reason);
             *summary
                 .by_reason
                 .entry(rejected.reason_name().to_string())
                 .or_default() += 1;
             summary.rejected += 1;
-            let r = rejection(&rejected);
-            sink.write_rejection(&r, Ack::of(&rejected.origin))?;
-            metrics.rejected(rejected.reason);
             match report {
                 Some(report) => report.add_rejection(&r),
                 None => Ok(()),

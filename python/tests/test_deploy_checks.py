@@ -247,15 +247,33 @@ def test_a_dockerignored_source_is_a_problem(tmp_path):
     assert problems == [f"{tmp_path / 'Dockerfile'}: copies models/m.onnx, which {tmp_path / '.dockerignore'} excludes"]
 
 
+def test_build_context_holds_what_the_build_stage_copies(tmp_path):
+    dockerfile = ROOT / "deploy" / "docker" / "Dockerfile"
+    assert files.build_context(ROOT, dockerfile, tmp_path) == []
+    for path in ("Cargo.toml", "Cargo.lock", "build.rs", ".cargo", "src/main.rs", "benches/stages.rs", "assets"):
+        assert (tmp_path / path).exists(), path
+    # The runtime stage's sources are not the build's.
+    assert not (tmp_path / "models").exists()
+
+
+def test_build_context_refuses_a_copy_that_moves_a_source(tmp_path):
+    (tmp_path / "ctx" / "src").mkdir(parents=True)
+    (tmp_path / "Dockerfile").write_text("FROM x\nCOPY src code\nFROM y\n")
+    problems = files.build_context(tmp_path / "ctx", tmp_path / "Dockerfile", tmp_path / "out")
+    assert problems == [f"{tmp_path / 'Dockerfile'}: COPY src code does not keep its path"]
+
+
 def rendered_base() -> list[dict]:
-    """The base's Deployment and its ConfigMap, as kustomize renders them."""
-    deployment = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "deployment.yaml").read_text())
+    """The base's Deployment, its ConfigMap and ScaledObject, as kustomize renders them."""
+    base = ROOT / "deploy" / "k8s" / "base"
+    deployment = yaml.safe_load((base / "deployment.yaml").read_text())
     config_map = {
         "kind": "ConfigMap",
         "metadata": {"name": "radiogate-config"},
-        "data": {"radiogate.toml": (ROOT / "deploy" / "k8s" / "base" / "radiogate.toml").read_text()},
+        "data": {"radiogate.toml": (base / "radiogate.toml").read_text()},
     }
-    return [config_map, deployment]
+    scaled = yaml.safe_load((base / "scaledobject.yaml").read_text())
+    return [config_map, deployment, scaled]
 
 
 def write_docs(tmp_path: Path, docs: list[dict]) -> Path:
@@ -283,6 +301,15 @@ def test_probe_on_another_port_fails(tmp_path):
     problems = files.check_manifests([write_docs(tmp_path, docs)])
     assert len(problems) == 2
     assert "livenessProbe asks /healthz on port 9464" in problems[0]
+
+
+def test_scaler_with_a_short_broker_name_fails(tmp_path):
+    docs = copy.deepcopy(rendered_base())
+    docs[2]["spec"]["triggers"][0]["metadata"]["bootstrapServers"] = "kafka:9092"
+    problems = files.check_manifests([write_docs(tmp_path, docs)])
+    assert len(problems) == 2
+    assert "is not a full Service name" in problems[0]
+    assert "is not the workers' RADIOGATE__SOURCE__BROKERS (kafka.kafka.svc:9092)" in problems[1]
 
 
 @pytest.mark.parametrize(("text", "expected"), [("30s", 30), ("1m 30s", 90), ("1m30s", 90), ("250ms", 0.25)])

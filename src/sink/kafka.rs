@@ -12,18 +12,18 @@
 //! commits the transaction.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prost::Message;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 
-use crate::ack::{Ack, Acks, DeliveryContext, TransactionSendError, TransactionalProducer};
+use crate::ack::{
+    Ack, Acks, DeliveryContext, DeliveryFailures, TransactionSendError, TransactionalProducer,
+};
 use crate::config::{DeliveryMode, KafkaSinkConfig};
 use crate::proto;
 
@@ -42,6 +42,13 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
 /// How long a [`Flusher`] waits for the broker to take what was queued.
 const SEND_NOW_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// What a record adds to its key and payload, for the producer's size limit (librdkafka
+/// counts the record's own fields and headers; the broker, the batch's): a generous bound.
+const RECORD_OVERHEAD: usize = 1024;
+
+/// librdkafka's own default `message.max.bytes`.
+const LIBRDKAFKA_MAX_MESSAGE_BYTES: usize = 1_000_000;
 
 /// Properties the delivery guarantees depend on: set after the user's.
 const FORCED: [(&str, &str); 2] = [("enable.idempotence", "true"), ("acks", "all")];
@@ -83,15 +90,21 @@ pub fn producer_properties(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    for (key, value) in user {
-        if FORCED.iter().any(|(forced, _)| forced == key) {
-            tracing::warn!(property = %key, "sink.properties cannot change this property; ignored");
-            continue;
-        }
-        properties.push((key.clone(), value.clone()));
-    }
+    // The configuration refuses the properties radiogate sets (`sink.properties`); FORCED
+    // wins over any that reach here by another way.
+    properties.extend(user.iter().map(|(k, v)| (k.clone(), v.clone())));
     properties.extend(FORCED.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     properties
+}
+
+/// The `message.max.bytes` that `properties` give the producer (the last value wins).
+fn max_message_bytes(properties: &[(String, String)]) -> usize {
+    properties
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "message.max.bytes")
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or(LIBRDKAFKA_MAX_MESSAGE_BYTES)
 }
 
 /// The transactional producer of an `exactly_once` sink, its transactions initialised (which
@@ -166,8 +179,13 @@ fn send<C: ProducerContext<DeliveryOpaque = Input> + 'static>(
 
 /// How a sink's messages go out.
 enum Producing {
-    /// `at_least_once`: straight to the producer; delivery reports acknowledge.
-    Direct(Arc<ThreadedProducer<DeliveryContext>>, Flusher),
+    /// `at_least_once`: straight to the producer; delivery reports acknowledge, and count
+    /// what was not delivered.
+    Direct(
+        Arc<ThreadedProducer<DeliveryContext>>,
+        Flusher,
+        Arc<DeliveryFailures>,
+    ),
     /// `exactly_once`: inside the acknowledgement path's transaction.
     Transactional(Acks),
 }
@@ -231,16 +249,20 @@ impl Flusher {
             let _ = wake.try_send(());
         }
     }
-}
 
-impl Drop for Flusher {
     /// Closes the requests and waits for the thread (at most a flush under way), so that it
     /// no longer holds the producer.
-    fn drop(&mut self) {
+    fn stop(&mut self) {
         self.wake = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -249,6 +271,8 @@ pub struct KafkaSink {
     producing: Producing,
     results_topic: String,
     dead_letter_topic: String,
+    /// The producer's `message.max.bytes`: a larger message is refused before it is queued.
+    max_message_bytes: usize,
     counts: SinkCounts,
     /// Reused encoding buffer.
     scratch: Vec<u8>,
@@ -272,6 +296,7 @@ impl KafkaSink {
     /// A sink for `config`. `acks`: the acknowledgement path of a Kafka input (None for
     /// other input); in `exactly_once` it must be transactional and owns the producer.
     pub fn create(config: &KafkaSinkConfig, acks: Option<&Acks>) -> Result<Self, SinkError> {
+        let properties = producer_properties(&config.brokers, &config.properties);
         let producing = match (config.delivery, acks) {
             (DeliveryMode::ExactlyOnce, Some(acks)) if acks.is_transactional() => {
                 Producing::Transactional(acks.clone())
@@ -285,50 +310,68 @@ impl KafkaSink {
             (DeliveryMode::AtLeastOnce, acks) => {
                 let context =
                     acks.map_or_else(DeliveryContext::without_acks, Acks::delivery_context);
-                let producer = Arc::new(producer(
-                    producer_properties(&config.brokers, &config.properties),
-                    context,
-                )?);
-                Producing::Direct(producer.clone(), Flusher::start(producer)?)
+                let failures = context.failures();
+                let producer = Arc::new(producer(properties.clone(), context)?);
+                Producing::Direct(producer.clone(), Flusher::start(producer)?, failures)
             }
         };
         Ok(Self {
             producing,
             results_topic: config.results_topic.clone(),
             dead_letter_topic: config.dead_letter_topic.clone(),
+            max_message_bytes: max_message_bytes(&properties),
             counts: SinkCounts::default(),
             scratch: Vec::with_capacity(4096),
         })
     }
 
     /// Queues one classification (key: source id). `ack`: the input record it answers.
+    /// False when the transaction dropped it (see `send`).
     pub fn write_classification(
         &mut self,
         c: &proto::Classification,
         ack: Option<Ack>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<bool, SinkError> {
         self.scratch.clear();
         c.encode(&mut self.scratch)
             .expect("encoding into a Vec cannot run out of room: Vec grows as prost writes");
-        if self.send(Topic::Results, &c.source_id, ack)? {
-            self.counts.classifications += 1;
-        }
-        Ok(())
+        let sent = self.send(Topic::Results, &c.source_id, ack)?;
+        self.counts.classifications += u64::from(sent);
+        Ok(sent)
     }
 
     /// Queues one rejection (key: source id, when known). `ack`: the input record it answers.
+    /// False when the transaction dropped it (see `send`).
     pub fn write_rejection(
         &mut self,
         r: &proto::Rejection,
         ack: Option<Ack>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<bool, SinkError> {
         self.scratch.clear();
         r.encode(&mut self.scratch)
             .expect("encoding into a Vec cannot run out of room: Vec grows as prost writes");
-        if self.send(Topic::DeadLetter, &r.source_id, ack)? {
-            self.counts.rejections += 1;
+        if self.scratch.len() + r.source_id.len() + RECORD_OVERHEAD > self.max_message_bytes {
+            // The producer would refuse the message, and the record would stall its
+            // partition: publish the rejection without the original, which stays on the
+            // input topic at the position the rejection names.
+            let slim = proto::Rejection {
+                detail: format!(
+                    "{}; the original message ({} bytes) is left out: with it the rejection \
+                     is larger than the sink's message.max.bytes ({})",
+                    r.detail,
+                    r.original.len(),
+                    self.max_message_bytes
+                ),
+                original: Vec::new(),
+                ..r.clone()
+            };
+            self.scratch.clear();
+            slim.encode(&mut self.scratch)
+                .expect("encoding into a Vec cannot run out of room: Vec grows as prost writes");
         }
-        Ok(())
+        let sent = self.send(Topic::DeadLetter, &r.source_id, ack)?;
+        self.counts.rejections += u64::from(sent);
+        Ok(sent)
     }
 
     /// Sends the encoded message in `scratch`. False when the transaction dropped it (its
@@ -339,7 +382,10 @@ impl KafkaSink {
             Topic::DeadLetter => self.dead_letter_topic.as_str(),
         };
         match &self.producing {
-            Producing::Direct(producer, _) => {
+            Producing::Direct(producer, ..) => {
+                // A message that was not delivered holds its partition's committed offset
+                // back for good: stop, so that a restart reads it again.
+                self.check_delivered()?;
                 send(producer, topic, key, &self.scratch, ack).map(|()| true)
             }
             Producing::Transactional(acks) => acks
@@ -357,7 +403,7 @@ impl KafkaSink {
     /// `linger.ms` (`Flusher`); returns at once. `exactly_once`: nothing; results become
     /// visible when the transaction commits.
     pub fn send_now(&self) {
-        if let Producing::Direct(_, flusher) = &self.producing {
+        if let Producing::Direct(_, flusher, _) = &self.producing {
             flusher.request();
         }
     }
@@ -367,16 +413,34 @@ impl KafkaSink {
         self.counts
     }
 
-    /// `at_least_once`: waits up to `timeout` for every queued message's delivery report.
-    /// `exactly_once`: nothing; the final commit of the transaction delivers them.
-    pub fn finish(self, timeout: Duration) -> Result<SinkCounts, SinkError> {
-        if let Producing::Direct(producer, flusher) = self.producing {
-            drop(flusher);
+    /// `at_least_once`: waits up to `timeout` for every queued message's delivery report;
+    /// Err when any message was not delivered. `exactly_once`: nothing; the final commit
+    /// of the transaction delivers them.
+    pub fn finish(mut self, timeout: Duration) -> Result<SinkCounts, SinkError> {
+        if let Producing::Direct(producer, flusher, _) = &mut self.producing {
+            flusher.stop();
             producer
                 .flush(timeout)
                 .map_err(kafka_error("delivering the last results"))?;
         }
+        self.check_delivered()?;
         Ok(self.counts)
+    }
+
+    /// `at_least_once`: Err when the producer reported a message it could not deliver.
+    fn check_delivered(&self) -> Result<(), SinkError> {
+        let Producing::Direct(_, _, failures) = &self.producing else {
+            return Ok(());
+        };
+        match failures.get() {
+            None => Ok(()),
+            Some((failed, first)) => Err(SinkError::Undelivered {
+                topic: format!("{} and {}", self.results_topic, self.dead_letter_topic),
+                failed,
+                sent: self.counts.classifications + self.counts.rejections,
+                first: first.to_string(),
+            }),
+        }
     }
 }
 
@@ -386,31 +450,12 @@ enum Topic {
     DeadLetter,
 }
 
-/// The publisher's producer context: counts detections the broker did not take.
-#[derive(Debug, Clone, Default)]
-struct CountFailures {
-    failed: Arc<AtomicU64>,
-}
-
-impl ClientContext for CountFailures {}
-
-impl ProducerContext for CountFailures {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            tracing::error!(error = %e, "detection not delivered");
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
 /// Sends `SourceDetection`s to a topic (`radiogate publish`): keyed by source id, through an
 /// idempotent producer.
 pub struct Publisher {
-    producer: ThreadedProducer<CountFailures>,
+    producer: ThreadedProducer<DeliveryContext>,
     /// Delivery failures, counted by the producer's delivery reports.
-    failed: Arc<AtomicU64>,
+    failures: Arc<DeliveryFailures>,
     topic: String,
     sent: u64,
     scratch: Vec<u8>,
@@ -434,19 +479,12 @@ impl Publisher {
         if paced {
             extra.insert("linger.ms".to_string(), "0".to_string());
         }
-        let properties = producer_properties(brokers, &extra);
-        let mut client = ClientConfig::new();
-        for (key, value) in properties {
-            client.set(key, value);
-        }
-        let context = CountFailures::default();
-        let failed = context.failed.clone();
-        let producer = client
-            .create_with_context(context)
-            .map_err(kafka_error("cannot create the producer"))?;
+        let context = DeliveryContext::without_acks();
+        let failures = context.failures();
+        let producer = producer(producer_properties(brokers, &extra), context)?;
         Ok(Self {
             producer,
-            failed,
+            failures,
             topic: topic.to_string(),
             sent: 0,
             scratch: Vec::with_capacity(4096),
@@ -459,21 +497,13 @@ impl Publisher {
         detection
             .encode(&mut self.scratch)
             .expect("encoding into a Vec cannot run out of room: Vec grows as prost writes");
-        let mut record = BaseRecord::to(&self.topic)
-            .payload(&self.scratch[..])
-            .key(&detection.source_id);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    record = returned;
-                    std::thread::sleep(QUEUE_FULL_BACKOFF);
-                }
-                Err((e, _)) => {
-                    return Err(kafka_error(format!("cannot send to {}", self.topic))(e));
-                }
-            }
-        }
+        send(
+            &self.producer,
+            &self.topic,
+            &detection.source_id,
+            &self.scratch,
+            None,
+        )?;
         self.sent += 1;
         Ok(())
     }
@@ -483,12 +513,12 @@ impl Publisher {
         self.producer
             .flush(timeout)
             .map_err(kafka_error("delivering the detections"))?;
-        let failed = self.failed.load(Ordering::Relaxed);
-        if failed > 0 {
+        if let Some((failed, first)) = self.failures.get() {
             return Err(SinkError::Undelivered {
                 topic: self.topic,
                 failed,
                 sent: self.sent,
+                first: first.to_string(),
             });
         }
         Ok(self.sent)

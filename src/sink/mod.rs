@@ -52,8 +52,8 @@ pub enum SinkError {
         #[source]
         source: serde_json::Error,
     },
-    /// The Kafka producer could not be created, or a message could not be queued or
-    /// delivered in time.
+    /// The Kafka producer could not be created, a message could not be queued, or the last
+    /// ones were not all delivered in time.
     #[error(transparent)]
     Kafka(#[from] kafka::KafkaSinkError),
     /// A thread of the sink could not be started.
@@ -66,12 +66,14 @@ pub enum SinkError {
     /// A message could not be sent in the open transaction (`exactly_once`).
     #[error("kafka transaction: {0}")]
     Transaction(String),
-    /// Some messages were refused by the broker or expired before delivery.
-    #[error("{failed} of {sent} messages to {topic} were not delivered")]
+    /// Some messages were refused by the broker or expired before delivery (their input,
+    /// from a stream, stays uncommitted and is read again after a restart).
+    #[error("{failed} of {sent} messages to {topic} were not delivered (the first: {first})")]
     Undelivered {
         topic: String,
         failed: u64,
         sent: u64,
+        first: String,
     },
     /// A file sink was asked for with a configuration that names another kind of sink.
     #[error("the configured sink is not a file")]

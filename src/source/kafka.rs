@@ -90,13 +90,14 @@ pub fn consumer_properties(config: &KafkaSourceConfig) -> Vec<(String, String)> 
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    for (key, value) in &config.properties {
-        if FORCED.iter().any(|(forced, _)| forced == key) {
-            tracing::warn!(property = %key, "source.properties cannot change this property; ignored");
-            continue;
-        }
-        properties.push((key.clone(), value.clone()));
-    }
+    // The configuration refuses the properties radiogate sets (`source.properties`); FORCED
+    // wins over any that reach here by another way.
+    properties.extend(
+        config
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     properties.extend(FORCED.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     properties
 }

@@ -13,6 +13,8 @@ use radiogate::pipeline::{self, RunOptions, RunSummary};
 use radiogate::proto::{self, RejectReason, source_detection::Pixels};
 use radiogate::sink::kafka::Publisher;
 use radiogate::sink::record::{LabelName, Record};
+use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -504,6 +506,154 @@ fn poison_messages_become_dead_letters_and_offsets_reach_the_end() {
             Some(end),
             "committed past every poison message to the end"
         );
+    }
+}
+
+/// Sets a topic's `max.message.bytes`: the broker refuses larger records.
+fn set_max_message_bytes(topic: &str, bytes: usize) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let limit = bytes.to_string();
+    let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("max.message.bytes", &limit);
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(admin.alter_configs(&[change], &options))
+        .expect("alter configs");
+    for result in results {
+        result.expect("topic config changed");
+    }
+    // The brokers apply the change from the metadata log; give them a moment.
+    std::thread::sleep(Duration::from_secs(2));
+}
+
+#[test]
+fn a_rejection_the_broker_refuses_stops_the_worker_and_its_restart_delivers_it() {
+    let verdicts = offline_verdicts();
+    let files = sample_files();
+    let topics = Topics::create("refused");
+    // The dead letter of a truncated inline cutout carries its ~120 KB original.
+    set_max_message_bytes(&topics.dead, 50_000);
+    let (_, sample) = &files[0];
+    let truncated = inline("truncated".into(), &sample[..sample.len() / 3]);
+    // One key, so one partition in this order: the refused record between good ones.
+    let raw: Vec<(String, Vec<u8>)> = positions("before", 5, &verdicts)
+        .iter()
+        .chain([&truncated])
+        .chain(positions("after", 5, &verdicts).iter())
+        .map(|d| ("one-key".to_string(), d.encode_to_vec()))
+        .collect();
+    send_raw(&topics.input, &raw);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = worker_config(dir.path(), "w", &topics, DeliveryMode::AtLeastOnce, "");
+
+    let mut first = spawn_worker(&config);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let exit = loop {
+        if let Some(status) = first.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker goes on after a result was refused"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        !exit.success(),
+        "an undelivered result is an error exit: {exit:?}"
+    );
+    for (committed, end) in committed_and_end(&topics.group, &topics.input) {
+        if end > 0 {
+            assert!(
+                committed.is_none_or(|c| c <= 5),
+                "nothing committed past the refused record (offset 5): {committed:?}"
+            );
+        }
+    }
+
+    set_max_message_bytes(&topics.dead, 4 << 20);
+    let mut reader = Reader::new(&[&topics.results, &topics.dead]);
+    let second = spawn_worker(&config);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while reader.rejections(&topics.dead).is_empty()
+        || distinct_ids(&reader, &topics.results).len() < 10
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restart redoes the refused record"
+        );
+        reader.drain(Duration::from_millis(500));
+    }
+    let exit = terminate(second);
+    assert!(exit.success(), "graceful exit on SIGTERM: {exit:?}");
+    reader.drain(Duration::from_secs(2));
+    let rejections = reader.rejections(&topics.dead);
+    assert_eq!(rejections.len(), 1, "one dead letter");
+    assert_eq!(rejections[0].source_id, "truncated");
+    assert_eq!(rejections[0].reason(), RejectReason::BadFits);
+    assert_eq!(rejections[0].original, truncated.encode_to_vec());
+    for (committed, end) in committed_and_end(&topics.group, &topics.input) {
+        if end > 0 {
+            assert_eq!(
+                committed,
+                Some(end),
+                "committed to the end after the restart"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_rejection_too_large_for_the_producer_goes_out_without_its_original() {
+    let verdicts = offline_verdicts();
+    let files = sample_files();
+    let topics = Topics::create("slim");
+    let (_, sample) = &files[0];
+    let truncated = inline("truncated".into(), &sample[..sample.len() / 3]);
+    let mut detections = positions("good", 2, &verdicts);
+    detections.insert(1, truncated);
+    publish(&topics.input, &detections);
+    let mut config = topics.config();
+    let SinkConfig::Kafka(sink) = &mut config.sink else {
+        unreachable!("a Kafka sink")
+    };
+    sink.properties
+        .insert("message.max.bytes".into(), "100000".into());
+
+    let mut reader = Reader::new(&[&topics.results, &topics.dead]);
+    let worker = Worker::start(config);
+    reader.wait_for(3, Duration::from_secs(300));
+    let summary = worker.stop();
+    assert_eq!(
+        (summary.classified, summary.rejected),
+        (2, 1),
+        "{summary:?}"
+    );
+    let rejections = reader.rejections(&topics.dead);
+    let r = &rejections[0];
+    assert_eq!(
+        (r.source_id.as_str(), r.reason()),
+        ("truncated", RejectReason::BadFits)
+    );
+    assert!(r.original.is_empty(), "the original is left out");
+    assert!(
+        r.detail.contains("the original message (") && r.detail.contains("100000"),
+        "{}",
+        r.detail
+    );
+    assert_eq!(
+        r.stream.as_ref().map(|s| s.topic.as_str()),
+        Some(topics.input.as_str())
+    );
+    for (committed, end) in committed_and_end(&topics.group, &topics.input) {
+        if end > 0 {
+            assert_eq!(committed, Some(end), "every record committed");
+        }
     }
 }
 
