@@ -112,6 +112,63 @@ def test_the_emission_extent_on_the_card_is_measured_again(card_path, data_dir):
     assert morphology.render_section(entry) in md
 
 
+def _attention(subset: str) -> dict:
+    card = next(json.loads(c.read_text()) for c in CARDS if json.loads(c.read_text())["subset"] == subset)
+    agreement = card["attention_agreement"]
+    classes = agreement["models"][0]["classes"]
+    return {
+        name: (
+            f"{c['enrichment']['median']:.1f}x",
+            f'{c["strongest_peak_distance_px"]["median"] * agreement["pixel_arcsec"]:.1f}"',
+        )
+        for name, c in classes.items()
+    }
+
+
+def _row(metrics: dict, std: bool = False) -> str:
+    """A README table row's numbers: accuracy, ROC AUC, F1 FRI / FRII."""
+    if std:
+        mean = {k: v["mean"] for k, v in metrics.items()}
+        accuracy = f"{100 * mean['accuracy']:.1f}% ± {100 * metrics['accuracy']['std']:.1f}%"
+        return f"{accuracy} | {mean['roc_auc']:.3f} | {mean['f1_fri']:.3f} / {mean['f1_frii']:.3f} |"
+    return (
+        f"{100 * metrics['accuracy']:.1f}% | {metrics['roc_auc']:.3f} | "
+        f"{metrics['FRI']['f1']:.3f} / {metrics['FRII']['f1']:.3f} |"
+    )
+
+
+@pytest.mark.parametrize("card_path", CARDS, ids=lambda p: p.name)
+def test_the_readme_table_is_the_cards(card_path):
+    card = json.loads(card_path.read_text())
+    metrics = card["metrics"]
+    rows = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("| MiraBest")]
+    name = "MiraBest*" if card["subset"] == "mirabest_confident" else "MiraBest"
+    mine = {line.split(" | ")[1]: line.split(" | ", 2)[2] for line in rows if line.startswith(f"| {name} |")}
+    paper = metrics["paper"]
+    assert mine["Bowles et al. 2021"] == (
+        f"{100 * paper['accuracy']:.1f}% | {paper['roc_auc']:.3f} | {paper['f1_fri']:.3f} / {paper['f1_frii']:.3f} |"
+    )
+    assert mine["mean of 3 seeds, single pass"] == _row(metrics["mean_over_seeds"]["single_pass"], std=True)
+    assert mine["mean of 3 seeds, 36-rotation TTA"] == _row(metrics["mean_over_seeds"]["rotation_tta"], std=True)
+    single = next(v for k, v in mine.items() if k.startswith("shipped (") and k.endswith("single pass"))
+    assert single == _row(metrics["shipped"]["single_pass"])
+    assert mine["shipped, 36-rotation TTA"] == _row(metrics["shipped"]["rotation_tta"])
+
+
+def test_the_readme_quotes_the_cards_attention_numbers():
+    readme = " ".join((REPO / "README.md").read_text().split())
+    confident, mirabest = _attention("mirabest_confident"), _attention("mirabest")
+    assert (
+        f"the 60-epoch MiraBest* model puts {confident['FRI'][0]} (FRI) and {confident['FRII'][0]} (FRII) "
+        "the uniform share of its attention on the emission"
+    ) in readme
+    assert (
+        f"The MiraBest model puts {mirabest['FRI'][0]} (FRI) and {mirabest['FRII'][0]} (FRII) on the emission "
+        f"of the test images, and its strongest attention peak lies a median {mirabest['FRI'][1]} (FRI) and "
+        f"{mirabest['FRII'][1]} (FRII) from bright emission"
+    ) in readme
+
+
 def test_square_views_are_the_squares_symmetries():
     images = np.arange(2 * 9, dtype=np.float32).reshape(2, 1, 3, 3)
     for count in (1, 2, 4, 8):
