@@ -39,8 +39,9 @@ thread_local! {
 }
 
 /// Prepares one window (normally `CUTOUT_SIZE` x `CUTOUT_SIZE`, at least `MODEL_SIZE` on
-/// each side) for the model. A window with no finite pixel, or whose crop is constant after
-/// thresholding (nothing above 3 std, say), is an `EmptyCutout` rejection.
+/// each side) for the model. A window with no finite pixel, whose crop has none, or whose
+/// crop is constant after thresholding (nothing above 3 std, say), is an `EmptyCutout`
+/// rejection.
 pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
     let (ny, nx) = pixels.dim();
     if ny < MODEL_SIZE || nx < MODEL_SIZE {
@@ -73,6 +74,17 @@ pub fn prepare(pixels: &Array2<f32>) -> Result<Prepared, ItemError> {
         // extremes do not depend on the order they are taken in: eight lanes, then across.
         let (min, max) = extremes(&input);
         if max <= min {
+            // Rare, so the crop is looked at again only here: blank everywhere (a window
+            // whose data lie only outside the crop) is not a constant image.
+            if crop.iter().all(|v| v.is_nan()) {
+                return Err(ItemError::new(
+                    RejectReason::EmptyCutout,
+                    format!(
+                        "central {MODEL_SIZE}x{MODEL_SIZE} crop has no data: every pixel is blank \
+                         (NaN or off the image)"
+                    ),
+                ));
+            }
             let threshold = THRESHOLD_SIGMA * clipped.exact_std();
             return Err(ItemError::new(
                 RejectReason::EmptyCutout,
@@ -1168,5 +1180,20 @@ mod tests {
         );
         let small = Array2::from_elem((100, 300), 1.0f32);
         assert!(prepare(&small).is_err());
+        // Data only outside the central crop: said so, not "constant".
+        let mut ring = noise.clone();
+        let (a, b) = (
+            CUTOUT_SIZE / 2 - MODEL_SIZE / 2,
+            CUTOUT_SIZE / 2 + MODEL_SIZE / 2,
+        );
+        ring.slice_mut(ndarray::s![a..b, a..b]).fill(f32::NAN);
+        let e = prepare(&ring).expect_err("blank crop");
+        assert_eq!(e.reason, RejectReason::EmptyCutout);
+        assert_eq!(
+            e.detail,
+            "central 150x150 crop has no data: every pixel is blank (NaN or off the image)"
+        );
+        let e = prepare(&noise).expect_err("no emission");
+        assert!(e.detail.contains("crop is constant (0)"), "{}", e.detail);
     }
 }

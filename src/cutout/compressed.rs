@@ -15,8 +15,8 @@ use super::fits::overlap;
 
 /// Reads the part of the window `[x0, x0 + w) x [y0, y0 + h)` that lies on the `nx` x `ny`
 /// image of HDU `hdu` (0-based, `naxis` axes, all beyond the second of size 1) into `out`
-/// (pre-filled with NaN). Pixels come back scaled, with blanks as NaN. Returns the number
-/// of finite pixels written.
+/// (pre-filled with NaN). Pixels come back scaled, with blanks and non-finite values
+/// (+-Inf, or beyond float32's range) as NaN. Returns the number of finite pixels written.
 pub fn read_window(
     path: &Path,
     hdu: usize,
@@ -66,9 +66,12 @@ pub fn read_window(
     for (r, src) in buf.chunks_exact(cw).enumerate() {
         let wy = (cy0 as i64 - y0) as usize + r;
         let wx = (cx0 as i64 - x0) as usize;
-        for (d, s) in out.row_mut(wy).iter_mut().skip(wx).zip(src) {
-            *d = *s;
-            finite += usize::from(s.is_finite());
+        for (d, &s) in out.row_mut(wy).iter_mut().skip(wx).zip(src) {
+            // As in the plain path: a stored +-Inf, or a value beyond float32's range
+            // (which CFITSIO's TFLOAT conversion makes infinite), is blank.
+            let ok = s.is_finite();
+            *d = if ok { s } else { f32::NAN };
+            finite += usize::from(ok);
         }
     }
     Ok(finite)

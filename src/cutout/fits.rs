@@ -59,16 +59,45 @@ impl Value {
 }
 
 /// The value cards of one header, keyed by keyword. Commentary cards (COMMENT, HISTORY,
-/// blank) are skipped. When a keyword repeats, the first occurrence wins (as astropy does).
-/// `PCi_j`/`CDi_j`/`PVi_m` keywords are normalised to drop zero padding (CASA writes `PC01_01`).
+/// blank) are skipped. When a keyword repeats, the first occurrence is kept (as astropy.io.fits's
+/// `header[key]` reads it) and the keyword is recorded as duplicated: wcslib (astropy.wcs)
+/// takes the last, so `wcs.rs` refuses duplicated WCS keywords rather than pick one.
+/// Non-standard spellings that wcslib accepts are normalised: zero-padded `PC01_01` (CASA) to
+/// `PC1_1`, AIPS's `PC001002`/`CD001002` to `PC1_2`/`CD1_2`, and `PROJPn` to `PV2_n`.
 #[derive(Debug, Clone, Default)]
 pub struct Header {
     values: HashMap<String, Value>,
+    /// Normalised keywords seen more than once in this header, first repeat first.
+    duplicates: Vec<String>,
 }
 
 impl Header {
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.values.get(key)
+    }
+
+    /// Every value card, in no particular order.
+    pub fn cards(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Keywords (normalised) that this header holds more than once, each once.
+    pub fn duplicated(&self) -> impl Iterator<Item = &str> {
+        self.duplicates.iter().map(String::as_str)
+    }
+
+    fn insert(&mut self, key: String, value: Value) {
+        use std::collections::hash_map::Entry;
+        match self.values.entry(key) {
+            Entry::Vacant(slot) => {
+                slot.insert(value);
+            }
+            Entry::Occupied(slot) => {
+                if !self.duplicates.contains(slot.key()) {
+                    self.duplicates.push(slot.key().clone());
+                }
+            }
+        }
     }
 
     /// A required integer keyword.
@@ -222,6 +251,13 @@ pub fn find_image(bytes: &[u8]) -> Result<ImageHdu, FitsError> {
             let mut header = header;
             if hdu > 0 && header.logical("INHERIT") {
                 if let Some(p) = &primary {
+                    // The extension's own keywords override the primary's; a keyword the
+                    // primary repeats stays a duplicate when it is inherited.
+                    for k in &p.duplicates {
+                        if !header.values.contains_key(k) && !header.duplicates.contains(k) {
+                            header.duplicates.push(k.clone());
+                        }
+                    }
                     for (k, v) in &p.values {
                         header.values.entry(k.clone()).or_insert_with(|| v.clone());
                     }
@@ -407,7 +443,7 @@ fn parse_header(bytes: &[u8], offset: usize, hdu: usize) -> Result<(Header, usiz
             Ok(text) => parse_value(text),
             Err(_) => Value::Other(String::from_utf8_lossy(&card[10..]).into_owned()),
         };
-        header.values.entry(normalise_keyword(key)).or_insert(value);
+        header.insert(normalise_keyword(key), value);
     }
     // A missing pad after the last header is tolerated here: data that should follow it is
     // bounds-checked where it is read.
@@ -420,24 +456,33 @@ fn card_keyword(card: &[u8]) -> String {
     String::from_utf8_lossy(key).trim_end().to_string()
 }
 
-/// `PC01_01` -> `PC1_1` (CASA), `CD001_002` -> `CD1_2`; other keywords unchanged.
+/// `PC01_01` -> `PC1_1` (CASA), `CD001_002` -> `CD1_2`; AIPS's `PC001002` -> `PC1_2` and
+/// `CD001002` -> `CD1_2`; AIPS's `PROJPn` -> `PV2_n` (wcslib reads it as the latitude axis's
+/// parameter). Other keywords unchanged.
 fn normalise_keyword(key: String) -> String {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let strip = |s: &str| {
+        let t = s.trim_start_matches('0');
+        if t.is_empty() {
+            "0".to_string()
+        } else {
+            t.to_string()
+        }
+    };
     for prefix in ["PC", "CD", "PV"] {
         if let Some(rest) = key.strip_prefix(prefix) {
             if let Some((i, j)) = rest.split_once('_') {
-                let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
                 if digits(i) && digits(j) {
-                    let strip = |s: &str| {
-                        let t = s.trim_start_matches('0');
-                        if t.is_empty() {
-                            "0".to_string()
-                        } else {
-                            t.to_string()
-                        }
-                    };
                     return format!("{prefix}{}_{}", strip(i), strip(j));
                 }
+            } else if prefix != "PV" && rest.len() == 6 && digits(rest) {
+                return format!("{prefix}{}_{}", strip(&rest[..3]), strip(&rest[3..]));
             }
+        }
+    }
+    if let Some(n) = key.strip_prefix("PROJP") {
+        if n.len() == 1 && digits(n) {
+            return format!("PV2_{n}");
         }
     }
     key
@@ -482,7 +527,8 @@ fn parse_value(text: &str) -> Value {
 }
 
 /// Copies the part of the window `[x0, x0 + w) x [y0, y0 + h)` that lies on the image into
-/// `out` (shape `[h, w]`, pre-filled with NaN by the caller), converting to physical values.
+/// `out` (shape `[h, w]`, pre-filled with NaN by the caller), converting to physical values;
+/// blank and non-finite pixels (+-Inf, or beyond float32's range) are NaN.
 /// Returns the number of finite pixels written.
 pub fn read_window(
     bytes: &[u8],
@@ -538,6 +584,11 @@ fn convert(src: &[u8], dst: &mut [f32], l: &PlainLayout) -> usize {
     }
 }
 
+/// Decodes pixels with `f`; every non-finite value (a stored +-Inf, or a float64 or scaled
+/// value beyond float32's range, which `as f32` makes infinite) becomes blank (NaN): an
+/// infinite pixel would otherwise survive the clipping and make the image's range infinite.
+/// The decoding loop stays as plain as it was (the window's hot loop); only a row with a
+/// non-finite pixel, rare outside blanked mosaics, is passed over again.
 fn fill<const N: usize>(src: &[u8], dst: &mut [f32], f: impl Fn([u8; N]) -> f32) -> usize {
     let mut finite = 0;
     for (d, s) in dst.iter_mut().zip(src.chunks_exact(N)) {
@@ -545,6 +596,11 @@ fn fill<const N: usize>(src: &[u8], dst: &mut [f32], f: impl Fn([u8; N]) -> f32)
         b.copy_from_slice(s);
         *d = f(b);
         finite += usize::from(d.is_finite());
+    }
+    if finite < dst.len() {
+        for d in dst.iter_mut().filter(|d| d.is_infinite()) {
+            *d = f32::NAN;
+        }
     }
     finite
 }
@@ -643,6 +699,63 @@ pub(crate) mod tests {
         assert_eq!(normalise_keyword("CD1_2".into()), "CD1_2");
         assert_eq!(normalise_keyword("PV2_0".into()), "PV2_0");
         assert_eq!(normalise_keyword("PCOUNT".into()), "PCOUNT");
+        // AIPS spellings, as wcslib (astropy.wcs) reads them.
+        assert_eq!(normalise_keyword("PC001002".into()), "PC1_2");
+        assert_eq!(normalise_keyword("CD002001".into()), "CD2_1");
+        assert_eq!(normalise_keyword("PROJP1".into()), "PV2_1");
+        assert_eq!(normalise_keyword("PC00100".into()), "PC00100");
+        assert_eq!(normalise_keyword("PV001002".into()), "PV001002");
+        assert_eq!(normalise_keyword("PROJP10".into()), "PROJP10");
+    }
+
+    #[test]
+    fn repeated_keywords_keep_the_first_and_are_recorded() {
+        let cards = simple(
+            -32,
+            1,
+            1,
+            &[
+                card("CRVAL1", "10.0"),
+                card("CRVAL1", "20.0"),
+                card("PC1_1", "1.0"),
+                card("PC01_01", "1.0"),
+                card("CRVAL1", "30.0"),
+                card("OBJECT", "'x'"),
+            ],
+        );
+        let img = find_image(&fits_bytes(&cards, &[0u8; 4])).expect("image");
+        assert_eq!(img.header.get("CRVAL1"), Some(&Value::Float(10.0)));
+        assert_eq!(
+            img.header.duplicated().collect::<Vec<_>>(),
+            ["CRVAL1", "PC1_1"]
+        );
+
+        // Inherited from the primary header: a duplicate stays one unless the extension
+        // sets the keyword itself.
+        let mut primary = vec![
+            card("SIMPLE", "T"),
+            card("BITPIX", "8"),
+            card("NAXIS", "0"),
+            card("EXTEND", "T"),
+        ];
+        primary.extend([card("CDELT1", "1.0"), card("CDELT1", "2.0")]);
+        primary.extend([card("CDELT2", "1.0"), card("CDELT2", "2.0")]);
+        let mut bytes = fits_bytes(&primary, &[]);
+        let ext = vec![
+            card("XTENSION", "'IMAGE   '"),
+            card("BITPIX", "8"),
+            card("NAXIS", "2"),
+            card("NAXIS1", "1"),
+            card("NAXIS2", "1"),
+            card("PCOUNT", "0"),
+            card("GCOUNT", "1"),
+            card("INHERIT", "T"),
+            card("CDELT2", "3.0"),
+        ];
+        bytes.extend(fits_bytes(&ext, &[0u8]));
+        let img = find_image(&bytes).expect("image");
+        assert_eq!(img.header.duplicated().collect::<Vec<_>>(), ["CDELT1"]);
+        assert_eq!(img.header.get("CDELT2"), Some(&Value::Float(3.0)));
     }
 
     #[test]
@@ -697,6 +810,40 @@ pub(crate) mod tests {
             1,
         );
         assert_eq!(w.as_slice(), Some(&[3.5f32, 5.0][..]));
+    }
+
+    #[test]
+    fn non_finite_and_out_of_range_pixels_read_as_blank() {
+        // float32: +-Inf stored; float64: Inf and values beyond float32's range (as f32
+        // would make them infinite); scaled integers whose physical value overflows float32.
+        let f32s = [f32::INFINITY, 1.5, f32::NEG_INFINITY, f32::MAX]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect::<Vec<u8>>();
+        let (w, n) = window(&fits_bytes(&simple(-32, 4, 1, &[]), &f32s), 0, 0, 4, 1);
+        assert!(w[[0, 0]].is_nan() && w[[0, 2]].is_nan(), "{w:?}");
+        assert_eq!((w[[0, 1]], w[[0, 3]], n), (1.5, f32::MAX, 2));
+        // The same through the scaled float32 path.
+        let scaled = [card("BSCALE", "2.0")];
+        let (w, n) = window(&fits_bytes(&simple(-32, 4, 1, &scaled), &f32s), 0, 0, 4, 1);
+        assert!(w[[0, 0]].is_nan() && w[[0, 2]].is_nan() && w[[0, 3]].is_nan());
+        assert_eq!((w[[0, 1]], n), (3.0, 1));
+        let f64s = [1e40, -1e300, f64::INFINITY, 2.5, f64::NEG_INFINITY]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect::<Vec<u8>>();
+        let (w, n) = window(&fits_bytes(&simple(-64, 5, 1, &[]), &f64s), 0, 0, 5, 1);
+        assert_eq!(n, 1);
+        assert_eq!(w[[0, 3]], 2.5);
+        assert!([0, 1, 2, 4].iter().all(|&x| w[[0, x]].is_nan()), "{w:?}");
+        let ints = [1i32, -2, 3]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect::<Vec<u8>>();
+        let huge = [card("BSCALE", "2.0E38"), card("BZERO", "0.0")];
+        let (w, n) = window(&fits_bytes(&simple(32, 3, 1, &huge), &ints), 0, 0, 3, 1);
+        assert_eq!((w[[0, 0]], n), (2.0e38, 1));
+        assert!(w[[0, 1]].is_nan() && w[[0, 2]].is_nan(), "{w:?}");
     }
 
     #[test]

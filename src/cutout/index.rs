@@ -1,6 +1,9 @@
 //! The mosaic index: every configured FITS image, memory-mapped once at start, with its
-//! WCS and a sky footprint, so that a detection without pixels can be matched to the image
-//! that covers it best (the one where the source lies farthest from the edge).
+//! WCS and a sky footprint, so that a detection without pixels can be matched to the images
+//! that cover it, best first: those whose pixels the model takes as they are, then those it
+//! can resample, then the rest; within each, the one where the source lies farthest (in
+//! arcsec) from the image's edge. The cutter falls back along that order when a window is
+//! blank where the source is (mosaics are NaN beyond their coverage).
 //!
 //! It owns finding and opening the files and choosing among them; cutting is `mod.rs`'s.
 //! Lookups are a linear scan with a cheap angular pre-filter per image: fine for thousands
@@ -12,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::{CutoutSetupError, Image};
+use super::{CutoutSetupError, Image, PixelScale};
 use crate::error_chain;
 
 /// One indexed image.
@@ -139,20 +142,32 @@ impl MosaicIndex {
         &self.entries
     }
 
-    /// The image that covers (RA, Dec) with the source farthest from its edge, and the
-    /// source's pixel on it.
-    pub fn locate(&self, pos: (f64, f64)) -> Option<(&Entry, (f64, f64))> {
+    /// The images whose rectangle holds (RA, Dec), with the source's pixel on each, best
+    /// first: pixels the model takes as they are (`scale`), then pixels it resamples, then
+    /// pixels it refuses (or that the WCS cannot size there); within each, the source
+    /// farthest from the image's edge in arcsec (so that a survey of finer pixels does not
+    /// win by having more of them). Ties keep path order. Empty when none covers it.
+    pub fn locate(&self, pos: (f64, f64), scale: PixelScale) -> Vec<(&Entry, (f64, f64))> {
         let p = unit(pos);
-        let mut best: Option<(&Entry, (f64, f64), f64)> = None;
+        let mut found: Vec<(&Entry, (f64, f64), u8, f64)> = Vec::new();
         for e in self.entries.iter().filter(|e| e.footprint.may_contain(p)) {
             if let Some(pixel) = e.image.pixel_on_image(pos) {
-                let d = e.image.edge_distance(pixel);
-                if best.is_none_or(|(_, _, bd)| d > bd) {
-                    best = Some((e, pixel, d));
-                }
+                let sizes = PixelScale::measure(&e.image.wcs, pixel).ok();
+                let class = match sizes.map(|s| scale.resampling(s)) {
+                    Some(Ok(None)) => 0,
+                    Some(Ok(Some(_))) => 1,
+                    Some(Err(_)) | None => 2,
+                };
+                let distance = sizes.map_or(0.0, |s| e.image.edge_distance_arcsec(pixel, s));
+                found.push((e, pixel, class, distance));
             }
         }
-        best.map(|(e, pixel, _)| (e, pixel))
+        // Stable: equal candidates stay in path order.
+        found.sort_by(|a, b| a.2.cmp(&b.2).then(b.3.total_cmp(&a.3)));
+        found
+            .into_iter()
+            .map(|(e, pixel, _, _)| (e, pixel))
+            .collect()
     }
 
     /// The image named by a tile hint: its file name or stem.

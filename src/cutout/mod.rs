@@ -205,8 +205,19 @@ impl Cutter {
             )),
             None => {
                 let pos = checked_position(det)?;
-                let (entry, pixel) = self.index.locate(pos).ok_or_else(|| {
-                    ItemError::new(
+                // The best mosaic whose window has data where the source is; mosaics are
+                // blank (NaN) beyond their coverage, inside their rectangle. When none has,
+                // the best one's window (partly blank) or its rejection.
+                let mut best = None;
+                for (entry, pixel) in self.index.locate(pos, self.scale) {
+                    let cut = entry.image.cut_at(pixel, pos, self.scale);
+                    if matches!(&cut, Ok(c) if has_data_at_source(&c.pixels)) {
+                        return cut;
+                    }
+                    best.get_or_insert(cut);
+                }
+                best.unwrap_or_else(|| {
+                    Err(ItemError::new(
                         RejectReason::NotCovered,
                         format!(
                             "no mosaic covers RA {:.6}, Dec {:.6} ({} images indexed)",
@@ -214,9 +225,8 @@ impl Cutter {
                             pos.1,
                             self.index.len()
                         ),
-                    )
-                })?;
-                entry.image.cut_at(pixel, pos, self.scale)
+                    ))
+                })
             }
             Some(Pixels::Mosaic(hint)) => {
                 let pos = checked_position(det)?;
@@ -286,20 +296,20 @@ fn cut_file(
     })
 }
 
-/// The detection's (RA, Dec), checked.
+/// The detection's (RA, Dec), checked; RA 360 is the meridian of RA 0 and becomes 0.
 fn checked_position(det: &proto::SourceDetection) -> Result<(f64, f64), ItemError> {
     let (ra, dec) = (det.ra_deg, det.dec_deg);
     if !(ra.is_finite()
         && dec.is_finite()
-        && (0.0..360.0).contains(&ra)
+        && (0.0..=360.0).contains(&ra)
         && (-90.0..=90.0).contains(&dec))
     {
         return Err(ItemError::new(
             RejectReason::InvalidDetection,
-            format!("position out of range: RA {ra} (need [0, 360)), Dec {dec} (need [-90, 90])"),
+            format!("position out of range: RA {ra} (need [0, 360]), Dec {dec} (need [-90, 90])"),
         ));
     }
-    Ok((ra, dec))
+    Ok((if ra == 360.0 { 0.0 } else { ra }, dec))
 }
 
 /// An opened image: its geometry, how its pixels are stored, its WCS, and the bytes
@@ -362,10 +372,11 @@ impl<D: AsRef<[u8]>> Image<D> {
         (inside(x, self.nx) && inside(y, self.ny)).then_some((x, y))
     }
 
-    /// Distance (pixels) from a pixel on the image to its nearest edge.
-    fn edge_distance(&self, (x, y): (f64, f64)) -> f64 {
+    /// Distance (arcsec) from a pixel on the image to its nearest edge, for pixels of
+    /// `sizes` (arcsec along x and along y, as measured there).
+    fn edge_distance_arcsec(&self, (x, y): (f64, f64), (sx, sy): (f64, f64)) -> f64 {
         let (w, h) = (self.nx as f64 - 0.5, self.ny as f64 - 0.5);
-        (x + 0.5).min(w - x).min(y + 0.5).min(h - y)
+        ((x + 0.5).min(w - x) * sx).min((y + 0.5).min(h - y) * sy)
     }
 
     /// Cut for a detection that brought its own image (inline or a path).
@@ -492,6 +503,14 @@ impl<D: AsRef<[u8]>> Image<D> {
             }
         }
     }
+}
+
+/// Whether any of the window's four pixels around the source (`SOURCE_PIXEL`) is finite.
+fn has_data_at_source(pixels: &Array2<f32>) -> bool {
+    let (a, b) = (SOURCE_PIXEL.floor() as usize, SOURCE_PIXEL.ceil() as usize);
+    [(a, a), (a, b), (b, a), (b, b)]
+        .iter()
+        .any(|&at| pixels.get(at).is_some_and(|v| v.is_finite()))
 }
 
 /// First image pixel of the window that puts `pixel` at `SOURCE_PIXEL`: the nearest integer

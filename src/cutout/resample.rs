@@ -110,8 +110,12 @@ pub fn resample(input: &Array2<f32>, ax: &Axis, ay: &Axis) -> (Array2<f32>, usiz
             }
         }
         for (v, &s) in row.iter_mut().zip(&sum) {
-            *v = s as f32;
-            finite += usize::from(v.is_finite());
+            // Inputs are finite or NaN (the readers blank the rest), so a mean is too; the
+            // select keeps a rounding past float32's largest value from making an Inf.
+            let s = s as f32;
+            let ok = s.is_finite();
+            *v = if ok { s } else { f32::NAN };
+            finite += usize::from(ok);
         }
     }
     (out, finite)

@@ -484,7 +484,7 @@ fn invalid_positions_are_rejected() {
     for (ra, dec) in [
         (f64::NAN, 0.0),
         (10.0, f64::INFINITY),
-        (360.0, 0.0),
+        (360.001, 0.0),
         (-0.1, 0.0),
         (10.0, 90.5),
         (10.0, -91.0),
@@ -766,4 +766,247 @@ fn files_by_path_are_read_or_mapped_by_size_and_odd_paths_are_rejected() {
             e.detail
         );
     }
+}
+
+/// The real TAN cutout's WCS cards, for an image of its 300x300 pixel grid.
+fn tan_cutout_cards(bitpix: i64) -> Vec<String> {
+    vec![
+        card("SIMPLE", "T"),
+        card("BITPIX", &bitpix.to_string()),
+        card("NAXIS", "2"),
+        card("NAXIS1", "300"),
+        card("NAXIS2", "300"),
+        card("CTYPE1", "'RA---TAN'"),
+        card("CTYPE2", "'DEC--TAN'"),
+        card("CRVAL1", "114.33"),
+        card("CRVAL2", "29.4923"),
+        card("CRPIX1", "150.5"),
+        card("CRPIX2", "150.5"),
+        card("CDELT1", "-0.0005"),
+        card("CDELT2", "0.0005"),
+    ]
+}
+
+/// Pixels (`[y, x]`, 300 x 300) of the real cutout as float64 with the given pixels
+/// replaced.
+fn real_pixels_f64(replace: &[((usize, usize), f64)]) -> Vec<f64> {
+    let mut values: Vec<f64> = file_pixels(&tan_cutout())
+        .iter()
+        .map(|&v| v.into())
+        .collect();
+    for &((y, x), v) in replace {
+        values[y * 300 + x] = v;
+    }
+    values
+}
+
+#[test]
+fn infinite_and_out_of_range_pixels_are_blank_like_nan() {
+    // One +Inf and one 1e40 (beyond float32) in the central 150x150 crop, one -Inf outside
+    // it: the cutter and preprocessing treat them exactly as NaN pixels there.
+    let spots = [(150, 140), (180, 160), (10, 290)];
+    let odd = real_pixels_f64(&[
+        (spots[0], f64::INFINITY),
+        (spots[1], 1e40),
+        (spots[2], f64::NEG_INFINITY),
+    ]);
+    let nan = real_pixels_f64(&spots.map(|s| (s, f64::NAN)));
+    let bytes = |values: &[f64]| {
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+        fits_bytes(&tan_cutout_cards(-64), &data)
+    };
+    let cutter = no_mosaics();
+    let cut = |b: Vec<u8>| {
+        cutter
+            .cut(&at_centre(Pixels::FitsCutout(b.into())))
+            .expect("cutout")
+    };
+    let (odd_cut, nan_cut) = (cut(bytes(&odd)), cut(bytes(&nan)));
+    assert!(spots.iter().all(|&(y, x)| odd_cut.pixels[[y, x]].is_nan()));
+    assert!(same(&odd_cut.pixels, &nan_cut.pixels));
+    assert_eq!(odd_cut.provenance.coverage, 1.0 - 3.0 / 90000.0);
+    let prepared = |c: &Cutout| crate::preprocess::prepare(&c.pixels).expect("prepared");
+    let (a, b) = (prepared(&odd_cut), prepared(&nan_cut));
+    assert_eq!(a.image_u8, b.image_u8);
+    assert_eq!((a.rms, a.threshold), (b.rms, b.threshold));
+    assert!(a.input.iter().all(|v| v.is_finite()));
+    // A finite range: the source's brightest pixel scales to 255, the image is not blank.
+    assert!(a.image_u8.contains(&255));
+    assert!(a.image_u8.iter().filter(|&&v| v > 0).count() > 100);
+
+    // The same pixels tile-compressed (lossless), read through CFITSIO.
+    use fitsio::images::{ImageDescription, ImageType};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fz = dir.path().join("odd.fits.fz");
+    {
+        let spec = format!("{}[compress G; q 0]", fz.display());
+        let mut f = fitsio::FitsFile::create(&spec)
+            .open()
+            .expect("create compressed");
+        let desc = ImageDescription {
+            data_type: ImageType::Double,
+            dimensions: &[300, 300],
+        };
+        let hdu = f.create_image("SCI", &desc).expect("image");
+        for (k, v) in [("CTYPE1", "RA---TAN"), ("CTYPE2", "DEC--TAN")] {
+            hdu.write_key(&mut f, k, v).expect("key");
+        }
+        for (k, v) in [
+            ("CRVAL1", 114.33),
+            ("CRVAL2", 29.4923),
+            ("CRPIX1", 150.5),
+            ("CRPIX2", 150.5),
+            ("CDELT1", -0.0005),
+            ("CDELT2", 0.0005),
+        ] {
+            hdu.write_key(&mut f, k, v).expect("key");
+        }
+        hdu.write_image(&mut f, &odd).expect("pixels");
+    }
+    let compressed = cutter.cut(&at_centre(path_pixels(&fz))).expect("cutout");
+    assert!(same(&compressed.pixels, &nan_cut.pixels));
+}
+
+#[test]
+fn ra_360_is_ra_0() {
+    // An image centred on RA 0: a detection at RA 360 is the one at RA 0.
+    let n = 64;
+    let mut cards = tan_wcs(n);
+    cards[2] = card("CRVAL1", "0.0");
+    let data: Vec<u8> = (0..n * n)
+        .flat_map(|i| (i as f32 * 0.5).to_be_bytes())
+        .collect();
+    let bytes = small_image(-32, &cards, &data, n);
+    let cutter = no_mosaics();
+    let cut = |ra: f64| {
+        cutter
+            .cut(&detection(
+                ra,
+                20.001,
+                Some(Pixels::FitsCutout(bytes.clone().into())),
+            ))
+            .expect("on the image")
+    };
+    let (at_0, at_360) = (cut(0.0), cut(360.0));
+    assert_eq!(at_360.position, (0.0, 20.001));
+    assert_eq!(
+        (at_0.provenance.x0, at_0.provenance.y0),
+        (at_360.provenance.x0, at_360.provenance.y0)
+    );
+    assert!(same(&at_0.pixels, &at_360.pixels));
+}
+
+/// An `n` x `n` float32 mosaic of `scale` arcsec pixels, TAN at (10, 20) with that position
+/// at 0-based pixel `at`, its pixels `value(x, y)`.
+fn mosaic(n: usize, scale: f64, at: (f64, f64), value: impl Fn(usize, usize) -> f32) -> Vec<u8> {
+    let data: Vec<u8> = (0..n * n)
+        .flat_map(|i| value(i % n, i / n).to_be_bytes())
+        .collect();
+    let cdelt = scale / 3600.0;
+    let extra = [
+        card("CTYPE1", "'RA---TAN'"),
+        card("CTYPE2", "'DEC--TAN'"),
+        card("CRVAL1", "10.0"),
+        card("CRVAL2", "20.0"),
+        card("CRPIX1", &format!("{}", at.0 + 1.0)),
+        card("CRPIX2", &format!("{}", at.1 + 1.0)),
+        card("CDELT1", &format!("{:e}", -cdelt)),
+        card("CDELT2", &format!("{cdelt:e}")),
+    ];
+    small_image(-32, &extra, &data, n)
+}
+
+fn mosaic_cutter(files: &[(&str, Vec<u8>)], cfg: CutoutConfig) -> (tempfile::TempDir, Cutter) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(name), bytes).expect("write");
+    }
+    let cutter = Cutter::new(&CutoutConfig {
+        mosaics: vec![dir.path().to_path_buf()],
+        ..cfg
+    })
+    .expect("index");
+    (dir, cutter)
+}
+
+fn chosen(cutter: &Cutter) -> String {
+    let cut = cutter.cut(&detection(10.0, 20.0, None)).expect("covered");
+    let file = cut.provenance.file;
+    file.rsplit('/').next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn mosaics_the_model_takes_win_and_edges_count_in_arcsec() {
+    let ones = |_, _| 1.0f32;
+    // The source 20 pixels (36 arcsec) inside a FIRST mosaic's edge, at the centre of a
+    // VLASS one (1 arcsec pixels): the FIRST pixels are the model's, so FIRST is cut
+    // rather than the detection rejected for VLASS's pixel size.
+    let files = [
+        ("a_first.fits", mosaic(400, 1.8, (20.0, 200.0), ones)),
+        ("b_vlass.fits", mosaic(400, 1.0, (200.0, 200.0), ones)),
+    ];
+    let (_dir, cutter) = mosaic_cutter(&files, CutoutConfig::default());
+    assert_eq!(chosen(&cutter), "a_first.fits");
+    // Resampling on: still the mosaic of the model's own pixels.
+    let (_dir, cutter) = mosaic_cutter(
+        &files,
+        CutoutConfig {
+            resample: true,
+            ..CutoutConfig::default()
+        },
+    );
+    assert_eq!(chosen(&cutter), "a_first.fits");
+    // Both taken as they are (a wide tolerance): the source is 150 pixels (270 arcsec) from
+    // the FIRST mosaic's edge and 190 pixels (190 arcsec) from the VLASS one's: FIRST is
+    // deeper inside, though fewer pixels in.
+    let files = [
+        ("a_vlass.fits", mosaic(400, 1.0, (190.0, 200.0), ones)),
+        ("b_first.fits", mosaic(400, 1.8, (150.0, 200.0), ones)),
+    ];
+    let wide = CutoutConfig {
+        pixel_scale_tolerance: 0.5,
+        ..CutoutConfig::default()
+    };
+    let (_dir, cutter) = mosaic_cutter(&files, wide);
+    assert_eq!(chosen(&cutter), "b_first.fits");
+}
+
+#[test]
+fn a_mosaic_blank_where_the_source_is_falls_back_to_the_next() {
+    // The best-placed mosaic is NaN over its left half (beyond its coverage), where the
+    // source lies; the next one has data there.
+    let blank_left = |x: usize, _| if x < 250 { f32::NAN } else { 2.0 };
+    let files = [
+        ("a_blank.fits", mosaic(500, 1.8, (200.0, 250.0), blank_left)),
+        ("b_data.fits", mosaic(400, 1.8, (150.0, 200.0), |_, _| 3.0)),
+    ];
+    let (_dir, cutter) = mosaic_cutter(&files, CutoutConfig::default());
+    let cut = cutter.cut(&detection(10.0, 20.0, None)).expect("covered");
+    assert!(
+        cut.provenance.file.ends_with("b_data.fits"),
+        "{:?}",
+        cut.provenance
+    );
+    assert_eq!(cut.pixels[[149, 149]], 3.0);
+
+    // With no other mosaic, the best one's window stands: partly blank here...
+    let (_dir, cutter) = mosaic_cutter(&files[..1], CutoutConfig::default());
+    let cut = cutter
+        .cut(&detection(10.0, 20.0, None))
+        .expect("partly covered");
+    assert!(cut.pixels[[149, 149]].is_nan() && cut.pixels[[149, 299]] == 2.0);
+    // ...and rejected as empty when none of it has data, after trying the others.
+    let all_blank = |_, _| f32::NAN;
+    let files = [
+        ("a.fits", mosaic(500, 1.8, (250.0, 250.0), all_blank)),
+        ("b.fits", mosaic(400, 1.8, (150.0, 200.0), all_blank)),
+    ];
+    let (_dir, cutter) = mosaic_cutter(&files, CutoutConfig::default());
+    let e = reject(&cutter, &detection(10.0, 20.0, None));
+    assert_eq!(e.reason, RejectReason::EmptyCutout);
+    assert!(
+        e.detail.contains("a.fits"),
+        "the best mosaic's: {}",
+        e.detail
+    );
 }

@@ -127,10 +127,11 @@ impl CelestialWcs {
         let ctype2 = h
             .opt_str("CTYPE2")
             .ok_or_else(|| WcsError::Missing("no CTYPE2".into()))?;
+        check_duplicates(h)?;
         let (frame, projection) = axis_types(ctype1, ctype2)?;
         check_frame(h, frame)?;
         check_units(h)?;
-        check_pv(h, projection)?;
+        let pv_lonpole = check_pv(h, projection)?;
 
         let num = |key: &str| h.opt_f64(key).map_err(WcsError::Invalid);
         let required = |key: &str| num(key)?.ok_or_else(|| WcsError::Missing(format!("no {key}")));
@@ -151,8 +152,18 @@ impl CelestialWcs {
                 pc[i][j] = num(&format!("PC{ki}_{kj}"))?;
             }
         }
+        let has_cd = cd.iter().flatten().any(Option::is_some);
+        if has_cd && pc.iter().flatten().any(Option::is_some) {
+            // Paper I forbids the mix; wcslib (astropy.wcs) takes PCi_j with CDELTi where
+            // others take CDi_j: refuse rather than pick.
+            return Err(WcsError::Invalid(
+                "both CDi_j and PCi_j keywords: readers disagree on which counts (astropy.wcs \
+                 takes PCi_j); keep one of them"
+                    .into(),
+            ));
+        }
         // Paper I precedence: CDi_j, else CDELTi with PCi_j, else CDELTi with CROTA2.
-        let matrix = if cd.iter().flatten().any(Option::is_some) {
+        let matrix = if has_cd {
             cd.map(|r| r.map(|v| v.unwrap_or(0.0)))
         } else {
             let (Some(c1), Some(c2)) = (num("CDELT1")?, num("CDELT2")?) else {
@@ -167,7 +178,23 @@ impl CelestialWcs {
                 ];
                 [[c1 * p[0][0], c1 * p[0][1]], [c2 * p[1][0], c2 * p[1][1]]]
             } else {
-                let crota = num("CROTA2")?.or(num("CROTA1")?).unwrap_or(0.0);
+                // The rotation is CROTA2's (the latitude axis'); astropy.wcs ignores CROTA1,
+                // so a CROTA1 that says otherwise is refused, not guessed at.
+                let crota = num("CROTA2")?.unwrap_or(0.0);
+                if let Some(c1) = num("CROTA1")? {
+                    if c1 != crota {
+                        return Err(WcsError::Invalid(format!(
+                            "CROTA1 = {c1} but CROTA2 = {crota}{}: the rotation is ambiguous \
+                             (astropy.wcs takes CROTA2 and ignores CROTA1); give CROTA2 alone \
+                             or equal values",
+                            if h.get("CROTA2").is_none() {
+                                " (absent)"
+                            } else {
+                                ""
+                            }
+                        )));
+                    }
+                }
                 let (s, c) = crota.to_radians().sin_cos();
                 [[c1 * c, -c2 * s], [c1 * s, c2 * c]]
             }
@@ -182,9 +209,24 @@ impl CelestialWcs {
             [matrix[1][1] / det, -matrix[0][1] / det],
             [-matrix[1][0] / det, matrix[0][0] / det],
         ];
-        // Zenithal: the reference point is the native pole; LONPOLE defaults to 180 deg
-        // unless the reference point is the celestial pole (Paper II section 2.5).
-        let lonpole = num("LONPOLE")?.unwrap_or(if crval[1] < 90.0 { 180.0 } else { 0.0 });
+        // Zenithal: the reference point is the native pole; LONPOLE (or its alias PV1_3)
+        // defaults to 180 deg unless the reference point is the celestial pole (Paper II
+        // section 2.5).
+        let lonpole = match (num("LONPOLE")?, pv_lonpole) {
+            (Some(l), Some(p)) if l != p => {
+                return Err(WcsError::Invalid(format!(
+                    "LONPOLE = {l} but PV1_3 (its alias) = {p}"
+                )));
+            }
+            (Some(l), _) | (None, Some(l)) => l,
+            (None, None) => {
+                if crval[1] < 90.0 {
+                    180.0
+                } else {
+                    0.0
+                }
+            }
+        };
         let rot = native_to_celestial(
             crval[0].to_radians(),
             crval[1].to_radians(),
@@ -410,13 +452,57 @@ fn check_frame(h: &Header, frame: Frame) -> Result<(), WcsError> {
     }
 }
 
+/// The keywords this module reads, or that would change what it computes if another reader
+/// took them differently: the primary WCS of axes 1 and 2 and the frame.
+fn is_wcs_keyword(key: &str) -> bool {
+    const GLOBAL: [&str; 7] = [
+        "LONPOLE", "LATPOLE", "EQUINOX", "EPOCH", "RADESYS", "RADECSYS", "WCSAXES",
+    ];
+    const PER_AXIS: [&str; 6] = ["CTYPE", "CUNIT", "CRVAL", "CRPIX", "CDELT", "CROTA"];
+    let axis = |s: &str| matches!(s, "1" | "2");
+    if GLOBAL.contains(&key)
+        || PER_AXIS
+            .iter()
+            .any(|p| key.strip_prefix(p).is_some_and(axis))
+    {
+        return true;
+    }
+    let matrix = |rest: &str| {
+        rest.split_once('_')
+            .is_some_and(|(i, j)| axis(i) && axis(j))
+    };
+    let param = |rest: &str| {
+        rest.split_once('_')
+            .is_some_and(|(i, m)| axis(i) && !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()))
+    };
+    key.strip_prefix("CD").is_some_and(matrix)
+        || key.strip_prefix("PC").is_some_and(matrix)
+        || key.strip_prefix("PV").is_some_and(param)
+}
+
+/// A WCS keyword given twice: astropy.io.fits reads the first, wcslib (astropy.wcs) the last;
+/// neither is safe to assume.
+fn check_duplicates(h: &Header) -> Result<(), WcsError> {
+    match h.duplicated().find(|k| is_wcs_keyword(k)) {
+        None => Ok(()),
+        Some(key) => Err(WcsError::Invalid(format!(
+            "WCS keyword {key} is given more than once (after normalising spellings such as \
+             PC01_01 or PC001001): readers disagree on which counts (astropy.wcs takes the \
+             last); keep one"
+        ))),
+    }
+}
+
 fn check_units(h: &Header) -> Result<(), WcsError> {
     for key in ["CUNIT1", "CUNIT2"] {
         if let Some(u) = h.opt_str(key) {
             let u = u.trim();
-            if !u.is_empty() && !u.eq_ignore_ascii_case("deg") {
+            let degrees = ["deg", "degree", "degrees"]
+                .iter()
+                .any(|d| u.eq_ignore_ascii_case(d));
+            if !u.is_empty() && !degrees {
                 return Err(WcsError::Unsupported(format!(
-                    "{key} = '{u}': celestial axes must be in degrees"
+                    "{key} = '{u}': celestial axes must be in degrees ('deg')"
                 )));
             }
         }
@@ -424,26 +510,78 @@ fn check_units(h: &Header) -> Result<(), WcsError> {
     Ok(())
 }
 
-/// Projection parameters: none of the supported projections takes any, and SIN's slant
-/// terms or a moved fiducial point would otherwise be ignored: refuse any non-zero PV.
-fn check_pv(h: &Header, projection: Zenithal) -> Result<(), WcsError> {
-    for i in 1..=2 {
-        for m in 0..=20 {
-            let key = format!("PV{i}_{m}");
-            match h.get(&key) {
-                None | Some(Value::Undefined) => {}
-                Some(v) if v.as_f64() == Some(0.0) => {}
-                Some(v) => {
-                    return Err(WcsError::Unsupported(format!(
-                        "{key} = {v:?} on a {} projection: projection parameters (e.g. SIN slant terms) are not \
-                         supported",
-                        projection.code()
-                    )));
+/// Projection parameters. None of the supported projections takes a `PV2_m` (SIN's slant
+/// terms, PV2_1 and PV2_2, must be 0): any non-zero one is refused. On the longitude axis,
+/// PV1_0..PV1_2 place the fiducial point, which must stay at the zenithal default
+/// (phi_0, theta_0) = (0, 90); PV1_3 and PV1_4 are aliases of LONPOLE and LATPOLE and must
+/// agree with them where both are given. Returns PV1_3, which stands in for LONPOLE.
+fn check_pv(h: &Header, projection: Zenithal) -> Result<Option<f64>, WcsError> {
+    let code = projection.code();
+    // `PVi_m` of the celestial axes, in (i, m) order so that the first problem is named.
+    let mut params: Vec<(u32, u32, f64)> = Vec::new();
+    for (key, v) in h.cards() {
+        let Some((i, m)) = key.strip_prefix("PV").and_then(|r| r.split_once('_')) else {
+            continue;
+        };
+        let (Ok(i), Ok(m)) = (i.parse::<u32>(), m.parse::<u32>()) else {
+            continue;
+        };
+        if !(1..=2).contains(&i) || *v == Value::Undefined {
+            continue;
+        }
+        let v = v
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .ok_or_else(|| WcsError::Invalid(format!("{key} is not a finite number: {v:?}")))?;
+        params.push((i, m, v));
+    }
+    params.sort_by_key(|&(i, m, _)| (i, m));
+    let mut pv1_3 = None;
+    for (i, m, v) in params {
+        let key = format!("PV{i}_{m}");
+        match (i, m) {
+            (1, 0) if v == 0.0 || v == 1.0 => {}
+            (1, 1) if v == 0.0 => {}
+            (1, 2) if v == 90.0 => {}
+            (1, 0..=2) => {
+                let (what, default) = match m {
+                    0 => ("the fiducial offset flag", "0 or 1"),
+                    1 => ("phi_0 of the fiducial point", "0"),
+                    _ => ("theta_0 of the fiducial point", "90"),
+                };
+                return Err(WcsError::Unsupported(format!(
+                    "{key} = {v} ({what}) on a {code} projection: a moved fiducial point is not \
+                     supported (only {default})"
+                )));
+            }
+            (1, 3) => pv1_3 = Some(v),
+            (1, 4) => {
+                if let Some(l) = h.opt_f64("LATPOLE").map_err(WcsError::Invalid)? {
+                    if l != v {
+                        return Err(WcsError::Invalid(format!(
+                            "LATPOLE = {l} but {key} (its alias) = {v}"
+                        )));
+                    }
                 }
+            }
+            _ if v == 0.0 => {}
+            (1, _) => {
+                return Err(WcsError::Unsupported(format!(
+                    "{key} = {v} on a {code} projection: not a parameter of a zenithal projection"
+                )));
+            }
+            _ => {
+                let what = match (projection, m) {
+                    (Zenithal::Sin, 1 | 2) => "a SIN slant term (an NCP-like or tilted projection)",
+                    _ => "a projection parameter",
+                };
+                return Err(WcsError::Unsupported(format!(
+                    "{key} = {v} on a {code} projection: {what}, which is not supported (only 0)"
+                )));
             }
         }
     }
-    Ok(())
+    Ok(pv1_3)
 }
 
 #[cfg(test)]
@@ -770,5 +908,226 @@ mod tests {
                 (99.0, 99.0, 201.4505268070455, 62.26949503443139),
             ],
         );
+    }
+
+    /// The CDELT + PC header of `pc_cd_crota_conventions_galactic_frame_and_lonpole`, PC
+    /// keywords spelled by `pc` (e.g. "PC1_1", "PC001001").
+    fn pc_header(pc: impl Fn(usize, usize) -> String) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = [
+            ("CTYPE1", "'RA---SIN'"),
+            ("CTYPE2", "'DEC--SIN'"),
+            ("CRPIX1", "50.0"),
+            ("CRPIX2", "50.0"),
+            ("CRVAL1", "150.0"),
+            ("CRVAL2", "2.2"),
+            ("CDELT1", "-0.0005"),
+            ("CDELT2", "0.0005"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (i, j, value) in [
+            (1, 1, "0.8660254"),
+            (1, 2, "-0.5"),
+            (2, 1, "0.5"),
+            (2, 2, "0.8660254"),
+        ] {
+            v.push((pc(i, j), value.into()));
+        }
+        v
+    }
+
+    /// astropy's positions for `pc_header`.
+    const PC_CASES: [Case; 2] = [
+        (0.0, 0.0, 150.00897403725622, 2.1665323488376957),
+        (99.0, 20.0, 149.97107804699277, 2.1999423516886094),
+    ];
+
+    fn with(base: &[(String, String)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut v = base.to_vec();
+        v.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        v
+    }
+
+    fn refused(cards: &[(String, String)]) -> String {
+        wcs(&borrowed(cards)).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn aips_spellings_read_as_wcslib_reads_them() {
+        // PC00i00j (AIPS) is PCi_j, as in astropy.wcs.
+        let aips = pc_header(|i, j| format!("PC{i:03}{j:03}"));
+        check(
+            &wcs(&borrowed(&aips)).expect("PC001001 spelling"),
+            &PC_CASES,
+        );
+        // CD00i00j likewise: the CD matrix that CDELT x PC make.
+        let cd: Vec<(String, String)> = pc_header(|i, j| format!("CD{i:03}{j:03}"))
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("CDELT"))
+            .map(|(k, v)| {
+                let scale = if k.starts_with("CD001") {
+                    -0.0005
+                } else {
+                    0.0005
+                };
+                match v.parse::<f64>() {
+                    Ok(f) if k.starts_with("CD0") => (k, format!("{:e}", f * scale)),
+                    _ => (k, v),
+                }
+            })
+            .collect();
+        // (CDELT1 is negative: row 1 of CD is -0.0005 times row 1 of PC.)
+        check(&wcs(&borrowed(&cd)).expect("CD001001 spelling"), &PC_CASES);
+        // PROJPn is PV2_n: a SIN slant term there is refused like one spelled PV2_1.
+        let projp = with(&rotated("SIN"), &[("PROJP1", "0.5")]);
+        let err = refused(&projp);
+        assert!(
+            err.contains("PV2_1 = 0.5") && err.contains("slant"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn conflicting_and_duplicated_wcs_keywords_are_refused() {
+        let pc = pc_header(|i, j| format!("PC{i}_{j}"));
+        check(&wcs(&borrowed(&pc)).expect("PC"), &PC_CASES);
+
+        // CD and PC together: astropy.wcs takes PC, others CD.
+        let err = refused(&with(&pc, &[("CD1_1", "-0.0005"), ("CD2_2", "0.0005")]));
+        assert!(err.contains("both CDi_j and PCi_j"), "{err}");
+
+        // A repeated WCS keyword, in the same spelling or another one.
+        for (key, value) in [
+            ("CRVAL1", "151.0"),
+            ("CRPIX2", "50.0"),
+            ("PC01_01", "0.8660254"),
+            ("PC001002", "-0.5"),
+            ("CTYPE1", "'RA---SIN'"),
+            ("LONPOLE", "180.0"),
+        ] {
+            let mut cards = with(&pc, &[(key, value)]);
+            if key == "LONPOLE" {
+                cards.push((key.into(), value.into()));
+            }
+            let err = refused(&cards);
+            assert!(err.contains("more than once"), "{key}: {err}");
+        }
+        // Repeats that do not touch the celestial WCS are harmless.
+        let harmless = with(
+            &pc,
+            &[
+                ("OBJECT", "'A'"),
+                ("OBJECT", "'B'"),
+                ("CTYPE3", "'FREQ'"),
+                ("CTYPE3", "'FREQ'"),
+            ],
+        );
+        check(
+            &wcs(&borrowed(&harmless)).expect("harmless repeats"),
+            &PC_CASES,
+        );
+    }
+
+    #[test]
+    fn crota1_must_agree_with_crota2() {
+        let base: Vec<(String, String)> = [
+            ("CTYPE1", "'RA---SIN'"),
+            ("CTYPE2", "'DEC--SIN'"),
+            ("CRPIX1", "20.0"),
+            ("CRPIX2", "70.0"),
+            ("CRVAL1", "359.99"),
+            ("CRVAL2", "-30.0"),
+            ("CDELT1", "-0.001"),
+            ("CDELT2", "0.0005"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        // astropy, CROTA2 = 30 (see pc_cd_crota_conventions_galactic_frame_and_lonpole).
+        let rotated30 = [
+            (0.0, 0.0, 0.028926580719030426, -30.020372152178492),
+            (99.0, 50.0, 359.9154485661786, -30.04820625526681),
+        ];
+        let both = with(&base, &[("CROTA1", "30.0"), ("CROTA2", "30.0")]);
+        check(&wcs(&borrowed(&both)).expect("equal CROTAs"), &rotated30);
+        // CROTA1 = 0 alone: no rotation either way.
+        let unrotated = wcs(&borrowed(&base)).expect("no CROTA");
+        let zero = wcs(&borrowed(&with(&base, &[("CROTA1", "0.0")]))).expect("CROTA1 = 0");
+        assert_eq!(unrotated.cd, zero.cd);
+        let err = refused(&with(&base, &[("CROTA1", "30.0")]));
+        assert!(
+            err.contains("CROTA1 = 30") && err.contains("(absent)"),
+            "{err}"
+        );
+        let err = refused(&with(&base, &[("CROTA1", "30.0"), ("CROTA2", "20.0")]));
+        assert!(err.contains("CROTA1 = 30 but CROTA2 = 20"), "{err}");
+    }
+
+    #[test]
+    fn degrees_in_any_spelling() {
+        for unit in ["'deg'", "'DEG'", "'degree'", "'Degrees'", "'DEGREES '"] {
+            let cards = with(&rotated("TAN"), &[("CUNIT1", unit), ("CUNIT2", unit)]);
+            wcs(&borrowed(&cards)).unwrap_or_else(|e| panic!("{unit}: {e}"));
+        }
+        for unit in ["'arcsec'", "'rad'", "'degs'"] {
+            let err = refused(&with(&rotated("TAN"), &[("CUNIT2", unit)]));
+            assert!(err.contains("CUNIT2") && err.contains("degrees"), "{err}");
+        }
+    }
+
+    #[test]
+    fn default_and_alias_projection_parameters_are_accepted() {
+        let plain = wcs(&borrowed(&rotated("SIN"))).expect("SIN");
+        // The zenithal fiducial point at its default, and zero slant terms.
+        let defaults = with(
+            &rotated("SIN"),
+            &[
+                ("PV1_0", "1"),
+                ("PV1_1", "0.0"),
+                ("PV1_2", "90.0"),
+                ("PV2_1", "0.0"),
+                ("PV2_2", "0"),
+            ],
+        );
+        let w = wcs(&borrowed(&defaults)).expect("defaults");
+        assert_eq!((w.cd, w.rot), (plain.cd, plain.rot));
+        // PV1_3 is LONPOLE: astropy's positions for LONPOLE = 170 (see
+        // pc_cd_crota_conventions_galactic_frame_and_lonpole), alone or with an equal LONPOLE.
+        let lonpole170 = [
+            (0.0, 0.0, 201.52946672749835, 62.22069145584367),
+            (99.0, 99.0, 201.4505268070455, 62.26949503443139),
+        ];
+        let alias = with(&rotated("TAN"), &[("PV1_3", "170.0")]);
+        check(&wcs(&borrowed(&alias)).expect("PV1_3"), &lonpole170);
+        let agreeing = with(&alias, &[("LONPOLE", "170.0")]);
+        check(
+            &wcs(&borrowed(&agreeing)).expect("PV1_3 = LONPOLE"),
+            &lonpole170,
+        );
+        let err = refused(&with(&alias, &[("LONPOLE", "180.0")]));
+        assert!(err.contains("LONPOLE = 180 but PV1_3"), "{err}");
+        // PV1_4 is LATPOLE, which a zenithal projection does not use; it must not contradict
+        // a LATPOLE that is given.
+        wcs(&borrowed(&with(&rotated("TAN"), &[("PV1_4", "62.0")]))).expect("PV1_4");
+        let err = refused(&with(
+            &rotated("TAN"),
+            &[("PV1_4", "62.0"), ("LATPOLE", "90.0")],
+        ));
+        assert!(err.contains("LATPOLE = 90 but PV1_4"), "{err}");
+        // Everything else is refused, naming the parameter.
+        for (key, value, says) in [
+            ("PV1_1", "10.0", "phi_0"),
+            ("PV1_2", "80.0", "theta_0"),
+            ("PV1_0", "2", "fiducial offset flag"),
+            ("PV1_5", "1.0", "not a parameter of a zenithal projection"),
+            ("PV2_3", "0.1", "a projection parameter"),
+        ] {
+            let err = refused(&with(&rotated("TAN"), &[(key, value)]));
+            assert!(
+                err.contains(&format!("{key} = ")) && err.contains(says),
+                "{key}: {err}"
+            );
+        }
     }
 }

@@ -39,9 +39,6 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
-    /// A file path that cannot be carried in a detection (`fits_path` is a UTF-8 string).
-    #[error("path {} is not valid UTF-8", path.display())]
-    NonUtf8Path { path: PathBuf },
     /// The catalogue's header is unreadable or lacks a required column.
     #[error("catalogue {}: {message}", path.display())]
     CatalogHeader { path: PathBuf, message: String },
@@ -98,7 +95,7 @@ pub fn inline_cutout(message: &mut proto::SourceDetection) -> Result<(), SourceE
 }
 
 /// Sanity checks on a detection, whatever its transport: a non-empty source id; finite
-/// coordinates with RA in [0, 360) and Dec in [-90, 90] unless `centre_of_cutout` (which
+/// coordinates with RA in [0, 360] and Dec in [-90, 90] unless `centre_of_cutout` (which
 /// then needs a cutout, inline or by path); non-empty pixel references.
 pub fn validate(det: &proto::SourceDetection) -> Result<(), ItemError> {
     let invalid = |detail: String| Err(ItemError::new(RejectReason::InvalidDetection, detail));
@@ -123,7 +120,8 @@ pub fn validate(det: &proto::SourceDetection) -> Result<(), ItemError> {
     }
 }
 
-/// RA in [0, 360) and Dec in [-90, 90], both finite; the error says which and why.
+/// RA in [0, 360] (360 is the same meridian as 0; the cutter wraps it) and Dec in
+/// [-90, 90], both finite; the error says which and why.
 fn check_position(ra: f64, dec: f64) -> Result<(), String> {
     if !ra.is_finite() {
         return Err(format!("ra is not finite ({ra})"));
@@ -131,8 +129,8 @@ fn check_position(ra: f64, dec: f64) -> Result<(), String> {
     if !dec.is_finite() {
         return Err(format!("dec is not finite ({dec})"));
     }
-    if !(0.0..360.0).contains(&ra) {
-        return Err(format!("ra {ra} outside [0, 360)"));
+    if !(0.0..=360.0).contains(&ra) {
+        return Err(format!("ra {ra} outside [0, 360]"));
     }
     if !(-90.0..=90.0).contains(&dec) {
         return Err(format!("dec {dec} outside [-90, 90]"));
@@ -165,6 +163,7 @@ mod tests {
         for (ra, dec) in [
             (0.0, 0.0),
             (359.999, 90.0),
+            (360.0, 0.0),
             (180.0, -90.0),
             (114.33, 29.492),
         ] {
@@ -176,8 +175,8 @@ mod tests {
     fn impossible_positions_are_refused() {
         assert!(refused(&at(f64::NAN, 0.0)).contains("ra is not finite"));
         assert!(refused(&at(10.0, f64::INFINITY)).contains("dec is not finite"));
-        assert!(refused(&at(360.0, 0.0)).contains("ra 360 outside [0, 360)"));
-        assert!(refused(&at(-0.5, 0.0)).contains("outside [0, 360)"));
+        assert!(refused(&at(360.001, 0.0)).contains("ra 360.001 outside [0, 360]"));
+        assert!(refused(&at(-0.5, 0.0)).contains("outside [0, 360]"));
         assert!(refused(&at(10.0, 90.5)).contains("dec 90.5 outside [-90, 90]"));
     }
 
