@@ -265,6 +265,15 @@ pub struct CheckConfigArgs {
     pub config: PathBuf,
 }
 
+/// The keys of a Kafka source, which a source the command line names (INPUT, `--catalog`)
+/// does not take: a configuration file's are dropped (an override's are kept, and refused).
+const KAFKA_SOURCE_KEYS: [&str; 4] = [
+    "source.brokers",
+    "source.group_id",
+    "source.topic",
+    "source.properties",
+];
+
 /// The configuration of `classify`: the `--config` file (or defaults), the process's
 /// `RADIOGATE__...` environment overrides, then the flags.
 pub fn classify_config(args: &ClassifyArgs) -> Result<Config, ConfigError> {
@@ -289,21 +298,24 @@ pub fn classify_config_with_env(
         builder
             .set("source.kind", "files", "INPUT")
             .set("source.inputs", path_list(&args.inputs), "INPUT")
-            .unset("source.path");
+            .unset("source.path")
+            .unset_from_file("source.columns");
+        for field in KAFKA_SOURCE_KEYS {
+            builder.unset_from_file(field);
+        }
     }
     if let Some(catalog) = &args.catalog {
         builder
             .set("source.kind", "catalog", "--catalog")
             .set("source.path", path_text(catalog), "--catalog")
             .unset("source.inputs");
+        for field in KAFKA_SOURCE_KEYS {
+            builder.unset_from_file(field);
+        }
     }
-    if !args.columns.is_empty() {
-        let columns: toml::Table = args
-            .columns
-            .iter()
-            .map(|(field, column)| (field.clone(), column.clone().into()))
-            .collect();
-        builder.set("source.columns", columns, "--column");
+    // Each --column names one field's column; the configuration's others stay.
+    for (field, column) in &args.columns {
+        builder.set_entry("source.columns", field, column.as_str(), "--column");
     }
     if !args.mosaics.is_empty() {
         builder.set("cutout.mosaics", path_list(&args.mosaics), "--mosaics");
@@ -350,7 +362,177 @@ pub fn classify_config_with_env(
                 .into(),
         ));
     }
+    if let Some(truth) = &args.truth {
+        if matches!(&config.sink, config::SinkConfig::File { path: None, .. }) {
+            return Err(ConfigError::Usage(
+                "--truth reads the results back from --out, which must be a file, \
+                 not standard output"
+                    .into(),
+            ));
+        }
+        crate::report::read_truth(truth)
+            .map_err(|e| ConfigError::Usage(format!("--truth: {e}")))?;
+    }
+    if args.report.is_some()
+        && matches!(&config.sink, config::SinkConfig::File { resume: true, .. })
+    {
+        // The `--resume` flag is refused with --report by clap; this is the configuration's
+        // or the environment's `sink.resume`.
+        return Err(ConfigError::Usage(
+            "--report cannot be used with sink.resume (set by the configuration or \
+             RADIOGATE__SINK__RESUME): the report would miss the sources of the earlier run"
+                .into(),
+        ));
+    }
+    check_outputs(&config, args)?;
     Ok(config)
+}
+
+/// A file the run reads or writes, and what it is to the run (for messages).
+struct Role<'a> {
+    path: &'a Path,
+    what: String,
+}
+
+/// Refuses a run that would write over what it reads, or write two outputs to one file:
+/// an output (`--out`, its protobuf `<out>.rejections`, `--report`) that is the catalogue,
+/// an input file or a FITS file found in an input folder, or the `--truth` table, or that
+/// is another output. Files that exist are compared by identity (device and inode, so that
+/// links and other spellings of a path are seen through); outputs that do not exist yet can
+/// only be each other, and are compared by their canonical folder and name.
+fn check_outputs(config: &Config, args: &ClassifyArgs) -> Result<(), ConfigError> {
+    let mut outputs = Vec::new();
+    if let config::SinkConfig::File {
+        path: Some(path),
+        format,
+        ..
+    } = &config.sink
+    {
+        outputs.push((
+            path.clone(),
+            format!("the output {} (--out)", path.display()),
+        ));
+        if *format == config::OutputFormat::Protobuf {
+            let rejections = crate::sink::rejections_path(path);
+            let what = format!("the rejections file {}", rejections.display());
+            outputs.push((rejections, what));
+        }
+    }
+    if let Some(report) = &args.report {
+        outputs.push((
+            report.clone(),
+            format!("the report {} (--report)", report.display()),
+        ));
+    }
+    if outputs.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<FileKey> = outputs.iter().map(|(path, _)| FileKey::of(path)).collect();
+    for (at, key) in keys.iter().enumerate() {
+        if let Some(other) = keys[..at].iter().position(|k| k == key) {
+            return Err(ConfigError::Usage(format!(
+                "{} and {} are the same file: give each output a file of its own",
+                outputs[other].1, outputs[at].1
+            )));
+        }
+    }
+    // An output that does not exist yet is none of the files the run reads.
+    if !keys.iter().any(FileKey::exists) {
+        return Ok(());
+    }
+    let mut inputs: Vec<Role<'_>> = Vec::new();
+    let listed;
+    match &config.source {
+        config::SourceConfig::Catalog { path, .. } => inputs.push(Role {
+            path,
+            what: format!("the catalogue {}", path.display()),
+        }),
+        config::SourceConfig::DetectionsFile { path } => inputs.push(Role {
+            path,
+            what: format!("the detections file {}", path.display()),
+        }),
+        config::SourceConfig::Files { inputs: given, .. } => {
+            // A listing that fails is the source's to report when it opens.
+            listed = crate::source::fits_files(given).unwrap_or_default();
+            for path in given {
+                inputs.push(Role {
+                    path,
+                    what: format!("the input {}", path.display()),
+                });
+            }
+            for path in listed.iter().filter_map(|entry| entry.as_ref().ok()) {
+                inputs.push(Role {
+                    path,
+                    what: format!("the input {} (in an input folder)", path.display()),
+                });
+            }
+        }
+        config::SourceConfig::Kafka(_) => {}
+    }
+    if let Some(truth) = &args.truth {
+        inputs.push(Role {
+            path: truth,
+            what: format!("the truth table {} (--truth)", truth.display()),
+        });
+    }
+    for input in &inputs {
+        let key = FileKey::of(input.path);
+        if !key.exists() {
+            continue;
+        }
+        if let Some(at) = keys.iter().position(|k| *k == key) {
+            return Err(ConfigError::Usage(format!(
+                "{} is {}: writing it would destroy what the run reads; \
+                 give the output another file",
+                outputs[at].1, input.what
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What makes two paths the same file.
+#[derive(Debug, PartialEq, Eq)]
+enum FileKey {
+    /// An existing file: its device and inode (its canonical path off Unix).
+    #[cfg(unix)]
+    Inode(u64, u64),
+    #[cfg(not(unix))]
+    Canonical(PathBuf),
+    /// A file not there yet: its folder's canonical path and its name (else the path as
+    /// given, made absolute).
+    Planned(PathBuf),
+}
+
+impl FileKey {
+    fn of(path: &Path) -> Self {
+        if let Ok(meta) = std::fs::metadata(path) {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                return FileKey::Inode(meta.dev(), meta.ino());
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = meta;
+                if let Ok(canonical) = std::fs::canonicalize(path) {
+                    return FileKey::Canonical(canonical);
+                }
+            }
+        }
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let planned = match (absolute.parent(), absolute.file_name()) {
+            (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+                .map(|folder| folder.join(name))
+                .unwrap_or(absolute.clone()),
+            _ => absolute.clone(),
+        };
+        FileKey::Planned(planned)
+    }
+
+    fn exists(&self) -> bool {
+        !matches!(self, FileKey::Planned(_))
+    }
 }
 
 /// The configuration of `explain`: the `--config` file (or defaults), the environment, then
@@ -629,6 +811,58 @@ mod tests {
         assert!(err.to_string().contains("cannot be used with"), "{err}");
     }
 
+    /// A source named on the command line replaces the file's, keys of its kind included;
+    /// `--column` adds to the file's columns.
+    #[test]
+    fn the_command_line_source_replaces_the_files_and_columns_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let kafka = dir.path().join("kafka.toml");
+        std::fs::write(
+            &kafka,
+            "[source]\nkind = \"kafka\"\nbrokers = \"b:9092\"\ngroup_id = \"g\"\ntopic = \"t\"\n\
+             properties = { \"fetch.wait.max.ms\" = \"10\" }\n",
+        )
+        .unwrap();
+        let kafka = kafka.to_str().unwrap();
+        for source in [&["--catalog", "c.csv"][..], &["x.fits"][..]] {
+            let mut args = vec!["--config", kafka];
+            args.extend_from_slice(source);
+            let config = classify_config_with_env(&classify_args(&args), no_env())
+                .unwrap_or_else(|e| panic!("{source:?}: {e}"));
+            assert!(!matches!(config.source, SourceConfig::Kafka(_)));
+        }
+        // A variable's Kafka key was typed by the user: kept, and refused.
+        let env = [("RADIOGATE__SOURCE__TOPIC".to_string(), "t".to_string())];
+        let args = classify_args(&["--config", kafka, "--catalog", "c.csv"]);
+        let err = classify_config_with_env(&args, env.into_iter()).unwrap_err();
+        assert!(err.to_string().contains("source.topic"), "{err}");
+
+        let catalog = dir.path().join("catalog.toml");
+        std::fs::write(
+            &catalog,
+            "[source]\nkind = \"catalog\"\npath = \"c.csv\"\ncolumns = { source_id = \"Name\", ra = \"RA_x\" }\n",
+        )
+        .unwrap();
+        let args = classify_args(&[
+            "--config",
+            catalog.to_str().unwrap(),
+            "--column",
+            "ra=RA_y",
+            "--column",
+            "dec=DEC_y",
+        ]);
+        let config = classify_config_with_env(&args, no_env()).unwrap();
+        let SourceConfig::Catalog { columns, .. } = config.source else {
+            panic!("{:?}", config.source)
+        };
+        let expected = [("dec", "DEC_y"), ("ra", "RA_y"), ("source_id", "Name")]
+            .map(|(f, c)| (f.to_string(), c.to_string()));
+        assert_eq!(columns, expected.into());
+        // The file's columns do not follow a switch to files.
+        let args = classify_args(&["--config", catalog.to_str().unwrap(), "x.fits"]);
+        assert!(classify_config_with_env(&args, no_env()).is_ok());
+    }
+
     #[test]
     fn bad_flags_are_refused_naming_the_flag() {
         let args = classify_args(&["--max-batch", "0", "a.fits"]);
@@ -659,8 +893,119 @@ mod tests {
         ]);
         let err = classify_config_with_env(&args, no_env()).unwrap_err();
         assert!(err.to_string().contains("--truth"), "{err}");
-        let args = classify_args(&["--out", "r.jsonl", "--truth", "t.csv", "x.fits"]);
+        let dir = tempfile::tempdir().unwrap();
+        let truth = dir.path().join("t.csv");
+        std::fs::write(&truth, "source_id,class\na,FRI\n").unwrap();
+        let truth = truth.to_str().unwrap();
+        let args = classify_args(&["--out", "r.jsonl", "--truth", truth, "x.fits"]);
         assert!(classify_config_with_env(&args, no_env()).is_ok());
+    }
+
+    fn usage_error(args: &[&str], env: &[(&str, &str)]) -> String {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        match classify_config_with_env(&classify_args(args), env.into_iter()) {
+            Err(ConfigError::Usage(message)) => message,
+            other => panic!("expected a usage error for {args:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_output_that_is_an_input_or_another_output_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        std::fs::write(at("big.csv"), "source_id,ra,dec\na,1,2\n").unwrap();
+        std::fs::create_dir(at("cutouts")).unwrap();
+        std::fs::write(at("cutouts/x.fits"), b"").unwrap();
+        std::fs::write(at("t.csv"), "source_id,class\na,FRI\n").unwrap();
+
+        let message = usage_error(&["--catalog", &at("big.csv"), "--out", &at("big.csv")], &[]);
+        assert!(
+            message.contains(&format!("the output {} (--out)", at("big.csv")))
+                && message.contains(&format!("the catalogue {}", at("big.csv"))),
+            "{message}"
+        );
+        // Another spelling of the same file is the same file.
+        let other_spelling = format!("{}/./../big.csv", at("cutouts"));
+        let message = usage_error(
+            &["--catalog", &at("big.csv"), "--out", &other_spelling],
+            &[],
+        );
+        assert!(message.contains("the catalogue"), "{message}");
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(at("cutouts/x.fits"), at("link.fits")).unwrap();
+            let message = usage_error(&["--out", &at("link.fits"), &at("cutouts")], &[]);
+            assert!(message.contains("(in an input folder)"), "{message}");
+        }
+        let message = usage_error(
+            &["--out", &at("cutouts/x.fits"), &at("cutouts/x.fits")],
+            &[],
+        );
+        assert!(message.contains("the input"), "{message}");
+        let message = usage_error(
+            &[
+                "--out",
+                &at("t.csv"),
+                "--truth",
+                &at("t.csv"),
+                &at("cutouts"),
+            ],
+            &[],
+        );
+        assert!(message.contains("the truth table"), "{message}");
+        // Two outputs, neither there yet.
+        let message = usage_error(
+            &[
+                "--out",
+                &at("r.html"),
+                "--report",
+                &at("r.html"),
+                &at("cutouts"),
+            ],
+            &[],
+        );
+        assert!(
+            message.contains("(--out) and the report") && message.contains("same file"),
+            "{message}"
+        );
+        let message = usage_error(
+            &[
+                "--format",
+                "protobuf",
+                "--out",
+                &at("r.pb"),
+                "--report",
+                &at("r.pb.rejections"),
+                &at("cutouts"),
+            ],
+            &[],
+        );
+        assert!(message.contains("the rejections file"), "{message}");
+        // Distinct files are fine, existing or not.
+        let args = classify_args(&["--catalog", &at("big.csv"), "--out", &at("t.csv")]);
+        assert!(classify_config_with_env(&args, no_env()).is_ok());
+    }
+
+    #[test]
+    fn resume_with_a_report_and_truth_without_a_file_are_refused_at_start() {
+        let message = usage_error(
+            &["--out", "r.jsonl", "--report", "r.html", "x.fits"],
+            &[("RADIOGATE__SINK__RESUME", "true")],
+        );
+        assert!(message.contains("sink.resume"), "{message}");
+        let message = usage_error(&["--out", "-", "--truth", "t.csv", "x.fits"], &[]);
+        assert!(message.contains("not standard output"), "{message}");
+        let message = usage_error(
+            &["--out", "r.jsonl", "--truth", "no/such/truth.csv", "x.fits"],
+            &[],
+        );
+        assert!(
+            message.starts_with("--truth: truth table no/such/truth.csv"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -599,6 +599,42 @@ impl ConfigBuilder {
         self
     }
 
+    /// Sets `key` of the table `field` (`section.key`, e.g. `source.columns`), keeping the
+    /// table's other keys; errors about it name `origin`.
+    pub fn set_entry(
+        &mut self,
+        field: &str,
+        key: &str,
+        value: impl Into<toml::Value>,
+        origin: &str,
+    ) -> &mut Self {
+        let (section, name) = field.split_once('.').unwrap_or((field, ""));
+        let mut table = match self.table.get(section).and_then(|s| s.get(name)) {
+            Some(toml::Value::Table(table)) => table.clone(),
+            _ => toml::Table::new(),
+        };
+        table.insert(key.to_string(), value.into());
+        let whole_origin = self.set_by.get(field).cloned();
+        self.set(field, table, origin);
+        // The table's other keys keep the origin they had.
+        match whole_origin {
+            Some(earlier) => self.set_by.insert(field.to_string(), earlier),
+            None => self.set_by.remove(field),
+        };
+        self.set_by
+            .insert(format!("{field}.{key}"), origin.to_string());
+        self
+    }
+
+    /// Removes `field` unless an override (a variable or a flag) set it: what the file says
+    /// of a kind of source the command line has replaced.
+    pub fn unset_from_file(&mut self, field: &str) -> &mut Self {
+        if !self.set_by.contains_key(field) {
+            self.unset(field);
+        }
+        self
+    }
+
     /// Removes `field` (`section.key`) so that its default applies (e.g. a file's
     /// `source.path` when the command line switches the source to files).
     pub fn unset(&mut self, field: &str) -> &mut Self {
@@ -640,10 +676,18 @@ impl ConfigBuilder {
         ConfigError::Invalid(errors)
     }
 
-    /// The override that set `field`, or for a whole unknown section the one that created it.
+    /// The override that set `field` or a table or array it is in (an element of an array
+    /// that a variable set), or for a whole unknown section the one that created it.
     fn origin_of(&self, field: &str) -> Option<String> {
-        if let Some(origin) = self.set_by.get(field) {
-            return Some(origin.clone());
+        let mut at = field;
+        loop {
+            if let Some(origin) = self.set_by.get(at) {
+                return Some(origin.clone());
+            }
+            match at.rfind(['.', '[']) {
+                Some(end) if end > 0 => at = &at[..end],
+                _ => break,
+            }
         }
         let prefix = format!("{field}.");
         self.set_by
@@ -765,12 +809,16 @@ struct RawSource {
     shard: Option<String>,
 }
 
-/// A librdkafka property's value: the text itself, or where to read a secret from, so that
-/// passwords need not be written in the file.
+/// A librdkafka property's value: the text itself (a number or a boolean as its text:
+/// `"linger.ms" = 5`), or where to read a secret from, so that passwords need not be
+/// written in the file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum RawProperty {
     Text(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
     /// `{ env = "VAR" }`: the value of an environment variable.
     Env {
         env: String,
@@ -837,6 +885,9 @@ fn resolve_properties(
         }
         let value = match value {
             RawProperty::Text(text) => Some(text),
+            RawProperty::Integer(number) => Some(number.to_string()),
+            RawProperty::Float(number) => Some(number.to_string()),
+            RawProperty::Bool(flag) => Some(flag.to_string()),
             RawProperty::Env { env } => match std::env::var(&env) {
                 Ok(v) if !v.is_empty() => Some(v),
                 _ => {
@@ -2106,6 +2157,47 @@ mod tests {
         );
         let err = load(None, env(&[("RADIOGATE__BATCH", "3")])).unwrap_err();
         assert!(matches!(err, ConfigError::Env { .. }), "{err:?}");
+        // An element of an array, or a key of a table, that a variable set names it too.
+        let err = load(None, env(&[("RADIOGATE__CUTOUT__MOSAICS", r#"["a", 1]"#)])).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("cutout.mosaics[1]: ")
+                && msg.ends_with("(set by RADIOGATE__CUTOUT__MOSAICS)"),
+            "{msg}"
+        );
+        let err = load(
+            None,
+            env(&[
+                ("RADIOGATE__SOURCE__COLUMNS", r#"{ flux = "F" }"#),
+                ("RADIOGATE__SOURCE__KIND", "catalog"),
+                ("RADIOGATE__SOURCE__PATH", "c.csv"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("(set by RADIOGATE__SOURCE__COLUMNS)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kafka_property_values_may_be_numbers_and_booleans() {
+        let toml = "[source]\nkind = \"kafka\"\nbrokers = \"b\"\ngroup_id = \"g\"\ntopic = \"in\"\n\
+             properties = { \"fetch.wait.max.ms\" = 10, \"check.crcs\" = true }\n\
+             [sink]\nkind = \"kafka\"\nbrokers = \"b\"\nresults_topic = \"out\"\ndead_letter_topic = \"dead\"\n\
+             properties = { \"linger.ms\" = 5, \"batch.num.messages\" = 1e4 }\n";
+        let config = from_toml(toml).unwrap();
+        let SourceConfig::Kafka(source) = &config.source else {
+            panic!("{:?}", config.source)
+        };
+        assert_eq!(source.properties["fetch.wait.max.ms"], "10");
+        assert_eq!(source.properties["check.crcs"], "true");
+        let SinkConfig::Kafka(sink) = &config.sink else {
+            panic!("{:?}", config.sink)
+        };
+        assert_eq!(sink.properties["linger.ms"], "5");
+        assert_eq!(sink.properties["batch.num.messages"], "10000");
     }
 
     #[test]

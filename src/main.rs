@@ -1,7 +1,11 @@
 //! The `radiogate` command: parse the command line, load the configuration, start logging
-//! and the telemetry endpoint, run the pipeline, and map the outcome to an exit code (0 done,
-//! 1 failed while running, 2 refused at start: bad configuration, usage, missing input, or a
-//! telemetry address that cannot be bound).
+//! and the telemetry endpoint, run the pipeline, and map the outcome to an exit code:
+//! 0 done (for `run`, also a graceful stop by SIGTERM or SIGINT, its normal way to end);
+//! 1 failed while running; 2 refused at start (bad configuration, usage, missing input, an
+//! output that cannot be created or resumed, or a telemetry address that cannot be bound);
+//! 75 (`EX_TEMPFAIL`) a `classify` stopped by SIGTERM or SIGINT before its input ended: what
+//! was taken in is written, the rest is not, so run it again with `--resume`; 130 a second
+//! signal, which exits at once.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -12,10 +16,15 @@ use clap::Parser;
 use radiogate::cli::{Cli, Command};
 use radiogate::config::Config;
 use radiogate::pipeline::{self, PipelineError, RunOptions, RunSummary};
+use radiogate::sink::SinkError;
 use radiogate::telemetry::Metrics;
 use radiogate::telemetry::server::{BindError, Server};
 use radiogate::{cli, config, report};
 use tracing_subscriber::EnvFilter;
+
+/// The exit status of a `classify` that a signal stopped before its input ended
+/// (`EX_TEMPFAIL`, sysexits.h: "try again later"): a batch system must not mark it done.
+const EXIT_STOPPED_EARLY: u8 = 75;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -79,7 +88,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let classify = matches!(cli.command, Command::Classify(_));
     match outcome {
+        Ok(summary) if classify && summary.stopped_early => {
+            print_summary(&summary);
+            eprintln!(
+                "radiogate: stopped before the input ended: the output holds what was taken \
+                 in; run the same command again with --resume to classify the rest"
+            );
+            ExitCode::from(EXIT_STOPPED_EARLY)
+        }
         Ok(summary) => {
             print_summary(&summary);
             if let Some((truth, results)) = truth {
@@ -99,7 +117,11 @@ fn main() -> ExitCode {
                 PipelineError::Source(_)
                 | PipelineError::Mosaics(_)
                 | PipelineError::Model(_)
-                | PipelineError::Resume(_) => ExitCode::from(2),
+                | PipelineError::Resume(_)
+                // Both only arise while the output is opened, before anything runs.
+                | PipelineError::Sink(SinkError::Resume { .. } | SinkError::Create { .. }) => {
+                    ExitCode::from(2)
+                }
                 _ => ExitCode::FAILURE,
             }
         }

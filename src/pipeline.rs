@@ -103,6 +103,10 @@ pub struct RunSummary {
     pub model: proto::ModelInfo,
     /// True when the run ended because `shutdown` fired rather than the input running out.
     pub interrupted: bool,
+    /// True when `shutdown` fired before the source's input was all taken in: some inputs
+    /// were never read (an offline run to run again with `sink.resume`). A Kafka source's
+    /// input has no end, so a stopped worker always says so.
+    pub stopped_early: bool,
     /// The batches the model ran, and the items in them: how full the batcher made them.
     pub batches: u64,
     pub batched_items: u64,
@@ -533,22 +537,27 @@ async fn run_with(
         admitted: admitted.clone(),
         scheduling: scheduling::start(config.pipeline.scheduling, admitted.at_once),
     };
+    // Set by the source thread when it took in the whole of a finite input.
+    let input_ended = Arc::new(AtomicBool::new(false));
     let source_thread = {
         let (stop, acks, metrics) = (stop.clone(), acks.clone(), metrics.clone());
-        let admitted = admitted.clone();
+        let (admitted, input_ended) = (admitted.clone(), input_ended.clone());
         std::thread::Builder::new()
             .name("radiogate-source".into())
             .spawn(move || match intake {
                 Intake::Items(detections) => {
+                    let mut ended = true;
                     for (seq, item) in (0u64..).zip(detections) {
                         if stop.load(Ordering::Relaxed)
                             || detections_tx.send(Numbered { seq, item }).is_err()
                         {
+                            ended = false;
                             break;
                         }
                         admitted.one();
                         metrics.consumed();
                     }
+                    input_ended.store(ended, Ordering::Relaxed);
                     None
                 }
                 Intake::Kafka(source) => {
@@ -720,6 +729,8 @@ async fn run_with(
     summary.model = model;
     summary.resumed = resumed;
     summary.interrupted = interrupted;
+    // The source thread has been joined: its store is visible.
+    summary.stopped_early = interrupted && !input_ended.load(Ordering::Relaxed);
     let batches = metrics.batches();
     (summary.batches, summary.batched_items) = (
         batches.0.saturating_sub(batches_before.0),

@@ -98,7 +98,9 @@ fn source_id(record: &Record) -> &str {
     }
 }
 
-fn read_truth(path: &Path) -> Result<HashMap<String, String>, ReportError> {
+/// The classes of a truth table (CSV with `source_id` and `class` columns), by source id;
+/// `classify --truth` reads it once before the run too, so that a bad table stops it at start.
+pub fn read_truth(path: &Path) -> Result<HashMap<String, String>, ReportError> {
     let csv_error = |source| ReportError::Truth {
         path: path.to_path_buf(),
         source,

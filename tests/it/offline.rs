@@ -847,3 +847,218 @@ fn a_compact_source_is_measured_and_counted_as_one() {
         "{emission:?}"
     );
 }
+
+/// `radiogate classify` run as a command from the repository, its environment cleared of
+/// overrides that would change the run.
+fn classify_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_radiogate"));
+    command
+        .arg("classify")
+        .current_dir(common::repo())
+        .env_remove("RADIOGATE_LOG");
+    for (name, _) in std::env::vars() {
+        if name.starts_with(radiogate::config::ENV_PREFIX) {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// An output that is the catalogue would be truncated before it is read (and then read
+/// back as its own input): refused at start, naming both, the catalogue left as it was.
+#[test]
+fn an_output_that_is_the_catalogue_is_refused_and_the_catalogue_kept() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let catalogue = dir.path().join("big.csv");
+    let text = "source_id,ra,dec\na,114.33,29.49\n";
+    std::fs::write(&catalogue, text).expect("write");
+    for format in ["jsonl", "ecsv"] {
+        let output = classify_command()
+            .arg("--catalog")
+            .arg(&catalogue)
+            .args(["--format", format, "--out"])
+            .arg(&catalogue)
+            .output()
+            .expect("radiogate runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        let named = catalogue.display().to_string();
+        assert!(
+            stderr.contains(&format!(
+                "the output {named} (--out) is the catalogue {named}"
+            )),
+            "{stderr}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&catalogue).expect("catalogue"),
+            text
+        );
+    }
+}
+
+/// `--resume` over a file that is not of the format asked for, and an output that cannot be
+/// created, are refused at start (2), not failures of a run (1).
+#[test]
+fn outputs_that_cannot_be_resumed_or_created_are_refused_at_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jsonl = dir.path().join("results.jsonl");
+    common::run(common::files_config(
+        vec![common::sample_dir().join("100_125.339+025.318_0.2676_0038.05.fits")],
+        &jsonl,
+    ));
+    let output = classify_command()
+        .args(["--quiet", "--resume", "--format", "ecsv", "--out"])
+        .arg(&jsonl)
+        .arg(common::sample_dir())
+        .output()
+        .expect("radiogate runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot resume"), "{stderr}");
+
+    let blocked = dir.path().join("a-file");
+    std::fs::write(&blocked, b"").expect("write");
+    let output = classify_command()
+        .args(["--quiet", "--out"])
+        .arg(blocked.join("results.jsonl"))
+        .arg(common::sample_dir())
+        .output()
+        .expect("radiogate runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot create"), "{stderr}");
+}
+
+/// Bad entries of an input folder do not stop the run: a dangling link named like FITS and
+/// a name that is not UTF-8 are rejections in their place, a dangling link of another name
+/// is skipped, and the good files are classified.
+#[cfg(unix)]
+#[test]
+fn bad_entries_of_an_input_folder_are_rejected_and_the_rest_classified() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let inputs = dir.path().join("inputs");
+    std::fs::create_dir(&inputs).expect("mkdir");
+    let good = common::sample_dir().join("100_125.339+025.318_0.2676_0038.05.fits");
+    std::fs::copy(&good, inputs.join("a.fits")).expect("copy");
+    std::fs::copy(&good, inputs.join("d.fits")).expect("copy");
+    std::os::unix::fs::symlink(inputs.join("gone.fits"), inputs.join("b.fits")).expect("link");
+    std::os::unix::fs::symlink(inputs.join("gone.txt"), inputs.join("notes.txt")).expect("link");
+    let odd = inputs.join(std::ffi::OsStr::from_bytes(b"c-\xff.fits"));
+    std::fs::copy(&good, &odd).expect("copy");
+
+    let out = dir.path().join("out.jsonl");
+    let summary = common::run(common::files_config(vec![inputs.clone()], &out));
+    assert_eq!(
+        (summary.classified, summary.rejected),
+        (2, 2),
+        "{summary:?}"
+    );
+    let got: Vec<(String, Option<String>)> = common::read(&out)
+        .into_iter()
+        .map(|r| match r {
+            Record::Classification(c) => (c.source_id, None),
+            Record::Rejection(r) => (r.source_id.unwrap_or_default(), Some(r.reason)),
+        })
+        .collect();
+    let want = [
+        ("a", None),
+        ("b", Some("bad_fits")),
+        ("c-\u{fffd}", Some("invalid_detection")),
+        ("d", None),
+    ]
+    .map(|(id, reason)| (id.to_string(), reason.map(str::to_string)));
+    assert_eq!(got, want);
+}
+
+/// A batch system's SIGTERM before the input ends: `classify` drains what it took in and
+/// exits 75 (EX_TEMPFAIL), not 0, so the task is not marked done; run again with --resume,
+/// it finishes the file and exits 0. `radiogate run` (the long-running worker, whose normal
+/// stop is SIGTERM) exits 0.
+#[cfg(unix)]
+#[test]
+fn a_signal_before_the_input_ends_exits_75_and_resume_finishes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // 200 inputs: links to the sample's 20 files, so that the run outlasts the signal.
+    let inputs = dir.path().join("inputs");
+    std::fs::create_dir(&inputs).expect("mkdir");
+    let sample: Vec<_> = std::fs::read_dir(common::sample_dir())
+        .expect("sample")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "fits"))
+        .collect();
+    for copy in 0..10 {
+        for (at, file) in sample.iter().enumerate() {
+            let link = inputs.join(format!("s{copy:02}-{at:02}.fits"));
+            std::os::unix::fs::symlink(file, link).expect("link");
+        }
+    }
+    let total = 10 * sample.len();
+    let out = dir.path().join("out.jsonl");
+    let records = |out: &std::path::Path| {
+        std::fs::read_to_string(out)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let stop_part_way = |child: std::process::Child, out: &std::path::Path| {
+        let started = std::time::Instant::now();
+        // The signal handler is in place once results are written.
+        while records(out) == 0 && started.elapsed() < std::time::Duration::from_secs(120) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(killed.success());
+        child.wait_with_output().expect("radiogate exits")
+    };
+
+    let mut command = classify_command();
+    command
+        .args(["--quiet", "--model"])
+        .arg(common::model())
+        .arg("--out")
+        .arg(&out)
+        .arg(&inputs)
+        .stderr(std::process::Stdio::piped());
+    let output = stop_part_way(command.spawn().expect("radiogate starts"), &out);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("--resume"), "{stderr}");
+    let written = records(&out);
+    assert!(written > 0 && written < total, "{written} of {total}");
+
+    let output = command
+        .arg("--resume")
+        .output()
+        .expect("radiogate runs again");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(records(&out), total);
+
+    let config = dir.path().join("worker.toml");
+    let worker_out = dir.path().join("worker.jsonl");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nkind = \"files\"\ninputs = [{:?}]\n[inference]\nmodel = {:?}\n\
+             [sink]\npath = {:?}\n",
+            inputs.display().to_string(),
+            common::model().display().to_string(),
+            worker_out.display().to_string()
+        ),
+    )
+    .expect("write");
+    let worker = std::process::Command::new(env!("CARGO_BIN_EXE_radiogate"))
+        .args(["run", "--log-level", "warn", "--config"])
+        .arg(&config)
+        .current_dir(common::repo())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("radiogate run starts");
+    let output = stop_part_way(worker, &worker_out);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(records(&worker_out) < total, "stopped part way");
+}

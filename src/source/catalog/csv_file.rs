@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 
 use crate::domain::{Detection, Rejected};
 use crate::proto::RejectReason;
@@ -129,9 +129,9 @@ impl Row for CsvRow<'_> {
     }
 
     fn number(&self, field: Field) -> Result<Option<f64>, String> {
-        self.cell(field)
-            .map(|text| super::parse_number(text, field, self.scales[field as usize]))
-            .transpose()
+        self.cell(field).map_or(Ok(None), |text| {
+            super::parse_number(text, field, self.scales[field as usize])
+        })
     }
 }
 
@@ -143,9 +143,18 @@ struct EcsvHeader {
     units: BTreeMap<String, String>,
 }
 
-/// The ECSV header at the start of `file`, when it starts with one (`# %ECSV`); the file is
-/// left at its start, where the CSV reader skips the header's comment lines.
+/// The ECSV header at the start of `file`, when it starts with one (`# %ECSV`, after a
+/// UTF-8 byte order mark if there is one); the file is left at its start (after the mark),
+/// where the CSV reader skips the header's comment lines.
 fn ecsv_header(file: &mut File) -> Result<Option<EcsvHeader>, String> {
+    let mut mark = Vec::with_capacity(3);
+    (&mut *file)
+        .take(3)
+        .read_to_end(&mut mark)
+        .map_err(|e| e.to_string())?;
+    let start = if mark == b"\xef\xbb\xbf" { 3 } else { 0 };
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| e.to_string())?;
     let mut lines = Vec::new();
     for line in BufReader::new(&mut *file).lines() {
         let line = line.map_err(|e| e.to_string())?;
@@ -157,7 +166,8 @@ fn ecsv_header(file: &mut File) -> Result<Option<EcsvHeader>, String> {
         }
         lines.push(comment.strip_prefix(' ').unwrap_or(comment).to_string());
     }
-    file.rewind().map_err(|e| e.to_string())?;
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| e.to_string())?;
     if lines.is_empty() {
         return Ok(None);
     }

@@ -2,14 +2,15 @@
 //! columns): read a block of rows at a time (through `cutout::table`, where CFITSIO is),
 //! so that a catalogue of millions of sources is never held whole. Each column's unit
 //! (`TUNITn`) is converted to the field's; integer columns give text fields their decimal
-//! digits (PyBDSF's `Source_id`); a null (NaN) is an empty cell.
+//! digits (PyBDSF's `Source_id`), and read as real numbers when `TSCALn`/`TZEROn` scale
+//! them; a null (NaN, or an integer column's `TNULLn`) is an empty cell.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 
-use crate::cutout::table::{Kind, Table, Values};
+use crate::cutout::table::{Kind, Table, TableError, Values};
 use crate::domain::{Detection, Rejected};
 use crate::proto::RejectReason;
 
@@ -40,13 +41,21 @@ struct FitsRows {
     single_until: usize,
 }
 
-/// Opens the first table extension and checks the fields' columns and units.
+/// Opens the first table extension and checks the fields' columns and units; `gzipped`:
+/// the file is gzip data, which may hold something else than FITS.
 pub(super) fn open(
     path: &Path,
     context: Context,
     overrides: &BTreeMap<String, String>,
+    gzipped: bool,
 ) -> Result<Detections, String> {
-    let table = Table::open(path)?;
+    let table = Table::open(path).map_err(|e| match e {
+        TableError::NotFits(_) | TableError::Hdu { index: 0, .. } if gzipped => format!(
+            "gzipped, and not a FITS file inside ({e}): only gzipped FITS tables are read; \
+             gunzip a CSV or ECSV catalogue first"
+        ),
+        e => e.to_string(),
+    })?;
     let names: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
     let found = Columns::resolve(&names, overrides, super::Format::Units)?;
     let mut columns = Vec::with_capacity(super::FIELDS.len());
@@ -144,7 +153,7 @@ impl Row for FitsRow<'_> {
             Values::Text(v) => Some(v[self.at].trim())
                 .filter(|s| !s.is_empty())
                 .map(Cow::Borrowed),
-            Values::Integer(v) => Some(Cow::Owned(v[self.at].to_string())),
+            Values::Integer(v) => v[self.at].map(|v| Cow::Owned(v.to_string())),
             Values::Real(v) => Some(v[self.at])
                 .filter(|v| !v.is_nan())
                 .map(|v| Cow::Owned(v.to_string())),
@@ -164,9 +173,12 @@ impl Row for FitsRow<'_> {
                 if text.is_empty() {
                     return Ok(None);
                 }
-                return super::parse_number(text, field, column.scale).map(Some);
+                return super::parse_number(text, field, column.scale);
             }
-            Values::Integer(v) => v[self.at] as f64,
+            Values::Integer(v) => match v[self.at] {
+                Some(v) => v as f64,
+                None => return Ok(None),
+            },
             Values::Real(v) if v[self.at].is_nan() => return Ok(None),
             Values::Real(v) => v[self.at],
         };
@@ -246,6 +258,47 @@ mod tests {
             (RejectReason::InvalidDetection, "ra is empty", Some("2"))
         );
         assert_eq!(r.origin, origin(3));
+    }
+
+    /// Integer columns scaled by TSCALn/TZEROn read as the numbers they stand for, and a
+    /// cell holding its column's TNULLn is empty (as astropy writes a masked integer).
+    #[test]
+    fn scaled_integer_columns_and_integer_nulls() {
+        let (_dir, path) = table(&[
+            ("Source_id", "", Data::Integer(vec![7, 999_999, 9])),
+            (
+                "RA",
+                "deg",
+                Data::Integer(vec![114_330_000, 127_079_000, -1]),
+            ),
+            ("DEC", "deg", Data::Integer(vec![29_992, 46_246, 10_500])),
+            ("Peak_flux", "mJy/beam", Data::Integer(vec![-99, 5, 3])),
+        ]);
+        use crate::cutout::table::write_scaling;
+        write_scaling(&path, 1, None, None, Some(999_999));
+        write_scaling(&path, 2, Some(1e-6), None, Some(-1));
+        write_scaling(&path, 3, Some(1e-3), Some(-0.5), None);
+        write_scaling(&path, 4, None, None, Some(-99));
+        let got = items_with(&path, &[]);
+        assert_eq!(got.len(), 3);
+        let first = got[0].as_ref().unwrap();
+        let m = &first.message;
+        assert_eq!(m.source_id, "7");
+        assert!(close(Some(m.ra_deg), 114.33), "{}", m.ra_deg);
+        assert!(close(Some(m.dec_deg), 29.492), "{}", m.dec_deg);
+        assert_eq!(m.peak_flux_jy, None, "TNULL is an empty cell");
+        let second = got[1].as_ref().unwrap_err();
+        assert_eq!(
+            (second.source_id.as_deref(), second.detail.as_str()),
+            (None, "empty source_id"),
+            "a masked source_id is no id, not \"999999\""
+        );
+        let third = got[2].as_ref().unwrap_err();
+        assert_eq!(
+            (third.source_id.as_deref(), third.detail.as_str()),
+            (Some("9"), "ra is empty"),
+            "a scaled column's TNULL is empty too"
+        );
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //! unit that does not fit the field is refused at start. A plain CSV file declares none, so
 //! its values are taken in the units above, and the aliases of fields with units (fluxes,
 //! sizes, angles), whose units differ between catalogues, are not looked for in it. An
-//! empty cell, or a null (NaN) in a FITS table, means absent. A row that cannot be a
+//! empty cell, a null in a FITS table (NaN, or an integer column's `TNULLn`), or NaN in an
+//! optional numeric field means absent. A row that cannot be a
 //! detection becomes a rejection naming its line (CSV) or row (FITS) and the field.
 
 mod csv_file;
@@ -262,11 +263,14 @@ trait Row {
     fn number(&self, field: Field) -> Result<Option<f64>, String>;
 }
 
-/// Parses text as a field's number (times `scale`, the unit's factor).
-fn parse_number(text: &str, field: Field, scale: f64) -> Result<f64, String> {
+/// Parses text as a field's number (times `scale`, the unit's factor). NaN, which astropy
+/// writes for an unmasked missing value, is an absent optional field, as in a FITS table;
+/// a position must be a number.
+fn parse_number(text: &str, field: Field, scale: f64) -> Result<Option<f64>, String> {
     let name = field.name();
     match text.parse::<f64>() {
-        Ok(v) if v.is_finite() => Ok(v * scale),
+        Ok(v) if v.is_finite() => Ok(Some(v * scale)),
+        Ok(v) if v.is_nan() && !field.required() => Ok(None),
         Ok(v) => Err(format!("{name} is not finite ({v})")),
         Err(_) => Err(format!("{name} is not a number: {text:?}")),
     }
@@ -408,9 +412,10 @@ pub(super) fn open(
         path: path.to_path_buf(),
         message,
     };
-    if start == b"SIMPLE  =" || start.starts_with(&[0x1f, 0x8b]) {
+    let gzipped = start.starts_with(&[0x1f, 0x8b]);
+    if start == b"SIMPLE  =" || gzipped {
         drop(file);
-        fits_table::open(path, context, overrides).map_err(header_error)
+        fits_table::open(path, context, overrides, gzipped).map_err(header_error)
     } else if start
         .strip_prefix(b"\xef\xbb\xbf")
         .unwrap_or(&start)
@@ -545,7 +550,7 @@ mod tests {
              nan,NaN,20,,\n\
              text,ten,20,,\n\
              south,10,-90.5,,\n\
-             wrap,360,0,,\n\
+             wrap,360.5,0,,\n\
              ,10,20,,\n\
              flux,10,20,lots,\n\
              when,10,20,,yesterday\n\
@@ -558,7 +563,7 @@ mod tests {
             (1, "nan", "ra is not finite"),
             (2, "text", "ra is not a number: \"ten\""),
             (3, "south", "dec -90.5 outside [-90, 90]"),
-            (4, "wrap", "ra 360 outside [0, 360)"),
+            (4, "wrap", "ra 360.5 outside [0, 360"),
             (5, "", "empty source_id"),
             (6, "flux", "peak_flux is not a number: \"lots\""),
             (7, "when", "detected_at is not an RFC 3339 time"),
@@ -587,6 +592,32 @@ mod tests {
                 nanos: 0
             })
         );
+    }
+
+    /// astropy writes an unmasked missing value as `nan`: an optional field is then absent,
+    /// as a FITS table's NaN is, while a position must still be a number.
+    #[test]
+    fn nan_is_an_absent_optional_field_and_a_bad_position() {
+        let (_dir, path) = write_catalog(
+            "source_id,ra,dec,local_rms,peak_flux,major\n\
+             a,1,2,nan,NaN,inf\n\
+             b,1,2,nan,NaN,\n\
+             c,nan,2,,,\n",
+        );
+        let got = items(&path);
+        assert_eq!(
+            rejection(&got[0]).detail,
+            "major is not finite (inf)",
+            "infinity is not absent"
+        );
+        let b = &got[1].as_ref().unwrap().message;
+        assert_eq!((b.local_rms_jy, b.peak_flux_jy), (None, None));
+        assert_eq!(rejection(&got[2]).detail, "ra is not finite (NaN)");
+        let (_dir, path) =
+            write_catalog(&ECSV.replace("ILTJ2 11.0 -21.0 \"\" 0.25", "ILTJ2 11.0 -21.0 nan 0.25"));
+        let got = items(&path);
+        assert_eq!(messages(&got).len(), 2, "{got:?}");
+        assert_eq!(messages(&got)[1].peak_flux_jy, None);
     }
 
     #[test]
@@ -727,6 +758,40 @@ mod tests {
         // Broken YAML is the header's problem too.
         let (_dir, path) = write_catalog(&ECSV.replace("# datatype:", "# datatype: [oops"));
         assert!(header_error(&config(&path, &[])).contains("ECSV header"));
+    }
+
+    /// A byte order mark before `# %ECSV` (a file saved by some Windows editors) is not part
+    /// of the header, nor of a plain CSV file's first column name.
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let (_dir, path) = write_catalog(&format!("\u{feff}{ECSV}"));
+        let got = items(&path);
+        assert_eq!(messages(&got).len(), 2, "{got:?}");
+        assert_eq!(
+            messages(&got)[0].major_axis_arcsec,
+            Some(30.0),
+            "units read"
+        );
+        let (_dir, path) = write_catalog("\u{feff}source_id,ra,dec\na,1,2\n");
+        assert_eq!(messages(&items(&path))[0].source_id, "a");
+    }
+
+    #[test]
+    fn a_gzipped_file_that_is_not_fits_is_refused_saying_what_is_read() {
+        use std::io::Write;
+        let (dir, _) = write_catalog("");
+        let path = dir.path().join("cat.csv.gz");
+        let mut encoder = flate2::write::GzEncoder::new(
+            std::fs::File::create(&path).unwrap(),
+            flate2::Compression::fast(),
+        );
+        encoder.write_all(b"source_id,ra,dec\na,1,2\n").unwrap();
+        encoder.finish().unwrap();
+        let message = header_error(&config(&path, &[]));
+        assert!(
+            message.contains("only gzipped FITS tables are read"),
+            "{message}"
+        );
     }
 
     #[test]
