@@ -24,6 +24,11 @@ pub struct Entry {
     /// File name (`T12345.fits`) and stem (`T12345`, also for `.fits.fz`), for tile hints.
     pub name: String,
     pub stem: String,
+    /// The path below its configured folder (`P2/mosaic-blanked.fits`, `/`-separated; the
+    /// file name for a file configured itself), and its folder's name (`P2`), for the
+    /// hints of surveys whose tiles are folders of same-named files (LoTSS).
+    relative: String,
+    folder: String,
     pub image: Image<Mmap>,
     footprint: Footprint,
 }
@@ -110,7 +115,7 @@ impl MosaicIndex {
                 let before = entries.len();
                 for file in files {
                     match Image::open_path(&file) {
-                        Ok(image) => entries.push(entry(&file, image)),
+                        Ok(image) => entries.push(entry(&file, root, image)),
                         Err(e) => tracing::warn!(
                             file = %file.display(),
                             error = %error_chain(&e),
@@ -127,7 +132,8 @@ impl MosaicIndex {
                         path: root.clone(),
                         source,
                     })?;
-                entries.push(entry(root, image));
+                let folder = root.parent().unwrap_or(Path::new(""));
+                entries.push(entry(root, folder, image));
             }
         }
         tracing::info!(images = entries.len(), "mosaic index built");
@@ -170,30 +176,81 @@ impl MosaicIndex {
             .collect()
     }
 
-    /// The image named by a tile hint: its file name or stem.
-    pub fn by_tile(&self, tile: &str) -> Option<&Entry> {
-        self.entries
-            .iter()
-            .find(|e| e.name == tile || e.stem == tile)
+    /// The image named by a tile hint: its path below its configured folder (with or
+    /// without the extension), else its file name or stem, else its folder's name, each only
+    /// when one image answers to it.
+    pub fn by_tile(&self, tile: &str) -> Result<&Entry, TileError> {
+        let matchers: [&dyn Fn(&Entry) -> bool; 3] = [
+            &|e| e.relative == tile || without_extension(&e.relative) == tile,
+            &|e| e.name == tile || e.stem == tile,
+            &|e| e.folder == tile,
+        ];
+        for matches in matchers {
+            let mut found = self.entries.iter().filter(|e| matches(e));
+            if let Some(first) = found.next() {
+                let others: Vec<&str> = found.map(|e| e.relative.as_str()).collect();
+                if others.is_empty() {
+                    return Ok(first);
+                }
+                return Err(TileError::Ambiguous {
+                    tile: tile.to_string(),
+                    images: std::iter::once(first.relative.as_str())
+                        .chain(others)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+        Err(TileError::Unknown(tile.to_string()))
     }
 }
 
-fn entry(path: &Path, image: Image<Mmap>) -> Entry {
-    let name = path
-        .file_name()
-        .and_then(OsStr::to_str)
-        .unwrap_or_default()
-        .to_string();
+/// Why a tile hint names no single image.
+#[derive(Debug, thiserror::Error)]
+pub enum TileError {
+    #[error("unknown mosaic tile '{0}'")]
+    Unknown(String),
+    #[error(
+        "mosaic tile '{tile}' names several images ({images}): give its path below the mosaics folder"
+    )]
+    Ambiguous { tile: String, images: String },
+}
+
+/// A FITS file name without its extension (`.fits.fz`, `.fits`, `.fit`, any case).
+fn without_extension(name: &str) -> &str {
     let lower = name.to_ascii_lowercase();
     let cut = [".fits.fz", ".fits", ".fit"]
         .iter()
         .find(|ext| lower.ends_with(*ext))
         .map_or(0, |ext| ext.len());
-    let stem = name[..name.len() - cut].to_string();
+    &name[..name.len() - cut]
+}
+
+/// The index entry of `path`, found below the configured `root` folder.
+fn entry(path: &Path, root: &Path, image: Image<Mmap>) -> Entry {
+    let text = |p: &Path| p.to_str().unwrap_or_default().to_string();
+    let name = path
+        .file_name()
+        .map(|n| text(Path::new(n)))
+        .unwrap_or_default();
+    let stem = without_extension(&name).to_string();
+    let below = path.strip_prefix(root).unwrap_or(Path::new(&name));
+    let relative = below
+        .components()
+        .map(|c| text(Path::new(c.as_os_str())))
+        .collect::<Vec<_>>()
+        .join("/");
+    let folder = path
+        .parent()
+        .and_then(Path::file_name)
+        .map(|n| text(Path::new(n)))
+        .unwrap_or_default();
     let footprint = Footprint::of(&image);
     Entry {
         name,
         stem,
+        relative,
+        folder,
         image,
         footprint,
     }

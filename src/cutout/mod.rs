@@ -230,12 +230,10 @@ impl Cutter {
             }
             Some(Pixels::Mosaic(hint)) => {
                 let pos = checked_position(det)?;
-                let entry = self.index.by_tile(&hint.tile).ok_or_else(|| {
-                    ItemError::new(
-                        RejectReason::NotCovered,
-                        format!("unknown mosaic tile '{}'", hint.tile),
-                    )
-                })?;
+                let entry = self
+                    .index
+                    .by_tile(&hint.tile)
+                    .map_err(|e| ItemError::new(RejectReason::NotCovered, e.to_string()))?;
                 let pixel = entry.image.pixel_on_image(pos).ok_or_else(|| {
                     ItemError::new(
                         RejectReason::NotCovered,

@@ -364,6 +364,53 @@ fn embed(cutout: &Path, size: usize, dx: usize, dy: usize, fill: f32) -> Vec<u8>
     fits_bytes(&cards, &data)
 }
 
+/// LoTSS's layout: a folder per pointing, each holding a `mosaic-blanked.fits`. A hint names
+/// one by its folder, or by its path below the mosaics folder; the bare file name names
+/// both, and is refused rather than taken as the first.
+#[test]
+fn tiles_that_are_folders_of_same_named_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (pointing, x0) in [("P1", 250), ("P2", 137)] {
+        let folder = dir.path().join(pointing);
+        std::fs::create_dir_all(&folder).expect("mkdir");
+        std::fs::write(
+            folder.join("mosaic-blanked.fits"),
+            embed(&tan_cutout(), 600, x0, 211, 0.0),
+        )
+        .expect("write");
+    }
+    let cutter = Cutter::new(&CutoutConfig {
+        mosaics: vec![dir.path().to_path_buf()],
+        workers: 1,
+        ..CutoutConfig::default()
+    })
+    .expect("index");
+    for (tile, x0) in [
+        ("P2", 137),
+        ("P1", 250),
+        ("P2/mosaic-blanked.fits", 137),
+        ("P1/mosaic-blanked", 250),
+    ] {
+        let hint = Some(Pixels::Mosaic(proto::MosaicHint { tile: tile.into() }));
+        let cut = cutter
+            .cut(&detection(114.33, 29.4923, hint))
+            .expect("covered");
+        assert_eq!(cut.provenance.x0, x0, "{tile}");
+    }
+    let hint = Some(Pixels::Mosaic(proto::MosaicHint {
+        tile: "mosaic-blanked".into(),
+    }));
+    let e = reject(&cutter, &detection(114.33, 29.4923, hint));
+    assert_eq!(e.reason, RejectReason::NotCovered);
+    assert!(
+        e.detail.contains(
+            "mosaic tile 'mosaic-blanked' names several images (P1/mosaic-blanked.fits, P2/mosaic-blanked.fits)"
+        ),
+        "{}",
+        e.detail
+    );
+}
+
 #[test]
 fn cutting_from_a_bigger_mosaic_gives_the_original_cutout() {
     let dir = tempfile::tempdir().expect("temp dir");
