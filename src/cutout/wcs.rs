@@ -838,28 +838,9 @@ mod tests {
     #[test]
     fn pc_cd_crota_conventions_galactic_frame_and_lonpole() {
         // astropy: CDELT -0.0005/0.0005 with PC 0.8660254,-0.5,0.5,0.8660254 (CASA spelling).
-        let pc = [
-            ("CTYPE1", "'RA---SIN'"),
-            ("CTYPE2", "'DEC--SIN'"),
-            ("CRPIX1", "50.0"),
-            ("CRPIX2", "50.0"),
-            ("CRVAL1", "150.0"),
-            ("CRVAL2", "2.2"),
-            ("CDELT1", "-0.0005"),
-            ("CDELT2", "0.0005"),
-            ("PC01_01", "0.8660254"),
-            ("PC01_02", "-0.5"),
-            ("PC02_01", "0.5"),
-            ("PC02_02", "0.8660254"),
-        ];
-        let w = wcs(&pc).expect("PC01_01 spelling");
-        check(
-            &w,
-            &[
-                (0.0, 0.0, 150.00897403725622, 2.1665323488376957),
-                (99.0, 20.0, 149.97107804699277, 2.1999423516886094),
-            ],
-        );
+        let pc = pc_header(|i, j| format!("PC{i:02}_{j:02}"));
+        let w = wcs(&borrowed(&pc)).expect("PC01_01 spelling");
+        check(&w, &PC_CASES);
         let gal = [
             ("CTYPE1", "'GLON-TAN'"),
             ("CTYPE2", "'GLAT-TAN'"),
@@ -910,8 +891,8 @@ mod tests {
         );
     }
 
-    /// The CDELT + PC header of `pc_cd_crota_conventions_galactic_frame_and_lonpole`, PC
-    /// keywords spelled by `pc` (e.g. "PC1_1", "PC001001").
+    /// A CDELT + PC header (a rotation), its PC keywords spelled by `pc` (e.g. "PC1_1",
+    /// "PC01_01", "PC001001").
     fn pc_header(pc: impl Fn(usize, usize) -> String) -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = [
             ("CTYPE1", "'RA---SIN'"),

@@ -152,6 +152,14 @@ fn producer<C: ProducerContext<DeliveryOpaque = Input> + 'static>(
         .map_err(kafka_error("cannot create the producer"))
 }
 
+/// `message` encoded into `scratch` (emptied first, its capacity reused).
+fn encode(scratch: &mut Vec<u8>, message: &impl Message) {
+    scratch.clear();
+    message
+        .encode(scratch)
+        .expect("encoding into a Vec cannot run out of room: Vec grows as prost writes");
+}
+
 /// Sends one message, waiting while the local queue is full (librdkafka expires queued
 /// messages after `message.timeout.ms`, so the wait is bounded).
 fn send<C: ProducerContext<DeliveryOpaque = Input> + 'static>(
@@ -332,9 +340,7 @@ impl KafkaSink {
         c: &proto::Classification,
         ack: Option<Ack>,
     ) -> Result<bool, SinkError> {
-        self.scratch.clear();
-        c.encode(&mut self.scratch)
-            .expect("encoding into a Vec cannot run out of room: Vec grows as prost writes");
+        encode(&mut self.scratch, c);
         let sent = self.send(Topic::Results, &c.source_id, ack)?;
         self.counts.classifications += u64::from(sent);
         Ok(sent)
@@ -347,13 +353,11 @@ impl KafkaSink {
         r: &proto::Rejection,
         ack: Option<Ack>,
     ) -> Result<bool, SinkError> {
-        self.scratch.clear();
-        r.encode(&mut self.scratch)
-            .expect("encoding into a Vec cannot run out of room: Vec grows as prost writes");
+        encode(&mut self.scratch, r);
         if self.scratch.len() + r.source_id.len() + RECORD_OVERHEAD > self.max_message_bytes {
-            // The producer would refuse the message, and the record would stall its
-            // partition: publish the rejection without the original, which stays on the
-            // input topic at the position the rejection names.
+            // The producer would refuse the message, and the worker would stop on this
+            // record at every restart: publish the rejection without the original, which
+            // stays on the input topic at the position the rejection names.
             let slim = proto::Rejection {
                 detail: format!(
                     "{}; the original message ({} bytes) is left out: with it the rejection \
@@ -365,9 +369,7 @@ impl KafkaSink {
                 original: Vec::new(),
                 ..r.clone()
             };
-            self.scratch.clear();
-            slim.encode(&mut self.scratch)
-                .expect("encoding into a Vec cannot run out of room: Vec grows as prost writes");
+            encode(&mut self.scratch, &slim);
         }
         let sent = self.send(Topic::DeadLetter, &r.source_id, ack)?;
         self.counts.rejections += u64::from(sent);
@@ -493,10 +495,7 @@ impl Publisher {
 
     /// Queues one detection.
     pub fn send(&mut self, detection: &proto::SourceDetection) -> Result<(), SinkError> {
-        self.scratch.clear();
-        detection
-            .encode(&mut self.scratch)
-            .expect("encoding into a Vec cannot run out of room: Vec grows as prost writes");
+        encode(&mut self.scratch, detection);
         send(
             &self.producer,
             &self.topic,
