@@ -5,7 +5,8 @@
 #   scripts/check-deploy.sh                    # everything
 #   SCRAPE=metrics.txt scripts/check-deploy.sh # also check the metrics against a real /metrics
 #
-#  1. Prometheus: promtool check config + rules, promtool test rules (alert unit tests).
+#  1. Prometheus: promtool check config + rules, promtool test rules (alert unit tests); the
+#     Kubernetes PrometheusRule holds the same groups.
 #  2. Metrics: the rules and dashboards use only metrics of the contract (docs/operations.md).
 #  3. Kubernetes: kustomize build of the base and the GPU overlay, validated by kubeconform
 #     -strict against offline schemas (Kubernetes from the PyPI wheel kubernetes-validate; KEDA
@@ -38,6 +39,9 @@ step() { printf '\n== check-deploy: %s\n' "$*"; }
 step "Prometheus rules and their unit tests"
 promtool check config deploy/prometheus/prometheus.yml
 promtool test rules deploy/prometheus/*.test.yml
+# Kubernetes carries the same rules as a PrometheusRule, generated from the rule file.
+python3 scripts/check_deploy_files.py prometheus-rule deploy/prometheus/radiogate.rules.yml \
+  deploy/k8s/base/prometheusrule.yaml
 
 step "metrics used by rules and dashboards"
 python3 scripts/check_metrics_usage.py ${SCRAPE:+--scrape "$SCRAPE"}
@@ -57,7 +61,7 @@ install_tool kustomize "$KUSTOMIZE_VERSION" sigs.k8s.io/kustomize/kustomize/v5
 echo "kubeconform $(kubeconform -v), kustomize $(kustomize version)"
 
 step "offline schemas"
-schemas="$cache/schemas-k8s$KUBERNETES_VERSION-kv$KUBERNETES_VALIDATE_VERSION-${KEDA_MODULE##*@}-${PROMETHEUS_OPERATOR_MODULE##*@}"
+schemas="$cache/schemas-k8s$KUBERNETES_VERSION-kv$KUBERNETES_VALIDATE_VERSION-${KEDA_MODULE##*@}-${PROMETHEUS_OPERATOR_MODULE##*@}-rules"
 if [[ ! -e "$schemas/.complete" ]]; then
   rm -rf "$schemas" "$schemas.partial"
   python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
@@ -69,7 +73,8 @@ if [[ ! -e "$schemas/.complete" ]]; then
   prom="$(go mod download -json "$PROMETHEUS_OPERATOR_MODULE" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
   python3 scripts/deploy_schemas.py crd "$schemas.partial/crd" \
     "$keda/config/crd/bases/keda.sh_scaledobjects.yaml" \
-    "$prom/example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml"
+    "$prom/example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml" \
+    "$prom/example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml"
   touch "$schemas.partial/.complete"
   mv "$schemas.partial" "$schemas"
 fi
@@ -102,6 +107,8 @@ for d in docs:
         d["spec"]["maxReplicas"] = 3  # the field is maxReplicaCount
     elif d["kind"] == "PodMonitor":
         d["spec"]["podMetricsEndpoints"][0]["prot"] = "metrics"
+    elif d["kind"] == "PrometheusRule":
+        d["spec"]["groups"][0]["rules"][0]["alerts"] = "x"  # the field is alert
     elif d["kind"] == "Deployment":
         d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = "60"
 yaml.safe_dump_all(docs, open(sys.argv[2], "w"))
@@ -112,12 +119,12 @@ if out="$(kubeconform_strict "$broken" 2>&1)"; then
   exit 1
 fi
 invalid="$(grep -c ' is invalid' <<<"$out" || true)"
-if [[ "$invalid" -ne 3 ]]; then
-  echo "kubeconform should have refused exactly the 3 broken resources:" >&2
+if [[ "$invalid" -ne 4 ]]; then
+  echo "kubeconform should have refused exactly the 4 broken resources:" >&2
   echo "$out" >&2
   exit 1
 fi
-echo "kubeconform refused the 3 deliberately broken resources (ScaledObject, PodMonitor, Deployment)"
+echo "kubeconform refused the 4 deliberately broken resources (ScaledObject, PodMonitor, PrometheusRule, Deployment)"
 
 step "worker configuration (radiogate check-config)"
 config=deploy/k8s/base/radiogate.toml

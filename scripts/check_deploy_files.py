@@ -11,6 +11,9 @@
         Copies what the Dockerfile's first stage (the build) COPYs from the context into the
         empty folder DEST, at the same paths, so that the build can be tried on exactly that
         (scripts/check-deploy.sh runs `cargo check` there).
+    check_deploy_files.py prometheus-rule RULES.yml PROMETHEUSRULE.yaml [--write]
+        The Kubernetes PrometheusRule holds exactly the groups of the Prometheus rule file
+        (the alerts are written once, in the rule file); --write writes it from the rule file.
     check_deploy_files.py manifests RENDERED.yaml...
         In `kustomize build` output: each Deployment's terminationGracePeriodSeconds exceeds the
         pipeline.drain_timeout of the radiogate.toml it mounts (and of any environment override),
@@ -234,6 +237,46 @@ def check_manifests(paths: list[Path]) -> list[str]:
     return problems
 
 
+PROMETHEUS_RULE_HEADER = """\
+# Generated from deploy/prometheus/radiogate.rules.yml, whose alerts, runbooks and unit tests it
+# carries for the prometheus-operator: do not edit; after changing the rules run
+#   python3 scripts/check_deploy_files.py prometheus-rule deploy/prometheus/radiogate.rules.yml \\
+#     deploy/k8s/base/prometheusrule.yaml --write
+# (scripts/check-deploy.sh checks the two agree).
+"""
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Writes multi-line strings (PromQL) as literal blocks, as the rule file has them."""
+
+
+_BlockDumper.add_representer(
+    str,
+    lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None),
+)
+
+
+def prometheus_rule(rules: Path) -> dict:
+    """The PrometheusRule resource holding the rule file's groups."""
+    groups = yaml.safe_load(rules.read_text(encoding="utf-8"))["groups"]
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "radiogate"},
+        "spec": {"groups": groups},
+    }
+
+
+def check_prometheus_rule(rules: Path, resource: Path, write: bool) -> list[str]:
+    expected = prometheus_rule(rules)
+    if write:
+        text = yaml.dump(expected, Dumper=_BlockDumper, sort_keys=False, width=1000, allow_unicode=True)
+        resource.write_text(PROMETHEUS_RULE_HEADER + text, encoding="utf-8")
+    if yaml.safe_load(resource.read_text(encoding="utf-8")) != expected:
+        return [f"{resource}: not the groups of {rules}; regenerate it with --write"]
+    return []
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "compose":
         problems = check_compose(Path(argv[1]))
@@ -241,6 +284,8 @@ def main(argv: list[str]) -> int:
         problems = check_dockerfiles(Path(argv[1]), [Path(a) for a in argv[2:]])
     elif len(argv) == 4 and argv[0] == "build-context":
         problems = build_context(Path(argv[1]), Path(argv[2]), Path(argv[3]))
+    elif len(argv) in (3, 4) and argv[0] == "prometheus-rule" and argv[3:] in ([], ["--write"]):
+        problems = check_prometheus_rule(Path(argv[1]), Path(argv[2]), write=argv[3:] == ["--write"])
     elif len(argv) >= 2 and argv[0] == "manifests":
         problems = check_manifests([Path(a) for a in argv[1:]])
     else:

@@ -263,6 +263,25 @@ def test_build_context_refuses_a_copy_that_moves_a_source(tmp_path):
     assert problems == [f"{tmp_path / 'Dockerfile'}: COPY src code does not keep its path"]
 
 
+def test_the_kubernetes_rules_are_the_rule_files():
+    rules = ROOT / "deploy" / "prometheus" / "radiogate.rules.yml"
+    resource = ROOT / "deploy" / "k8s" / "base" / "prometheusrule.yaml"
+    assert files.check_prometheus_rule(rules, resource, write=False) == []
+
+
+def test_a_prometheus_rule_that_differs_is_a_problem_and_write_mends_it(tmp_path):
+    rules = ROOT / "deploy" / "prometheus" / "radiogate.rules.yml"
+    resource = tmp_path / "prometheusrule.yaml"
+    stale = files.prometheus_rule(rules)
+    stale["spec"]["groups"][0]["rules"][0]["for"] = "1m"
+    resource.write_text(yaml.safe_dump(stale))
+    assert files.check_prometheus_rule(rules, resource, write=False) == [
+        f"{resource}: not the groups of {rules}; regenerate it with --write"
+    ]
+    assert files.check_prometheus_rule(rules, resource, write=True) == []
+    assert resource.read_text().startswith("# Generated from deploy/prometheus/radiogate.rules.yml")
+
+
 def rendered_base() -> list[dict]:
     """The base's Deployment, its ConfigMap and ScaledObject, as kustomize renders them."""
     base = ROOT / "deploy" / "k8s" / "base"
