@@ -16,7 +16,7 @@ use crate::source::Detections;
 
 /// Reads rows lazily; stops after an I/O error, since the reader cannot resynchronise.
 struct CsvRows {
-    reader: csv::Reader<File>,
+    reader: csv::Reader<Box<dyn Read + Send>>,
     columns: Columns,
     /// Each field's factor from its column's unit (1 in a plain CSV file), by `Field as usize`.
     scales: [f64; FIELDS.len()],
@@ -37,7 +37,11 @@ pub(super) fn open(
     if let Some(header) = &ecsv {
         builder.comment(Some(b'#')).delimiter(header.delimiter);
     }
-    let mut reader = builder.from_reader(file);
+    let body: Box<dyn Read + Send> = match &ecsv {
+        Some(header) if header.delimiter == b' ' => Box::new(SpaceRuns::new(file)),
+        _ => Box::new(file),
+    };
+    let mut reader = builder.from_reader(body);
     let names: Vec<String> = reader
         .headers()
         .map_err(|e| e.to_string())?
@@ -132,6 +136,78 @@ impl Row for CsvRow<'_> {
         self.cell(field).map_or(Ok(None), |text| {
             super::parse_number(text, field, self.scales[field as usize])
         })
+    }
+}
+
+/// A space-delimited ECSV body as astropy reads it (Python's csv with `skipinitialspace`,
+/// on stripped lines): outside quotes, a run of spaces is one delimiter and spaces at the
+/// start or end of a line are none, so that columns aligned by hand or by another writer
+/// read as astropy reads them. Quoted text (an empty `""` cell too) and the lines, and so
+/// the line numbers of rejections, are kept.
+struct SpaceRuns<R> {
+    inner: BufReader<R>,
+    line: Vec<u8>,
+    out: Vec<u8>,
+    at: usize,
+    /// Inside a quoted field (which may go on past a line's end).
+    quoted: bool,
+}
+
+impl<R: Read> SpaceRuns<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner: BufReader::new(inner),
+            line: Vec::new(),
+            out: Vec::new(),
+            at: 0,
+            quoted: false,
+        }
+    }
+
+    /// The next line of `inner` into `out`, its unquoted runs of spaces collapsed.
+    fn next_line(&mut self) -> std::io::Result<bool> {
+        self.line.clear();
+        self.out.clear();
+        self.at = 0;
+        if self.inner.read_until(b'\n', &mut self.line)? == 0 {
+            return Ok(false);
+        }
+        // A space is written only when something other than spaces follows on the line.
+        let mut space = false;
+        for &b in &self.line {
+            if !self.quoted {
+                match b {
+                    b' ' => {
+                        space = !self.out.is_empty();
+                        continue;
+                    }
+                    b'\r' | b'\n' => space = false,
+                    _ => {}
+                }
+            }
+            if std::mem::take(&mut space) {
+                self.out.push(b' ');
+            }
+            if b == b'"' {
+                self.quoted = !self.quoted;
+            }
+            self.out.push(b);
+        }
+        Ok(true)
+    }
+}
+
+impl<R: Read> Read for SpaceRuns<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.out.len() {
+            if !self.next_line()? {
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.out.len() - self.at);
+        buf[..n].copy_from_slice(&self.out[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }
 

@@ -760,6 +760,43 @@ mod tests {
         assert!(header_error(&config(&path, &[])).contains("ECSV header"));
     }
 
+    /// Columns aligned with runs of spaces (by hand, or by another writer) read as astropy
+    /// reads them: a run is one delimiter, spaces at a line's ends are none, quoted text and
+    /// a quoted empty cell are kept, and rejections keep their line numbers.
+    #[test]
+    fn an_aligned_ecsv_reads_as_astropy_reads_it() {
+        let aligned = ECSV.replace(
+            "Source_Name RA DEC Peak_flux Maj\n\
+             \"ILTJ1 A\" 10.5 -20.25 3.5 0.5\n\
+             ILTJ2 11.0 -21.0 \"\" 0.25\n",
+            "  Source_Name   RA     DEC      Peak_flux  Maj\n\
+             \"ILTJ1  A\"     10.5   -20.25   3.5        0.5  \n\
+             ILTJ2         11.0   -21.0    \"\"         0.25\n\
+             ILTJ3         x      -22.0    1.0        0.25\r\n",
+        );
+        assert_ne!(aligned, ECSV, "the rows were replaced");
+        let (_dir, path) = write_catalog(&aligned);
+        let got = items(&path);
+        let m = messages(&got);
+        assert_eq!(m.len(), 2, "{got:?}");
+        assert_eq!(
+            (m[0].source_id.as_str(), m[0].ra_deg, m[0].dec_deg),
+            ("ILTJ1  A", 10.5, -20.25)
+        );
+        assert_eq!(m[0].major_axis_arcsec, Some(30.0));
+        assert_eq!(
+            (m[1].source_id.as_str(), m[1].peak_flux_jy),
+            ("ILTJ2", None)
+        );
+        let rejected: Vec<_> = got.iter().filter_map(|item| item.as_ref().err()).collect();
+        assert_eq!(rejected.len(), 1, "{got:?}");
+        assert!(
+            matches!(&rejected[0].origin, Origin::Input(at) if at.ends_with(":16")),
+            "{:?}",
+            rejected[0].origin
+        );
+    }
+
     /// A byte order mark before `# %ECSV` (a file saved by some Windows editors) is not part
     /// of the header, nor of a plain CSV file's first column name.
     #[test]
