@@ -16,7 +16,7 @@ use crate::source::Detections;
 
 /// Reads rows lazily; stops after an I/O error, since the reader cannot resynchronise.
 struct CsvRows {
-    reader: csv::Reader<Box<dyn Read + Send>>,
+    reader: csv::Reader<Lines<File>>,
     columns: Columns,
     /// Each field's factor from its column's unit (1 in a plain CSV file), by `Field as usize`.
     scales: [f64; FIELDS.len()],
@@ -37,11 +37,8 @@ pub(super) fn open(
     if let Some(header) = &ecsv {
         builder.comment(Some(b'#')).delimiter(header.delimiter);
     }
-    let body: Box<dyn Read + Send> = match &ecsv {
-        Some(header) if header.delimiter == b' ' => Box::new(SpaceRuns::new(file)),
-        _ => Box::new(file),
-    };
-    let mut reader = builder.from_reader(body);
+    let space_runs = ecsv.as_ref().is_some_and(|header| header.delimiter == b' ');
+    let mut reader = builder.from_reader(Lines::new(file, space_runs));
     let names: Vec<String> = reader
         .headers()
         .map_err(|e| e.to_string())?
@@ -139,13 +136,16 @@ impl Row for CsvRow<'_> {
     }
 }
 
-/// A space-delimited ECSV body as astropy reads it (Python's csv with `skipinitialspace`,
-/// on stripped lines): outside quotes, a run of spaces is one delimiter and spaces at the
-/// start or end of a line are none, so that columns aligned by hand or by another writer
-/// read as astropy reads them. Quoted text (an empty `""` cell too) and the lines, and so
-/// the line numbers of rejections, are kept.
-struct SpaceRuns<R> {
+/// The catalogue's lines as the CSV reader is given them: a line's `\r\n` ends as `\n` (the
+/// csv crate numbers the lines after a `\r\n` one too few: BurntSushi/rust-csv#395, and
+/// rejections name their line), and with `space_runs` (a space-delimited ECSV body) as
+/// astropy reads it (Python's csv with `skipinitialspace`, on stripped lines): outside
+/// quotes, a run of spaces is one delimiter and spaces at the start or end of a line are
+/// none, so that columns aligned by hand or by another writer read right. Quoted text (an
+/// empty `""` cell too) is kept, but for a `\r\n` inside quotes, which becomes `\n`.
+struct Lines<R> {
     inner: BufReader<R>,
+    space_runs: bool,
     line: Vec<u8>,
     out: Vec<u8>,
     at: usize,
@@ -153,10 +153,11 @@ struct SpaceRuns<R> {
     quoted: bool,
 }
 
-impl<R: Read> SpaceRuns<R> {
-    fn new(inner: R) -> Self {
+impl<R: Read> Lines<R> {
+    fn new(inner: R, space_runs: bool) -> Self {
         Self {
             inner: BufReader::new(inner),
+            space_runs,
             line: Vec::new(),
             out: Vec::new(),
             at: 0,
@@ -164,13 +165,33 @@ impl<R: Read> SpaceRuns<R> {
         }
     }
 
-    /// The next line of `inner` into `out`, its unquoted runs of spaces collapsed.
+    /// The next line of `inner` into `out`; false at the end.
     fn next_line(&mut self) -> std::io::Result<bool> {
         self.line.clear();
         self.out.clear();
         self.at = 0;
         if self.inner.read_until(b'\n', &mut self.line)? == 0 {
             return Ok(false);
+        }
+        if self.line.ends_with(b"\r\n") {
+            self.line.truncate(self.line.len() - 2);
+            self.line.push(b'\n');
+        }
+        let body = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+        // Nothing to collapse (the common case: astropy's single spaces) when no two spaces
+        // meet and none starts or ends a line outside quotes: the line as it is, its quotes
+        // counted for the next.
+        let plain = !self.space_runs
+            || (!self.quoted
+                && body.first() != Some(&b' ')
+                && body.last() != Some(&b' ')
+                && memchr::memmem::find(body, b"  ").is_none());
+        if plain {
+            if self.space_runs {
+                self.quoted = memchr::memchr_iter(b'"', body).count() % 2 == 1;
+            }
+            std::mem::swap(&mut self.line, &mut self.out);
+            return Ok(true);
         }
         // A space is written only when something other than spaces follows on the line.
         let mut space = false;
@@ -181,7 +202,7 @@ impl<R: Read> SpaceRuns<R> {
                         space = !self.out.is_empty();
                         continue;
                     }
-                    b'\r' | b'\n' => space = false,
+                    b'\n' => space = false,
                     _ => {}
                 }
             }
@@ -197,7 +218,7 @@ impl<R: Read> SpaceRuns<R> {
     }
 }
 
-impl<R: Read> Read for SpaceRuns<R> {
+impl<R: Read> Read for Lines<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.at == self.out.len() {
             if !self.next_line()? {

@@ -760,6 +760,28 @@ mod tests {
         assert!(header_error(&config(&path, &[])).contains("ECSV header"));
     }
 
+    /// Windows line ends: each rejection still names its own line (the csv crate counts one
+    /// line too few after a `\r\n`), and no cell keeps the `\r`.
+    #[test]
+    fn crlf_lines_keep_their_numbers() {
+        let (_dir, path) =
+            write_catalog("source_id,ra,dec\r\na,1,2\r\nb,x,2\r\nc,y,2\r\nd,3,4\r\n");
+        let got = items(&path);
+        let lines: Vec<String> = got
+            .iter()
+            .filter_map(|item| match item {
+                Err(r) => Some(format!("{:?}", r.origin)),
+                Ok(_) => None,
+            })
+            .collect();
+        assert!(
+            lines.len() == 2 && lines[0].ends_with(":3\")") && lines[1].ends_with(":4\")"),
+            "{lines:?}"
+        );
+        let m = messages(&got);
+        assert_eq!((m[1].source_id.as_str(), m[1].dec_deg), ("d", 4.0));
+    }
+
     /// Columns aligned with runs of spaces (by hand, or by another writer) read as astropy
     /// reads them: a run is one delimiter, spaces at a line's ends are none, quoted text and
     /// a quoted empty cell are kept, and rejections keep their line numbers.
@@ -771,7 +793,7 @@ mod tests {
              ILTJ2 11.0 -21.0 \"\" 0.25\n",
             "  Source_Name   RA     DEC      Peak_flux  Maj\n\
              \"ILTJ1  A\"     10.5   -20.25   3.5        0.5  \n\
-             ILTJ2         11.0   -21.0    \"\"         0.25\n\
+             ILTJ2         11.0   -21.0    \"\"         0.25\r\n\
              ILTJ3         x      -22.0    1.0        0.25\r\n",
         );
         assert_ne!(aligned, ECSV, "the rows were replaced");
