@@ -396,8 +396,8 @@ struct Role<'a> {
 
 /// Refuses a run that would write over what it reads, or write two outputs to one file:
 /// an output (`--out`, its protobuf `<out>.rejections`, `--report`) that is the catalogue,
-/// an input file or a FITS file found in an input folder, or the `--truth` table, or that
-/// is another output. Files that exist are compared by identity (device and inode, so that
+/// an input file or a FITS-named file below an input folder, or the `--truth` table, or
+/// that is another output. Files that exist are compared by identity (device and inode, so that
 /// links and other spellings of a path are seen through); outputs that do not exist yet can
 /// only be each other, and are compared by their canonical folder and name.
 fn check_outputs(config: &Config, args: &ClassifyArgs) -> Result<(), ConfigError> {
@@ -441,7 +441,7 @@ fn check_outputs(config: &Config, args: &ClassifyArgs) -> Result<(), ConfigError
         return Ok(());
     }
     let mut inputs: Vec<Role<'_>> = Vec::new();
-    let listed;
+    let mut folders: &[PathBuf] = &[];
     match &config.source {
         config::SourceConfig::Catalog { path, .. } => inputs.push(Role {
             path,
@@ -452,20 +452,13 @@ fn check_outputs(config: &Config, args: &ClassifyArgs) -> Result<(), ConfigError
             what: format!("the detections file {}", path.display()),
         }),
         config::SourceConfig::Files { inputs: given, .. } => {
-            // A listing that fails is the source's to report when it opens.
-            listed = crate::source::fits_files(given).unwrap_or_default();
             for path in given {
                 inputs.push(Role {
                     path,
                     what: format!("the input {}", path.display()),
                 });
             }
-            for path in listed.iter().filter_map(|entry| entry.as_ref().ok()) {
-                inputs.push(Role {
-                    path,
-                    what: format!("the input {} (in an input folder)", path.display()),
-                });
-            }
+            folders = given;
         }
         config::SourceConfig::Kafka(_) => {}
     }
@@ -481,14 +474,34 @@ fn check_outputs(config: &Config, args: &ClassifyArgs) -> Result<(), ConfigError
             continue;
         }
         if let Some(at) = keys.iter().position(|k| *k == key) {
-            return Err(ConfigError::Usage(format!(
-                "{} is {}: writing it would destroy what the run reads; \
-                 give the output another file",
-                outputs[at].1, input.what
-            )));
+            return Err(overwrites(&outputs[at].1, &input.what));
+        }
+    }
+    // A FITS-named output below an input folder (followed through links) is one of the
+    // files the source lists there; no need to list them.
+    for (path, what) in &outputs {
+        let named_fits = path
+            .file_name()
+            .is_some_and(|name| crate::source::is_fits_name(&name.to_string_lossy()));
+        let Ok(output) = std::fs::canonicalize(path) else {
+            continue; // not there yet: not listed either
+        };
+        let inside = folders.iter().filter(|f| f.is_dir()).any(|folder| {
+            std::fs::canonicalize(folder).is_ok_and(|folder| output.starts_with(folder))
+        });
+        if named_fits && inside {
+            let input = format!("the input {} (in an input folder)", output.display());
+            return Err(overwrites(what, &input));
         }
     }
     Ok(())
+}
+
+fn overwrites(output: &str, input: &str) -> ConfigError {
+    ConfigError::Usage(format!(
+        "{output} is {input}: writing it would destroy what the run reads; \
+         give the output another file"
+    ))
 }
 
 /// What makes two paths the same file.

@@ -85,8 +85,8 @@ pub struct KafkaSourceConfig {
     pub group_id: String,
     /// The topic of `SourceDetection` messages.
     pub topic: String,
-    /// Extra librdkafka consumer properties (TLS, SASL, timeouts), applied last except for
-    /// the ones the acknowledgement path depends on (see `source::kafka`).
+    /// Extra librdkafka consumer properties (TLS, SASL, timeouts), applied after radiogate's
+    /// defaults; the ones radiogate sets itself (`SOURCE_RESERVED`) are refused.
     pub properties: BTreeMap<String, String>,
 }
 
@@ -118,8 +118,8 @@ pub struct KafkaSinkConfig {
     /// across restarts (so a restarted instance fences its previous self at once), unique
     /// among the instances running at the same time. None: `radiogate-<hostname>`.
     pub transactional_id: Option<String>,
-    /// Extra librdkafka producer properties (TLS, SASL, linger), applied last except for
-    /// idempotence and acks.
+    /// Extra librdkafka producer properties (TLS, SASL, linger), applied after radiogate's
+    /// defaults; the ones radiogate sets itself (`SINK_RESERVED`) are refused.
     pub properties: BTreeMap<String, String>,
 }
 

@@ -113,7 +113,7 @@ def test_the_emission_extent_on_the_card_is_measured_again(card_path, data_dir):
 
 
 def _attention(subset: str) -> dict:
-    card = next(json.loads(c.read_text()) for c in CARDS if json.loads(c.read_text())["subset"] == subset)
+    card = next(card for card in (json.loads(c.read_text()) for c in CARDS) if card["subset"] == subset)
     agreement = card["attention_agreement"]
     classes = agreement["models"][0]["classes"]
     return {

@@ -11,7 +11,7 @@ use std::path::Path;
 use fitsio::FitsFile;
 use ndarray::Array2;
 
-use super::fits::overlap;
+use super::fits::{finite_or_blank, overlap};
 
 /// Reads the part of the window `[x0, x0 + w) x [y0, y0 + h)` that lies on the `nx` x `ny`
 /// image of HDU `hdu` (0-based, `naxis` axes, all beyond the second of size 1) into `out`
@@ -67,11 +67,9 @@ pub fn read_window(
         let wy = (cy0 as i64 - y0) as usize + r;
         let wx = (cx0 as i64 - x0) as usize;
         for (d, &s) in out.row_mut(wy).iter_mut().skip(wx).zip(src) {
-            // As in the plain path: a stored +-Inf, or a value beyond float32's range
-            // (which CFITSIO's TFLOAT conversion makes infinite), is blank.
-            let ok = s.is_finite();
-            *d = if ok { s } else { f32::NAN };
-            finite += usize::from(ok);
+            // CFITSIO's TFLOAT conversion makes a value beyond float32's range infinite.
+            *d = finite_or_blank(s);
+            finite += usize::from(d.is_finite());
         }
     }
     Ok(finite)

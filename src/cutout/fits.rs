@@ -584,11 +584,17 @@ fn convert(src: &[u8], dst: &mut [f32], l: &PlainLayout) -> usize {
     }
 }
 
-/// Decodes pixels with `f`; every non-finite value (a stored +-Inf, or a float64 or scaled
-/// value beyond float32's range, which `as f32` makes infinite) becomes blank (NaN): an
-/// infinite pixel would otherwise survive the clipping and make the image's range infinite.
-/// The decoding loop stays as plain as it was (the window's hot loop); only a row with a
-/// non-finite pixel, rare outside blanked mosaics, is passed over again.
+/// A pixel as a window holds it: a non-finite value (a stored +-Inf, or a float64 or scaled
+/// value beyond float32's range, which `as f32` makes infinite) is blank (NaN), as a BLANK
+/// one is; an infinite pixel would otherwise survive the clipping and make the image's range
+/// infinite. Every reader of pixels applies it.
+pub(super) fn finite_or_blank(v: f32) -> f32 {
+    if v.is_finite() { v } else { f32::NAN }
+}
+
+/// Decodes pixels with `f`, each [`finite_or_blank`]. The decoding loop stays as plain as it
+/// was (the window's hot loop); only a row with a non-finite pixel, rare outside blanked
+/// mosaics, is passed over again.
 fn fill<const N: usize>(src: &[u8], dst: &mut [f32], f: impl Fn([u8; N]) -> f32) -> usize {
     let mut finite = 0;
     for (d, s) in dst.iter_mut().zip(src.chunks_exact(N)) {
@@ -598,8 +604,8 @@ fn fill<const N: usize>(src: &[u8], dst: &mut [f32], f: impl Fn([u8; N]) -> f32)
         finite += usize::from(d.is_finite());
     }
     if finite < dst.len() {
-        for d in dst.iter_mut().filter(|d| d.is_infinite()) {
-            *d = f32::NAN;
+        for d in dst.iter_mut() {
+            *d = finite_or_blank(*d);
         }
     }
     finite

@@ -148,14 +148,15 @@ impl MosaicIndex {
         &self.entries
     }
 
-    /// The images whose rectangle holds (RA, Dec), with the source's pixel on each, best
+    /// The images whose rectangle holds (RA, Dec), with the source's pixel on each and the
+    /// pixels' sizes there (arcsec along x and y; None where the WCS cannot size them), best
     /// first: pixels the model takes as they are (`scale`), then pixels it resamples, then
     /// pixels it refuses (or that the WCS cannot size there); within each, the source
     /// farthest from the image's edge in arcsec (so that a survey of finer pixels does not
     /// win by having more of them). Ties keep path order. Empty when none covers it.
-    pub fn locate(&self, pos: (f64, f64), scale: PixelScale) -> Vec<(&Entry, (f64, f64))> {
+    pub fn locate(&self, pos: (f64, f64), scale: PixelScale) -> Vec<Located<'_>> {
         let p = unit(pos);
-        let mut found: Vec<(&Entry, (f64, f64), u8, f64)> = Vec::new();
+        let mut found: Vec<(Located<'_>, u8, f64)> = Vec::new();
         for e in self.entries.iter().filter(|e| e.footprint.may_contain(p)) {
             if let Some(pixel) = e.image.pixel_on_image(pos) {
                 let sizes = PixelScale::measure(&e.image.wcs, pixel).ok();
@@ -165,15 +166,12 @@ impl MosaicIndex {
                     Some(Err(_)) | None => 2,
                 };
                 let distance = sizes.map_or(0.0, |s| e.image.edge_distance_arcsec(pixel, s));
-                found.push((e, pixel, class, distance));
+                found.push(((e, pixel, sizes), class, distance));
             }
         }
         // Stable: equal candidates stay in path order.
-        found.sort_by(|a, b| a.2.cmp(&b.2).then(b.3.total_cmp(&a.3)));
-        found
-            .into_iter()
-            .map(|(e, pixel, _, _)| (e, pixel))
-            .collect()
+        found.sort_by(|a, b| a.1.cmp(&b.1).then(b.2.total_cmp(&a.2)));
+        found.into_iter().map(|(located, _, _)| located).collect()
     }
 
     /// The image named by a tile hint: its path below its configured folder (with or
@@ -204,6 +202,10 @@ impl MosaicIndex {
         Err(TileError::Unknown(tile.to_string()))
     }
 }
+
+/// An image that covers a position: the image, the position's pixel on it, and the pixels'
+/// sizes there (None where the WCS cannot size them).
+pub type Located<'a> = (&'a Entry, (f64, f64), Option<(f64, f64)>);
 
 /// Why a tile hint names no single image.
 #[derive(Debug, thiserror::Error)]

@@ -209,8 +209,12 @@ impl Cutter {
                 // blank (NaN) beyond their coverage, inside their rectangle. When none has,
                 // the best one's window (partly blank) or its rejection.
                 let mut best = None;
-                for (entry, pixel) in self.index.locate(pos, self.scale) {
-                    let cut = entry.image.cut_at(pixel, pos, self.scale);
+                for (entry, pixel, sizes) in self.index.locate(pos, self.scale) {
+                    // Sized while ranking: not measured again.
+                    let cut = match sizes {
+                        Some(sizes) => entry.image.cut_sized(pixel, pos, sizes, self.scale),
+                        None => entry.image.cut_at(pixel, pos, self.scale),
+                    };
                     if matches!(&cut, Ok(c) if has_data_at_source(&c.pixels)) {
                         return cut;
                     }
@@ -415,6 +419,17 @@ impl<D: AsRef<[u8]>> Image<D> {
         scale: PixelScale,
     ) -> Result<Cutout, ItemError> {
         let sizes = PixelScale::measure(&self.wcs, pixel)?;
+        self.cut_sized(pixel, position, sizes, scale)
+    }
+
+    /// `cut_at` with the pixels' sizes at `pixel` already measured.
+    fn cut_sized(
+        &self,
+        pixel: (f64, f64),
+        position: (f64, f64),
+        sizes: (f64, f64),
+        scale: PixelScale,
+    ) -> Result<Cutout, ItemError> {
         let factors = scale.resampling(sizes)?;
         let (pixels, finite, read, origin, step) = match factors {
             None => {

@@ -9,6 +9,7 @@
 
 use ndarray::Array2;
 
+use super::fits::finite_or_blank;
 use crate::domain::CUTOUT_SIZE;
 
 /// One axis of a resampling: which input pixels to read, and for each output pixel the input
@@ -110,12 +111,10 @@ pub fn resample(input: &Array2<f32>, ax: &Axis, ay: &Axis) -> (Array2<f32>, usiz
             }
         }
         for (v, &s) in row.iter_mut().zip(&sum) {
-            // Inputs are finite or NaN (the readers blank the rest), so a mean is too; the
-            // select keeps a rounding past float32's largest value from making an Inf.
-            let s = s as f32;
-            let ok = s.is_finite();
-            *v = if ok { s } else { f32::NAN };
-            finite += usize::from(ok);
+            // Inputs are finite or NaN (the readers blank the rest), so a mean is too, but
+            // for a rounding past float32's largest value.
+            *v = finite_or_blank(s as f32);
+            finite += usize::from(v.is_finite());
         }
     }
     (out, finite)

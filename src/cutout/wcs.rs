@@ -860,25 +860,9 @@ mod tests {
             ],
         );
         // CDELT + CROTA2 with non-square pixels (an asymmetric matrix), across RA = 0.
-        let crota = [
-            ("CTYPE1", "'RA---SIN'"),
-            ("CTYPE2", "'DEC--SIN'"),
-            ("CRPIX1", "20.0"),
-            ("CRPIX2", "70.0"),
-            ("CRVAL1", "359.99"),
-            ("CRVAL2", "-30.0"),
-            ("CDELT1", "-0.001"),
-            ("CDELT2", "0.0005"),
-            ("CROTA2", "30.0"),
-        ];
-        let w = wcs(&crota).expect("CROTA2");
-        check(
-            &w,
-            &[
-                (0.0, 0.0, 0.028926580719030426, -30.020372152178492),
-                (99.0, 50.0, 359.9154485661786, -30.04820625526681),
-            ],
-        );
+        let crota = with(&crota_header(), &[("CROTA2", "30.0")]);
+        let w = wcs(&borrowed(&crota)).expect("CROTA2");
+        check(&w, &CROTA2_30_CASES);
         let mut lonpole = rotated("TAN");
         lonpole.push(("LONPOLE".into(), "170.0".into()));
         let w = wcs(&borrowed(&lonpole)).expect("LONPOLE");
@@ -922,6 +906,29 @@ mod tests {
     const PC_CASES: [Case; 2] = [
         (0.0, 0.0, 150.00897403725622, 2.1665323488376957),
         (99.0, 20.0, 149.97107804699277, 2.1999423516886094),
+    ];
+
+    /// A CDELT header with non-square pixels across RA = 0, for a CROTA to rotate.
+    fn crota_header() -> Vec<(String, String)> {
+        [
+            ("CTYPE1", "'RA---SIN'"),
+            ("CTYPE2", "'DEC--SIN'"),
+            ("CRPIX1", "20.0"),
+            ("CRPIX2", "70.0"),
+            ("CRVAL1", "359.99"),
+            ("CRVAL2", "-30.0"),
+            ("CDELT1", "-0.001"),
+            ("CDELT2", "0.0005"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// astropy's positions for `crota_header` with CROTA2 = 30.
+    const CROTA2_30_CASES: [Case; 2] = [
+        (0.0, 0.0, 0.028926580719030426, -30.020372152178492),
+        (99.0, 50.0, 359.9154485661786, -30.04820625526681),
     ];
 
     fn with(base: &[(String, String)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -1012,26 +1019,12 @@ mod tests {
 
     #[test]
     fn crota1_must_agree_with_crota2() {
-        let base: Vec<(String, String)> = [
-            ("CTYPE1", "'RA---SIN'"),
-            ("CTYPE2", "'DEC--SIN'"),
-            ("CRPIX1", "20.0"),
-            ("CRPIX2", "70.0"),
-            ("CRVAL1", "359.99"),
-            ("CRVAL2", "-30.0"),
-            ("CDELT1", "-0.001"),
-            ("CDELT2", "0.0005"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        // astropy, CROTA2 = 30 (see pc_cd_crota_conventions_galactic_frame_and_lonpole).
-        let rotated30 = [
-            (0.0, 0.0, 0.028926580719030426, -30.020372152178492),
-            (99.0, 50.0, 359.9154485661786, -30.04820625526681),
-        ];
+        let base = crota_header();
         let both = with(&base, &[("CROTA1", "30.0"), ("CROTA2", "30.0")]);
-        check(&wcs(&borrowed(&both)).expect("equal CROTAs"), &rotated30);
+        check(
+            &wcs(&borrowed(&both)).expect("equal CROTAs"),
+            &CROTA2_30_CASES,
+        );
         // CROTA1 = 0 alone: no rotation either way.
         let unrotated = wcs(&borrowed(&base)).expect("no CROTA");
         let zero = wcs(&borrowed(&with(&base, &[("CROTA1", "0.0")]))).expect("CROTA1 = 0");
